@@ -1,0 +1,1 @@
+"""quota-engine: run OpenAI-style API calls at the highest rate your quota allows."""

@@ -1,0 +1,171 @@
+"""The exception tree.
+
+::
+
+    EngineError                      anything quota-engine raises on purpose
+    ├── RequestError                 one request failed; other work goes on
+    │   ├── RequestTooLargeError     its cost exceeds a limit; never sent (or 429 "too large")
+    │   ├── BadRequestError          400 / 404 / 422 / other non-retryable 4xx from the server
+    │   ├── RetriesExhaustedError    408 / 409 / 5xx / transport errors, max_attempts spent
+    │   ├── RateLimitWaitExceeded    429s went on longer than the wait budget
+    │   ├── ResponseValidationError  malformed body, refusal, truncated or mismatching output
+    │   ├── InputError               bad local input (unreadable file, bad request line)
+    │   └── RunStoppedError          never finished because the run was stopped
+    └── FatalError                   the whole client stops: no item can succeed
+        ├── AuthenticationError      401 / 403: the key is wrong for every item
+        └── InsufficientQuotaError   429 insufficient_quota / billing: the account is out
+
+Every error has a short ``code`` (used as ``error.code`` in Batch-API output
+lines) and never carries the API key: messages are built from the server's
+error text, which is scrubbed of anything that looks like a key.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "EngineError",
+    "FatalError",
+    "InputError",
+    "InsufficientQuotaError",
+    "RateLimitWaitExceeded",
+    "RequestError",
+    "RequestTooLargeError",
+    "ResponseValidationError",
+    "RetriesExhaustedError",
+    "RunStoppedError",
+    "redact",
+]
+
+# OpenAI keys (sk-..., sk-proj-...), and bearer tokens in echoed headers.
+_KEY_PATTERN = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9_\-\.]{6,})")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Return ``text`` with API-key-shaped strings and each of ``secrets`` masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_PATTERN.sub("***", text)
+
+
+class EngineError(Exception):
+    """Base class of every error quota-engine raises on purpose.
+
+    Attributes:
+        message: the human-readable reason (also ``str(error)``).
+        code: short machine-readable code, e.g. ``"rate_limit_exceeded"``.
+        status_code: the HTTP status that caused it, or None if none was received.
+        request_id: the server's ``x-request-id``, when known.
+    """
+
+    default_code = "engine_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        message = redact(message)
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.status_code = status_code
+        self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+    def __reduce__(self):  # keep keyword arguments through pickling
+        return (
+            _rebuild,
+            (type(self), self.message, self.code, self.status_code, self.request_id),
+        )
+
+
+def _rebuild(cls, message, code, status_code, request_id):
+    return cls(message, code=code, status_code=status_code, request_id=request_id)
+
+
+class RequestError(EngineError):
+    """One request failed; the client and the other requests go on."""
+
+    default_code = "request_failed"
+
+
+class RequestTooLargeError(RequestError):
+    """The request's cost exceeds a per-minute or per-day limit of its group.
+
+    Raised before sending (checked locally), or on a 429 "Request too large".
+    """
+
+    default_code = "request_too_large"
+
+
+class BadRequestError(RequestError):
+    """The server rejected the request itself (400, 404, 422, other 4xx)."""
+
+    default_code = "invalid_request"
+
+
+class RetriesExhaustedError(RequestError):
+    """Transient failures (408, 409, 5xx, connection errors) on every attempt."""
+
+    default_code = "retries_exhausted"
+
+
+class RateLimitWaitExceeded(RequestError):
+    """The request kept drawing 429s for longer than the client's wait budget."""
+
+    default_code = "rate_limit_exceeded"
+
+
+class ResponseValidationError(RequestError):
+    """The answer could not be used: malformed JSON, missing fields, a refusal,
+    truncated output, or structured output that does not match the schema.
+
+    Attributes:
+        raw: the raw content received (for debugging), or None.
+    """
+
+    default_code = "invalid_response"
+
+    def __init__(self, message: str, *, raw: str | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.raw = raw
+
+
+class InputError(RequestError):
+    """Local input is unusable: an unreadable file, a malformed request line."""
+
+    default_code = "invalid_input"
+
+
+class RunStoppedError(RequestError):
+    """The request was not finished because the client stopped (fatal error or cancel)."""
+
+    default_code = "run_stopped"
+
+
+class FatalError(EngineError):
+    """No request can succeed: the client stops sending at once."""
+
+    default_code = "fatal"
+
+
+class AuthenticationError(FatalError):
+    """401 / 403: the API key is missing, wrong, or lacks access."""
+
+    default_code = "invalid_api_key"
+
+
+class InsufficientQuotaError(FatalError):
+    """429 ``insufficient_quota`` (or a billing error): the account is out of credit."""
+
+    default_code = "insufficient_quota"
