@@ -1,0 +1,569 @@
+"""The quota book: pure, sans-IO bookkeeping of rate limits (no trio, no I/O).
+
+Time is always passed in as ``now`` (seconds on any monotonic clock), so every
+behaviour here is tested with plain numbers.  The limiter task is the only
+caller in a running client.
+
+Model
+-----
+A *limit group* (a model, or models sharing limits) has up to four
+*dimensions*: requests and tokens, per minute and per day.  Each dimension keeps
+an estimate of the capacity available now (``level``) and how it comes back:
+
+* ``CONTINUOUS`` — a token bucket refilling at ``limit / window`` per second.
+  The default: it is what OpenAI documents, and it lets a fresh client use the
+  burst a token-bucket server grants.
+* ``STEP`` — a fixed window: the level stays put until the server's reset
+  moment, then returns to the full limit.  Chosen when a response's headers say
+  the server will be full later than a token bucket could refill
+  (``reset > (limit - remaining) / rate``); sticky once seen.
+
+Every grant *reserves* its estimated cost.  When the response arrives its
+``x-ratelimit-*`` snapshot corrects the estimate: the server's ``remaining`` is
+compared with the level the book had right after that permit was granted (both
+describe about the same moment, so the difference is the book's error), net of
+corrections already applied since.  The same mechanism learns limits that were
+never configured.  A 429 puts the group in cooldown until the server's reset;
+a 429 while the server's own headers still show headroom means the server
+enforces a finer window than it reports (e.g. 60,000 RPM as 1,000 per second),
+and switches the group to *paced* sending on evenly spaced absolute deadlines.
+
+Until the first response of a group has been seen, at most one request of that
+group is in flight (a probe), so the server's semantics and limits are known
+before the burst.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+
+import attrs
+
+from engine._headers import RateLimitHeaders
+
+__all__ = [
+    "Cost",
+    "Grant",
+    "Limits",
+    "QuotaBook",
+    "RefillMode",
+    "Reservation",
+    "TooLarge",
+    "Wait",
+]
+
+MINUTE = 60.0
+DAY = 86_400.0
+
+
+def _positive_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Rate limits of one limit group.  Every field is optional.
+
+    Attributes:
+        rpm: requests per minute.  None: learned from ``x-ratelimit-*`` headers.
+        tpm: tokens per minute.  None: learned from headers.
+        rpd: requests per day.  None: not enforced (servers do not report it).
+        tpd: tokens per day.  None: not enforced.
+        burst: True (default) uses the burst a token-bucket or fixed-window
+            server grants; False paces requests evenly from the start, for
+            providers known to enforce per-second sub-windows.
+    """
+
+    rpm: float | None = attrs.field(default=None, validator=_positive_or_none)
+    tpm: float | None = attrs.field(default=None, validator=_positive_or_none)
+    rpd: float | None = attrs.field(default=None, validator=_positive_or_none)
+    tpd: float | None = attrs.field(default=None, validator=_positive_or_none)
+    burst: bool = True
+
+
+@attrs.frozen
+class Cost:
+    """What one request is expected to consume: one request and ``tokens`` tokens."""
+
+    tokens: int = 0
+    requests: int = 1
+
+
+class RefillMode(enum.Enum):
+    """How a dimension's capacity comes back (see the module docstring)."""
+
+    CONTINUOUS = "continuous"
+    STEP = "step"
+
+
+@attrs.define(slots=True)
+class _Dimension:
+    """One limit (e.g. tokens per minute) of a group.  Mutable; book-internal."""
+
+    name: str
+    window: float
+    configured: float | None
+    limit: float | None
+    level: float
+    updated: float
+    mode: RefillMode = RefillMode.CONTINUOUS
+    full_at: float | None = None
+    granted_total: float = 0.0
+    corrections: float = 0.0
+
+    @property
+    def rate(self) -> float | None:
+        return None if self.limit is None else self.limit / self.window
+
+    def refill(self, now: float) -> None:
+        """Bring ``level`` up to ``now``."""
+        if self.limit is None:
+            self.updated = now
+            return
+        if self.mode is RefillMode.CONTINUOUS:
+            if now > self.updated and self.level < self.limit:
+                self.level = min(self.limit, self.level + (now - self.updated) * self.rate)
+        elif self.full_at is not None and now >= self.full_at:
+            self.level = self.limit
+            # The next window ends one window later unless a response says otherwise.
+            self.full_at += self.window * max(1, math.ceil((now - self.full_at) / self.window))
+        self.updated = max(self.updated, now)
+
+    def ready_at(self, cost: float, now: float) -> float | None:
+        """Earliest time ``cost`` fits (``now`` if it fits), None if unknowable."""
+        if cost <= 0 or self.level >= cost:
+            return now
+        if self.limit is None:
+            return None
+        if self.mode is RefillMode.CONTINUOUS:
+            return now + (cost - self.level) / self.rate
+        return self.full_at
+
+    def take(self, cost: float) -> None:
+        self.level -= cost
+        self.granted_total += cost
+
+
+@attrs.frozen
+class Reservation:
+    """Capacity held by one granted permit until it is settled or released.
+
+    ``marks`` records, per dimension, the level right after this grant, the
+    total granted so far and the corrections applied so far, so the response's
+    headers can be compared with the book's state at that moment.
+    """
+
+    group: str
+    cost: Cost
+    granted_at: float
+    seq: int
+    marks: Mapping[str, tuple[float, float, float]]
+
+
+@attrs.frozen
+class Grant:
+    """Decision: the head request may go now, holding ``reservation``."""
+
+    reservation: Reservation
+
+
+@attrs.frozen
+class Wait:
+    """Decision: the head request cannot go yet.
+
+    ``until`` is the absolute time worth re-checking at, or None when only a
+    response (a settle) can change the answer.
+    """
+
+    until: float | None
+
+
+@attrs.frozen
+class TooLarge:
+    """Decision: the request can never fit; ``message`` says which limit."""
+
+    message: str
+
+
+Decision = Grant | Wait | TooLarge
+
+
+@attrs.define(slots=True)
+class _Group:
+    name: str
+    dims: dict[str, _Dimension]
+    paced: bool
+    pace_fraction: float
+    cooldown_until: float = -math.inf
+    next_slot: float = -math.inf
+    seen_response: bool = False
+    last_grant_at: float = -math.inf
+    in_flight: int = 0
+    rate_limited: int = 0
+
+
+_DIMENSIONS = (
+    ("requests_per_minute", "rpm", MINUTE, "requests"),
+    ("tokens_per_minute", "tpm", MINUTE, "tokens"),
+    ("requests_per_day", "rpd", DAY, "requests"),
+    ("tokens_per_day", "tpd", DAY, "tokens"),
+)
+_HEADER_DIMENSIONS = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
+
+
+class QuotaBook:
+    """Rate-limit state of every limit group.  Pure: no I/O, no clock of its own.
+
+    Args:
+        limits: one :class:`Limits` for every group, or a mapping from group
+            name to :class:`Limits` (groups not in it learn their limits), or
+            None to learn everything from response headers.
+        probe_interval: seconds between lone probe requests when a group's
+            capacity is exhausted and no response can tell when it returns
+            (default 1.0).
+        margin: seconds added to every computed wake-up time, so arrival jitter
+            at the server does not turn an exact fit into a 429 (default 0.02).
+        pace_fraction: share of the limit used when a group is paced
+            (default 0.98).
+        default_cooldown: seconds a group cools down after a 429 that names no
+            reset (default 1.0).
+    """
+
+    def __init__(
+        self,
+        limits: Limits | Mapping[str, Limits] | None = None,
+        *,
+        probe_interval: float = 1.0,
+        margin: float = 0.02,
+        pace_fraction: float = 0.98,
+        default_cooldown: float = 1.0,
+    ) -> None:
+        self._limits = limits
+        self._probe_interval = probe_interval
+        self._margin = margin
+        self._pace_fraction = pace_fraction
+        self._default_cooldown = default_cooldown
+        self._groups: dict[str, _Group] = {}
+        self._seq = 0
+        self._live: dict[int, Reservation] = {}
+
+    # -- groups ---------------------------------------------------------------
+
+    def _limits_for(self, group: str) -> Limits:
+        if self._limits is None:
+            return Limits()
+        if isinstance(self._limits, Limits):
+            return self._limits
+        return self._limits.get(group, Limits())
+
+    def _group(self, name: str, now: float) -> _Group:
+        group = self._groups.get(name)
+        if group is None:
+            limits = self._limits_for(name)
+            dims = {}
+            for dim_name, field, window, _kind in _DIMENSIONS:
+                configured = getattr(limits, field)
+                if configured is None and window == DAY:
+                    continue
+                dims[dim_name] = _Dimension(
+                    name=dim_name,
+                    window=window,
+                    configured=configured,
+                    limit=configured,
+                    level=configured if configured is not None else math.inf,
+                    updated=now,
+                )
+            group = _Group(
+                name=name, dims=dims, paced=not limits.burst, pace_fraction=self._pace_fraction
+            )
+            self._groups[name] = group
+        return group
+
+    # -- decisions ------------------------------------------------------------
+
+    def decide(self, group_name: str, cost: Cost, now: float) -> Decision:
+        """Grant ``cost`` in ``group_name`` now, or say when to look again.
+
+        A grant reserves the cost at once; the caller must later call
+        :meth:`settle` or :meth:`release` with the reservation.
+        """
+        group = self._group(group_name, now)
+        for dim in group.dims.values():
+            need = _cost_in(cost, dim.name)
+            if dim.limit is not None and need > dim.limit:
+                return TooLarge(
+                    f"request needs {need:g} {_unit(dim.name)} but the limit is "
+                    f"{dim.limit:g} {_unit(dim.name)} per {_per(dim.window)}"
+                )
+        if not group.seen_response and group.in_flight > 0:
+            return Wait(None)
+        ready = max(now, group.cooldown_until)
+        if group.paced:
+            ready = max(ready, group.next_slot)
+        unknowable = False
+        for dim in group.dims.values():
+            dim.refill(now)
+            at = dim.ready_at(_cost_in(cost, dim.name), now)
+            if at is None:
+                unknowable = True
+            elif at > now:
+                ready = max(ready, at + self._margin)
+        if unknowable:
+            if group.in_flight > 0:
+                return Wait(None if ready <= now else ready)
+            probe_at = max(ready, group.last_grant_at + self._probe_interval)
+            if probe_at > now:
+                return Wait(probe_at)
+            # Nothing in flight and no way to know: send one request as a probe.
+        elif ready > now:
+            return Wait(ready)
+        return Grant(self._reserve(group, cost, now))
+
+    def _reserve(self, group: _Group, cost: Cost, now: float) -> Reservation:
+        marks = {}
+        for dim in group.dims.values():
+            dim.take(_cost_in(cost, dim.name))
+            marks[dim.name] = (dim.level, dim.granted_total, dim.corrections)
+        if group.paced:
+            group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
+        group.in_flight += 1
+        group.last_grant_at = now
+        self._seq += 1
+        reservation = Reservation(
+            group=group.name, cost=cost, granted_at=now, seq=self._seq, marks=marks
+        )
+        self._live[reservation.seq] = reservation
+        return reservation
+
+    def _pace_spacing(self, group: _Group, cost: Cost) -> float:
+        spacing = 0.0
+        for dim in group.dims.values():
+            rate = dim.rate
+            if rate:
+                spacing = max(spacing, _cost_in(cost, dim.name) / (rate * group.pace_fraction))
+        return spacing
+
+    # -- outcomes -------------------------------------------------------------
+
+    def release(self, reservation: Reservation, now: float) -> None:
+        """Return the whole reservation: the request never reached the server."""
+        group = self._finish(reservation)
+        if group is None:
+            return
+        for dim in group.dims.values():
+            dim.refill(now)
+            need = _cost_in(reservation.cost, dim.name)
+            dim.level = min(dim.limit if dim.limit is not None else math.inf, dim.level + need)
+            dim.granted_total -= need
+
+    def settle(
+        self,
+        reservation: Reservation,
+        now: float,
+        *,
+        headers: RateLimitHeaders | None = None,
+        used_tokens: int | None = None,
+    ) -> None:
+        """Account a completed request (any status but 429; see :meth:`rate_limited`).
+
+        Args:
+            headers: the response's rate-limit snapshot, if it had one.
+            used_tokens: real total tokens from the response's ``usage``; when
+                no headers can correct the book, the difference from the
+                estimate is refunded (or charged) on the token dimensions.
+        """
+        group = self._finish(reservation)
+        if group is None:
+            return
+        group.seen_response = True
+        applied = self._apply_headers(group, reservation, headers, now)
+        if used_tokens is not None:
+            delta = reservation.cost.tokens - used_tokens
+            for dim in group.dims.values():
+                if _unit(dim.name) == "tokens" and dim.name not in applied:
+                    dim.refill(now)
+                    dim.level += delta
+                    if dim.limit is not None:
+                        dim.level = min(dim.level, dim.limit)
+
+    def rate_limited(
+        self,
+        reservation: Reservation,
+        now: float,
+        *,
+        headers: RateLimitHeaders | None = None,
+        retry_after: float | None = None,
+        limit_type: str | None = None,
+    ) -> float:
+        """Account a 429 ``rate_limit_exceeded``: the request was not served.
+
+        The reservation is returned, the group cools down until the server's
+        retry-after (else the named dimension's reset, else
+        ``default_cooldown``), and the group switches to paced sending if the
+        server's headers still showed headroom.  Returns the cooldown end.
+        """
+        group = self._finish(reservation)
+        if group is None:
+            return now
+        group.seen_response = True
+        group.rate_limited += 1
+        self._unreserve(group, reservation, now)
+        self._apply_headers(group, reservation, headers, now, served=False)
+        both = ("requests", "tokens")
+        kinds = (limit_type,) if limit_type in both else both
+        wait = retry_after
+        if wait is None and headers is not None:
+            resets = [getattr(headers, f"reset_{kind}") for kind in kinds]
+            known = [r for r in resets if r is not None]
+            wait = max(known) if known else None
+        if wait is None:
+            wait = self._default_cooldown
+        if headers is not None and any(
+            self._headroom(group, headers, kind, _cost_in(reservation.cost, f"{kind}_"))
+            for kind in kinds
+        ):
+            group.paced = True
+            group.next_slot = max(group.next_slot, now + wait)
+        group.cooldown_until = max(group.cooldown_until, now + wait + self._margin)
+        return group.cooldown_until
+
+    @staticmethod
+    def _headroom(group: _Group, headers: RateLimitHeaders, kind: str, need: float) -> bool:
+        """True if the server's own headers say ``need`` of ``kind`` would have fit."""
+        remaining = getattr(headers, f"remaining_{kind}")
+        dim = group.dims.get(f"{kind}_per_minute")
+        return (
+            remaining is not None
+            and dim is not None
+            and dim.rate is not None
+            and remaining >= max(need, 1)
+        )
+
+    def _finish(self, reservation: Reservation) -> _Group | None:
+        if self._live.pop(reservation.seq, None) is None:
+            return None  # already settled or released: never account twice
+        group = self._groups[reservation.group]
+        group.in_flight -= 1
+        return group
+
+    def _apply_headers(
+        self,
+        group: _Group,
+        reservation: Reservation,
+        headers: RateLimitHeaders | None,
+        now: float,
+        *,
+        served: bool = True,
+    ) -> set[str]:
+        applied: set[str] = set()
+        if headers is None:
+            return applied
+        for dim_name, kind in _HEADER_DIMENSIONS:
+            dim = group.dims[dim_name]
+            dim.refill(now)
+            limit = getattr(headers, f"limit_{kind}")
+            remaining = getattr(headers, f"remaining_{kind}")
+            reset = getattr(headers, f"reset_{kind}")
+            if limit is not None and limit > 0:
+                dim.limit = float(limit) if dim.configured is None else min(dim.configured, limit)
+            mark = reservation.marks[dim_name]
+            need = _cost_in(reservation.cost, dim_name)
+            if not served:
+                # A 429 is not charged (the caller already returned the cost):
+                # compare as if this request had never been granted.
+                mark = (mark[0] + need, mark[1] - need, mark[2])
+            if remaining is not None:
+                may_raise = dim.configured is None or (
+                    limit is not None and limit <= dim.configured
+                )
+                self._correct(dim, mark, float(remaining), may_raise=may_raise)
+                applied.add(dim_name)
+            if reset is not None and dim.limit is not None:
+                self._learn_mode(dim, remaining, reset, now)
+            if dim.limit is not None:
+                dim.level = min(dim.level, dim.limit)  # also ends an infinite level
+        return applied
+
+    def _unreserve(self, group: _Group, reservation: Reservation, now: float) -> None:
+        for dim in group.dims.values():
+            dim.refill(now)
+            need = _cost_in(reservation.cost, dim.name)
+            dim.level += need
+            dim.granted_total -= need
+            if dim.limit is not None:
+                dim.level = min(dim.level, dim.limit)
+
+    @staticmethod
+    def _correct(
+        dim: _Dimension, mark: tuple[float, float, float], remaining: float, *, may_raise: bool
+    ) -> None:
+        level_after, granted_then, corrections_then = mark
+        if math.isinf(level_after):
+            if math.isinf(dim.level):
+                # First sight of this limit: the server's remaining, less what
+                # was granted after this request (it reached the server later).
+                new_level = remaining - (dim.granted_total - granted_then)
+                dim.corrections += new_level
+                dim.level = new_level
+            return  # granted before the limit was known: nothing to compare with
+        error = remaining - level_after - (dim.corrections - corrections_then)
+        if error > 0 and not may_raise:
+            return  # the user chose less than the server allows: never raise
+        dim.level += error
+        dim.corrections += error
+
+    def _learn_mode(
+        self, dim: _Dimension, remaining: int | None, reset: float, now: float
+    ) -> None:
+        if remaining is None or dim.rate is None:
+            return
+        bucket_reset = max(0.0, (dim.limit - remaining) / dim.rate)
+        tolerance = 0.25 + 0.02 * dim.window
+        if dim.mode is RefillMode.CONTINUOUS and reset > bucket_reset + tolerance:
+            dim.mode = RefillMode.STEP
+        if dim.mode is RefillMode.STEP:
+            dim.full_at = now + reset
+
+    # -- introspection --------------------------------------------------------
+
+    def in_flight(self, group_name: str | None = None) -> int:
+        """Reservations not yet settled or released (in one group, or in all)."""
+        if group_name is None:
+            return len(self._live)
+        group = self._groups.get(group_name)
+        return 0 if group is None else group.in_flight
+
+    def snapshot(self, group_name: str, now: float) -> dict[str, dict[str, object]]:
+        """Plain-data view of a group's dimensions (for statistics and debugging)."""
+        group = self._group(group_name, now)
+        view: dict[str, dict[str, object]] = {}
+        for dim in group.dims.values():
+            dim.refill(now)
+            view[dim.name] = {
+                "limit": dim.limit,
+                "level": dim.level,
+                "mode": dim.mode.value,
+                "full_at": dim.full_at,
+            }
+        view["group"] = {
+            "paced": group.paced,
+            "cooldown_until": group.cooldown_until,
+            "in_flight": group.in_flight,
+            "rate_limited": group.rate_limited,
+        }
+        return view
+
+
+def _cost_in(cost: Cost, dim_name: str) -> float:
+    return cost.requests if dim_name.startswith("requests") else cost.tokens
+
+
+def _unit(dim_name: str) -> str:
+    return dim_name.split("_", 1)[0]
+
+
+def _per(window: float) -> str:
+    return "minute" if window == MINUTE else "day"

@@ -1,0 +1,318 @@
+"""The quota book, with explicit times and plain numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine._headers import RateLimitHeaders
+from engine._quota import Cost, Grant, Limits, QuotaBook, RefillMode, TooLarge, Wait
+
+ONE = Cost(tokens=0)
+
+
+def grant(book: QuotaBook, now: float, cost: Cost = ONE, group: str = "g"):
+    decision = book.decide(group, cost, now)
+    assert isinstance(decision, Grant), decision
+    return decision.reservation
+
+
+def headers(**kw) -> RateLimitHeaders:
+    return RateLimitHeaders(**kw)
+
+
+def seen(book: QuotaBook, now: float = 0.0, group: str = "g") -> None:
+    """Settle one probe so the group leaves its probing phase."""
+    book.settle(grant(book, now, group=group), now)
+
+
+def test_known_rpm_grants_the_whole_burst_then_waits_for_refill():
+    """A fresh token bucket of 600 RPM grants 600 at once, the next one 0.1 s later."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    for _ in range(599):
+        grant(book, 0.0)
+    decision = book.decide("g", ONE, 0.0)
+    assert isinstance(decision, Wait)
+    assert decision.until == pytest.approx(0.1)
+    grant(book, 0.1)
+
+
+def test_first_request_of_a_group_is_a_lone_probe():
+    """Until a response is seen, a second request waits for the first to settle."""
+    book = QuotaBook(Limits(rpm=600))
+    first = grant(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(None)
+    book.settle(first, 0.5)
+    grant(book, 0.5)
+
+
+def test_cost_above_the_limit_is_too_large_at_once():
+    """A request needing more tokens than the TPM limit is refused, never queued."""
+    book = QuotaBook(Limits(tpm=1000))
+    decision = book.decide("g", Cost(tokens=1001), 0.0)
+    assert isinstance(decision, TooLarge)
+    assert "1001 tokens" in decision.message and "1000 tokens per minute" in decision.message
+
+
+def test_cost_above_a_daily_limit_is_too_large():
+    """The per-day limit is checked as well as the per-minute one."""
+    book = QuotaBook(Limits(tpd=500))
+    assert isinstance(book.decide("g", Cost(tokens=600), 0.0), TooLarge)
+
+
+def test_tokens_bind_when_they_run_out_before_requests():
+    """With 1,000 TPM, four 300-token requests: the fourth waits for 200 tokens of refill."""
+    book = QuotaBook(Limits(rpm=1000, tpm=1000), margin=0.0)
+    cost = Cost(tokens=300)
+    book.settle(grant(book, 0.0, cost), 0.0, used_tokens=300)
+    # the probe consumed 300 tokens; two more fit, the third needs refill
+    grant(book, 0.0, cost)
+    grant(book, 0.0, cost)
+    decision = book.decide("g", cost, 0.0)
+    assert isinstance(decision, Wait)
+    assert decision.until == pytest.approx(200 / (1000 / 60))
+
+
+def test_margin_is_added_to_refill_wake_ups():
+    """Computed wake-ups carry the safety margin."""
+    book = QuotaBook(Limits(rpm=60), margin=0.05)
+    seen(book)
+    for _ in range(59):
+        grant(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(pytest.approx(1.05))
+
+
+def test_headers_lower_the_level_when_the_server_has_less():
+    """A response saying only 10 requests remain caps what the book grants."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(probe, 0.0, headers=headers(remaining_requests=10, limit_requests=600))
+    for _ in range(10):
+        grant(book, 0.0)
+    assert isinstance(book.decide("g", ONE, 0.0), Wait)
+
+
+def test_headers_count_requests_granted_after_the_snapshot():
+    """Requests granted after a response's request are subtracted from its remaining."""
+    book = QuotaBook(None, margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(probe, 0.0, headers=headers(limit_requests=100, remaining_requests=99))
+    a = grant(book, 0.0)
+    for _ in range(9):
+        grant(book, 0.0)
+    # a's response says 98 remain after a; 9 more were granted after a.
+    book.settle(a, 0.0, headers=headers(limit_requests=100, remaining_requests=98))
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(89)
+
+
+def test_limits_are_learned_from_headers_when_not_configured():
+    """With limits=None the first response teaches the limit and the remaining level."""
+    book = QuotaBook(None, margin=0.0)
+    probe = grant(book, 0.0, Cost(tokens=100))
+    book.settle(
+        probe,
+        0.1,
+        headers=headers(
+            limit_requests=60,
+            remaining_requests=59,
+            reset_requests=1.0,
+            limit_tokens=10_000,
+            remaining_tokens=9_900,
+            reset_tokens=0.6,
+        ),
+    )
+    view = book.snapshot("g", 0.1)
+    assert view["requests_per_minute"]["limit"] == 60
+    assert view["tokens_per_minute"]["limit"] == 10_000
+    for _ in range(59):
+        grant(book, 0.1)
+    assert isinstance(book.decide("g", ONE, 0.1), Wait)
+    assert isinstance(book.decide("g", Cost(tokens=20_000), 0.1), TooLarge)
+
+
+def test_unknown_limits_and_no_headers_grant_freely_after_the_probe():
+    """A server that sends no rate-limit headers is not throttled by the book."""
+    book = QuotaBook(None)
+    seen(book)
+    for _ in range(10_000):
+        grant(book, 0.0)
+
+
+def test_fixed_window_headers_switch_a_dimension_to_step_refill():
+    """reset far beyond what a bucket needs means a fixed window: no refill before it."""
+    book = QuotaBook(Limits(rpm=60), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(
+        probe, 0.0, headers=headers(limit_requests=60, remaining_requests=59, reset_requests=40.0)
+    )
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["mode"] == RefillMode.STEP.value
+    for _ in range(59):
+        grant(book, 0.0)
+    # a token bucket would have refilled 20 by t=20; a fixed window has nothing
+    assert book.decide("g", ONE, 20.0) == Wait(40.0)
+    for _ in range(60):
+        grant(book, 40.0)
+    assert isinstance(book.decide("g", ONE, 40.0), Wait)
+
+
+def test_token_bucket_headers_keep_continuous_refill():
+    """reset equal to (limit - remaining) / rate is a token bucket."""
+    book = QuotaBook(Limits(rpm=60), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(
+        probe, 0.0, headers=headers(limit_requests=60, remaining_requests=59, reset_requests=1.0)
+    )
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["mode"] == RefillMode.CONTINUOUS.value
+
+
+def test_rate_limit_cools_the_group_down_until_retry_after():
+    """A 429 stops the group until its retry-after, and returns the reservation."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    r = grant(book, 1.0)
+    until = book.rate_limited(r, 1.0, retry_after=2.5, limit_type="requests")
+    assert until == pytest.approx(3.5)
+    assert book.decide("g", ONE, 2.0) == Wait(pytest.approx(3.5))
+    assert book.in_flight() == 0
+    grant(book, 3.5)
+
+
+def test_rate_limit_without_retry_after_uses_the_reset_header():
+    """With no retry-after, the named dimension's reset sets the cooldown."""
+    book = QuotaBook(None, margin=0.0)
+    seen(book)
+    r = grant(book, 0.0)
+    until = book.rate_limited(
+        r, 0.0, headers=headers(remaining_tokens=0, reset_tokens=7.0), limit_type="tokens"
+    )
+    assert until == pytest.approx(7.0)
+
+
+def test_rate_limit_while_headers_show_headroom_switches_to_pacing():
+    """A 429 although the server reports room means a finer window: pace evenly."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0, pace_fraction=1.0)
+    seen(book)
+    r = grant(book, 0.0)
+    book.rate_limited(
+        r,
+        0.0,
+        headers=headers(limit_requests=600, remaining_requests=500),
+        retry_after=0.5,
+        limit_type="requests",
+    )
+    assert book.snapshot("g", 0.5)["group"]["paced"] is True
+    grant(book, 0.5)
+    assert book.decide("g", ONE, 0.5) == Wait(pytest.approx(0.6))
+    grant(book, 0.6)
+    assert book.decide("g", ONE, 0.6) == Wait(pytest.approx(0.7))
+
+
+def test_rate_limit_with_no_headroom_does_not_pace():
+    """A 429 when the server reports nothing left is an ordinary cooldown."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    r = grant(book, 0.0)
+    book.rate_limited(
+        r, 0.0, headers=headers(limit_requests=600, remaining_requests=0), limit_type="requests"
+    )
+    assert book.snapshot("g", 0.0)["group"]["paced"] is False
+
+
+def test_burst_false_paces_from_the_start():
+    """Limits(burst=False) spaces requests by 1/rate from the first one."""
+    book = QuotaBook(Limits(rpm=60, burst=False), margin=0.0, pace_fraction=1.0)
+    seen(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(pytest.approx(1.0))
+    grant(book, 1.0)
+    assert book.decide("g", ONE, 1.5) == Wait(pytest.approx(2.0))
+
+
+def test_release_returns_the_whole_reservation():
+    """A permit given back unused restores the level exactly."""
+    book = QuotaBook(Limits(rpm=10, tpm=1000))
+    seen(book)
+    before = book.snapshot("g", 0.0)
+    r = grant(book, 0.0, Cost(tokens=100))
+    book.release(r, 0.0)
+    after = book.snapshot("g", 0.0)
+    assert after["requests_per_minute"]["level"] == before["requests_per_minute"]["level"]
+    assert after["tokens_per_minute"]["level"] == before["tokens_per_minute"]["level"]
+    assert book.in_flight() == 0
+
+
+def test_settling_twice_accounts_once():
+    """A second settle or release of the same reservation changes nothing."""
+    book = QuotaBook(Limits(rpm=10))
+    seen(book)
+    r = grant(book, 0.0)
+    book.release(r, 0.0)
+    level = book.snapshot("g", 0.0)["requests_per_minute"]["level"]
+    book.release(r, 0.0)
+    book.settle(r, 0.0)
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == level
+
+
+def test_real_usage_refunds_the_estimate_when_no_headers_correct_it():
+    """Without headers, used tokens below the estimate come back to the level."""
+    book = QuotaBook(Limits(tpm=1000))
+    seen(book)
+    r = grant(book, 0.0, Cost(tokens=400))
+    book.settle(r, 0.0, used_tokens=100)
+    assert book.snapshot("g", 0.0)["tokens_per_minute"]["level"] == pytest.approx(900)
+
+
+def test_daily_limit_caps_the_day():
+    """rpd=5 grants five requests, then the sixth waits most of a day."""
+    book = QuotaBook(Limits(rpm=1000, rpd=5), margin=0.0)
+    seen(book)
+    for _ in range(4):
+        grant(book, 0.0)
+    decision = book.decide("g", ONE, 0.0)
+    assert isinstance(decision, Wait) and decision.until == pytest.approx(86_400 / 5)
+
+
+def test_groups_are_independent():
+    """A cooling-down group does not hold back another group."""
+    book = QuotaBook(Limits(rpm=600))
+    seen(book, group="a")
+    seen(book, group="b")
+    book.rate_limited(grant(book, 0.0, group="a"), 0.0, retry_after=30.0)
+    assert isinstance(book.decide("a", ONE, 1.0), Wait)
+    grant(book, 1.0, group="b")
+
+
+def test_per_group_limits_mapping():
+    """A mapping gives each group its own limits; others learn theirs."""
+    book = QuotaBook({"small": Limits(rpm=1)})
+    seen(book, group="small")
+    assert isinstance(book.decide("small", ONE, 0.0), Wait)
+    seen(book, group="other")
+    grant(book, 0.0, group="other")
+
+
+def test_exhausted_unknown_refill_probes_after_an_interval():
+    """Only remaining-* headers (Azure): at zero with nothing in flight, probe after 1 s."""
+    book = QuotaBook(None, probe_interval=1.0)
+    r = grant(book, 0.0)
+    book.settle(r, 0.0, headers=headers(remaining_requests=0))
+    decision = book.decide("g", ONE, 0.0)
+    assert decision == Wait(1.0)
+    grant(book, 1.0)
+
+
+def test_user_limit_below_the_server_limit_is_never_raised_by_headers():
+    """A configured rpm lower than the server's stays the ceiling."""
+    book = QuotaBook(Limits(rpm=10), margin=0.0)
+    r = grant(book, 0.0)
+    book.settle(r, 0.0, headers=headers(limit_requests=1000, remaining_requests=999))
+    view = book.snapshot("g", 0.0)["requests_per_minute"]
+    assert view["limit"] == 10 and view["level"] <= 9
+
+
+def test_limits_reject_non_positive_values():
+    """Limits(rpm=0) is an error naming the field."""
+    with pytest.raises(ValueError, match="rpm"):
+        Limits(rpm=0)
+    assert math.isinf(QuotaBook(None).snapshot("g", 0.0)["requests_per_minute"]["level"])
