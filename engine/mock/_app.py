@@ -1,0 +1,880 @@
+"""The mock server as a plain ASGI application (no web framework).
+
+Answers are built once per distinct request body and cached as bytes; quota
+arithmetic is O(1) (:mod:`engine.mock._quotas`); sleeps go through anyio, so the
+same app runs in-process under trio (``httpx.ASGITransport``) and under
+hypercorn's trio worker or uvicorn on asyncio.
+
+Checkpoints: the app awaits the server's ``receive`` / ``send`` and, when
+latency or a slow body is configured, ``anyio.sleep``; nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+import orjson
+
+from engine._tokens import chat_prompt_tokens, count_tokens, encoding_for_model, output_budget
+from engine.mock._audio import MultipartError, audio_duration, parse_multipart
+from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
+from engine.mock._headers import format_go_duration, rate_limit_headers, retry_after_headers
+from engine.mock._quotas import QuotaBook, Reservation, Semantics
+from engine.mock._schema import instance_for_schema
+from engine.mock._stats import Stats
+
+__all__ = ["DroppedConnection", "MockApp", "create_app"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_TEXT = b"text/plain; charset=utf-8"
+_PLAN_CACHE_MAX = 4096
+_PLAN_CACHE_BODY_MAX = 64 * 1024
+_SNIPPET_CHARS = 200
+_AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+_TRANSCRIPTION_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
+_UNPARSABLE_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON.)"
+)
+
+
+class DroppedConnection(httpx.RemoteProtocolError):
+    """Raised by the app to drop a connection mid-response (the ``drop_rate`` fault).
+
+    A server closes the connection; in-process, ``httpx.ASGITransport`` raises
+    it to the client, which sees the same exception type as over a socket.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "peer closed connection without sending complete message body (mock fault)"
+        )
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was read."""
+
+
+@attrs.frozen
+class _Reject:
+    """A request refused before any quota is charged (4xx)."""
+
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+    type: str = "invalid_request_error"
+
+
+@attrs.frozen(kw_only=True)
+class _Plan:
+    """Everything needed to answer an admitted request.
+
+    ``body(request_number)`` builds the response bytes; ``cost`` is charged at
+    arrival and ``actual`` is the real usage it is corrected to.
+    """
+
+    model: str
+    cost: int
+    actual: int
+    output_tokens: int
+    content_type: bytes
+    body: Callable[[int], bytes]
+
+
+def _error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def create_app(config: MockConfig | None = None) -> MockApp:
+    """Return a new mock ASGI app for ``config`` (default: ``MockConfig()``)."""
+    return MockApp(config or MockConfig())
+
+
+class MockApp:
+    """The ASGI callable.  See ``docs/mock.md`` for endpoints and behaviour.
+
+    Attributes:
+        config: the configuration in force (``POST /_mock/config`` replaces it).
+        stats: counters since start or the last ``POST /_mock/reset``.
+    """
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self._book = QuotaBook(config.limits)
+        self._rng = random.Random(config.seed)
+        self._numbers = itertools.count(1)
+        self._plans: dict[bytes, _Plan | _Reject] = {}
+        self._routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/audio/transcriptions": {"POST": self._transcription},
+            "/v1/models": {"GET": self._models},
+            "/_mock/stats": {"GET": self._get_stats},
+            "/_mock/reset": {"POST": self._reset},
+            "/_mock/config": {"GET": self._get_config, "POST": self._set_config},
+        }
+        self._apply(config)
+
+    def _apply(self, config: MockConfig) -> None:
+        self.config = config
+        self._quotas_on = not config.limits.unlimited
+        thresholds = list(itertools.accumulate(getattr(config, name) for name in FAULT_RATE_FIELDS))
+        self._fault_thresholds = thresholds if thresholds[-1] > 0 else None
+        self._header_faults_on = (
+            config.missing_headers_rate > 0 or config.missing_limit_headers_rate > 0
+        )
+        self._latency_on = config.latency_ms > 0 or config.ms_per_output_token > 0
+
+    # -- ASGI entry ------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        method = scope["method"]
+        number = next(self._numbers)
+        methods = self._routes.get(path)
+        if methods is None or method not in methods:
+            await self._send_reject(
+                send,
+                number,
+                _Reject(404, f"Invalid URL ({method} {path})")
+                if methods is None
+                else _Reject(405, f"Method {method} is not allowed for {path}"),
+            )
+            return
+        try:
+            await methods[method](scope, receive, send, number)
+        except (DroppedConnection, _ClientGone):
+            raise
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as error:  # a bug in the mock must not look like a dropped socket
+            body = _error_body(
+                f"mock internal error: {type(error).__name__}: {error}", "server_error"
+            )
+            await self._send(send, 500, body, [(b"x-request-id", _request_id(number))])
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _count(self, status: int) -> None:
+        self.stats.status_counts[status] += 1
+
+    async def _send(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_type: bytes = _JSON,
+    ) -> None:
+        self._count(status)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_reject(self, send: Send, number: int, reject: _Reject) -> None:
+        body = _error_body(reject.message, reject.type, reject.param, reject.code)
+        await self._send(send, reject.status, body, [(b"x-request-id", _request_id(number))])
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The request body, or None when it exceeds ``max_body_bytes``."""
+        limit = self.config.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return None
+                except ValueError:
+                    pass
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body if len(body) <= limit else None
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> _Reject:
+        return _Reject(
+            413,
+            f"Request body too large: the mock accepts at most {self.config.max_body_bytes} bytes.",
+            code="request_too_large",
+        )
+
+    def _authorize(self, scope: Scope) -> tuple[str, str | None, _Reject | None]:
+        """(API key, X-Client-Request-Id, rejection if the key is wrong)."""
+        key = ""
+        client_id = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                text = value.decode("latin-1")
+                key = text[7:].strip() if text[:7].lower() == "bearer " else text.strip()
+            elif name == b"x-client-request-id":
+                client_id = value.decode("latin-1")
+        if client_id is not None:
+            self.stats.client_request_ids[client_id] += 1
+        expected = self.config.api_key
+        if expected is None or key == expected:
+            return key, client_id, None
+        if not key:
+            return (
+                key,
+                client_id,
+                _Reject(
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                ),
+            )
+        shown = f"{key[:3]}***{key[-4:]}" if len(key) > 10 else "***"
+        return (
+            key,
+            client_id,
+            _Reject(
+                401,
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            ),
+        )
+
+    # -- the answer pipeline shared by chat and transcription ---------------------
+
+    async def _answer(self, send: Send, number: int, key: str, plan: _Plan) -> None:
+        config = self.config
+        stats = self.stats
+        group = (key, plan.model)
+        now = anyio.current_time()
+        request_id = (b"x-request-id", _request_id(number))
+        if config.insufficient_quota_after is not None and (
+            stats.admitted >= config.insufficient_quota_after
+        ):
+            body = _error_body(
+                "You exceeded your current quota, please check your plan and billing details. "
+                "For more information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "insufficient_quota",
+                None,
+                "insufficient_quota",
+            )
+            await self._send(send, 429, body, [request_id, *self._limit_headers(group, now)])
+            return
+        reservation: Reservation | None = None
+        if self._quotas_on:
+            decision = self._book.admit(group, plan.cost, now)
+            if not decision.admitted:
+                await self._send_rate_limited(send, request_id, group, plan.model, decision, now)
+                return
+            reservation = decision.reservation
+        stats.admitted += 1
+        stats.window.add(now, 1, plan.cost)
+
+        fault = self._draw_fault()
+        if fault is not None and fault < 3:
+            self._settle(reservation, plan.cost, 0, now)
+            status = (500, 502, 503)[fault]
+            body = _error_body(
+                {
+                    500: "The server had an error while processing your request. Sorry about that!",
+                    502: "Bad gateway.",
+                    503: "The engine is currently overloaded, please try again later.",
+                }[status],
+                "server_error",
+            )
+            await self._send(send, status, body, [request_id, *self._limit_headers(group, now)])
+            return
+
+        if self._latency_on:
+            await anyio.sleep(self._latency(plan.output_tokens))
+            now = anyio.current_time()
+        self._settle(
+            reservation, plan.cost, plan.actual if config.correct_to_usage else plan.cost, now
+        )
+
+        body = plan.body(number)
+        headers = [request_id, *self._limit_headers(group, now)]
+        if fault is None:
+            await self._send(send, 200, body, headers, plan.content_type)
+        elif fault == 3:  # dropped connection
+            self._count(200)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", plan.content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        *headers,
+                    ],
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+            )
+            raise DroppedConnection
+        elif fault == 4:  # slow body
+            self._count(200)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", plan.content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        *headers,
+                    ],
+                }
+            )
+            pieces = 4
+            step = math.ceil(len(body) / pieces)
+            for index in range(pieces):
+                await anyio.sleep(config.slow_body_ms / 1000 / pieces)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": body[index * step : (index + 1) * step],
+                        "more_body": index < pieces - 1,
+                    }
+                )
+        else:  # malformed JSON: a complete 200 whose body is cut in half
+            await self._send(send, 200, body[: len(body) // 2], headers, plan.content_type)
+
+    def _settle(self, reservation: Reservation | None, cost: int, actual: int, now: float) -> None:
+        if reservation is not None and actual != cost:
+            self._book.settle(reservation, actual, now)
+        self.stats.tokens_charged += actual
+        if actual != cost:
+            self.stats.window.add(now, 0, actual - cost)
+
+    def _draw_fault(self) -> int | None:
+        thresholds = self._fault_thresholds
+        if thresholds is None:
+            return None
+        draw = self._rng.random()
+        for index, threshold in enumerate(thresholds):
+            if draw < threshold:
+                return index
+        return None
+
+    def _latency(self, output_tokens: int) -> float:
+        config = self.config
+        base = config.latency_ms
+        if config.latency_sigma > 0 and base > 0:
+            base = self._rng.lognormvariate(math.log(base), config.latency_sigma)
+        return (base + config.ms_per_output_token * output_tokens) / 1000
+
+    def _limit_headers(self, group: tuple[str, str], now: float) -> list[tuple[bytes, bytes]]:
+        if not self._quotas_on:
+            return []
+        include_limits = True
+        if self._header_faults_on:
+            draw = self._rng.random()
+            if draw < self.config.missing_headers_rate:
+                return []
+            include_limits = draw >= self.config.missing_headers_rate + (
+                self.config.missing_limit_headers_rate
+            )
+        return rate_limit_headers(self._book.snapshot(group, now), include_limits=include_limits)
+
+    async def _send_rate_limited(
+        self,
+        send: Send,
+        request_id: tuple[bytes, bytes],
+        group: tuple[str, str],
+        model: str,
+        decision: Any,
+        now: float,
+    ) -> None:
+        config = self.config
+        unit = {
+            ("requests", "minute"): "requests per min (RPM)",
+            ("tokens", "minute"): "tokens per min (TPM)",
+            ("requests", "day"): "requests per day (RPD)",
+            ("tokens", "day"): "tokens per day (TPD)",
+        }[(decision.kind, decision.window)]
+        headers = [request_id, *self._limit_headers(group, now)]
+        if decision.too_large:
+            message = (
+                f"Request too large for {model} in organization {config.organization} on {unit}: "
+                f"Limit {decision.limit}, Requested {decision.requested}. The input or output "
+                "tokens must be reduced in order to run successfully. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more."
+            )
+        else:
+            message = (
+                f"Rate limit reached for {model} in organization {config.organization} on {unit}: "
+                f"Limit {decision.limit}, Used {decision.used}, Requested {decision.requested}. "
+                f"Please try again in {_human_wait(decision.retry_after)}. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more."
+            )
+            headers += retry_after_headers(
+                decision.retry_after,
+                retry_after=config.retry_after_header,
+                retry_after_ms=config.retry_after_ms_header,
+            )
+        body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
+        await self._send(send, 429, body, headers)
+
+    # -- endpoints -----------------------------------------------------------------
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        key, _client_id, reject = self._authorize(scope)
+        body = await self._read_body(scope, receive)
+        if reject is None and body is None:
+            reject = self._too_large()
+        if reject is not None:
+            await self._send_reject(send, number, reject)
+            return
+        assert body is not None
+        plan = self._plans.get(body)
+        if plan is None:
+            plan = _plan_chat(body, self.config.default_output_tokens)
+            if len(body) <= _PLAN_CACHE_BODY_MAX:
+                if len(self._plans) >= _PLAN_CACHE_MAX:
+                    self._plans.clear()
+                self._plans[body] = plan
+        if isinstance(plan, _Reject):
+            await self._send_reject(send, number, plan)
+            return
+        await self._answer(send, number, key, plan)
+
+    async def _transcription(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        key, _client_id, reject = self._authorize(scope)
+        body = await self._read_body(scope, receive)
+        if reject is None and body is None:
+            reject = self._too_large()
+        if reject is not None:
+            await self._send_reject(send, number, reject)
+            return
+        assert body is not None
+        content_type = ""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        plan = _plan_transcription(body, content_type)
+        if isinstance(plan, _Reject):
+            await self._send_reject(send, number, plan)
+            return
+        await self._answer(send, number, key, plan)
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        _key, _client_id, reject = self._authorize(scope)
+        if reject is not None:
+            await self._send_reject(send, number, reject)
+            return
+        data = [
+            {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "mock"}
+            for model in self.config.models
+        ]
+        body = orjson.dumps({"object": "list", "data": data})
+        await self._send(send, 200, body, [(b"x-request-id", _request_id(number))])
+
+    async def _get_stats(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        await self._send(send, 200, orjson.dumps(self.stats.as_dict()), [])
+
+    async def _reset(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        await self._read_body(scope, receive)
+        self.stats = Stats()
+        self._book.clear()
+        self._rng = random.Random(self.config.seed)
+        await self._send(send, 200, b'{"reset":true}', [])
+
+    async def _get_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        await self._send(send, 200, orjson.dumps(_config_dict(self.config)), [])
+
+    async def _set_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._send_reject(send, number, self._too_large())
+            return
+        try:
+            changes = orjson.loads(body) if body else {}
+            if not isinstance(changes, dict):
+                raise TypeError("expected a JSON object of MockConfig fields")
+            known = {field.name for field in attrs.fields(MockConfig)}
+            unknown = sorted(set(changes) - known)
+            if unknown:
+                raise TypeError(f"unknown config fields: {', '.join(unknown)}")
+            config = attrs.evolve(self.config, **changes)
+        except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+            await self._send_reject(send, number, _Reject(400, f"invalid mock config: {error}"))
+            return
+        self._book.set_limits(config.limits, anyio.current_time())
+        if config.seed != self.config.seed:
+            self._rng = random.Random(config.seed)
+        self._apply(config)
+        await self._send(send, 200, orjson.dumps(_config_dict(config)), [])
+
+
+def _config_dict(config: MockConfig) -> dict[str, Any]:
+    def serialize(_instance: Any, _field: Any, value: Any) -> Any:
+        return value.value if isinstance(value, Semantics) else value
+
+    return attrs.asdict(config, value_serializer=serialize)
+
+
+def _request_id(number: int) -> bytes:
+    return b"req_mock%016x" % number
+
+
+def _human_wait(seconds: float) -> str:
+    """OpenAI's "Please try again in ..." wording: ``20ms``, ``1.5s``, ``6m0s``."""
+    return format_go_duration(seconds)
+
+
+# -- chat completions -------------------------------------------------------------
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return " ".join(parts)
+    return ""
+
+
+def _positive_int(request: dict[str, Any], name: str, maximum: int | None = None) -> _Reject | None:
+    value = request.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _Reject(
+            400,
+            f"Invalid type for '{name}': expected an integer, "
+            f"but got a {type(value).__name__} instead.",
+            name,
+            "invalid_type",
+        )
+    if value < 1:
+        return _Reject(
+            400,
+            f"Invalid '{name}': integer below minimum value. "
+            f"Expected a value >= 1, but got {value} instead.",
+            name,
+            "integer_below_min_value",
+        )
+    if maximum is not None and value > maximum:
+        return _Reject(
+            400,
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {maximum}, "
+            f"but got {value} instead.",
+            name,
+            "integer_above_max_value",
+        )
+    return None
+
+
+def _answer_content(request: dict[str, Any], snippet: str) -> str | _Reject:
+    response_format = request.get("response_format")
+    if response_format is None:
+        return f"Mock reply to: {snippet}"
+    if not isinstance(response_format, dict):
+        return _Reject(
+            400, "Invalid 'response_format': expected an object.", "response_format", "invalid_type"
+        )
+    kind = response_format.get("type")
+    if kind == "text":
+        return f"Mock reply to: {snippet}"
+    if kind == "json_object":
+        return orjson.dumps({"reply": f"Mock reply to: {snippet}"}).decode()
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            return _Reject(
+                400,
+                "Missing required parameter: 'response_format.json_schema.name'.",
+                "response_format.json_schema.name",
+                "missing_required_parameter",
+            )
+        schema = spec.get("schema") or {}
+        if not isinstance(schema, dict):
+            return _Reject(
+                400, "Invalid schema: expected an object.", "response_format", "invalid_type"
+            )
+        try:
+            instance = instance_for_schema(schema)
+        except (KeyError, TypeError, ValueError, IndexError, RecursionError) as error:
+            return _Reject(
+                400,
+                f"Invalid schema for response_format '{spec['name']}': {error}",
+                "response_format",
+                "invalid_json_schema",
+            )
+        return orjson.dumps(instance).decode()
+    return _Reject(
+        400,
+        f"Invalid value: '{kind}'. Supported values are: 'json_object', 'json_schema', and 'text'.",
+        "response_format.type",
+        "invalid_value",
+    )
+
+
+def _plan_chat(body: bytes, default_output_tokens: int) -> _Plan | _Reject:
+    """Validate a chat request and build its answer (cached by the caller)."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _Reject(400, _UNPARSABLE_JSON)
+    if not isinstance(request, dict):
+        return _Reject(
+            400, "Invalid type for request body: expected an object.", None, "invalid_type"
+        )
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        return _Reject(400, "you must provide a model parameter", "model", None)
+    messages = request.get("messages")
+    if messages is None:
+        return _Reject(
+            400, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        return _Reject(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            "messages",
+            "empty_array",
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return _Reject(
+                400,
+                f"Invalid 'messages[{index}]': expected an object with a 'role'.",
+                f"messages[{index}]",
+                "invalid_type",
+            )
+    for name, maximum in (("n", 128), ("max_tokens", None), ("max_completion_tokens", None)):
+        reject = _positive_int(request, name, maximum)
+        if reject is not None:
+            return reject
+    if request.get("stream"):
+        return _Reject(
+            400, "stream is not supported by the mock server.", "stream", "unsupported_value"
+        )
+    snippet = ""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            snippet = _message_text(message.get("content"))[:_SNIPPET_CHARS]
+            break
+    content = _answer_content(request, snippet)
+    if isinstance(content, _Reject):
+        return content
+    try:
+        prompt_tokens = chat_prompt_tokens(messages, model)
+    except (TypeError, ValueError) as error:
+        return _Reject(400, f"Invalid 'messages': {error}", "messages", "invalid_value")
+    n = request.get("n") or 1
+    per_choice_limit = request.get("max_completion_tokens") or request.get("max_tokens")
+    choice_tokens = count_tokens(content, model)
+    finish_reason = "stop"
+    if per_choice_limit is not None and choice_tokens > per_choice_limit:
+        encoding = encoding_for_model(model)
+        content = encoding.decode(encoding.encode_ordinary(content)[:per_choice_limit])
+        choice_tokens = per_choice_limit
+        finish_reason = "length"
+    completion_tokens = n * choice_tokens
+    message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
+    tail = orjson.dumps(
+        {
+            "model": model,
+            "choices": [
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+                for index in range(n)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_mock",
+        }
+    )[1:]
+
+    def build(number: int) -> bytes:
+        return b'{"id":"chatcmpl-mock%x","object":"chat.completion","created":%d,%s' % (
+            number,
+            int(time.time()),
+            tail,
+        )
+
+    return _Plan(
+        model=model,
+        cost=prompt_tokens + output_budget(request, default_output_tokens),
+        actual=prompt_tokens + completion_tokens,
+        output_tokens=choice_tokens,
+        content_type=_JSON,
+        body=build,
+    )
+
+
+# -- transcriptions ------------------------------------------------------------------
+
+
+def _plan_transcription(body: bytes, content_type: str) -> _Plan | _Reject:
+    """Validate a transcription upload and build its answer."""
+    try:
+        fields = parse_multipart(body, content_type)
+    except MultipartError as error:
+        return _Reject(400, f"Invalid multipart body: {error}.", None, "invalid_value")
+    model_field = fields.get("model")
+    model = model_field.data.decode("utf-8", "replace").strip() if model_field else ""
+    if not model:
+        return _Reject(400, "you must provide a model parameter", "model", None)
+    upload = fields.get("file")
+    if upload is None:
+        return _Reject(
+            400, "Missing required parameter: 'file'.", "file", "missing_required_parameter"
+        )
+    format_field = fields.get("response_format")
+    response_format = (
+        format_field.data.decode("utf-8", "replace").strip() if format_field else "json"
+    )
+    if response_format not in _TRANSCRIPTION_FORMATS:
+        return _Reject(
+            400,
+            f"Invalid value: '{response_format}'. Supported values are: "
+            + ", ".join(f"'{name}'" for name in _TRANSCRIPTION_FORMATS)
+            + ".",
+            "response_format",
+            "invalid_value",
+        )
+    filename = upload.filename or "file"
+    extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    if extension not in _AUDIO_EXTENSIONS:
+        return _Reject(
+            400,
+            f"Invalid file format. Supported formats: {list(_AUDIO_EXTENSIONS)}",
+            "file",
+            "invalid_value",
+        )
+    duration = audio_duration(upload.data)
+    if duration is None:
+        return _Reject(400, "Audio file might be corrupted or unsupported", "file", "invalid_value")
+    text = f"Mock transcription of {filename}: {duration:.2f} seconds of audio."
+    usage = {"type": "duration", "seconds": math.ceil(duration)}
+    if response_format == "json":
+        payload, kind = orjson.dumps({"text": text, "usage": usage}), _JSON
+    elif response_format == "verbose_json":
+        segment = {
+            "id": 0,
+            "seek": 0,
+            "start": 0.0,
+            "end": duration,
+            "text": text,
+            "tokens": [],
+            "temperature": 0.0,
+            "avg_logprob": -0.1,
+            "compression_ratio": 1.0,
+            "no_speech_prob": 0.0,
+        }
+        payload = orjson.dumps(
+            {
+                "task": "transcribe",
+                "language": "english",
+                "duration": duration,
+                "text": text,
+                "segments": [segment],
+                "usage": usage,
+            }
+        )
+        kind = _JSON
+    elif response_format == "text":
+        payload, kind = (text + "\n").encode(), _TEXT
+    else:
+        end = _timestamp(duration, "," if response_format == "srt" else ".")
+        start = _timestamp(0.0, "," if response_format == "srt" else ".")
+        if response_format == "srt":
+            payload = f"1\n{start} --> {end}\n{text}\n\n".encode()
+        else:
+            payload = f"WEBVTT\n\n{start} --> {end}\n{text}\n\n".encode()
+        kind = _TEXT
+
+    return _Plan(
+        model=model,
+        cost=0,
+        actual=0,
+        output_tokens=count_tokens(text, "gpt-4o"),
+        content_type=kind,
+        body=lambda _number: payload,
+    )
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    whole, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{whole:02d}{separator}{millis:03d}"

@@ -1,0 +1,305 @@
+"""``engine mock``: serve the mock over loopback with hypercorn (trio) or uvicorn.
+
+Prints ``mock listening on http://HOST:PORT/v1`` on stdout once the socket
+accepts connections (``--port 0`` picks a free port and prints it), and stops
+cleanly on SIGINT or SIGTERM (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from engine.mock._app import DroppedConnection, create_app
+from engine.mock._config import DEFAULT_MODELS, MockConfig
+
+__all__ = ["config_from_args", "register", "run"]
+
+_SERVER_LOGGERS = ("hypercorn.error", "uvicorn.error")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``mock`` subcommand to the ``engine`` parser."""
+    parser = subparsers.add_parser(
+        "mock",
+        help="serve an OpenAI-compatible mock API with quotas and faults",
+        description=(
+            "Serve an OpenAI-compatible mock API (chat completions, transcriptions, models) "
+            "with per-key-and-model quotas, x-ratelimit-* headers, latency and fault "
+            "injection. Prints 'mock listening on http://HOST:PORT/v1' once ready. "
+            "Accounting: GET /_mock/stats; POST /_mock/reset; GET/POST /_mock/config."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serving.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
+    serving.add_argument(
+        "--server",
+        choices=("hypercorn", "uvicorn"),
+        default="hypercorn",
+        help="hypercorn's trio worker, or uvicorn with uvloop and httptools (fastest)",
+    )
+    serving.add_argument(
+        "--log-level", default="warning", help="server log level (debug, info, warning, error)"
+    )
+
+    quotas = parser.add_argument_group("quotas (per API key and model; omitted = unlimited)")
+    quotas.add_argument("--rpm", type=int, help="requests per minute")
+    quotas.add_argument("--tpm", type=int, help="tokens per minute")
+    quotas.add_argument("--rpd", type=int, help="requests per day")
+    quotas.add_argument("--tpd", type=int, help="tokens per day")
+    quotas.add_argument(
+        "--quota-semantics",
+        choices=("token_bucket", "fixed_window", "per_second"),
+        default="token_bucket",
+        help="token_bucket: continuous refill, starts full; fixed_window: resets each period; "
+        "per_second: limit/60 per 1/60 of the period",
+    )
+    quotas.add_argument(
+        "--default-output-tokens",
+        type=int,
+        default=MockConfig().default_output_tokens,
+        help="output budget per choice charged at arrival when a request sets no max_tokens",
+    )
+    quotas.add_argument(
+        "--no-correct-to-usage",
+        action="store_true",
+        help="keep the arrival charge (prompt + n x budget) instead of correcting it to real usage",
+    )
+    quotas.add_argument(
+        "--insufficient-quota-after",
+        type=int,
+        help="after this many admitted requests answer 429 insufficient_quota (0: always)",
+    )
+    quotas.add_argument(
+        "--api-key", help="the only API key accepted (others get 401); omitted: accept any"
+    )
+    quotas.add_argument("--organization", default="org-mock", help="named in 429 messages")
+    quotas.add_argument("--no-retry-after", action="store_true", help="omit retry-after on 429")
+    quotas.add_argument(
+        "--no-retry-after-ms", action="store_true", help="omit retry-after-ms on 429"
+    )
+
+    latency = parser.add_argument_group("latency")
+    latency.add_argument(
+        "--latency-ms", type=float, default=0.0, help="fixed latency, or the lognormal median"
+    )
+    latency.add_argument(
+        "--latency-sigma", type=float, default=0.0, help="lognormal sigma (0: fixed latency)"
+    )
+    latency.add_argument(
+        "--ms-per-output-token", type=float, default=0.0, help="added per completion token"
+    )
+    latency.add_argument("--seed", type=int, help="seed of the latency and fault generator")
+
+    faults = parser.add_argument_group("faults (probability per admitted request, 0 to 1)")
+    faults.add_argument("--error-500-rate", type=float, default=0.0, help="answer 500")
+    faults.add_argument("--error-502-rate", type=float, default=0.0, help="answer 502")
+    faults.add_argument("--error-503-rate", type=float, default=0.0, help="answer 503")
+    faults.add_argument(
+        "--drop-rate", type=float, default=0.0, help="drop the connection mid-response"
+    )
+    faults.add_argument(
+        "--slow-body-rate", type=float, default=0.0, help="send the body slowly, in 4 pieces"
+    )
+    faults.add_argument(
+        "--slow-body-ms", type=float, default=2000.0, help="how long a slow body takes"
+    )
+    faults.add_argument(
+        "--malformed-json-rate", type=float, default=0.0, help="200 with a truncated JSON body"
+    )
+    faults.add_argument(
+        "--missing-headers-rate", type=float, default=0.0, help="omit every x-ratelimit-* header"
+    )
+    faults.add_argument(
+        "--missing-limit-headers-rate",
+        type=float,
+        default=0.0,
+        help="omit only x-ratelimit-limit-* (as Azure does)",
+    )
+
+    other = parser.add_argument_group("other")
+    other.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help=f"a model listed by GET /v1/models (repeatable; default: {', '.join(DEFAULT_MODELS)})",
+    )
+    other.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MockConfig().max_body_bytes,
+        help="larger request bodies get 413",
+    )
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> MockConfig:
+    """Build the :class:`MockConfig` an ``engine mock`` command line asks for."""
+    return MockConfig(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        rpd=args.rpd,
+        tpd=args.tpd,
+        quota_semantics=args.quota_semantics,
+        default_output_tokens=args.default_output_tokens,
+        correct_to_usage=not args.no_correct_to_usage,
+        insufficient_quota_after=args.insufficient_quota_after,
+        api_key=args.api_key,
+        organization=args.organization,
+        retry_after_header=not args.no_retry_after,
+        retry_after_ms_header=not args.no_retry_after_ms,
+        latency_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        ms_per_output_token=args.ms_per_output_token,
+        seed=args.seed,
+        error_500_rate=args.error_500_rate,
+        error_502_rate=args.error_502_rate,
+        error_503_rate=args.error_503_rate,
+        drop_rate=args.drop_rate,
+        slow_body_rate=args.slow_body_rate,
+        slow_body_ms=args.slow_body_ms,
+        malformed_json_rate=args.malformed_json_rate,
+        missing_headers_rate=args.missing_headers_rate,
+        missing_limit_headers_rate=args.missing_limit_headers_rate,
+        models=tuple(args.models) if args.models else DEFAULT_MODELS,
+        max_body_bytes=args.max_body_bytes,
+    )
+
+
+class _HideInjectedDrops(logging.Filter):
+    """Servers log an app exception with a traceback; an injected drop is not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, DroppedConnection):
+                return False
+            exc = exc.__cause__ or exc.__context__
+        return True
+
+
+def _ready(host: str, port: int) -> None:
+    shown = f"[{host}]" if ":" in host else host
+    print(f"mock listening on http://{shown}:{port}/v1", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; return the exit status."""
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        print(f"engine mock: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    for name in _SERVER_LOGGERS:
+        logging.getLogger(name).addFilter(_HideInjectedDrops())
+    app = create_app(config)
+    if args.server == "uvicorn":
+        return _serve_uvicorn(app, args)
+    return _serve_hypercorn(app, args)
+
+
+def _serve_hypercorn(app: Any, args: argparse.Namespace) -> int:
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    config.bind = [f"{host}:{args.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.loglevel = args.log_level.upper()
+    config.backlog = 2048
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def shutdown_trigger() -> None:
+                async for _signal in signals:
+                    return
+
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    lambda task_status: serve(
+                        app, config, shutdown_trigger=shutdown_trigger, task_status=task_status
+                    )
+                )
+                port = int(binds[0].rsplit(":", 1)[1])
+                _ready(args.host, port)
+
+    trio.run(main)
+    return 0
+
+
+def _serve_uvicorn(app: Any, args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    port = sock.getsockname()[1]
+
+    try:
+        import uvloop
+
+        loop = "uvloop"
+    except ImportError:
+        uvloop = None
+        loop = "asyncio"
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:
+        http = "h11"
+
+    config = uvicorn.Config(
+        app,
+        loop=loop,
+        http=http,
+        lifespan="on",
+        access_log=False,
+        log_level=args.log_level.lower(),
+        log_config=None,
+        backlog=2048,
+    )
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[override]
+            # uvicorn re-raises the signal after shutdown; we exit 0 instead.
+            previous = {
+                sig: signal.signal(sig, lambda *_: setattr(self, "should_exit", True))
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                _ready(args.host, port)
+
+    server = Server(config)
+    if uvloop is not None:
+        uvloop.run(server.serve(sockets=[sock]))
+    else:
+        asyncio.run(server.serve(sockets=[sock]))
+    sock.close()
+    return 0 if server.started else 1

@@ -1,0 +1,138 @@
+"""The mock server's configuration: one frozen, keyword-only attrs class."""
+
+from __future__ import annotations
+
+import attrs
+
+from engine._tokens import DEFAULT_OUTPUT_TOKENS
+from engine.mock._quotas import Limits, Semantics
+
+__all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "MockConfig"]
+
+#: Models listed by ``GET /v1/models``.  Any model name is served regardless.
+DEFAULT_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "gpt-4.1",
+    "whisper-1",
+    "gpt-4o-mini-transcribe",
+)
+
+#: Faults that replace the response body; one is drawn per admitted request,
+#: so their rates must add up to at most 1.
+FAULT_RATE_FIELDS = (
+    "error_500_rate",
+    "error_502_rate",
+    "error_503_rate",
+    "drop_rate",
+    "slow_body_rate",
+    "malformed_json_rate",
+)
+
+
+def _rate(instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _semantics(value: Semantics | str) -> Semantics:
+    return value if isinstance(value, Semantics) else Semantics(value)
+
+
+_limit = {"default": None, "validator": _non_negative}
+_rate_field = {"default": 0.0, "converter": float, "validator": _rate}
+
+
+@attrs.frozen(kw_only=True)
+class MockConfig:
+    """How the mock server behaves.  Every field is optional.
+
+    Quotas (per limit group: one API key and one model):
+        rpm, tpm, rpd, tpd: requests / tokens per minute / per day; ``None``
+            (the default) means unlimited.  With all four ``None`` the quota
+            check is skipped and no ``x-ratelimit-*`` headers are sent.
+        quota_semantics: ``token_bucket`` (default), ``fixed_window`` or
+            ``per_second``; see :mod:`engine.mock._quotas`.
+        default_output_tokens: output budget per choice charged at arrival when a
+            request sets neither ``max_tokens`` nor ``max_completion_tokens``
+            (default 512, as the engine assumes).
+        correct_to_usage: after answering, correct the token charge from
+            prompt + n x budget to real usage (default True).
+        insufficient_quota_after: after this many admitted requests every
+            request gets 429 ``insufficient_quota``; 0 = from the start
+            (default None: never).
+        api_key: the only key accepted (``Authorization: Bearer KEY``); others
+            get 401 ``invalid_api_key`` (default None: any key, or none).
+        organization: named in 429 messages (default ``"org-mock"``).
+        retry_after_header: send ``retry-after`` on 429 (default True).
+        retry_after_ms_header: send ``retry-after-ms`` on 429 (default True).
+
+    Latency (slept with anyio before answering; default none):
+        latency_ms: fixed latency, or the median when ``latency_sigma`` > 0 (default 0).
+        latency_sigma: sigma of a lognormal latency around that median (default 0: fixed).
+        ms_per_output_token: added per completion token of one choice (default 0).
+        seed: seeds the random generator of latencies and faults (default None: random).
+
+    Faults (each a probability per admitted request, default 0):
+        error_500_rate, error_502_rate, error_503_rate: answer that status with
+            an OpenAI-shaped body (the token charge is refunded).
+        drop_rate: send the status line and half the body, then drop the connection.
+        slow_body_rate: send the body in 4 pieces spread over ``slow_body_ms``.
+        slow_body_ms: duration of a slow body (default 2000).
+        malformed_json_rate: a 200 whose JSON body is cut in half.
+        missing_headers_rate: leave out every ``x-ratelimit-*`` header.
+        missing_limit_headers_rate: leave out only ``x-ratelimit-limit-*`` (as Azure does).
+
+    Other:
+        models: listed by ``GET /v1/models`` (default :data:`DEFAULT_MODELS`).
+        max_body_bytes: larger request bodies get 413 (default 26 MiB).
+    """
+
+    rpm: int | None = attrs.field(**_limit)
+    tpm: int | None = attrs.field(**_limit)
+    rpd: int | None = attrs.field(**_limit)
+    tpd: int | None = attrs.field(**_limit)
+    quota_semantics: Semantics = attrs.field(default=Semantics.TOKEN_BUCKET, converter=_semantics)
+    default_output_tokens: int = attrs.field(default=DEFAULT_OUTPUT_TOKENS, validator=_non_negative)
+    correct_to_usage: bool = True
+    insufficient_quota_after: int | None = attrs.field(default=None, validator=_non_negative)
+    api_key: str | None = None
+    organization: str = "org-mock"
+    retry_after_header: bool = True
+    retry_after_ms_header: bool = True
+
+    latency_ms: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    latency_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    ms_per_output_token: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    seed: int | None = None
+
+    error_500_rate: float = attrs.field(**_rate_field)
+    error_502_rate: float = attrs.field(**_rate_field)
+    error_503_rate: float = attrs.field(**_rate_field)
+    drop_rate: float = attrs.field(**_rate_field)
+    slow_body_rate: float = attrs.field(**_rate_field)
+    slow_body_ms: float = attrs.field(default=2000.0, converter=float, validator=_non_negative)
+    malformed_json_rate: float = attrs.field(**_rate_field)
+    missing_headers_rate: float = attrs.field(**_rate_field)
+    missing_limit_headers_rate: float = attrs.field(**_rate_field)
+
+    models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=tuple)
+    max_body_bytes: int = attrs.field(default=26 * 1024 * 1024, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        total = sum(getattr(self, name) for name in FAULT_RATE_FIELDS)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:g}, more than 1")
+
+    @property
+    def limits(self) -> Limits:
+        """The quota limits as the quota book takes them."""
+        return Limits(
+            rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, tpd=self.tpd, semantics=self.quota_semantics
+        )

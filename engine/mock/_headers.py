@@ -1,0 +1,70 @@
+"""Header values the mock sends: Go durations and the ``x-ratelimit-*`` set.
+
+Pure functions; none checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+
+from engine.mock._quotas import Snapshot
+
+__all__ = ["format_go_duration", "rate_limit_headers", "retry_after_headers"]
+
+
+def format_go_duration(seconds: float) -> str:
+    """``seconds`` as Go's ``time.Duration.String()`` writes it, to the millisecond.
+
+    Rounded *up* to a whole millisecond (a reset is never announced early):
+    ``0s``, ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``2m59.56s``, ``1h2m3s``.
+    """
+    millis = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if millis == 0:
+        return "0s"
+    if millis < 1000:
+        return f"{millis}ms"
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    whole, fraction = divmod(millis, 1000)
+    text = f"{whole}.{fraction:03d}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{minutes}m{text}"
+    return text
+
+
+def rate_limit_headers(
+    snapshot: Snapshot, *, include_limits: bool = True
+) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of ``snapshot`` (unlimited dimensions left out).
+
+    With ``include_limits=False`` the ``x-ratelimit-limit-*`` pair is left out, as
+    Azure OpenAI sometimes does.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    for kind, limit, remaining, reset in (
+        ("requests", snapshot.limit_requests, snapshot.remaining_requests, snapshot.reset_requests),
+        ("tokens", snapshot.limit_tokens, snapshot.remaining_tokens, snapshot.reset_tokens),
+    ):
+        if limit is None:
+            continue
+        if include_limits:
+            headers.append((f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()))
+        headers.append((f"x-ratelimit-remaining-{kind}".encode(), str(remaining).encode()))
+        headers.append(
+            (f"x-ratelimit-reset-{kind}".encode(), format_go_duration(reset or 0.0).encode())
+        )
+    return headers
+
+
+def retry_after_headers(
+    seconds: float, *, retry_after: bool = True, retry_after_ms: bool = True
+) -> list[tuple[bytes, bytes]]:
+    """``retry-after`` (whole seconds, rounded up) and ``retry-after-ms`` for a 429."""
+    headers: list[tuple[bytes, bytes]] = []
+    if retry_after:
+        headers.append((b"retry-after", str(max(1, math.ceil(seconds - 1e-9))).encode()))
+    if retry_after_ms:
+        headers.append((b"retry-after-ms", str(max(0, math.ceil(seconds * 1000 - 1e-6))).encode()))
+    return headers

@@ -1,0 +1,80 @@
+"""What the mock has served, for ``GET /_mock/stats``.  Pure; nothing checkpoints."""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any
+
+__all__ = ["SlidingWindowMax", "Stats"]
+
+
+class SlidingWindowMax:
+    """Largest sum of requests and of tokens over any window of ``width`` seconds.
+
+    Amounts are kept in buckets of ``resolution`` seconds (default 1 ms), so the
+    memory is bounded by ``width / resolution`` buckets whatever the rate; a
+    window is the buckets numbered ``b - width/resolution + 1`` to ``b``.
+    """
+
+    def __init__(self, width: float = 60.0, resolution: float = 0.001) -> None:
+        self._resolution = resolution
+        self._span = round(width / resolution)
+        self._buckets: collections.deque[list[float]] = collections.deque()
+        self._requests = 0.0
+        self._tokens = 0.0
+        self.max_requests = 0
+        self.max_tokens = 0
+
+    def add(self, now: float, requests: float, tokens: float) -> None:
+        """Count ``requests`` and ``tokens`` (either may be negative: a refund) at ``now``."""
+        bucket = math.floor(now / self._resolution)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] >= bucket:
+            last = buckets[-1]
+            last[1] += requests
+            last[2] += tokens
+        else:
+            buckets.append([bucket, requests, tokens])
+        self._requests += requests
+        self._tokens += tokens
+        oldest = buckets[-1][0] - self._span
+        while buckets[0][0] <= oldest:
+            _, old_requests, old_tokens = buckets.popleft()
+            self._requests -= old_requests
+            self._tokens -= old_tokens
+        if self._requests > self.max_requests:
+            self.max_requests = round(self._requests)
+        if self._tokens > self.max_tokens:
+            self.max_tokens = round(self._tokens)
+
+
+class Stats:
+    """Counters of one mock app since it started or was last reset.
+
+    Attributes:
+        status_counts: responses sent per status code.
+        admitted: requests the quota admitted (answered or faulted).
+        tokens_charged: tokens charged to quotas, after corrections to real usage.
+        window: the most requests / tokens admitted in any sliding 60 s window.
+        client_request_ids: requests seen per ``X-Client-Request-Id`` value.
+    """
+
+    def __init__(self) -> None:
+        self.status_counts: collections.Counter[int] = collections.Counter()
+        self.admitted = 0
+        self.tokens_charged = 0
+        self.window = SlidingWindowMax()
+        self.client_request_ids: collections.Counter[str] = collections.Counter()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON body of ``GET /_mock/stats``."""
+        return {
+            "requests": sum(self.status_counts.values()),
+            "status_counts": {str(code): n for code, n in sorted(self.status_counts.items())},
+            "admitted": self.admitted,
+            "tokens_charged": self.tokens_charged,
+            "max_requests_per_60s": self.window.max_requests,
+            "max_tokens_per_60s": self.window.max_tokens,
+            "client_request_ids": dict(self.client_request_ids),
+        }
