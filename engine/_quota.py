@@ -536,6 +536,19 @@ class QuotaBook:
         group = self._groups.get(group_name)
         return 0 if group is None else group.in_flight
 
+    def request_rate(self) -> float | None:
+        """Sum of the known per-minute request rates (requests/s) of all groups.
+
+        None when some group's request limit is still unknown.
+        """
+        total = 0.0
+        for group in self._groups.values():
+            rate = group.dims["requests_per_minute"].rate
+            if rate is None:
+                return None
+            total += rate
+        return total or None
+
     def snapshot(self, group_name: str, now: float) -> dict[str, dict[str, object]]:
         """Plain-data view of a group's dimensions (for statistics and debugging)."""
         group = self._group(group_name, now)

@@ -1,0 +1,344 @@
+"""The limiter task: the only owner of the quota book.
+
+Workers talk to it over one memory channel.  ``acquire`` sends a waiter that
+carries a 1-slot reply channel and waits for the answer (a reservation, or a
+refusal); after the response the worker reports the outcome with
+``settle_nowait`` / ``rate_limited_nowait`` / ``release_nowait``.  The limiter
+grants in FIFO order per limit group, never polls: it sleeps until the earliest
+absolute moment the head of some queue can go (or a message arrives) and at each
+wake-up grants every permit that fits.
+
+The channel's buffer is unbounded on purpose: each worker has at most one
+message outstanding, so its length is bounded by the number of workers, and
+reports must never block (they are sent from cleanup paths).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+
+import attrs
+import trio
+
+from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
+from engine._headers import RateLimitHeaders
+from engine._quota import Cost, Grant, QuotaBook, Reservation, TooLarge, Wait
+
+__all__ = ["Limiter", "LimiterStatistics"]
+
+
+class _State(enum.Enum):
+    PENDING = "pending"
+    GRANTED = "granted"
+    CANCELLED = "cancelled"
+
+
+@attrs.define(slots=True, eq=False)
+class _Waiter:
+    group: str
+    cost: Cost
+    reply: trio.MemorySendChannel
+    state: _State = _State.PENDING
+    reservation: Reservation | None = None
+
+
+@attrs.frozen
+class _Cancel:
+    waiter: _Waiter
+
+
+@attrs.frozen
+class _Settle:
+    reservation: Reservation
+    headers: RateLimitHeaders | None
+    used_tokens: int | None
+    latency: float | None
+
+
+@attrs.frozen
+class _RateLimited:
+    reservation: Reservation
+    headers: RateLimitHeaders | None
+    retry_after: float | None
+    limit_type: str | None
+
+
+@attrs.frozen
+class _Release:
+    reservation: Reservation
+
+
+@attrs.frozen
+class _Stop:
+    error: FatalError
+
+
+@attrs.frozen
+class LimiterStatistics:
+    """A snapshot of the limiter's counters.
+
+    Attributes:
+        granted: permits granted so far.
+        waiting: acquires queued, not yet granted.
+        in_flight: permits granted and not yet settled or released.
+        rate_limited: 429 ``rate_limit_exceeded`` responses reported.
+        too_large: requests refused because their cost exceeds a limit.
+        tokens_reserved: tokens reserved by granted permits (estimates).
+        tokens_used: real tokens reported by settled responses.
+        in_flight_cap: the current bound on permits in flight.
+    """
+
+    granted: int
+    waiting: int
+    in_flight: int
+    rate_limited: int
+    too_large: int
+    tokens_reserved: int
+    tokens_used: int
+    in_flight_cap: int
+
+
+class Limiter:
+    """Grants permits from a :class:`~engine._quota.QuotaBook` to worker tasks.
+
+    Args:
+        book: the quota book; from now on only :meth:`run` touches it.
+        max_in_flight: the most permits in flight at once (default 512).
+        auto_in_flight: when True (default False), the bound adapts to what
+            the known request rates need at the observed latency (twice the
+            rate times the latency, plus 8), never above ``max_in_flight``.
+
+    Call :meth:`run` in a nursery (``await nursery.start(limiter.run)``); it
+    returns after :meth:`close`.
+    """
+
+    def __init__(
+        self, book: QuotaBook, *, max_in_flight: int = 512, auto_in_flight: bool = False
+    ) -> None:
+        self._book = book
+        self._send, self._receive = trio.open_memory_channel[object](math.inf)
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._max_in_flight = max_in_flight
+        self._auto = auto_in_flight
+        self._cap = 8 if auto_in_flight else max_in_flight
+        self._latency = 0.0
+        self._stopped: FatalError | None = None
+        self._granted = 0
+        self._rate_limited = 0
+        self._too_large = 0
+        self._tokens_reserved = 0
+        self._tokens_used = 0
+        self._in_flight = 0
+
+    # -- worker side ----------------------------------------------------------
+
+    async def acquire(self, group: str, cost: Cost) -> Reservation:
+        """Wait for a permit for ``cost`` in ``group``.  Checkpoints.
+
+        Raises:
+            RequestTooLargeError: the cost can never fit the group's limits.
+            RunStoppedError: the limiter was stopped by a fatal error.
+        A caller cancelled while waiting has its reservation returned.
+        """
+        reply_send, reply_receive = trio.open_memory_channel[object](1)
+        waiter = _Waiter(group, cost, reply_send)
+        try:
+            self._send.send_nowait(waiter)
+        except trio.ClosedResourceError:
+            raise RunStoppedError("the client is closed") from None
+        try:
+            answer = await reply_receive.receive()
+        except BaseException:
+            self._report(_Cancel(waiter))
+            raise
+        if isinstance(answer, Reservation):
+            return answer
+        raise answer
+
+    def settle_nowait(
+        self,
+        reservation: Reservation,
+        *,
+        headers: RateLimitHeaders | None = None,
+        used_tokens: int | None = None,
+        latency: float | None = None,
+    ) -> None:
+        """Report a finished request (any status but a 429 rate limit)."""
+        self._report(_Settle(reservation, headers, used_tokens, latency))
+
+    def rate_limited_nowait(
+        self,
+        reservation: Reservation,
+        *,
+        headers: RateLimitHeaders | None = None,
+        retry_after: float | None = None,
+        limit_type: str | None = None,
+    ) -> None:
+        """Report a 429 ``rate_limit_exceeded``: the group cools down."""
+        self._report(_RateLimited(reservation, headers, retry_after, limit_type))
+
+    def release_nowait(self, reservation: Reservation) -> None:
+        """Return a permit whose request never reached the server."""
+        self._report(_Release(reservation))
+
+    def stop_nowait(self, error: FatalError) -> None:
+        """Refuse every waiting and future acquire with ``error`` (e.g. insufficient_quota)."""
+        self._report(_Stop(error))
+
+    def close(self) -> None:
+        """End :meth:`run` once it has handled the messages already sent."""
+        self._send.close()
+
+    def _report(self, message: object) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.ClosedResourceError:
+            pass  # the limiter is gone; nothing is left to account
+
+    def statistics(self) -> LimiterStatistics:
+        """Return a :class:`LimiterStatistics` snapshot (does not checkpoint)."""
+        return LimiterStatistics(
+            granted=self._granted,
+            waiting=sum(
+                1 for q in self._queues.values() for w in q if w.state is _State.PENDING
+            ),
+            in_flight=self._in_flight,
+            rate_limited=self._rate_limited,
+            too_large=self._too_large,
+            tokens_reserved=self._tokens_reserved,
+            tokens_used=self._tokens_used,
+            in_flight_cap=self._cap,
+        )
+
+    # -- the task -------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The limiter task.  Returns once :meth:`close` was called and drained."""
+        task_status.started()
+        deadline = math.inf
+        receive = self._receive
+        async with receive:
+            while True:
+                with trio.move_on_at(deadline):
+                    try:
+                        message = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                    self._handle(message)
+                while True:
+                    try:
+                        message = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    self._handle(message)
+                deadline = self._grant_ready(trio.current_time())
+        self._fail_waiters(RunStoppedError("the client is closed"))
+
+    def _handle(self, message: object) -> None:
+        book = self._book
+        now = trio.current_time()
+        if isinstance(message, _Waiter):
+            if self._stopped is not None:
+                self._answer(message, RunStoppedError(self._stopped.message))
+                return
+            queue = self._queues.get(message.group)
+            if queue is None:
+                queue = self._queues[message.group] = deque()
+            queue.append(message)
+        elif isinstance(message, _Settle):
+            self._in_flight -= 1
+            if message.used_tokens is not None:
+                self._tokens_used += message.used_tokens
+            if message.latency is not None:
+                self._latency = message.latency if not self._latency else (
+                    0.9 * self._latency + 0.1 * message.latency
+                )
+            book.settle(
+                message.reservation, now, headers=message.headers, used_tokens=message.used_tokens
+            )
+            if self._auto:
+                self._update_cap()
+        elif isinstance(message, _RateLimited):
+            self._in_flight -= 1
+            self._rate_limited += 1
+            book.rate_limited(
+                message.reservation,
+                now,
+                headers=message.headers,
+                retry_after=message.retry_after,
+                limit_type=message.limit_type,
+            )
+        elif isinstance(message, _Release):
+            self._in_flight -= 1
+            book.release(message.reservation, now)
+        elif isinstance(message, _Cancel):
+            waiter = message.waiter
+            if waiter.state is _State.GRANTED and waiter.reservation is not None:
+                # Granted, but the worker was cancelled before it took the permit.
+                self._in_flight -= 1
+                book.release(waiter.reservation, now)
+            waiter.state = _State.CANCELLED
+        elif isinstance(message, _Stop):
+            if self._stopped is None:
+                self._stopped = message.error
+                self._fail_waiters(RunStoppedError(message.error.message, code="run_stopped"))
+
+    def _answer(self, waiter: _Waiter, answer: object) -> bool:
+        try:
+            waiter.reply.send_nowait(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            return False
+        return True
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for queue in self._queues.values():
+            while queue:
+                waiter = queue.popleft()
+                if waiter.state is _State.PENDING:
+                    waiter.state = _State.CANCELLED
+                    self._answer(waiter, error)
+
+    def _grant_ready(self, now: float) -> float:
+        """Grant every head that fits; return the next moment worth waking at."""
+        book = self._book
+        wake = math.inf
+        for queue in self._queues.values():
+            while queue:
+                if self._in_flight >= self._cap:
+                    return wake  # a settle will wake us
+                waiter = queue[0]
+                if waiter.state is not _State.PENDING:
+                    queue.popleft()
+                    continue
+                decision = book.decide(waiter.group, waiter.cost, now)
+                if isinstance(decision, Wait):
+                    if decision.until is not None:
+                        wake = min(wake, decision.until)
+                    break
+                queue.popleft()
+                if isinstance(decision, TooLarge):
+                    self._too_large += 1
+                    waiter.state = _State.CANCELLED
+                    self._answer(waiter, RequestTooLargeError(decision.message))
+                    continue
+                assert isinstance(decision, Grant)
+                reservation = decision.reservation
+                if self._answer(waiter, reservation):
+                    waiter.state = _State.GRANTED
+                    waiter.reservation = reservation
+                    self._in_flight += 1
+                    self._granted += 1
+                    self._tokens_reserved += reservation.cost.tokens
+                else:
+                    waiter.state = _State.CANCELLED
+                    book.release(reservation, now)
+        return wake
+
+    def _update_cap(self) -> None:
+        rate = self._book.request_rate()
+        if rate is None or math.isinf(rate):
+            self._cap = self._max_in_flight
+        else:
+            self._cap = max(8, min(self._max_in_flight, math.ceil(2 * rate * self._latency) + 8))

@@ -1,0 +1,180 @@
+"""The limiter task, under trio's virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from engine._errors import InsufficientQuotaError, RequestTooLargeError, RunStoppedError
+from engine._limiter import Limiter, _Cancel, _Waiter
+from engine._quota import Cost, Limits, QuotaBook
+
+ONE = Cost()
+
+
+async def _probe(limiter: Limiter, group: str = "g") -> None:
+    limiter.settle_nowait(await limiter.acquire(group, ONE))
+
+
+@pytest.fixture
+async def limiter_factory(nursery):
+    def make(limits, **kwargs) -> Limiter:
+        limiter = Limiter(QuotaBook(limits, margin=0.0), **kwargs)
+        nursery.start_soon(limiter.run)
+        return limiter
+
+    return make
+
+
+async def test_burst_is_granted_at_once_then_paced_by_refill(limiter_factory, autojump_clock):
+    """At 60 RPM: 60 permits at t=0, then one per second on the dot."""
+    limiter = limiter_factory(Limits(rpm=60))
+    start = trio.current_time()
+    await _probe(limiter)
+    for _ in range(59):
+        await limiter.acquire("g", ONE)
+    assert trio.current_time() == start
+    await limiter.acquire("g", ONE)
+    assert trio.current_time() - start == pytest.approx(1.0)
+    await limiter.acquire("g", ONE)
+    assert trio.current_time() - start == pytest.approx(2.0)
+
+
+async def test_permits_are_granted_in_fifo_order(limiter_factory, autojump_clock):
+    """Waiters queued behind an exhausted quota are served in arrival order."""
+    limiter = limiter_factory(Limits(rpm=60))
+    await _probe(limiter)
+    for _ in range(59):
+        await limiter.acquire("g", ONE)
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await limiter.acquire("g", ONE)
+        order.append(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(waiter, i)
+            await trio.testing.wait_all_tasks_blocked()
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_cancelled_waiter_returns_its_place(limiter_factory, autojump_clock):
+    """A waiter cancelled in the queue leaves nothing in flight and no reservation."""
+    limiter = limiter_factory(Limits(rpm=60))
+    await _probe(limiter)
+    for _ in range(59):
+        limiter.settle_nowait(await limiter.acquire("g", ONE))
+    with trio.move_on_after(0.5):
+        await limiter.acquire("g", ONE)
+    await trio.testing.wait_all_tasks_blocked()
+    stats = limiter.statistics()
+    assert stats.in_flight == 0 and stats.waiting == 0
+    # the refill that was due at t=1 is still available to the next waiter
+    await limiter.acquire("g", ONE)
+    assert trio.current_time() == pytest.approx(1.0)
+
+
+async def test_cancelled_after_grant_returns_the_reservation(limiter_factory):
+    """A permit granted while its waiter was being cancelled goes back to the book."""
+    limiter = limiter_factory(Limits(rpm=2))
+    await _probe(limiter)
+    reply_send, _reply_receive = trio.open_memory_channel(1)
+    waiter = _Waiter("g", ONE, reply_send)
+    limiter._report(waiter)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().in_flight == 1  # granted; the reply sits unread
+    limiter._report(_Cancel(waiter))
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().in_flight == 0
+    # the returned permit is available again at once
+    with trio.move_on_after(1):
+        await limiter.acquire("g", ONE)
+        return
+    pytest.fail("the cancelled grant was not returned")
+
+
+async def test_too_large_fails_fast_and_others_proceed(limiter_factory, autojump_clock):
+    """An oversized request fails at once; the next request is granted."""
+    limiter = limiter_factory(Limits(tpm=1000))
+    await _probe(limiter)
+    with pytest.raises(RequestTooLargeError, match="limit is 1000 tokens per minute"):
+        await limiter.acquire("g", Cost(tokens=5000))
+    await limiter.acquire("g", Cost(tokens=10))
+    assert trio.current_time() == 0
+    assert limiter.statistics().too_large == 1
+
+
+async def test_stop_fails_every_waiter_and_later_acquire(limiter_factory, autojump_clock):
+    """After a fatal stop, queued and new acquires raise RunStoppedError."""
+    limiter = limiter_factory(Limits(rpm=1))
+    await _probe(limiter)
+    errors: list[Exception] = []
+
+    async def waiter() -> None:
+        try:
+            await limiter.acquire("g", ONE)
+        except RunStoppedError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        limiter.stop_nowait(InsufficientQuotaError("you exceeded your current quota"))
+    assert len(errors) == 1 and "quota" in str(errors[0])
+    with pytest.raises(RunStoppedError):
+        await limiter.acquire("g", ONE)
+
+
+async def test_cooling_group_does_not_block_another(limiter_factory, autojump_clock):
+    """A 429 on one group leaves another group's permits flowing."""
+    limiter = limiter_factory(Limits(rpm=600))
+    await _probe(limiter, "a")
+    await _probe(limiter, "b")
+    reservation = await limiter.acquire("a", ONE)
+    limiter.rate_limited_nowait(reservation, retry_after=30.0)
+    await limiter.acquire("b", ONE)
+    assert trio.current_time() == 0
+    await limiter.acquire("a", ONE)
+    assert trio.current_time() == pytest.approx(30.0)
+
+
+async def test_in_flight_cap_holds_grants_until_a_settle(limiter_factory, autojump_clock):
+    """With max_in_flight=2 the third acquire waits for a settle."""
+    limiter = limiter_factory(None, max_in_flight=2)
+    await _probe(limiter)
+    first = await limiter.acquire("g", ONE)
+    await limiter.acquire("g", ONE)
+    got_third = trio.Event()
+
+    async def third() -> None:
+        await limiter.acquire("g", ONE)
+        got_third.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(third)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not got_third.is_set()
+        limiter.settle_nowait(first)
+    assert got_third.is_set()
+
+
+async def test_close_ends_the_task_and_fails_waiters(autojump_clock):
+    """close() lets run() return and answers waiters with RunStoppedError."""
+    limiter = Limiter(QuotaBook(Limits(rpm=1)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.run)
+        await _probe(limiter)
+        failures: list[Exception] = []
+
+        async def waiter() -> None:
+            try:
+                await limiter.acquire("g", ONE)
+            except RunStoppedError as exc:
+                failures.append(exc)
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        limiter.close()
+    assert len(failures) == 1
