@@ -152,9 +152,10 @@ class InputLine:
 def _iter_physical_lines(file: Any) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(line_no, content)`` for each line of a binary file.
 
-    ``content`` has its ``\\n`` / ``\\r\\n`` ending removed (and the BOM on line
-    1); it is None when the line exceeds :data:`MAX_LINE_BYTES`, in which case
-    the rest of that line was skipped in :data:`_CHUNK`-sized reads.
+    ``content`` keeps its line ending (JSON treats ``\r`` and ``\n`` as
+    whitespace, so no copy is made to strip them); it is None when the line
+    exceeds :data:`MAX_LINE_BYTES`, in which case the rest of that line was
+    skipped in :data:`_CHUNK`-sized reads.
     """
     line_no = 0
     while True:
@@ -170,12 +171,6 @@ def _iter_physical_lines(file: Any) -> Iterator[tuple[int, bytes | None]]:
                     break
             yield line_no, None
             continue
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if line_no == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
         yield line_no, raw
 
 
@@ -183,15 +178,18 @@ def _parse_line(line_no: int, raw: bytes | None) -> InputLine | None:
     """Check one line against the input rules; None for a blank line."""
     if raw is None:
         return _bad(line_no, None, f"longer than {MAX_LINE_BYTES} bytes")
-    if not raw.strip():
+    if line_no == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    if raw.isspace() or not raw:
         return None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return _bad(line_no, None, f"not valid UTF-8 (byte {exc.start + 1})")
-    try:
-        obj = orjson.loads(text)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # orjson checks UTF-8 itself; decode only to tell the user which problem it is.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf8_error:
+            return _bad(line_no, None, f"not valid UTF-8 (byte {utf8_error.start + 1})")
         return _bad(line_no, None, f"not valid JSON ({exc})")
     if not isinstance(obj, dict):
         return _bad(line_no, None, f"expected a JSON object, got {_json_type(obj)}")
