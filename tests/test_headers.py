@@ -221,6 +221,30 @@ def test_parse_rate_limit_headers_is_case_insensitive_through_httpx_headers() ->
     assert (parsed.limit_requests, parsed.reset_tokens) == (500, 1.0)
 
 
+def test_parse_rate_limit_headers_reads_a_mixed_case_plain_dict() -> None:
+    """A plain dict with capitalised names is read too."""
+    parsed = parse_rate_limit_headers({"X-RateLimit-Remaining-Tokens": "7"})
+    assert parsed.remaining_tokens == 7
+
+
+def test_parse_rate_limit_headers_reads_utf8_micro_sign_from_httpx_headers() -> None:
+    """A reset written with Go's UTF-8 "µs" in raw header bytes is read."""
+    headers = httpx.Headers([(b"x-ratelimit-reset-requests", "250µs".encode())])
+    assert parse_rate_limit_headers(headers).reset_requests == pytest.approx(0.00025)
+
+
+def test_parse_rate_limit_headers_ignores_other_headers() -> None:
+    """Headers that merely resemble x-ratelimit-* are not read."""
+    parsed = parse_rate_limit_headers(
+        {
+            "x-ratelimit-limit-requests-day": "5",
+            "ratelimit-limit-requests": "5",
+            "x-ratelimit-": "5",
+        }
+    )
+    assert parsed.is_empty
+
+
 def test_parse_rate_limit_headers_of_no_headers_is_empty() -> None:
     """Without any x-ratelimit header every field is None and is_empty is true."""
     parsed = parse_rate_limit_headers({"content-type": "application/json"})
