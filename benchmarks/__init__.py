@@ -1,0 +1,1 @@
+"""Benchmark scripts for quota-engine (see benchmarks/README.md)."""

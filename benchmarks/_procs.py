@@ -1,0 +1,149 @@
+"""Start and stop benchmark server processes, each pinned to its own CPU.
+
+:func:`start_server` runs a command, waits for the line that names its URL
+(``... listening on http://HOST:PORT/v1``), and returns a :class:`ServerProcess`
+that the caller stops by its PID (:meth:`ServerProcess.stop`, or use it as a
+context manager). Nothing here kills by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import attrs
+
+READY_LINE = re.compile(r"listening on (https?://\S+)")
+
+
+def available_cpus() -> list[int]:
+    """The CPUs this process may run on, sorted (all of them where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # pragma: no cover
+
+
+def pin(pid: int, cpus: set[int] | None) -> bool:
+    """Restrict ``pid`` (0: this process) to ``cpus``; False where unsupported or None."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except OSError:
+        return False
+    return True
+
+
+def split_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(client CPUs, server CPUs): the first CPU for the client, the rest for the server.
+
+    Both None on a single-CPU machine (nothing to separate).
+    """
+    cpus = available_cpus()
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+@attrs.define
+class ServerProcess:
+    """A running server process and the base URL it printed.
+
+    Attributes:
+        process: the ``subprocess.Popen`` handle.
+        base_url: the URL from its ready line, e.g. ``http://127.0.0.1:39211/v1``.
+    """
+
+    process: subprocess.Popen
+    base_url: str
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.process.pid
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Send SIGTERM to this PID, wait up to ``grace`` seconds, then SIGKILL it."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_server(
+    argv: Sequence[str],
+    *,
+    cpus: set[int] | None = None,
+    ready_timeout: float = 30.0,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``argv``, pin it to ``cpus``, and wait for its ``listening on URL`` line.
+
+    Output lines before the ready line are kept for the error message; after
+    it, the server's stdout is discarded (it keeps running on its own pipe
+    being drained by nobody, so servers should print little). Raises
+    ``RuntimeError`` if the process exits or ``ready_timeout`` (default 30 s)
+    passes first; the process is stopped in that case.
+    """
+    process = subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        bufsize=1,
+    )
+    pin(process.pid, cpus)
+    server = ServerProcess(process, "")
+    seen: list[str] = []
+    deadline = time.monotonic() + ready_timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line.rstrip())
+            match = READY_LINE.search(line)
+            if match:
+                server.base_url = match.group(1)
+                # Hand the pipe to /dev/null so a chatty server never blocks on it.
+                _drain_in_background(process)
+                return server
+    server.stop()
+    tail = "\n".join(seen[-20:])
+    raise RuntimeError(f"server {argv!r} did not become ready:\n{tail}")
+
+
+def _drain_in_background(process: subprocess.Popen) -> None:
+    import threading
+
+    def drain() -> None:
+        for _ in process.stdout:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """``[sys.executable, "-m", module, *args]``."""
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,323 @@
+"""Which arrangement of HTTP clients drives the most requests/s from one core under trio?
+
+Starts a server in its own process on loopback (``engine mock`` with quotas off
+and no latency when its command exists, else uvicorn serving
+``benchmarks._noop_app``), pins this process to one CPU and the server to the
+other(s), and for each arrangement and each concurrency runs a closed loop:
+``concurrency`` tasks each send a chat-completion POST, read the whole body,
+and send the next. After a warm-up it counts completed requests for a fixed
+window and reports requests/s and client CPU µs per request
+(``time.process_time()`` delta / requests).
+
+Arrangements (each one function taking a :class:`Run`; add one by writing a
+function and listing it in ``ARRANGEMENTS``):
+
+* ``shared_client``: one ``httpx.AsyncClient`` (default pool, limits raised to
+  the concurrency) shared by every task.
+* ``client_per_worker``: one single-connection ``httpx.AsyncClient`` per task,
+  all sharing one SSL context.
+* ``h11_per_worker``: one ``httpx.AsyncClient`` per task over
+  ``engine._http.H11Transport``.
+
+Usage::
+
+    python -m benchmarks.http_arrangements [--concurrency 64 256] [--seconds 3]
+        [--warmup 1] [--only NAME ...] [--server auto|mock|noop] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import httpx
+import trio
+
+from benchmarks._procs import pin, python_module, split_cpus, start_server
+from engine._http import make_async_client, shared_ssl_context
+
+REQUEST_BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 16,
+    },
+    separators=(",", ":"),
+).encode()
+REQUEST_HEADERS = {
+    "authorization": "Bearer sk-benchmark-not-a-real-key",
+    "content-type": "application/json",
+}
+PATH = "/chat/completions"
+
+
+@attrs.define
+class Run:
+    """What an arrangement gets: where to send, how many in flight, and the tally.
+
+    An arrangement keeps ``concurrency`` requests in flight against
+    ``base_url`` until ``stopping`` turns True, adding each completed request
+    (status 200, body read) to ``completed`` and each failure to ``errors``.
+    It sets up its clients before its first request: the harness measures
+    only after a warm-up, so setup cost does not count.
+    """
+
+    base_url: str
+    concurrency: int
+    completed: int = 0
+    errors: int = 0
+    stopping: bool = False
+
+
+Arrangement = Callable[[Run], Awaitable[None]]
+
+
+async def _closed_loop(run: Run, client: httpx.AsyncClient) -> None:
+    """One task's loop: POST, read the body, repeat until the run stops."""
+    while not run.stopping:
+        try:
+            response = await client.post(PATH, content=REQUEST_BODY)
+        except httpx.HTTPError:
+            run.errors += 1
+            continue
+        if response.status_code == 200:
+            run.completed += 1
+        else:
+            run.errors += 1
+
+
+async def shared_client(run: Run) -> None:
+    """One ``httpx.AsyncClient`` with the default pool (limits = concurrency) for all tasks."""
+    limits = httpx.Limits(
+        max_connections=run.concurrency, max_keepalive_connections=run.concurrency
+    )
+    async with httpx.AsyncClient(
+        base_url=run.base_url,
+        headers=REQUEST_HEADERS,
+        limits=limits,
+        timeout=httpx.Timeout(30.0),
+        trust_env=False,
+    ) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(run.concurrency):
+                nursery.start_soon(_closed_loop, run, client)
+
+
+async def client_per_worker(run: Run) -> None:
+    """One single-connection ``httpx.AsyncClient`` per task, one shared SSL context."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    context = shared_ssl_context()
+    clients = [
+        httpx.AsyncClient(
+            base_url=run.base_url,
+            headers=REQUEST_HEADERS,
+            limits=limits,
+            timeout=httpx.Timeout(30.0),
+            verify=context,
+            trust_env=False,
+        )
+        for _ in range(run.concurrency)
+    ]
+    await _run_clients(run, clients)
+
+
+async def h11_per_worker(run: Run) -> None:
+    """One ``httpx.AsyncClient`` per task over its own ``H11Transport``."""
+    clients = [
+        make_async_client(run.base_url, headers=REQUEST_HEADERS, timeout=httpx.Timeout(30.0))
+        for _ in range(run.concurrency)
+    ]
+    await _run_clients(run, clients)
+
+
+async def _run_clients(run: Run, clients: list[httpx.AsyncClient]) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(_closed_loop, run, client)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            for client in clients:
+                await client.aclose()
+
+
+ARRANGEMENTS: dict[str, Arrangement] = {
+    "shared_client": shared_client,
+    "client_per_worker": client_per_worker,
+    "h11_per_worker": h11_per_worker,
+}
+
+
+@attrs.frozen
+class Measurement:
+    """One arrangement at one concurrency: throughput and client CPU per request."""
+
+    arrangement: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    requests_per_second: float
+    cpu_us_per_request: float
+
+
+async def measure(
+    name: str,
+    arrangement: Arrangement,
+    base_url: str,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+) -> Measurement:
+    """Run ``arrangement`` closed-loop; count requests in the window after ``warmup``."""
+    run = Run(base_url=base_url, concurrency=concurrency)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(arrangement, run)
+        await trio.sleep(warmup)
+        count0, errors0 = run.completed, run.errors
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        await trio.sleep(seconds)
+        count1, errors1 = run.completed, run.errors
+        wall1, cpu1 = time.perf_counter(), time.process_time()
+        run.stopping = True
+        # In-flight requests finish on their own; bound the wait all the same.
+        nursery.cancel_scope.deadline = trio.current_time() + 10
+    requests = count1 - count0
+    elapsed = wall1 - wall0
+    return Measurement(
+        arrangement=name,
+        concurrency=concurrency,
+        requests=requests,
+        errors=errors1 - errors0,
+        seconds=round(elapsed, 3),
+        requests_per_second=round(requests / elapsed, 1),
+        cpu_us_per_request=round((cpu1 - cpu0) / max(requests, 1) * 1e6, 1),
+    )
+
+
+def _mock_command() -> list[str] | None:
+    """``engine mock`` argv with quotas off and zero latency, or None if it is not there."""
+    probe = subprocess.run(
+        python_module("engine", "mock", "--help"), capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        return None
+    options = probe.stdout
+    argv = python_module("engine", "mock", "--host", "127.0.0.1", "--port", "0")
+    if "--latency-ms" in options:
+        argv += ["--latency-ms", "0"]
+    for flag in ("--no-quotas", "--no-quota", "--unlimited"):
+        if flag in options:
+            argv.append(flag)
+            break
+    return argv
+
+
+def _server_command(kind: str) -> tuple[str, list[str]]:
+    if kind in ("auto", "mock"):
+        argv = _mock_command()
+        if argv is not None:
+            return "engine mock", argv
+        if kind == "mock":
+            raise SystemExit("`python -m engine mock` is not available")
+    return "uvicorn noop app", python_module("benchmarks._noop_app", "--port", "0")
+
+
+def _print_table(results: list[Measurement]) -> None:
+    best: dict[int, float] = {}
+    for m in results:
+        best[m.concurrency] = max(best.get(m.concurrency, 0.0), m.requests_per_second)
+    header = (
+        f"{'arrangement':<20} {'in flight':>9} {'req/s':>9} {'vs best':>8}"
+        f" {'CPU µs/req':>11} {'errors':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for m in results:
+        share = m.requests_per_second / best[m.concurrency] if best[m.concurrency] else 0.0
+        print(
+            f"{m.arrangement:<20} {m.concurrency:>9} {m.requests_per_second:>9.0f} "
+            f"{share:>8.0%} {m.cpu_us_per_request:>11.1f} {m.errors:>7}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print a table and optionally write JSON. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_arrangements")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured window (default 3)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured lead-in (default 1)")
+    parser.add_argument("--only", nargs="+", choices=sorted(ARRANGEMENTS), default=None)
+    parser.add_argument("--server", choices=("auto", "mock", "noop"), default="auto")
+    parser.add_argument("--url", default=None, help="use this running server instead")
+    parser.add_argument("--json", dest="json_path", default=None, help="write results here")
+    args = parser.parse_args(argv)
+
+    names = args.only or list(ARRANGEMENTS)
+    client_cpus, server_cpus = split_cpus()
+    pinned = pin(0, client_cpus)
+    results: list[Measurement] = []
+    server = None
+    try:
+        if args.url:
+            server_name, base_url = "external", args.url
+        else:
+            server_name, command = _server_command(args.server)
+            server = start_server(command, cpus=server_cpus)
+            base_url = server.base_url
+        print(
+            f"server: {server_name} at {base_url}; client pinned to {sorted(client_cpus or [])}"
+            f" (pinned={pinned}), server to {sorted(server_cpus or [])}",
+            flush=True,
+        )
+        for concurrency in args.concurrency:
+            for name in names:
+                result = trio.run(
+                    measure,
+                    name,
+                    ARRANGEMENTS[name],
+                    base_url,
+                    concurrency,
+                    args.warmup,
+                    args.seconds,
+                )
+                print(
+                    f"  {name} @ {concurrency}: {result.requests_per_second:.0f} req/s, "
+                    f"{result.cpu_us_per_request:.1f} µs CPU/req",
+                    flush=True,
+                )
+                results.append(result)
+    finally:
+        if server is not None:
+            server.stop()
+    print()
+    _print_table(results)
+    if args.json_path:
+        payload = {
+            "benchmark": "http_arrangements",
+            "server": server_name,
+            "client_cpus": sorted(client_cpus or []),
+            "server_cpus": sorted(server_cpus or []),
+            "python": platform.python_version(),
+            "httpx": httpx.__version__,
+            "trio": trio.__version__,
+            "warmup_seconds": args.warmup,
+            "window_seconds": args.seconds,
+            "cpu_count": os.cpu_count(),
+            "results": [attrs.asdict(m) for m in results],
+        }
+        with open(args.json_path, "w") as out:
+            json.dump(payload, out, indent=2)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
