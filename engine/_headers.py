@@ -1,8 +1,10 @@
 """Reading rate-limit facts out of HTTP response headers and error messages.
 
-Pure and synchronous (sans-IO): no trio, no httpx.  Every function takes a
-case-insensitive ``Mapping[str, str]`` of response headers, such as
-``httpx.Headers``; a plain ``dict`` works when its keys are lower-case.
+Pure and synchronous (sans-IO): no trio, no httpx import.  Every function
+takes a case-insensitive ``Mapping[str, str]`` of response headers, such as
+``httpx.Headers``; a plain ``dict`` works when its keys are lower-case
+(:func:`parse_rate_limit_headers` matches any case).  ``httpx.Headers`` gets
+a faster path, recognised only if httpx is already imported.
 
 What the servers send, and what is read here:
 
