@@ -200,8 +200,11 @@ class MockApp:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         content_type: bytes = _JSON,
+        *,
+        count: bool = True,
     ) -> None:
-        self._count(status)
+        if count:
+            self._count(status)
         await send(
             {
                 "type": "http.response.start",
@@ -525,17 +528,17 @@ class MockApp:
         await self._send(send, 200, body, [(b"x-request-id", _request_id(number))])
 
     async def _get_stats(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        await self._send(send, 200, orjson.dumps(self.stats.as_dict()), [])
+        await self._send(send, 200, orjson.dumps(self.stats.as_dict()), [], count=False)
 
     async def _reset(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         await self._read_body(scope, receive)
         self.stats = Stats()
         self._book.clear()
         self._rng = random.Random(self.config.seed)
-        await self._send(send, 200, b'{"reset":true}', [])
+        await self._send(send, 200, b'{"reset":true}', [], count=False)
 
     async def _get_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        await self._send(send, 200, orjson.dumps(_config_dict(self.config)), [])
+        await self._send(send, 200, orjson.dumps(_config_dict(self.config)), [], count=False)
 
     async def _set_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         body = await self._read_body(scope, receive)
@@ -558,7 +561,7 @@ class MockApp:
         if config.seed != self.config.seed:
             self._rng = random.Random(config.seed)
         self._apply(config)
-        await self._send(send, 200, orjson.dumps(_config_dict(config)), [])
+        await self._send(send, 200, orjson.dumps(_config_dict(config)), [], count=False)
 
 
 def _config_dict(config: MockConfig) -> dict[str, Any]:
