@@ -178,7 +178,7 @@ def chat_prompt_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> int
 def output_budget(body: Mapping[str, Any], default: int = DEFAULT_OUTPUT_TOKENS) -> int:
     """Completion tokens a chat request may use across all its choices.
 
-    ``n`` × (``max_completion_tokens``, else ``max_tokens``, else ``default``).
+    ``n`` * (``max_completion_tokens``, else ``max_tokens``, else ``default``).
     """
     per_choice = body.get("max_completion_tokens")
     if per_choice is None:

@@ -1,0 +1,105 @@
+"""Result records: what every request yields, success or failure (pydantic, exportable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from engine._errors import EngineError
+
+__all__ = ["ChatResult", "ErrorInfo", "Timings", "Usage"]
+
+
+class Usage(pydantic.BaseModel):
+    """Tokens a request used, as the server reported them (zeros when it failed)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(pydantic.BaseModel):
+    """When things happened, in wall-clock seconds since the epoch (``time.time()``).
+
+    Attributes:
+        queued_at: when the request was handed to the client.
+        sent_at: when its last attempt was sent (the real call time), or None
+            if it was never sent.
+        latency: seconds from sending the last attempt to its full response.
+        finished_at: when the result was ready.
+    """
+
+    queued_at: float
+    sent_at: float | None = None
+    latency: float | None = None
+    finished_at: float | None = None
+
+
+class ErrorInfo(pydantic.BaseModel):
+    """Why a request failed: a short ``code``, a message, and the HTTP status if any."""
+
+    code: str
+    message: str
+    status_code: int | None = None
+    type: str = "EngineError"
+
+    @classmethod
+    def from_exception(cls, error: EngineError) -> ErrorInfo:
+        return cls(
+            code=error.code,
+            message=error.message,
+            status_code=error.status_code,
+            type=type(error).__name__,
+        )
+
+
+class ChatResult(pydantic.BaseModel):
+    """The outcome of one chat request.
+
+    Attributes:
+        id: the caller's id (Batch API ``custom_id``).
+        output: the answer text, an instance of the request's
+            ``response_model``, or None when the request failed.
+        model: the model that answered (as the server named it), else the one asked for.
+        usage: token counts reported by the server.
+        attempts: HTTP attempts made (429 waits count as attempts here too).
+        timings: see :class:`Timings`.
+        error: None on success, else :class:`ErrorInfo`.
+        status_code: HTTP status of the last response, None if none arrived.
+        request_id: the server's ``x-request-id`` of the last response.
+        response: the last response body as parsed JSON (kept for Batch-API
+            output files), or None.
+        raw_content: the message content as received (for debugging a
+            structured output that failed to parse), or None.
+    """
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    id: str
+    output: Any = None
+    model: str
+    usage: Usage = pydantic.Field(default_factory=Usage)
+    attempts: int = 0
+    timings: Timings
+    error: ErrorInfo | None = None
+    status_code: int | None = None
+    request_id: str | None = None
+    response: dict[str, Any] | None = pydantic.Field(default=None, repr=False)
+    raw_content: str | None = pydantic.Field(default=None, repr=False)
+    _exception: EngineError | None = pydantic.PrivateAttr(default=None)
+
+    @property
+    def ok(self) -> bool:
+        """True when the request succeeded."""
+        return self.error is None
+
+    @property
+    def exception(self) -> EngineError | None:
+        """The exception behind :attr:`error` (for re-raising), or None."""
+        return self._exception
+
+    def raise_for_error(self) -> None:
+        """Raise the request's :class:`~engine.EngineError` if it failed."""
+        if self._exception is not None:
+            raise self._exception
