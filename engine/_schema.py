@@ -499,26 +499,53 @@ def parse_structured(
     if content is None or not content.strip():
         raise fail(f"the answer for {label} is empty", "empty_output")
 
+    encoded: str | bytes = content
+    # Strict mode made defaulted fields nullable: drop the nulls it sent for them
+    # so pydantic applies the defaults.  Skipped when no field could need it.
+    if "null" in content and _has_defaulted_non_nullable_fields(model):
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise fail(f"the answer for {label} is not valid JSON: {exc}", "invalid_json") from None
+        if _drop_defaulted_nulls(data, model):
+            encoded = orjson.dumps(data)
     try:
-        return model.model_validate_json(content)
-    except pydantic.ValidationError as first_error:
-        error = first_error
-    if any(item["type"] == "json_invalid" for item in error.errors()):
+        return model.model_validate_json(encoded)
+    except pydantic.ValidationError as error:
+        if any(item["type"] == "json_invalid" for item in error.errors()):
+            reason = error.errors()[0]["msg"]
+            raise fail(
+                f"the answer for {label} is not valid JSON: {reason}", "invalid_json"
+            ) from None
         raise fail(
-            f"the answer for {label} is not valid JSON: {error.errors()[0]['msg']}",
-            "invalid_json",
+            f"the answer does not match {label}: {_summarise(error)}", "schema_mismatch"
         ) from None
 
-    # Strict mode made defaulted fields nullable: drop those nulls and retry.
-    data = orjson.loads(content)
-    if _drop_defaulted_nulls(data, model):
-        try:
-            return model.model_validate_json(orjson.dumps(data))
-        except pydantic.ValidationError as second_error:
-            error = second_error
-    raise fail(
-        f"the answer does not match {label}: {_summarise(error)}", "schema_mismatch"
-    ) from None
+
+_droppable_cache: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_defaulted_non_nullable_fields(model: type[pydantic.BaseModel]) -> bool:
+    """Whether ``model`` or any model inside it has a defaulted field that rejects None."""
+    cached = _droppable_cache.get(model)
+    if cached is None:
+        cached = _annotation_has_droppable(model, set())
+        _droppable_cache[model] = cached
+    return cached
+
+
+def _annotation_has_droppable(annotation: Any, seen: set[type]) -> bool:
+    annotation = _unwrap_annotated(annotation)
+    if _is_model(annotation):
+        if annotation in seen:
+            return False  # recursion: already being looked at
+        seen.add(annotation)
+        return any(
+            (not field.is_required() and not _admits_none(field.annotation))
+            or _annotation_has_droppable(field.annotation, seen)
+            for field in annotation.model_fields.values()
+        )
+    return any(_annotation_has_droppable(arg, seen) for arg in typing.get_args(annotation))
 
 
 def _summarise(error: pydantic.ValidationError) -> str:
@@ -559,21 +586,13 @@ _SEQUENCE_ORIGINS = (
 def _drop_defaulted_nulls(value: Any, annotation: Any) -> bool:
     """Delete, in place, ``null`` values of defaulted fields whose type rejects None.
 
-    Walks ``value`` (decoded JSON) along ``annotation``: models, lists/sets of
-    them, and unions (for a union of models, the first model whose field keys
-    are exactly the object's keys).  Returns whether anything was deleted.
+    Walks ``value`` (decoded JSON) along ``annotation``: models, lists and sets,
+    and unions.  Returns whether anything was deleted.
     """
     annotation = _unwrap_annotated(annotation)
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        for arm in typing.get_args(annotation):
-            arm = _unwrap_annotated(arm)
-            if isinstance(value, dict) and _is_model(arm):
-                if set(_input_keys(arm)) == set(value):
-                    return _drop_defaulted_nulls(value, arm)
-            elif isinstance(value, list) and typing.get_origin(arm) in _SEQUENCE_ORIGINS:
-                return _drop_defaulted_nulls(value, arm)
-        return False
+        return _drop_in_union(value, typing.get_args(annotation))
     if origin in _SEQUENCE_ORIGINS and isinstance(value, list):
         args = typing.get_args(annotation)
         if not args:
@@ -596,6 +615,46 @@ def _drop_defaulted_nulls(value: Any, annotation: Any) -> bool:
         else:
             changed |= _drop_defaulted_nulls(value[key], field.annotation)
     return changed
+
+
+def _drop_in_union(value: Any, arms: tuple[Any, ...]) -> bool:
+    """Drop defaulted nulls for the union arm that ``value`` is meant to be.
+
+    Which arm that is cannot be told from the keys alone (two models may share
+    them, and a null may be legal in one and a defaulted field in the other), so
+    each arm is tried on a copy: a value some arm accepts as it is stays as it
+    is; otherwise the first arm that accepts it once its nulls are dropped wins.
+    A value without any null is left alone without trying the arms.
+    """
+    if not isinstance(value, dict | list):
+        return False  # scalars hold no fields to drop
+    encoded = orjson.dumps(value)
+    if b"null" not in encoded:
+        return False
+    if any(_accepts(arm, encoded) for arm in arms):
+        return False
+    for arm in arms:
+        candidate = orjson.loads(encoded)
+        if _drop_defaulted_nulls(candidate, arm) and _accepts(arm, orjson.dumps(candidate)):
+            if isinstance(value, dict):
+                value.clear()
+                value.update(candidate)
+            else:
+                value[:] = candidate
+            return True
+    return False
+
+
+def _accepts(annotation: Any, encoded: bytes) -> bool:
+    """Whether ``encoded`` JSON validates as ``annotation`` (a model or any type)."""
+    try:
+        if _is_model(annotation):
+            annotation.model_validate_json(encoded)
+        else:
+            pydantic.TypeAdapter(annotation).validate_json(encoded)
+    except pydantic.ValidationError:
+        return False
+    return True
 
 
 def _is_model(annotation: Any) -> bool:
