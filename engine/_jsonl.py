@@ -386,6 +386,8 @@ class _AppendFile:
     def __init__(self, path: str | os.PathLike[str], *, fsync_each_line: bool) -> None:
         self.path = os.fspath(path)
         self._fsync_each_line = fsync_each_line
+        # A new file's directory entry must reach the disk too for it to survive a power loss.
+        self._created = not os.path.exists(self.path)
         self._fd: int | None = os.open(
             self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _NEW_FILE_MODE
         )
@@ -480,6 +482,20 @@ class _AppendFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if self._created:
+            self._created = False
+            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+def _same_file(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one does not exist yet
+        return os.path.abspath(first) == os.path.abspath(second)
 
 
 def _is_json_object(data: bytes) -> bool:
@@ -536,6 +552,8 @@ class OutputWriter:
         errors_path: str | os.PathLike[str] | None = None,
         fsync_each_line: bool = False,
     ) -> None:
+        if errors_path is not None and _same_file(path, errors_path):
+            raise ValueError("the errors file must not be the output file")
         self._output = _AppendFile(path, fsync_each_line=fsync_each_line)
         self._errors: _AppendFile | None = None
         try:

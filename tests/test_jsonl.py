@@ -529,13 +529,35 @@ def test_failed_write_is_cut_back_before_the_error_goes_up(tmp_path, monkeypatch
 @pytest.mark.parametrize(("fsync_each_line", "expected_fsyncs"), [(False, 1), (True, 4)])
 def test_fsync_each_line_is_optional(tmp_path, monkeypatch, fsync_each_line, expected_fsyncs):
     """By default only close fsyncs; fsync_each_line adds one per written line."""
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"")
     fsyncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(_jsonl.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
-    with OutputWriter(tmp_path / "out.jsonl", fsync_each_line=fsync_each_line) as writer:
+    with OutputWriter(path, fsync_each_line=fsync_each_line) as writer:
         for custom_id in "abc":
             writer.write(success_record(custom_id, status_code=200, request_id=None, body={}))
     assert len(fsyncs) == expected_fsyncs
+
+
+def test_new_output_directory_is_fsynced_at_close(tmp_path, monkeypatch):
+    """Closing a newly created OUTPUT fsyncs its directory so the file survives power loss."""
+    synced_kinds = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced_kinds.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(_jsonl.os, "fsync", recording_fsync)
+    OutputWriter(tmp_path / "out.jsonl").close()
+    assert synced_kinds == ["file", "dir"]
+
+
+def test_errors_file_must_differ_from_output(tmp_path):
+    """Naming the output as its own errors file is refused up front."""
+    with pytest.raises(ValueError, match="must not be the output"):
+        OutputWriter(tmp_path / "out.jsonl", errors_path=tmp_path / "." / "out.jsonl")
 
 
 def test_failed_records_are_also_copied_to_errors_file(tmp_path):
