@@ -1,0 +1,261 @@
+"""The mock served over loopback by ``engine mock``: the official openai SDK talks
+to it, and its answers conform to OpenAI's published OpenAPI description."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import attrs
+import httpx
+import openai
+import pytest
+from audio_fixtures import make_mp3, mp3_bytes
+from pydantic import BaseModel
+
+from engine.mock import serve_in_subprocess
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OPENAPI_PATH = REPO_ROOT.parent / "shared" / "openapi" / "openai-openapi.json"
+MODEL = "gpt-4o-mini"
+API_KEY = "sk-mock-test-key"
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    """One hypercorn-served mock with generous quotas for this module."""
+    with serve_in_subprocess(
+        ["--rpm", "100000", "--tpm", "100000000", "--api-key", API_KEY]
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def openapi_spec():
+    """OpenAI's OpenAPI description, parsed once per session."""
+    if not OPENAPI_PATH.exists():
+        pytest.skip(f"OpenAI OpenAPI description not found at {OPENAPI_PATH}")
+    from openapi_core import Config, OpenAPI
+
+    return OpenAPI.from_dict(
+        json.loads(OPENAPI_PATH.read_text()), config=Config(spec_validator_cls=None)
+    )
+
+
+def sdk(base_url: str, **kwargs) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, **kwargs)
+
+
+# -- the official SDK --------------------------------------------------------------
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    hobbies: list[str]
+    email: str | None
+
+
+async def test_sdk_chat_completion(base_url):
+    """The SDK's chat.completions.create gets the mock's derived answer and usage."""
+    async with sdk(base_url) as client:
+        completion = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "ping"}]
+        )
+    assert completion.choices[0].message.content == "Mock reply to: ping"
+    assert completion.usage.total_tokens > 0
+
+
+async def test_sdk_parse_with_pydantic_model(base_url):
+    """chat.completions.parse returns a parsed instance of the pydantic model."""
+    async with sdk(base_url) as client:
+        completion = await client.chat.completions.parse(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Describe a person"}],
+            response_format=Person,
+        )
+    assert isinstance(completion.choices[0].message.parsed, Person)
+
+
+async def test_sdk_transcription_of_generated_mp3(base_url, tmp_path):
+    """audio.transcriptions.create uploads an MP3 and gets its text back."""
+    path = make_mp3(tmp_path / "speech.mp3", 2.0)
+    async with sdk(base_url) as client:
+        with path.open("rb") as audio:
+            transcription = await client.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert transcription.text.startswith("Mock transcription of speech.mp3: 2.")
+
+
+async def test_sdk_wrong_key_raises_authentication_error(base_url):
+    """A key the mock was not given surfaces as openai.AuthenticationError."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-wrong-key-000000", max_retries=0)
+    async with client:
+        with pytest.raises(openai.AuthenticationError) as info:
+            await client.models.list()
+    assert info.value.code == "invalid_api_key"
+
+
+async def test_sdk_rate_limit_error_has_code_and_type():
+    """A 429 from the uvicorn-served mock surfaces as RateLimitError with code and type."""
+    with serve_in_subprocess(["--server", "uvicorn", "--rpm", "1"]) as url:
+        async with sdk(url, max_retries=0) as client:
+            messages = [{"role": "user", "content": "hi"}]
+            await client.chat.completions.create(model=MODEL, messages=messages)
+            with pytest.raises(openai.RateLimitError) as info:
+                await client.chat.completions.create(model=MODEL, messages=messages)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.type == "requests"
+    assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+# -- conformance to OpenAI's OpenAPI description -------------------------------------
+
+
+@attrs.frozen
+class _Request:
+    """openapi-core's Request protocol for a request to api.openai.com/v1."""
+
+    path: str
+    method: str
+    host_url: str = "https://api.openai.com"
+    content_type: str = "application/json"
+    body: bytes | None = None
+    parameters: object = attrs.field(factory=lambda: _parameters())
+
+
+def _parameters():
+    from openapi_core.datatypes import RequestParameters
+
+    return RequestParameters()
+
+
+@attrs.frozen
+class _Response:
+    """openapi-core's Response protocol built from an httpx response."""
+
+    status_code: int
+    content_type: str
+    headers: dict
+    data: bytes
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Response:
+        return cls(
+            status_code=response.status_code,
+            content_type=response.headers["content-type"].split(";")[0],
+            headers=dict(response.headers),
+            data=response.content,
+        )
+
+
+def assert_conforms(spec, method: str, path: str, response: httpx.Response) -> None:
+    spec.validate_response(_Request(path=f"/v1{path}", method=method), _Response.of(response))
+
+
+async def fetch(base_url: str, method: str, path: str, **kwargs) -> httpx.Response:
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url + "/", headers=headers) as client:
+        return await client.request(method, path.lstrip("/"), **kwargs)
+
+
+CHAT_BODIES = {
+    "text": {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]},
+    "n_and_max_tokens": {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "n": 2,
+        "max_tokens": 2,
+    },
+    "json_schema": {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "a person"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "Person", "schema": Person.model_json_schema()},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHAT_BODIES))
+async def test_served_chat_completion_conforms(base_url, openapi_spec, kind):
+    """Served chat completions validate against CreateChatCompletionResponse."""
+    response = await fetch(base_url, "POST", "/chat/completions", json=CHAT_BODIES[kind])
+    assert response.status_code == 200
+    assert_conforms(openapi_spec, "post", "/chat/completions", response)
+
+
+async def test_served_models_list_conforms(base_url, openapi_spec):
+    """The served model list validates against ListModelsResponse."""
+    response = await fetch(base_url, "GET", "/models")
+    assert_conforms(openapi_spec, "get", "/models", response)
+
+
+async def test_served_transcription_json_conforms(base_url, openapi_spec):
+    """A served json transcription validates against the transcription response."""
+    files = {"file": ("a.mp3", mp3_bytes(1.0), "audio/mpeg")}
+    response = await fetch(
+        base_url, "POST", "/audio/transcriptions", data={"model": "whisper-1"}, files=files
+    )
+    assert response.status_code == 200
+    assert_conforms(openapi_spec, "post", "/audio/transcriptions", response)
+
+
+async def test_served_verbose_transcription_matches_its_schema(base_url, openapi_spec):
+    """A served verbose_json transcription validates against its component schema."""
+    from jsonschema_path import SchemaPath
+    from openapi_schema_validator import OAS31Validator
+
+    files = {"file": ("a.mp3", mp3_bytes(1.0), "audio/mpeg")}
+    form = {"model": "whisper-1", "response_format": "verbose_json"}
+    response = await fetch(base_url, "POST", "/audio/transcriptions", data=form, files=files)
+    spec = json.loads(OPENAPI_PATH.read_text())
+    schema = SchemaPath.from_dict(spec) / "components" / "schemas"
+    verbose = (schema / "CreateTranscriptionResponseVerboseJson").read_value()
+    OAS31Validator({**verbose, "components": spec["components"]}).validate(response.json())
+
+
+async def test_served_429_conforms(base_url, openapi_spec):
+    """A served 429 ("Request too large") validates against TooManyRequests."""
+    body = {**CHAT_BODIES["text"], "max_tokens": 200_000_000}
+    response = await fetch(base_url, "POST", "/chat/completions", json=body)
+    assert response.status_code == 429
+    assert response.json()["error"]["message"].startswith("Request too large")
+    assert_conforms(openapi_spec, "post", "/chat/completions", response)
+
+
+async def test_conformance_check_catches_a_wrong_body(openapi_spec):
+    """The OpenAPI check is not vacuous: a chat body without choices fails it."""
+    from openapi_core.validation.response.exceptions import InvalidData
+
+    bad = httpx.Response(
+        200, json={"id": "x", "object": "chat.completion"}, headers={"x-request-id": "r"}
+    )
+    with pytest.raises(InvalidData):
+        assert_conforms(openapi_spec, "post", "/chat/completions", bad)
+
+
+# -- the command itself --------------------------------------------------------------
+
+
+def test_sigterm_stops_the_server_cleanly():
+    """engine mock exits 0 on SIGTERM after printing its ready line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "mock", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("mock listening on http://127.0.0.1:")
+        assert line.rstrip().endswith("/v1")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
