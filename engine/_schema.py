@@ -502,12 +502,13 @@ def parse_structured(
     encoded: str | bytes = content
     # Strict mode made defaulted fields nullable: drop the nulls it sent for them
     # so pydantic applies the defaults.  Skipped when no field could need it.
-    if "null" in content and _has_defaulted_non_nullable_fields(model):
+    plan = _null_plan(model) if "null" in content else None
+    if plan is not None:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise fail(f"the answer for {label} is not valid JSON: {exc}", "invalid_json") from None
-        if _drop_defaulted_nulls(data, model):
+        if _drop_defaulted_nulls(data, plan):
             encoded = orjson.dumps(data)
     try:
         return model.model_validate_json(encoded)
@@ -520,32 +521,6 @@ def parse_structured(
         raise fail(
             f"the answer does not match {label}: {_summarise(error)}", "schema_mismatch"
         ) from None
-
-
-_droppable_cache: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
-def _has_defaulted_non_nullable_fields(model: type[pydantic.BaseModel]) -> bool:
-    """Whether ``model`` or any model inside it has a defaulted field that rejects None."""
-    cached = _droppable_cache.get(model)
-    if cached is None:
-        cached = _annotation_has_droppable(model, set())
-        _droppable_cache[model] = cached
-    return cached
-
-
-def _annotation_has_droppable(annotation: Any, seen: set[type]) -> bool:
-    annotation = _unwrap_annotated(annotation)
-    if _is_model(annotation):
-        if annotation in seen:
-            return False  # recursion: already being looked at
-        seen.add(annotation)
-        return any(
-            (not field.is_required() and not _admits_none(field.annotation))
-            or _annotation_has_droppable(field.annotation, seen)
-            for field in annotation.model_fields.values()
-        )
-    return any(_annotation_has_droppable(arg, seen) for arg in typing.get_args(annotation))
 
 
 def _summarise(error: pydantic.ValidationError) -> str:
@@ -583,41 +558,120 @@ _SEQUENCE_ORIGINS = (
 )
 
 
-def _drop_defaulted_nulls(value: Any, annotation: Any) -> bool:
-    """Delete, in place, ``null`` values of defaulted fields whose type rejects None.
+# How to find, in a decoded answer, the nulls that stand for "use the default".
+# Built once per model from its annotations (walking annotations costs far more
+# than walking the data), None wherever nothing below can need it.
 
-    Walks ``value`` (decoded JSON) along ``annotation``: models, lists and sets,
-    and unions.  Returns whether anything was deleted.
-    """
+
+class _ModelPlan:
+    """Keys to drop when null, and keys whose values need a look inside."""
+
+    __slots__ = ("drop_if_null", "nested")
+
+    def __init__(self) -> None:
+        self.drop_if_null: tuple[str, ...] = ()
+        self.nested: tuple[tuple[str, _Plan], ...] = ()
+
+
+class _ItemsPlan:
+    """A list (or set) whose items need a look inside."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: _Plan) -> None:
+        self.item = item
+
+
+class _UnionPlan:
+    """A union: which arm a value is meant to be decides which nulls to drop."""
+
+    __slots__ = ("arms",)
+
+    def __init__(self, arms: tuple[tuple[Any, _Plan | None], ...]) -> None:
+        self.arms = arms
+
+
+_Plan = _ModelPlan | _ItemsPlan | _UnionPlan
+
+_plan_cache: weakref.WeakKeyDictionary[type, _Plan | None] = weakref.WeakKeyDictionary()
+
+
+def _null_plan(model: type[pydantic.BaseModel]) -> _Plan | None:
+    """The cached plan for ``model``, None when no field anywhere inside has a
+    default while rejecting None."""
+    try:
+        return _plan_cache[model]
+    except KeyError:
+        pass
+    building: dict[type, _ModelPlan] = {}
+    plan = _build_plan(model, building)
+    for built_model, built in building.items():
+        _plan_cache.setdefault(built_model, built if built.drop_if_null or built.nested else None)
+    _plan_cache.setdefault(model, plan)  # a RootModel is not among the models built
+    return plan
+
+
+def _build_plan(annotation: Any, building: dict[type, _ModelPlan]) -> _Plan | None:
     annotation = _unwrap_annotated(annotation)
+    if _is_model(annotation):
+        if annotation in _plan_cache:
+            return _plan_cache[annotation]
+        if annotation in building:
+            return building[annotation]  # recursion: the plan being filled in
+        if issubclass(annotation, pydantic.RootModel):
+            return _build_plan(annotation.model_fields["root"].annotation, building)
+        plan = building[annotation] = _ModelPlan()
+        drop: list[str] = []
+        nested: list[tuple[str, _Plan]] = []
+        for key, field in _input_keys(annotation).items():
+            if not field.is_required() and not _admits_none(field.annotation):
+                drop.append(key)
+            inner = _build_plan(field.annotation, building)
+            if inner is not None:
+                nested.append((key, inner))
+        plan.drop_if_null, plan.nested = tuple(drop), tuple(nested)
+        # A model that refers back to itself has itself in ``nested``, so a plan
+        # that ended up empty was never handed out to a recursive reference.
+        return plan if drop or nested else None
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
-        return _drop_in_union(value, typing.get_args(annotation))
-    if origin in _SEQUENCE_ORIGINS and isinstance(value, list):
+        arms = tuple((arm, _build_plan(arm, building)) for arm in typing.get_args(annotation))
+        return _UnionPlan(arms) if any(p is not None for _, p in arms) else None
+    if origin in _SEQUENCE_ORIGINS:
         args = typing.get_args(annotation)
-        if not args:
+        item = _build_plan(args[0], building) if args else None
+        return _ItemsPlan(item) if item is not None else None
+    return None
+
+
+def _drop_defaulted_nulls(value: Any, plan: _Plan) -> bool:
+    """Delete, in place, the nulls ``plan`` says stand for a default.
+
+    Returns whether anything was deleted.
+    """
+    if isinstance(plan, _ModelPlan):
+        if not isinstance(value, dict):
+            return False
+        changed = False
+        for key in plan.drop_if_null:
+            if key in value and value[key] is None:
+                del value[key]
+                changed = True
+        for key, inner in plan.nested:
+            if key in value:
+                changed |= _drop_defaulted_nulls(value[key], inner)
+        return changed
+    if isinstance(plan, _ItemsPlan):
+        if not isinstance(value, list):
             return False
         changed = False
         for item in value:
-            changed |= _drop_defaulted_nulls(item, args[0])
+            changed |= _drop_defaulted_nulls(item, plan.item)
         return changed
-    if not (_is_model(annotation) and isinstance(value, dict)):
-        return False
-    if issubclass(annotation, pydantic.RootModel):
-        return _drop_defaulted_nulls(value, annotation.model_fields["root"].annotation)
-    changed = False
-    for key, field in _input_keys(annotation).items():
-        if key not in value:
-            continue
-        if value[key] is None and not field.is_required() and not _admits_none(field.annotation):
-            del value[key]
-            changed = True
-        else:
-            changed |= _drop_defaulted_nulls(value[key], field.annotation)
-    return changed
+    return _drop_in_union(value, plan)
 
 
-def _drop_in_union(value: Any, arms: tuple[Any, ...]) -> bool:
+def _drop_in_union(value: Any, plan: _UnionPlan) -> bool:
     """Drop defaulted nulls for the union arm that ``value`` is meant to be.
 
     Which arm that is cannot be told from the keys alone (two models may share
@@ -631,11 +685,13 @@ def _drop_in_union(value: Any, arms: tuple[Any, ...]) -> bool:
     encoded = orjson.dumps(value)
     if b"null" not in encoded:
         return False
-    if any(_accepts(arm, encoded) for arm in arms):
+    if any(_accepts(arm, encoded) for arm, _ in plan.arms):
         return False
-    for arm in arms:
+    for arm, arm_plan in plan.arms:
+        if arm_plan is None:
+            continue
         candidate = orjson.loads(encoded)
-        if _drop_defaulted_nulls(candidate, arm) and _accepts(arm, orjson.dumps(candidate)):
+        if _drop_defaulted_nulls(candidate, arm_plan) and _accepts(arm, orjson.dumps(candidate)):
             if isinstance(value, dict):
                 value.clear()
                 value.update(candidate)
