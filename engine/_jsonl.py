@@ -152,7 +152,7 @@ class InputLine:
 def _iter_physical_lines(file: Any) -> Iterator[tuple[int, bytes | None]]:
     """Yield ``(line_no, content)`` for each line of a binary file.
 
-    ``content`` keeps its line ending (JSON treats ``\r`` and ``\n`` as
+    ``content`` keeps its line ending (JSON treats ``\\r`` and ``\\n`` as
     whitespace, so no copy is made to strip them); it is None when the line
     exceeds :data:`MAX_LINE_BYTES`, in which case the rest of that line was
     skipped in :data:`_CHUNK`-sized reads.
