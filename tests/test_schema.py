@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from engine._errors import ResponseValidationError
-from engine.mock._schema import instance_for_schema
 from engine._schema import (
     KEPT_KEYWORDS,
     parse_structured,
@@ -24,6 +23,7 @@ from engine._schema import (
     schema_name_for,
     strict_json_schema,
 )
+from engine.mock._schema import instance_for_schema
 
 # -- the strict-rule walker ----------------------------------------------------
 
