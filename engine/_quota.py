@@ -113,6 +113,8 @@ class _Dimension:
     full_at: float | None = None
     granted_total: float = 0.0
     corrections: float = 0.0
+    subwindow_seen: bool = False
+    beyond_subwindow_seen: bool = False
 
     @property
     def rate(self) -> float | None:
@@ -483,6 +485,8 @@ class QuotaBook:
                 applied.add(dim_name)
             if reset is not None and dim.limit is not None:
                 self._learn_mode(dim, remaining, reset, now)
+                if dim.subwindow_seen and not dim.beyond_subwindow_seen:
+                    group.paced = True
             if dim.limit is not None:
                 dim.level = min(dim.level, dim.limit)  # also ends an infinite level
         return applied
@@ -509,16 +513,31 @@ class QuotaBook:
                 dim.corrections += new_level
                 dim.level = new_level
             return  # granted before the limit was known: nothing to compare with
-        error = remaining - level_after - (dim.corrections - corrections_then)
+        # The server may take its snapshot when the request arrived (then it
+        # should match the level right after this grant) or when it answered
+        # (then it should match the level now).  Only an error both readings
+        # agree on is corrected, by the smaller of the two.
+        error_at_grant = remaining - level_after - (dim.corrections - corrections_then)
+        error_now = remaining - dim.level
+        if (error_at_grant > 0) != (error_now > 0):
+            return
+        error = min(error_at_grant, error_now, key=abs)
         if error > 0 and not may_raise:
             return  # the user chose less than the server allows: never raise
         dim.level += error
         dim.corrections += error
 
-    def _learn_mode(
-        self, dim: _Dimension, remaining: int | None, reset: float, now: float
-    ) -> None:
+    def _learn_mode(self, dim: _Dimension, remaining: int | None, reset: float, now: float) -> None:
         if remaining is None or dim.rate is None:
+            return
+        # A server enforcing per-second sub-windows reports at most a 60th of
+        # the limit as remaining, with a reset within a second.  A token bucket
+        # or a fixed window reports more than that at least once (the probe).
+        share = dim.limit / 60
+        if remaining > share + 1:
+            dim.beyond_subwindow_seen = True
+        elif reset <= 1.05 and not dim.beyond_subwindow_seen:
+            dim.subwindow_seen = True
             return
         bucket_reset = max(0.0, (dim.limit - remaining) / dim.rate)
         tolerance = 0.25 + 0.02 * dim.window

@@ -316,3 +316,39 @@ def test_limits_reject_non_positive_values():
     with pytest.raises(ValueError, match="rpm"):
         Limits(rpm=0)
     assert math.isinf(QuotaBook(None).snapshot("g", 0.0)["requests_per_minute"]["level"])
+
+
+def test_per_second_headers_switch_the_group_to_pacing():
+    """A probe answered with remaining <= limit/60 and reset <= 1 s means per-second windows."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(
+        probe, 0.1, headers=headers(limit_requests=600, remaining_requests=9, reset_requests=0.9)
+    )
+    assert book.snapshot("g", 0.1)["group"]["paced"] is True
+
+
+def test_fixed_window_near_its_end_is_not_taken_for_per_second():
+    """Small remaining with a sub-second reset after a big remaining was seen is no sub-window."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(
+        probe, 0.0, headers=headers(limit_requests=600, remaining_requests=599, reset_requests=59.0)
+    )
+    late = grant(book, 58.5)
+    book.settle(
+        late, 58.5, headers=headers(limit_requests=600, remaining_requests=3, reset_requests=0.5)
+    )
+    assert book.snapshot("g", 58.5)["group"]["paced"] is False
+
+
+def test_snapshot_taken_at_answer_time_is_not_double_counted():
+    """Headers computed when the server answered (after later arrivals) do not lower the level."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    first = grant(book, 0.0)  # level after: 598
+    for _ in range(9):
+        grant(book, 0.0)  # level now: 589
+    # the server answered after all ten arrived: it reports 589 remaining
+    book.settle(first, 0.0, headers=headers(limit_requests=600, remaining_requests=589))
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(589)
