@@ -14,6 +14,7 @@ import socket
 import sys
 from typing import Any
 
+from engine._tokens import encoding_for_model
 from engine.mock._app import DroppedConnection, create_app
 from engine.mock._config import DEFAULT_MODELS, MockConfig
 
@@ -200,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     for name in _SERVER_LOGGERS:
         logging.getLogger(name).addFilter(_HideInjectedDrops())
+    # Load the default tokenizer now, not during the first request (about 1 s of CPU).
+    encoding_for_model("gpt-4o-mini")
     app = create_app(config)
     if args.server == "uvicorn":
         return _serve_uvicorn(app, args)
