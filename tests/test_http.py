@@ -1,0 +1,608 @@
+"""H11Transport over loopback, against tiny scripted trio/h11 servers started in the test."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+import attrs
+import h11
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from engine._http import H11Transport, make_async_client, shared_ssl_context
+
+OK_BODY = b'{"ok":true}'
+TIMEOUT = httpx.Timeout(10.0)
+
+
+@attrs.define
+class Received:
+    """One request as the server saw it."""
+
+    method: bytes
+    target: bytes
+    headers: dict[bytes, bytes]
+    body: bytes
+    connection: int
+
+
+@attrs.define
+class Server:
+    """A scripted loopback server: what it saw, and where it listens."""
+
+    port: int
+    requests: list[Received] = attrs.Factory(list)
+    connections: int = 0
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+class Peer:
+    """The server side of one connection: read requests with h11, write raw bytes."""
+
+    def __init__(self, stream: trio.abc.Stream, server: Server, index: int) -> None:
+        self.stream = stream
+        self.server = server
+        self.index = index
+        self.h11 = h11.Connection(h11.SERVER)
+
+    async def read_request(self) -> Received | None:
+        """The next complete request on this connection, or None at end of stream."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        elif self.h11.their_state is h11.DONE:
+            # The last answer went out raw (send_raw), unknown to h11: start afresh.
+            self.h11 = h11.Connection(h11.SERVER)
+        head = None
+        body = []
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    return None
+                if not data and head is None:
+                    return None
+                self.h11.receive_data(data)
+            elif isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                received = Received(
+                    head.method,
+                    head.target,
+                    {name: value for name, value in head.headers},
+                    b"".join(body),
+                    self.index,
+                )
+                self.server.requests.append(received)
+                return received
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+            else:
+                raise AssertionError(f"test server got {event!r}")
+
+    async def respond(
+        self, body: bytes = OK_BODY, status: int = 200, headers: list[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Answer the current request through h11 (Content-Length unless headers say else)."""
+        all_headers = list(headers)
+        if not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers
+        ):
+            all_headers.append((b"content-length", str(len(body)).encode()))
+        reason = HTTPStatus(status).phrase.encode()
+        data = self.h11.send(h11.Response(status_code=status, headers=all_headers, reason=reason))
+        if body:
+            data += self.h11.send(h11.Data(data=body))
+        data += self.h11.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def close(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+async def keep_answering(peer: Peer) -> None:
+    """Answer every request with 200 OK_BODY until the client closes."""
+    while await peer.read_request() is not None:
+        await peer.respond()
+
+
+async def start_server(
+    nursery: trio.Nursery, handler: Handler, ssl_context: ssl.SSLContext | None = None
+) -> Server:
+    """Serve ``handler`` (one call per connection) on a loopback port chosen by the OS."""
+    server = Server(port=0, scheme="https" if ssl_context else "http")
+
+    async def on_connection(stream: trio.abc.Stream) -> None:
+        server.connections += 1
+        if ssl_context is not None:
+            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+        try:
+            await handler(Peer(stream, server, server.connections))
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, host="127.0.0.1"), on_connection, 0
+    )
+    server.port = listeners[0].socket.getsockname()[1]
+    return server
+
+
+def client_for(server: Server, **kwargs) -> httpx.AsyncClient:
+    return make_async_client(server.url, headers={"x-test": "1"}, timeout=TIMEOUT, **kwargs)
+
+
+async def test_keep_alive_reuses_one_connection_for_many_requests(nursery):
+    """Sequential requests all travel over the same connection."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        for number in range(20):
+            response = await client.post("/v1/chat/completions", json={"n": number})
+            assert response.status_code == 200
+            assert response.json() == {"ok": True}
+    assert server.connections == 1
+    assert len(server.requests) == 20
+    assert server.requests[3].body == b'{"n":3}'
+
+
+async def test_request_carries_method_target_and_headers(nursery):
+    """What the server receives is the request httpx built: method, path, query, headers."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        await client.get("/v1/models", params={"a": "b c"}, headers={"Authorization": "Bearer k"})
+    seen = server.requests[0]
+    assert seen.method == b"GET"
+    assert seen.target == b"/v1/models?a=b+c"
+    assert seen.headers[b"authorization"] == b"Bearer k"
+    assert seen.headers[b"x-test"] == b"1"
+    assert seen.headers[b"host"] == f"127.0.0.1:{server.port}".encode()
+
+
+async def test_response_status_headers_and_reason_reach_httpx(nursery):
+    """Status, headers (case kept), reason phrase and HTTP version come through."""
+
+    async def answer_429(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.respond(
+                b"{}", status=429, headers=[(b"X-RateLimit-Remaining-Requests", b"0")]
+            )
+
+    server = await start_server(nursery, answer_429)
+    async with client_for(server) as client:
+        response = await client.get("/")
+    assert response.status_code == 429
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert response.reason_phrase == "Too Many Requests"
+    assert response.http_version == "HTTP/1.1"
+
+
+async def test_next_request_reconnects_after_server_closed_idle_connection(nursery):
+    """A connection the server closed while idle is replaced; the request succeeds."""
+
+    async def answer_once_then_close(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.respond()
+        await peer.close()
+
+    server = await start_server(nursery, answer_once_then_close)
+    async with client_for(server) as client:
+        assert (await client.get("/first")).status_code == 200
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await client.get("/second")).status_code == 200
+    assert server.connections == 2
+    assert [r.target for r in server.requests] == [b"/first", b"/second"]
+
+
+async def test_stale_reused_connection_is_retried_once_on_a_new_one(nursery):
+    """A reused connection closed with no response byte: the request goes out once more."""
+
+    async def close_the_second_request_unanswered(peer: Peer) -> None:
+        if peer.index == 1:
+            await peer.read_request()
+            await peer.respond()
+            await peer.read_request()
+            await peer.close()
+        else:
+            await keep_answering(peer)
+
+    server = await start_server(nursery, close_the_second_request_unanswered)
+    async with client_for(server) as client:
+        await client.get("/first")
+        response = await client.get("/second")
+    assert response.status_code == 200
+    assert [(r.target, r.connection) for r in server.requests] == [
+        (b"/first", 1),
+        (b"/second", 1),
+        (b"/second", 2),
+    ]
+
+
+async def test_fresh_connection_closed_without_response_is_not_retried(nursery):
+    """On a new connection, a server that closes without answering yields an error, once."""
+
+    async def read_then_close(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.close()
+
+    server = await start_server(nursery, read_then_close)
+    async with client_for(server) as client:
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await client.post("/v1/chat/completions", content=b"{}")
+    assert len(server.requests) == 1
+
+
+async def test_drop_mid_response_raises_and_is_not_resent(nursery):
+    """A server that drops the connection halfway through the body: an error, no re-send."""
+
+    async def answer_then_drop_mid_body(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.respond()
+        await peer.read_request()
+        await peer.send_raw(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
+        await peer.close()
+
+    server = await start_server(nursery, answer_then_drop_mid_body)
+    async with client_for(server) as client:
+        await client.get("/first")
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await client.post("/second", content=b"{}")
+    assert [r.target for r in server.requests] == [b"/first", b"/second"]
+    assert server.connections == 1
+
+
+async def test_malformed_response_raises_remote_protocol_error(nursery):
+    """Garbage instead of a status line is the server's protocol error."""
+
+    async def answer_garbage(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"NOT HTTP AT ALL\r\n\r\n")
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_garbage)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+
+
+async def test_read_timeout_raises_read_timeout(nursery, autojump_clock):
+    """A server that never answers trips the request's read timeout."""
+
+    async def never_answer(peer: Peer) -> None:
+        await peer.read_request()
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, never_answer)
+    async with client_for(server) as client:
+        start = trio.current_time()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
+        assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+
+
+async def test_read_timeout_applies_to_each_wait_not_the_whole_body(nursery, autojump_clock):
+    """A body trickling in faster than the read timeout completes."""
+
+    async def trickle(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        for byte in b"hello":
+            await trio.sleep(2.0)
+            await peer.send_raw(bytes([byte]))
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, trickle)
+    async with client_for(server) as client:
+        response = await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
+    assert response.content == b"hello"
+
+
+async def test_connect_refused_raises_connect_error():
+    """Nothing listening on the port: ConnectError."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with make_async_client(f"http://127.0.0.1:{port}", headers={}, timeout=TIMEOUT) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/")
+
+
+async def test_cancellation_mid_request_leaves_transport_usable(nursery):
+    """A request cancelled while waiting for its answer; the next one works on a new connection."""
+    release = trio.Event()
+
+    async def first_slow_then_fast(peer: Peer) -> None:
+        if peer.index == 1:
+            await peer.read_request()
+            await release.wait()
+            await peer.respond(b"late")
+        else:
+            await keep_answering(peer)
+
+    server = await start_server(nursery, first_slow_then_fast)
+    async with client_for(server) as client:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(_cancel_when_blocked, scope)
+            await client.get("/slow")
+        assert scope.cancelled_caught
+        release.set()
+        response = await client.get("/fast")
+    assert response.content == OK_BODY
+    assert server.connections == 2
+
+
+async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def test_concurrent_caller_waits_for_the_connection(nursery):
+    """Two tasks sharing one transport take turns on its single connection."""
+    server = await start_server(nursery, keep_answering)
+    results = []
+    async with client_for(server) as client:
+
+        async def get(path: str) -> None:
+            results.append((await client.get(path)).status_code)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(get, "/a")
+            inner.start_soon(get, "/b")
+    assert results == [200, 200]
+    assert server.connections == 1
+
+
+async def test_pool_timeout_when_connection_stays_busy(nursery, autojump_clock):
+    """A caller that cannot get the connection within the pool timeout gets PoolTimeout."""
+
+    async def never_answer(peer: Peer) -> None:
+        await peer.read_request()
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, never_answer)
+    async with client_for(server) as client, trio.open_nursery() as hog:
+        hog.start_soon(client.get, "/hog")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("/", timeout=httpx.Timeout(10.0, pool=1.0))
+        hog.cancel_scope.cancel()
+
+
+async def test_multipart_upload_streams_whole_body(nursery):
+    """A multipart file upload (an httpx stream) arrives complete and well-formed."""
+    server = await start_server(nursery, keep_answering)
+    payload = bytes(range(256)) * 1000
+    async with client_for(server) as client:
+        response = await client.post(
+            "/v1/audio/transcriptions",
+            data={"model": "whisper-1"},
+            files={"file": ("call.mp3", payload, "audio/mpeg")},
+        )
+    assert response.status_code == 200
+    seen = server.requests[0]
+    assert seen.headers[b"content-type"].startswith(b"multipart/form-data; boundary=")
+    assert int(seen.headers[b"content-length"]) == len(seen.body)
+    assert payload in seen.body
+    assert b'name="model"\r\n\r\nwhisper-1' in seen.body
+
+
+async def test_chunked_request_body_from_async_iterator(nursery):
+    """A body of unknown length goes out chunked and arrives whole."""
+    server = await start_server(nursery, keep_answering)
+
+    async def parts():
+        for number in range(50):
+            yield b"part%d;" % number
+
+    async with client_for(server) as client:
+        await client.post("/upload", content=parts())
+    seen = server.requests[0]
+    assert seen.headers[b"transfer-encoding"] == b"chunked"
+    assert seen.body == b"".join(b"part%d;" % n for n in range(50))
+
+
+async def test_chunked_response_is_read_whole_and_connection_reused(nursery):
+    """A Transfer-Encoding: chunked answer is reassembled; keep-alive continues."""
+
+    async def answer_chunked(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send_raw(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+
+    server = await start_server(nursery, answer_chunked)
+    async with client_for(server) as client:
+        first = await client.get("/1")
+        second = await client.get("/2")
+    assert first.text == second.text == "hello world"
+    assert server.connections == 1
+
+
+async def test_connection_close_response_makes_next_request_reconnect(nursery):
+    """After a Connection: close answer (body read to EOF), the next request connects anew."""
+
+    async def answer_and_close(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+        await peer.close()
+
+    server = await start_server(nursery, answer_and_close)
+    async with client_for(server) as client:
+        first = await client.get("/1")
+        second = await client.get("/2")
+    assert first.content == second.content == b"until the end"
+    assert server.connections == 2
+
+
+async def test_request_asking_connection_close_is_not_reused(nursery):
+    """A request sent with Connection: close is its connection's last."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        await client.get("/1", headers={"connection": "close"})
+        await client.get("/2")
+    assert server.connections == 2
+
+
+async def test_gzip_response_is_decoded(nursery):
+    """A Content-Encoding: gzip body reaches the caller decoded."""
+
+    async def answer_gzip(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.respond(gzip.compress(OK_BODY), headers=[(b"content-encoding", b"gzip")])
+
+    server = await start_server(nursery, answer_gzip)
+    async with client_for(server) as client:
+        response = await client.get("/")
+    assert response.json() == {"ok": True}
+
+
+async def test_head_response_has_no_body_and_keeps_connection(nursery):
+    """A HEAD answer's Content-Length does not make the client wait for a body."""
+
+    async def answer_head(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n")
+
+    server = await start_server(nursery, answer_head)
+    async with client_for(server) as client:
+        first = await client.head("/")
+        second = await client.head("/")
+    assert first.content == second.content == b""
+    assert first.headers["content-length"] == "42"
+    assert server.connections == 1
+
+
+async def test_informational_response_is_skipped(nursery):
+    """A 103 Early Hints before the answer is skipped; the final response is returned."""
+
+    async def answer_with_early_hints(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+        await peer.send_raw(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_with_early_hints)
+    async with client_for(server) as client:
+        response = await client.get("/")
+    assert (response.status_code, response.content) == (201, b"ok")
+
+
+async def test_header_with_newline_is_refused_before_sending(nursery):
+    """A header value that would start a new line is a local protocol error; nothing is sent."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get("/", headers={"x-evil": "a\r\nx-injected: 1"})
+        assert (await client.get("/")).status_code == 200
+    assert len(server.requests) == 1
+
+
+async def test_closed_transport_refuses_requests():
+    """After aclose(), a request fails instead of reconnecting."""
+    transport = H11Transport()
+    await transport.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await transport.handle_async_request(httpx.Request("GET", "http://127.0.0.1:1/"))
+
+
+async def test_make_async_client_uses_given_transport():
+    """A transport passed in (here httpx.MockTransport) replaces the H11Transport."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers["authorization"]))
+        return httpx.Response(200, json={"ok": True})
+
+    async with make_async_client(
+        "http://api.test/v1",
+        headers={"authorization": "Bearer k"},
+        timeout=TIMEOUT,
+        transport=httpx.MockTransport(handler),
+    ) as client:
+        response = await client.post("/chat/completions", json={})
+    assert response.json() == {"ok": True}
+    assert seen == [("http://api.test/v1/chat/completions", "Bearer k")]
+
+
+async def test_make_async_client_builds_h11_transport_with_base_url_and_timeout():
+    """By default the client sends through an H11Transport with the given defaults."""
+    client = make_async_client("http://127.0.0.1:9/v1", headers={"a": "b"}, timeout=TIMEOUT)
+    async with client:
+        assert isinstance(client._transport, H11Transport)
+        assert client.base_url == httpx.URL("http://127.0.0.1:9/v1/")
+        assert client.timeout == TIMEOUT
+        assert client.headers["a"] == "b"
+
+
+def test_shared_ssl_context_is_built_once():
+    """Every caller gets the same verifying TLS context."""
+    assert shared_ssl_context() is shared_ssl_context()
+    assert shared_ssl_context().verify_mode == ssl.CERT_REQUIRED
+
+
+@pytest.fixture(scope="module")
+def tls_certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 made with the openssl command (skip without it)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_keep_alive_over_tls(nursery, tls_certificate):
+    """https URLs go through TLS (verified against the given context) and keep the connection."""
+    cert, key = tls_certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=cert)
+    server = await start_server(nursery, keep_answering, ssl_context=server_context)
+    transport = H11Transport(ssl_context=client_context)
+    async with client_for(server, transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get("/")).content == OK_BODY
+    assert server.connections == 1
+
+
+async def test_https_with_untrusted_certificate_raises_connect_error(nursery, tls_certificate):
+    """The default context verifies certificates: a self-signed one fails to connect."""
+    cert, key = tls_certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = await start_server(nursery, keep_answering, ssl_context=server_context)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/")
