@@ -604,6 +604,15 @@ def test_parse_invalid_json_raises_with_raw_kept():
     assert info.value.raw == "{'name': 'Ada'}"
 
 
+def test_parse_cut_json_with_nulls_raises_invalid_json():
+    """Broken JSON that contains nulls (the default-filling path) is still invalid_json."""
+    raw = '{"name": "Ada", "score": null, "age":'
+    with pytest.raises(ResponseValidationError, match="not valid JSON") as info:
+        parse(raw, Person)
+    assert info.value.code == "invalid_json"
+    assert info.value.raw == raw
+
+
 @pytest.mark.parametrize("content", [None, "", "  \n"])
 def test_parse_empty_content_raises(content):
     """Missing or blank content raises empty_output."""
