@@ -1,8 +1,11 @@
 """The limiter task: the only owner of the quota book.
 
-Workers talk to it over one memory channel.  ``acquire`` sends a waiter that
-carries a 1-slot reply channel and waits for the answer (a reservation, or a
-refusal); after the response the worker reports the outcome with
+Workers talk to it over one memory channel.  ``acquire`` sends a waiter and
+parks until the limiter answers it (a reservation, or a refusal); the answer is
+delivered by rescheduling the parked task with it, which is what a 1-slot reply
+channel does inside, without allocating a channel per request (that alone cost
+more than the rest of a permit).  After the response the worker reports the
+outcome with
 ``settle_nowait`` / ``rate_limited_nowait`` / ``release_nowait``.  The limiter
 grants in FIFO order per limit group, never polls: it sleeps until the earliest
 absolute moment the head of some queue can go (or a message arrives) and at each
@@ -20,11 +23,12 @@ import math
 from collections import deque
 
 import attrs
+import outcome
 import trio
 
 from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, Grant, QuotaBook, Reservation, TooLarge, Wait
+from engine._quota import Cost, QuotaBook, Reservation, TooLarge, Wait
 
 __all__ = ["Limiter", "LimiterStatistics"]
 
@@ -39,14 +43,8 @@ class _State(enum.Enum):
 class _Waiter:
     group: str
     cost: Cost
-    reply: trio.MemorySendChannel
+    task: trio.lowlevel.Task
     state: _State = _State.PENDING
-    reservation: Reservation | None = None
-
-
-@attrs.frozen
-class _Cancel:
-    waiter: _Waiter
 
 
 @attrs.frozen
@@ -140,19 +138,22 @@ class Limiter:
         Raises:
             RequestTooLargeError: the cost can never fit the group's limits.
             RunStoppedError: the limiter was stopped by a fatal error.
-        A caller cancelled while waiting has its reservation returned.
+        A caller cancelled while waiting leaves the queue and holds nothing.
         """
-        reply_send, reply_receive = trio.open_memory_channel[object](1)
-        waiter = _Waiter(group, cost, reply_send)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waiter = _Waiter(group, cost, trio.lowlevel.current_task())
         try:
             self._send.send_nowait(waiter)
         except trio.ClosedResourceError:
             raise RunStoppedError("the client is closed") from None
-        try:
-            answer = await reply_receive.receive()
-        except BaseException:
-            self._report(_Cancel(waiter))
-            raise
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            # Runs only while the limiter has not answered yet (same thread),
+            # so a cancelled waiter never holds a reservation.
+            waiter.state = _State.CANCELLED
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        answer = await trio.lowlevel.wait_task_rescheduled(abort)
         if isinstance(answer, Reservation):
             return answer
         raise answer
@@ -201,9 +202,7 @@ class Limiter:
         """Return a :class:`LimiterStatistics` snapshot (does not checkpoint)."""
         return LimiterStatistics(
             granted=self._granted,
-            waiting=sum(
-                1 for q in self._queues.values() for w in q if w.state is _State.PENDING
-            ),
+            waiting=sum(1 for q in self._queues.values() for w in q if w.state is _State.PENDING),
             in_flight=self._in_flight,
             rate_limited=self._rate_limited,
             too_large=self._too_large,
@@ -221,24 +220,29 @@ class Limiter:
         receive = self._receive
         async with receive:
             while True:
-                with trio.move_on_at(deadline):
-                    try:
+                try:
+                    if deadline == math.inf:
                         message = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                    self._handle(message)
-                while True:
-                    try:
-                        message = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    self._handle(message)
-                deadline = self._grant_ready(trio.current_time())
+                    else:
+                        message = None
+                        with trio.move_on_at(deadline):
+                            message = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+                now = trio.current_time()
+                if message is not None:
+                    self._handle(message, now)
+                    while True:
+                        try:
+                            message = receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        self._handle(message, now)
+                deadline = self._grant_ready(now)
         self._fail_waiters(RunStoppedError("the client is closed"))
 
-    def _handle(self, message: object) -> None:
+    def _handle(self, message: object, now: float) -> None:
         book = self._book
-        now = trio.current_time()
         if isinstance(message, _Waiter):
             if self._stopped is not None:
                 self._answer(message, RunStoppedError(self._stopped.message))
@@ -252,8 +256,10 @@ class Limiter:
             if message.used_tokens is not None:
                 self._tokens_used += message.used_tokens
             if message.latency is not None:
-                self._latency = message.latency if not self._latency else (
-                    0.9 * self._latency + 0.1 * message.latency
+                self._latency = (
+                    message.latency
+                    if not self._latency
+                    else (0.9 * self._latency + 0.1 * message.latency)
                 )
             book.settle(
                 message.reservation, now, headers=message.headers, used_tokens=message.used_tokens
@@ -273,31 +279,21 @@ class Limiter:
         elif isinstance(message, _Release):
             self._in_flight -= 1
             book.release(message.reservation, now)
-        elif isinstance(message, _Cancel):
-            waiter = message.waiter
-            if waiter.state is _State.GRANTED and waiter.reservation is not None:
-                # Granted, but the worker was cancelled before it took the permit.
-                self._in_flight -= 1
-                book.release(waiter.reservation, now)
-            waiter.state = _State.CANCELLED
         elif isinstance(message, _Stop):
             if self._stopped is None:
                 self._stopped = message.error
                 self._fail_waiters(RunStoppedError(message.error.message, code="run_stopped"))
 
-    def _answer(self, waiter: _Waiter, answer: object) -> bool:
-        try:
-            waiter.reply.send_nowait(answer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-            return False
-        return True
+    @staticmethod
+    def _answer(waiter: _Waiter, answer: object) -> None:
+        waiter.state = _State.GRANTED
+        trio.lowlevel.reschedule(waiter.task, outcome.Value(answer))
 
     def _fail_waiters(self, error: Exception) -> None:
         for queue in self._queues.values():
             while queue:
                 waiter = queue.popleft()
                 if waiter.state is _State.PENDING:
-                    waiter.state = _State.CANCELLED
                     self._answer(waiter, error)
 
     def _grant_ready(self, now: float) -> float:
@@ -320,20 +316,13 @@ class Limiter:
                 queue.popleft()
                 if isinstance(decision, TooLarge):
                     self._too_large += 1
-                    waiter.state = _State.CANCELLED
                     self._answer(waiter, RequestTooLargeError(decision.message))
                     continue
-                assert isinstance(decision, Grant)
                 reservation = decision.reservation
-                if self._answer(waiter, reservation):
-                    waiter.state = _State.GRANTED
-                    waiter.reservation = reservation
-                    self._in_flight += 1
-                    self._granted += 1
-                    self._tokens_reserved += reservation.cost.tokens
-                else:
-                    waiter.state = _State.CANCELLED
-                    book.release(reservation, now)
+                self._answer(waiter, reservation)
+                self._in_flight += 1
+                self._granted += 1
+                self._tokens_reserved += reservation.cost.tokens
         return wake
 
     def _update_cap(self) -> None:

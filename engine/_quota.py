@@ -115,6 +115,14 @@ class _Dimension:
     corrections: float = 0.0
     subwindow_seen: bool = False
     beyond_subwindow_seen: bool = False
+    counts_tokens: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.counts_tokens = self.name.startswith("tokens")
+
+    def need(self, cost: Cost) -> float:
+        """What ``cost`` takes from this dimension."""
+        return cost.tokens if self.counts_tokens else cost.requests
 
     @property
     def rate(self) -> float | None:
@@ -213,7 +221,6 @@ _DIMENSIONS = (
     ("requests_per_day", "rpd", DAY, "requests"),
     ("tokens_per_day", "tpd", DAY, "tokens"),
 )
-_HEADER_DIMENSIONS = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
 
 
 class QuotaBook:
@@ -293,26 +300,27 @@ class QuotaBook:
         :meth:`settle` or :meth:`release` with the reservation.
         """
         group = self._group(group_name, now)
+        ready = now if now >= group.cooldown_until else group.cooldown_until
+        if group.paced and group.next_slot > ready:
+            ready = group.next_slot
+        unknowable = False
         for dim in group.dims.values():
-            need = _cost_in(cost, dim.name)
+            need = dim.need(cost)
             if dim.limit is not None and need > dim.limit:
                 return TooLarge(
                     f"request needs {need:g} {_unit(dim.name)} but the limit is "
                     f"{dim.limit:g} {_unit(dim.name)} per {_per(dim.window)}"
                 )
-        if not group.seen_response and group.in_flight > 0:
-            return Wait(None)
-        ready = max(now, group.cooldown_until)
-        if group.paced:
-            ready = max(ready, group.next_slot)
-        unknowable = False
-        for dim in group.dims.values():
             dim.refill(now)
-            at = dim.ready_at(_cost_in(cost, dim.name), now)
+            if dim.level >= need:
+                continue
+            at = dim.ready_at(need, now)
             if at is None:
                 unknowable = True
-            elif at > now:
-                ready = max(ready, at + self._margin)
+            elif at > now and at + self._margin > ready:
+                ready = at + self._margin
+        if not group.seen_response and group.in_flight > 0:
+            return Wait(None)
         if unknowable:
             if group.in_flight > 0:
                 return Wait(None if ready <= now else ready)
@@ -327,7 +335,7 @@ class QuotaBook:
     def _reserve(self, group: _Group, cost: Cost, now: float) -> Reservation:
         marks = {}
         for dim in group.dims.values():
-            dim.take(_cost_in(cost, dim.name))
+            dim.take(dim.need(cost))
             marks[dim.name] = (dim.level, dim.granted_total, dim.corrections)
         if group.paced:
             group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
@@ -345,7 +353,7 @@ class QuotaBook:
         for dim in group.dims.values():
             rate = dim.rate
             if rate:
-                spacing = max(spacing, _cost_in(cost, dim.name) / (rate * group.pace_fraction))
+                spacing = max(spacing, dim.need(cost) / (rate * group.pace_fraction))
         return spacing
 
     # -- outcomes -------------------------------------------------------------
@@ -357,7 +365,7 @@ class QuotaBook:
             return
         for dim in group.dims.values():
             dim.refill(now)
-            need = _cost_in(reservation.cost, dim.name)
+            need = dim.need(reservation.cost)
             dim.level = min(dim.limit if dim.limit is not None else math.inf, dim.level + need)
             dim.granted_total -= need
 
@@ -385,7 +393,7 @@ class QuotaBook:
         if used_tokens is not None:
             delta = reservation.cost.tokens - used_tokens
             for dim in group.dims.values():
-                if _unit(dim.name) == "tokens" and dim.name not in applied:
+                if dim.counts_tokens and dim.name not in applied:
                     dim.refill(now)
                     dim.level += delta
                     if dim.limit is not None:
@@ -424,8 +432,7 @@ class QuotaBook:
         if wait is None:
             wait = self._default_cooldown
         if headers is not None and any(
-            self._headroom(group, headers, kind, _cost_in(reservation.cost, f"{kind}_"))
-            for kind in kinds
+            self._headroom(group, headers, kind, getattr(reservation.cost, kind)) for kind in kinds
         ):
             group.paced = True
             group.next_slot = max(group.next_slot, now + wait)
@@ -463,16 +470,29 @@ class QuotaBook:
         applied: set[str] = set()
         if headers is None:
             return applied
-        for dim_name, kind in _HEADER_DIMENSIONS:
-            dim = group.dims[dim_name]
+        dims = group.dims
+        for dim, limit, remaining, reset in (
+            (
+                dims["requests_per_minute"],
+                headers.limit_requests,
+                headers.remaining_requests,
+                headers.reset_requests,
+            ),
+            (
+                dims["tokens_per_minute"],
+                headers.limit_tokens,
+                headers.remaining_tokens,
+                headers.reset_tokens,
+            ),
+        ):
+            if limit is None and remaining is None and reset is None:
+                continue
+            dim_name = dim.name
             dim.refill(now)
-            limit = getattr(headers, f"limit_{kind}")
-            remaining = getattr(headers, f"remaining_{kind}")
-            reset = getattr(headers, f"reset_{kind}")
             if limit is not None and limit > 0:
                 dim.limit = float(limit) if dim.configured is None else min(dim.configured, limit)
             mark = reservation.marks[dim_name]
-            need = _cost_in(reservation.cost, dim_name)
+            need = dim.need(reservation.cost)
             if not served:
                 # A 429 is not charged (the caller already returned the cost):
                 # compare as if this request had never been granted.
@@ -494,7 +514,7 @@ class QuotaBook:
     def _unreserve(self, group: _Group, reservation: Reservation, now: float) -> None:
         for dim in group.dims.values():
             dim.refill(now)
-            need = _cost_in(reservation.cost, dim.name)
+            need = dim.need(reservation.cost)
             dim.level += need
             dim.granted_total -= need
             if dim.limit is not None:
@@ -587,10 +607,6 @@ class QuotaBook:
             "rate_limited": group.rate_limited,
         }
         return view
-
-
-def _cost_in(cost: Cost, dim_name: str) -> float:
-    return cost.requests if dim_name.startswith("requests") else cost.tokens
 
 
 def _unit(dim_name: str) -> str:

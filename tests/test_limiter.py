@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from engine._errors import InsufficientQuotaError, RequestTooLargeError, RunStoppedError
-from engine._limiter import Limiter, _Cancel, _Waiter
+from engine._limiter import Limiter
 from engine._quota import Cost, Limits, QuotaBook
 
 ONE = Cost()
@@ -76,23 +76,33 @@ async def test_cancelled_waiter_returns_its_place(limiter_factory, autojump_cloc
     assert trio.current_time() == pytest.approx(1.0)
 
 
-async def test_cancelled_after_grant_returns_the_reservation(limiter_factory):
-    """A permit granted while its waiter was being cancelled goes back to the book."""
-    limiter = limiter_factory(Limits(rpm=2))
+async def test_cancelled_waiter_passes_its_turn_to_the_next(limiter_factory, autojump_clock):
+    """When the head waiter is cancelled, the next one gets the permit when it is due."""
+    limiter = limiter_factory(Limits(rpm=60))
     await _probe(limiter)
-    reply_send, _reply_receive = trio.open_memory_channel(1)
-    waiter = _Waiter("g", ONE, reply_send)
-    limiter._report(waiter)
-    await trio.testing.wait_all_tasks_blocked()
-    assert limiter.statistics().in_flight == 1  # granted; the reply sits unread
-    limiter._report(_Cancel(waiter))
-    await trio.testing.wait_all_tasks_blocked()
-    assert limiter.statistics().in_flight == 0
-    # the returned permit is available again at once
-    with trio.move_on_after(1):
+    for _ in range(59):
+        limiter.settle_nowait(await limiter.acquire("g", ONE))
+    granted_at: list[float] = []
+
+    first_scope = trio.CancelScope()
+
+    async def first() -> None:
+        with first_scope:
+            await limiter.acquire("g", ONE)
+            granted_at.append(-1.0)
+
+    async def second() -> None:
         await limiter.acquire("g", ONE)
-        return
-    pytest.fail("the cancelled grant was not returned")
+        granted_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()
+        first_scope.cancel()
+    assert granted_at == [pytest.approx(1.0)]
+    assert limiter.statistics().in_flight == 1
 
 
 async def test_too_large_fails_fast_and_others_proceed(limiter_factory, autojump_clock):
