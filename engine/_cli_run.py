@@ -1,0 +1,283 @@
+"""``engine run`` and ``engine transcribe``: batch runs from the command line.
+
+Both stream their input through :mod:`engine.batch`, show progress on stderr,
+print a summary table (and, if the run stopped early, the command that
+resumes it) on stderr, and return the exit status documented in
+``docs/cli.md`` (:data:`engine.batch.EXIT_OK` and friends). The API key is read
+from ``$OPENAI_API_KEY`` only, never from the command line, and never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+import trio
+
+from engine._errors import EngineError
+from engine._jsonl import OutputInUseError
+from engine._progress import ProgressPrinter, RunProgress, format_summary
+from engine._quota import Limits
+from engine.batch import (
+    DEFAULT_GRACE_PERIOD,
+    EXIT_REFUSED,
+    DuplicateIdsError,
+    RunControl,
+    RunSummary,
+    run_audio,
+    run_file,
+)
+
+__all__ = ["register"]
+
+_SIGNAL_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    limits = parser.add_argument_group(
+        "limits (omitted: learned from the server's x-ratelimit-* headers)"
+    )
+    limits.add_argument("--rpm", type=float, help="requests per minute")
+    limits.add_argument("--tpm", type=float, help="tokens per minute")
+    limits.add_argument("--rpd", type=float, help="requests per day")
+    limits.add_argument("--tpd", type=float, help="tokens per day")
+    client = parser.add_argument_group("client")
+    client.add_argument(
+        "--base-url",
+        help="OpenAI-style base URL ending in /v1 "
+        "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)",
+    )
+    client.add_argument(
+        "--concurrency",
+        type=int,
+        help="most requests in flight (default: sized automatically, up to 512)",
+    )
+    client.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        help="attempts per request on 408/409/5xx/connection errors; 429 waits do not count",
+    )
+    parser.add_argument(
+        "--errors-to", metavar="FILE", help="also copy every error line to FILE (default: none)"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD,
+        metavar="SECONDS",
+        help="on the first Ctrl-C/SIGTERM, wait at most this long for requests in flight",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``run`` and ``transcribe`` subcommands to the ``engine`` parser."""
+    run = subparsers.add_parser(
+        "run",
+        help="run a Batch-API JSONL file of requests into an output JSONL file",
+        description=(
+            "Send every request of INPUT (OpenAI Batch API input lines: custom_id, method, "
+            "url, body; /v1/chat/completions or /v1/audio/transcriptions with body.file a "
+            "local path) at the highest rate the quota allows, writing one Batch API output "
+            "line per custom_id to OUTPUT. Rerunning with the same -o resumes. The API key "
+            "comes from $OPENAI_API_KEY. See docs/cli.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("input", metavar="INPUT.jsonl", help="Batch API input file")
+    run.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT.jsonl", help="Batch API output file"
+    )
+    run.add_argument("--model", help="body.model for lines that set none (default: none)")
+    _add_client_options(run)
+    run.set_defaults(func=_run_command)
+
+    transcribe = subparsers.add_parser(
+        "transcribe",
+        help="transcribe audio files and folders into an output JSONL file",
+        description=(
+            "Transcribe each recording given (folders are walked recursively for audio "
+            "files) into OUTPUT, one Batch API output line per recording; its custom_id is "
+            "its path relative to the folder given. Rerunning with the same -o resumes. "
+            "The API key comes from $OPENAI_API_KEY. See docs/cli.md."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    transcribe.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files, folders")
+    transcribe.add_argument(
+        "-o", "--output", required=True, metavar="OUTPUT.jsonl", help="Batch API output file"
+    )
+    transcribe.add_argument(
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="recordings shorter than this are skipped, not sent (0: send all)",
+    )
+    transcribe.add_argument("--model", default="whisper-1", help="transcription model")
+    transcribe.add_argument(
+        "--language", help="ISO-639-1 language of the audio (default: detected)"
+    )
+    transcribe.add_argument(
+        "--response-format",
+        default="json",
+        choices=("json", "verbose_json", "text", "srt", "vtt"),
+        help="what the server returns",
+    )
+    _add_client_options(transcribe)
+    transcribe.set_defaults(func=_transcribe_command)
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {"max_attempts": args.max_attempts}
+    if args.base_url:
+        options["base_url"] = args.base_url
+    if args.concurrency is not None:
+        options["concurrency"] = args.concurrency
+    if any(value is not None for value in (args.rpm, args.tpm, args.rpd, args.tpd)):
+        options["limits"] = Limits(rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, tpd=args.tpd)
+    return options
+
+
+def _shared_flags(args: argparse.Namespace) -> list[str]:
+    """The command-line options common to both commands, as given (for the resume hint)."""
+    flags = ["-o", args.output]
+    for name in ("rpm", "tpm", "rpd", "tpd", "base_url", "concurrency", "errors_to"):
+        value = getattr(args, name)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", _plain(value)]
+    if args.max_attempts != 5:
+        flags += ["--max-attempts", str(args.max_attempts)]
+    if args.grace_period != DEFAULT_GRACE_PERIOD:
+        flags += ["--grace-period", _plain(args.grace_period)]
+    return flags
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    resume = ["engine", "run", args.input, *_shared_flags(args)]
+    if args.model:
+        resume += ["--model", args.model]
+
+    def start(control: RunControl, progress: Callable[[RunProgress], None]) -> Awaitable[Any]:
+        return run_file(
+            args.input,
+            args.output,
+            client_options=_client_options(args),
+            errors_to=args.errors_to,
+            default_model=args.model,
+            progress=progress,
+            control=control,
+            grace_period=args.grace_period,
+        )
+
+    return _execute("run", start, resume, args.grace_period)
+
+
+def _transcribe_command(args: argparse.Namespace) -> int:
+    resume = ["engine", "transcribe", *args.paths, *_shared_flags(args)]
+    resume += ["--model", args.model, "--min-seconds", _plain(args.min_seconds)]
+    options: dict[str, Any] = {
+        "min_seconds": args.min_seconds,
+        "response_format": args.response_format,
+    }
+    if args.language:
+        options["language"] = args.language
+        resume += ["--language", args.language]
+    if args.response_format != "json":
+        resume += ["--response-format", args.response_format]
+
+    def start(control: RunControl, progress: Callable[[RunProgress], None]) -> Awaitable[Any]:
+        return run_audio(
+            args.paths,
+            args.output,
+            model=args.model,
+            transcription_options=options,
+            client_options=_client_options(args),
+            errors_to=args.errors_to,
+            progress=progress,
+            control=control,
+            grace_period=args.grace_period,
+        )
+
+    return _execute("transcribe", start, resume, args.grace_period)
+
+
+async def _watch_signals(
+    control: RunControl,
+    printer: ProgressPrinter,
+    stream: TextIO,
+    grace_period: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Turn SIGINT/SIGTERM into graceful stops; the second one into an immediate stop."""
+    with trio.open_signal_receiver(*_SIGNAL_REASONS) as signals:
+        task_status.started()
+        async for signum in signals:
+            reason = _SIGNAL_REASONS.get(signal.Signals(signum), "interrupted")
+            printer.finish()
+            if control.stopping:
+                print(f"engine: {reason} again: stopping now", file=stream, flush=True)
+                control.stop_now(reason)
+            else:
+                print(
+                    f"engine: {reason}: no new requests; waiting up to {grace_period:g} s for "
+                    "requests in flight (Ctrl-C again to stop now)",
+                    file=stream,
+                    flush=True,
+                )
+                control.stop(reason)
+
+
+def _execute(
+    command: str,
+    start: Callable[[RunControl, Callable[[RunProgress], None]], Awaitable[Any]],
+    resume: list[str],
+    grace_period: float,
+) -> int:
+    stream = sys.stderr
+    printer = ProgressPrinter(stream, tty=stream.isatty())
+
+    async def main() -> RunSummary:
+        control = RunControl()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_watch_signals, control, printer, stream, grace_period)
+            try:
+                return await start(control, printer.update)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    try:
+        summary = trio.run(main)
+    except (DuplicateIdsError, OutputInUseError) as exc:
+        printer.finish()
+        print(f"engine {command}: {exc.message}", file=stream)
+        return EXIT_REFUSED
+    except EngineError as exc:
+        printer.finish()
+        print(f"engine {command}: {exc.message}", file=stream)
+        return EXIT_REFUSED
+    except (OSError, ValueError) as exc:
+        # Unreadable input, a bad --base-url or limit: nothing was sent.
+        printer.finish()
+        print(f"engine {command}: {exc}", file=stream)
+        return EXIT_REFUSED
+    printer.finish()
+    print(format_summary(summary), file=stream)
+    if summary.not_run:
+        print(
+            f"{summary.not_run} item(s) have no output line yet; resume with:\n  "
+            + shlex.join(resume),
+            file=stream,
+        )
+    stream.flush()
+    return summary.exit_status
