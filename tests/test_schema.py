@@ -706,9 +706,15 @@ def shapes(draw, depth: int = 0) -> tuple[Any, st.SearchStrategy, bool]:
 
 @st.composite
 def model_shapes(draw, depth: int = 0) -> tuple[type[BaseModel], st.SearchStrategy]:
-    """A pydantic model built with create_model, and a strategy for its instances."""
-    fields: dict[str, Any] = {}
-    value_strategies: dict[str, st.SearchStrategy] = {}
+    """A pydantic model built with create_model, and a strategy for its instances.
+
+    Each model starts with a ``tag`` field holding its own name, so a union of
+    two generated models is never ambiguous (an ambiguous union cannot round-trip
+    through JSON, whatever the schema says).
+    """
+    model_name = f"Shape{next(_names)}"
+    fields: dict[str, Any] = {"tag": (Literal[model_name], ...)}
+    value_strategies: dict[str, st.SearchStrategy] = {"tag": st.just(model_name)}
     for i in range(draw(st.integers(1, 4))):
         annotation, values, is_leaf = draw(shapes(depth))
         name = f"f{i}"
@@ -716,11 +722,10 @@ def model_shapes(draw, depth: int = 0) -> tuple[type[BaseModel], st.SearchStrate
             default = draw(values)
             description = draw(st.none() | st.just(f"field {i}"))
             fields[name] = (annotation, Field(default, description=description))
-            value_strategies[name] = values
         else:
             fields[name] = (annotation, ...)
-            value_strategies[name] = values
-    model = pydantic.create_model(f"Shape{next(_names)}", **fields)
+        value_strategies[name] = values
+    model = pydantic.create_model(model_name, **fields)
     return model, st.builds(model, **value_strategies)
 
 
