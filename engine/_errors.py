@@ -82,15 +82,8 @@ class EngineError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
 
-    def __reduce__(self):  # keep keyword arguments through pickling
-        return (
-            _rebuild,
-            (type(self), self.message, self.code, self.status_code, self.request_id),
-        )
-
-
-def _rebuild(cls, message, code, status_code, request_id):
-    return cls(message, code=code, status_code=status_code, request_id=request_id)
+    def __reduce__(self):  # keep every attribute (code, raw, ...) through pickling
+        return (type(self), (self.message,), self.__dict__.copy())
 
 
 class RequestError(EngineError):
