@@ -3,6 +3,7 @@
 Public names are re-exported here; the modules that define them are private.
 """
 
+from engine._audio import MAX_UPLOAD_BYTES
 from engine._client import Client, ClientStatistics, open_client
 from engine._errors import (
     AuthenticationError,
@@ -18,14 +19,24 @@ from engine._errors import (
     RetriesExhaustedError,
     RunStoppedError,
 )
+from engine._export import split_results, to_csv, to_dataframe, to_jsonl, to_rows
 from engine._limiter import LimiterStatistics
 from engine._quota import Limits
-from engine._requests import ChatRequest
-from engine._results import ChatResult, ErrorInfo, Timings, Usage
+from engine._requests import ChatRequest, TranscriptionRequest
+from engine._results import (
+    AudioUsage,
+    ChatResult,
+    ErrorInfo,
+    Timings,
+    TranscriptionResult,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_UPLOAD_BYTES",
+    "AudioUsage",
     "AuthenticationError",
     "BadRequestError",
     "ChatRequest",
@@ -46,6 +57,13 @@ __all__ = [
     "RetriesExhaustedError",
     "RunStoppedError",
     "Timings",
+    "TranscriptionRequest",
+    "TranscriptionResult",
     "Usage",
     "open_client",
+    "split_results",
+    "to_csv",
+    "to_dataframe",
+    "to_jsonl",
+    "to_rows",
 ]

@@ -9,6 +9,8 @@ connection, reports the outcome to the limiter and hands the result back.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import random
 import time
@@ -23,9 +25,11 @@ import orjson
 import pydantic
 import trio
 
+from engine._audio import ProbedAudio, probe_audio, read_upload, source_name
 from engine._errors import (
     EngineError,
     FatalError,
+    InputError,
     RateLimitWaitExceeded,
     RequestError,
     ResponseValidationError,
@@ -36,8 +40,23 @@ from engine._headers import parse_rate_limit_headers
 from engine._http import make_async_client
 from engine._limiter import Limiter, LimiterStatistics
 from engine._quota import Cost, Limits, QuotaBook, Reservation
-from engine._requests import CHAT_PATH, ChatRequest, coerce_request
-from engine._results import ChatResult, ErrorInfo, Timings, Usage
+from engine._requests import (
+    CHAT_PATH,
+    DEFAULT_MIN_SECONDS,
+    TRANSCRIPTION_PATH,
+    ChatRequest,
+    TranscriptionRequest,
+    coerce_request,
+    is_transcription_input,
+)
+from engine._results import (
+    AudioUsage,
+    ChatResult,
+    ErrorInfo,
+    Timings,
+    TranscriptionResult,
+    Usage,
+)
 from engine._retry import (
     Action,
     Verdict,
@@ -59,6 +78,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 AUTO_MAX_CONCURRENCY = 512
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
+#: What ``chat``, ``transcribe`` and ``map`` hand back.
+Result = ChatResult | TranscriptionResult
+
 
 @attrs.frozen
 class ClientStatistics:
@@ -67,11 +89,14 @@ class ClientStatistics:
     Attributes:
         limiter: the limiter's own counters (granted, waiting, in flight, ...).
         sent: HTTP attempts sent.
-        succeeded: requests that ended with a usable answer.
+        succeeded: requests that ended without an error (a transcription
+            skipped for being short counts here, and in ``skipped``).
         failed: requests that ended with an error.
         retries: attempts repeated after 408/409/5xx/transport errors.
         rate_limited: 429 ``rate_limit_exceeded`` responses received.
         prompt_tokens / completion_tokens: tokens reported by the server.
+        skipped: transcriptions skipped below ``min_seconds`` (never sent).
+        audio_seconds: audio seconds transcribed, as the server billed them.
     """
 
     limiter: LimiterStatistics
@@ -82,6 +107,8 @@ class ClientStatistics:
     rate_limited: int
     prompt_tokens: int
     completion_tokens: int
+    skipped: int = 0
+    audio_seconds: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -100,12 +127,24 @@ class _Run:
 
 @attrs.define(eq=False, slots=True)
 class _Job:
-    request: ChatRequest
-    body: bytes
-    cost: Cost
+    """One request on its way through a worker.
+
+    ``endpoint`` knows the request's path and how to build each attempt and
+    read the answer.  ``content`` is a body sent as is on every attempt (chat
+    JSON: encoded once); None means the endpoint builds each attempt anew
+    (multipart uploads: an httpx file stream is read only once).  ``cost`` is
+    None until the endpoint's local checks (``prepare``) have run.
+    """
+
+    request: ChatRequest | TranscriptionRequest
+    endpoint: _Endpoint
+    content: bytes | None
+    cost: Cost | None
     group: str
     run: _Run
     queued_at: float
+    audio: ProbedAudio | None = None
+    form: dict[str, Any] | None = None
 
 
 class Client:
@@ -127,6 +166,7 @@ class Client:
         rate_limit_wait_budget: float,
         default_output_tokens: int,
         base_url: str,
+        audio_tokens_per_second: float = 0.0,
     ) -> None:
         self._nursery = nursery
         self._limiter = limiter
@@ -137,6 +177,7 @@ class Client:
         self._retry_max_delay = retry_max_delay
         self._wait_budget = rate_limit_wait_budget
         self._default_output_tokens = default_output_tokens
+        self._audio_tokens_per_second = audio_tokens_per_second
         self._base_url = base_url
         self._fatal: FatalError | None = None
         self._rng = random.Random()
@@ -147,6 +188,8 @@ class Client:
         self._rate_limited = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._skipped = 0
+        self._audio_seconds = 0.0
         self._feeders: set[_Feeder] = set()
 
     def __repr__(self) -> str:
@@ -171,7 +214,9 @@ class Client:
         into that pydantic model (``result.output``).
 
         Raises:
-            EngineError: a subclass saying why, once retries are spent.
+            EngineError: a subclass saying why, once retries are spent;
+                :class:`~engine.ResponseValidationError` for a refusal, a
+                truncated answer or one that does not fit ``response_model``.
         """
         request = ChatRequest(
             messages=messages,
@@ -180,7 +225,54 @@ class Client:
             response_model=response_model,
             params=params,
         )
-        send, receive = trio.open_memory_channel[ChatResult](1)
+        return await self._call(request)
+
+    async def transcribe(
+        self,
+        source: Any,
+        *,
+        model: str = "whisper-1",
+        response_format: str = "json",
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+        id: str | None = None,
+        filename: str | None = None,
+        **params: Any,
+    ) -> TranscriptionResult:
+        """Transcribe one recording; return its :class:`~engine.TranscriptionResult`.
+
+        ``source`` is a path, the file's bytes, or a binary file object.  Its
+        size and duration are checked locally first (in a worker thread):
+        a recording shorter than ``min_seconds`` (default 5.0; 0 disables) is
+        *skipped* — the result has ``skipped=True`` and no request is sent.
+        ``response_format`` (``json`` default, ``verbose_json``, ``text``,
+        ``srt``, ``vtt``), ``language``, ``prompt`` and ``temperature`` are
+        passed through (None: left out); so are other ``params`` as form
+        fields.  ``id`` defaults to the file name; ``filename`` overrides the
+        name uploaded (see :class:`~engine.TranscriptionRequest`).
+
+        Raises:
+            InputError: the file is unreadable, not audio, or over 25 MB.
+            EngineError: another subclass saying why, once retries are spent.
+        """
+        request = TranscriptionRequest(
+            source=source,
+            model=model,
+            id=id if id is not None else (source_name(source, filename) or "transcription"),
+            response_format=response_format,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            min_seconds=min_seconds,
+            filename=filename,
+            params=params,
+        )
+        return await self._call(request)
+
+    async def _call(self, request: ChatRequest | TranscriptionRequest) -> Any:
+        send, receive = trio.open_memory_channel[Result](1)
         run = _Run(send)
         try:
             job = self._job(request, run)
@@ -191,13 +283,16 @@ class Client:
         result.raise_for_error()
         return result
 
-    async def map(self, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[ChatResult]:
+    async def map(self, requests: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Result]:
         """Run many requests; yield one result per input, in completion order.
 
         ``requests`` is any iterable or async iterable of
-        :class:`~engine.ChatRequest` objects or Batch-API input dicts.  It is
-        consumed lazily, as workers free up, so it may be endless.  A failed
-        request is a result with ``.error`` set, never an exception.
+        :class:`~engine.ChatRequest` and :class:`~engine.TranscriptionRequest`
+        objects or Batch-API input dicts, mixed freely.  It is consumed
+        lazily, as workers free up, so it may be endless.  A failed request
+        is a result (:class:`~engine.ChatResult` or
+        :class:`~engine.TranscriptionResult`) with ``.error`` set, never an
+        exception.
 
         Leaving the ``async for`` early (break, exception, cancellation)
         cancels this map's requests still waiting or in flight and returns
@@ -207,7 +302,7 @@ class Client:
             FatalError: after yielding the results already finished, if the
                 client stopped (401/403, insufficient_quota).
         """
-        send, receive = trio.open_memory_channel[ChatResult](64)
+        send, receive = trio.open_memory_channel[Result](64)
         run = _Run(send)
         feeder = _Feeder()
         self._feeders.add(feeder)
@@ -244,6 +339,8 @@ class Client:
             rate_limited=self._rate_limited,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
+            skipped=self._skipped,
+            audio_seconds=self._audio_seconds,
         )
 
     @property
@@ -253,14 +350,27 @@ class Client:
 
     # -- feeding --------------------------------------------------------------
 
-    def _job(self, request: ChatRequest, run: _Run) -> _Job:
+    def _job(self, request: ChatRequest | TranscriptionRequest, run: _Run) -> _Job:
+        if isinstance(request, TranscriptionRequest):
+            # Size, duration and cost are known only after reading the file,
+            # which the worker does in a thread (``_TranscriptionEndpoint.prepare``).
+            return _Job(
+                request=request,
+                endpoint=_TRANSCRIPTION,
+                content=None,
+                cost=None,
+                group=self._groups.get(request.model, request.model),
+                run=run,
+                queued_at=time.time(),
+            )
         response_format = (
             response_format_for(request.response_model) if request.response_model else None
         )
         body = request.body(response_format)
         return _Job(
             request=request,
-            body=orjson.dumps(body),
+            endpoint=_CHAT,
+            content=orjson.dumps(body),
             # counted once here, never again on retries
             cost=Cost(
                 tokens=estimate_chat_tokens(body, default_output_tokens=self._default_output_tokens)
@@ -304,16 +414,16 @@ class Client:
             request = coerce_request(item, index)
             job = self._job(request, run)
         except EngineError as exc:
-            await self._deliver(run, self._failure(_input_id(item, index), "", exc, time.time()))
+            await self._deliver(run, self._input_failure(item, index, exc))
             return True
         except (TypeError, ValueError) as exc:
             error = RequestError(f"item {index}: {exc}", code="invalid_input")
-            await self._deliver(run, self._failure(_input_id(item, index), "", error, time.time()))
+            await self._deliver(run, self._input_failure(item, index, error))
             return True
         await self._jobs.send(job)
         return True
 
-    async def _deliver(self, run: _Run, result: ChatResult) -> None:
+    async def _deliver(self, run: _Run, result: Result) -> None:
         try:
             await run.results.send(result)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -341,30 +451,53 @@ class Client:
                     self._failed += 1
                 await self._deliver(run, result)
 
-    async def _execute(self, job: _Job, http: httpx.AsyncClient) -> ChatResult:
+    async def _execute(self, job: _Job, http: httpx.AsyncClient) -> Result:
+        """Run one job to its result: local checks, permits, attempts, retries."""
+        endpoint = job.endpoint
+        if job.cost is None:
+            # Local checks (transcriptions) may settle the job before any permit.
+            early = await endpoint.prepare(self, job)
+            if early is not None:
+                return early
+            assert job.cost is not None
         request = job.request
+        path = endpoint.path
         started = trio.current_time()
         attempts = 0
         failures = 0
-        headers = {"content-type": "application/json"}
+        headers = endpoint.headers()
         if request.id is not None and request.id.isascii() and len(request.id) <= 512:
             headers["x-client-request-id"] = request.id
         last: tuple[int | None, str | None] = (None, None)
+        content = job.content
         while True:
             if self._fatal is not None:
-                return self._failure(
-                    request.id, request.model, RunStoppedError(self._fatal.message), job.queued_at
-                )
+                return self._failure(job, RunStoppedError(self._fatal.message), attempts)
             try:
                 reservation = await self._limiter.acquire(job.group, job.cost)
             except RequestError as exc:
-                return self._failure(request.id, request.model, exc, job.queued_at, attempts)
+                return self._failure(job, exc, attempts)
+            files = None
+            if content is None:
+                # Multipart: built again for every attempt, so a retry re-sends
+                # the whole file (an httpx upload stream is consumed once).
+                try:
+                    files = await endpoint.build(job)
+                except InputError as exc:
+                    self._limiter.release_nowait(reservation)
+                    return self._failure(job, exc, attempts)
+                except BaseException:
+                    self._limiter.release_nowait(reservation)
+                    raise
             attempts += 1
             self._sent += 1
             sent_wall = time.time()
             sent_at = trio.current_time()
             try:
-                response = await http.post(CHAT_PATH, content=job.body, headers=headers)
+                if files is None:
+                    response = await http.post(path, content=content, headers=headers)
+                else:
+                    response = await http.post(path, data=job.form, files=files, headers=headers)
             except BaseException as exc:
                 # It may have reached the server: keep the estimate charged.
                 self._limiter.settle_nowait(reservation)
@@ -374,12 +507,10 @@ class Client:
                 failures += 1
                 if failures >= self._max_attempts:
                     return self._failure(
-                        request.id,
-                        request.model,
+                        job,
                         error_from_verdict(
                             verdict, status_code=None, request_id=None, attempts=attempts
                         ),
-                        job.queued_at,
                         attempts,
                         sent_wall,
                     )
@@ -414,10 +545,8 @@ class Client:
                         request_id=request_id,
                     )
                     return self._failure(
-                        request.id,
-                        request.model,
+                        job,
                         error,
-                        job.queued_at,
                         attempts,
                         sent_wall,
                         response=_json_or_none(response.content),
@@ -437,10 +566,8 @@ class Client:
             if isinstance(error, FatalError):
                 self._stop(error)
             return self._failure(
-                request.id,
-                request.model,
+                job,
                 error,
-                job.queued_at,
                 attempts,
                 sent_wall,
                 response=_json_or_none(response.content),
@@ -471,8 +598,143 @@ class Client:
         attempts: int,
         sent_wall: float,
         latency: float,
-    ) -> ChatResult:
+    ) -> Result:
+        try:
+            result, used_tokens = job.endpoint.succeed(
+                self, job, response, attempts, sent_wall, latency
+            )
+        except ResponseValidationError as error:
+            # A 2xx whose body is unusable: the item fails, the run goes on.
+            self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
+            return self._failure(
+                job,
+                error,
+                attempts,
+                sent_wall,
+                latency=latency,
+                last=(response.status_code, response.headers.get("x-request-id")),
+            )
+        self._limiter.settle_nowait(
+            reservation, headers=limits, used_tokens=used_tokens, latency=latency
+        )
+        return result
+
+    def _failure(
+        self,
+        job: _Job,
+        error: EngineError,
+        attempts: int = 0,
+        sent_wall: float | None = None,
+        *,
+        response: dict[str, Any] | None = None,
+        last: tuple[int | None, str | None] = (None, None),
+        latency: float | None = None,
+    ) -> Result:
+        result = job.endpoint.result(
+            job,
+            job.request.id or "",
+            job.request.model,
+            attempts=attempts,
+            timings=Timings(
+                queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
+            ),
+            error=ErrorInfo.from_exception(error),
+            status_code=last[0] if last[0] is not None else error.status_code,
+            request_id=last[1] if last[1] is not None else error.request_id,
+            response=response,
+            raw=getattr(error, "raw", None),
+        )
+        result._exception = error
+        return result
+
+    def _input_failure(self, item: Any, index: int, error: EngineError) -> Result:
+        """The result for a ``map`` input that never became a request."""
+        endpoint = _TRANSCRIPTION if is_transcription_input(item) else _CHAT
+        now = time.time()
+        result = endpoint.result(
+            None,
+            _input_id(item, index),
+            "",
+            timings=Timings(queued_at=now, finished_at=now),
+            error=ErrorInfo.from_exception(error),
+            status_code=error.status_code,
+            request_id=error.request_id,
+        )
+        result._exception = error
+        return result
+
+
+class _Endpoint:
+    """How one kind of request travels: its path, its attempts, its answers.
+
+    Endpoints hold no state; one instance of each serves every client.
+    """
+
+    path: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """Fresh request headers for one job (the client adds its own)."""
+        return {}
+
+    async def prepare(self, client: Client, job: _Job) -> Result | None:
+        """Local checks before any permit; set ``job.cost``.  Checkpoints.
+
+        Returns a final result (skipped, or failed locally) or None to go on.
+        """
+        raise NotImplementedError
+
+    async def build(self, job: _Job) -> dict[str, Any]:
+        """The ``files`` of one multipart attempt.  Checkpoints.
+
+        Raises:
+            InputError: the upload cannot be read any more.
+        """
+        raise NotImplementedError
+
+    def succeed(
+        self,
+        client: Client,
+        job: _Job,
+        response: httpx.Response,
+        attempts: int,
+        sent_wall: float,
+        latency: float,
+    ) -> tuple[Result, int | None]:
+        """The result of a 2xx answer, and the tokens it really used (None: unknown).
+
+        Raises:
+            ResponseValidationError: the body is malformed or misses fields.
+        """
+        raise NotImplementedError
+
+    def result(
+        self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
+    ) -> Result:
+        """A result of this kind with ``fields`` (for failures); ``job`` may be None.
+
+        ``raw`` is the unusable content of a :class:`ResponseValidationError`,
+        kept where the result kind has room for it.
+        """
+        raise NotImplementedError
+
+
+class _ChatEndpoint(_Endpoint):
+    path = CHAT_PATH
+
+    def headers(self) -> dict[str, str]:
+        return {"content-type": "application/json"}
+
+    def succeed(
+        self,
+        client: Client,
+        job: _Job,
+        response: httpx.Response,
+        attempts: int,
+        sent_wall: float,
+        latency: float,
+    ) -> tuple[ChatResult, int | None]:
         request = job.request
+        assert isinstance(request, ChatRequest)
         request_id = response.headers.get("x-request-id")
         status = response.status_code
         try:
@@ -490,29 +752,15 @@ class Client:
             TypeError,
             pydantic.ValidationError,
         ) as exc:
-            self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
-            error = ResponseValidationError(
+            raise ResponseValidationError(
                 f"request {request.id!r}: malformed response body ({type(exc).__name__}: "
                 f"{redact(str(exc))[:200]})",
                 raw=response.text[:2000],
                 status_code=status,
                 request_id=request_id,
-            )
-            return self._failure(
-                request.id,
-                request.model,
-                error,
-                job.queued_at,
-                attempts,
-                sent_wall,
-                latency=latency,
-                last=(status, request_id),
-            )
-        self._limiter.settle_nowait(
-            reservation, headers=limits, used_tokens=usage.total_tokens, latency=latency
-        )
-        self._prompt_tokens += usage.prompt_tokens
-        self._completion_tokens += usage.completion_tokens
+            ) from None
+        client._prompt_tokens += usage.prompt_tokens
+        client._completion_tokens += usage.completion_tokens
         timings = Timings(
             queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
         )
@@ -527,7 +775,9 @@ class Client:
                     request_id=request_id,
                 )
             except ResponseValidationError as exc:
+                # Tokens were spent: keep the usage, the body and the raw content.
                 exc.message = f"request {request.id!r}: {exc.message}"
+                exc.args = (exc.message,)
                 result = ChatResult(
                     id=request.id,
                     model=body.get("model") or request.model,
@@ -539,10 +789,11 @@ class Client:
                     request_id=request_id,
                     response=body,
                     raw_content=content,
+                    input=list(request.messages),
                 )
                 result._exception = exc
-                return result
-        return ChatResult(
+                return result, usage.total_tokens
+        result = ChatResult(
             id=request.id,
             output=output,
             model=body.get("model") or request.model,
@@ -553,35 +804,144 @@ class Client:
             request_id=request_id,
             response=body,
             raw_content=content if request.response_model is not None else None,
+            input=list(request.messages),
         )
+        return result, usage.total_tokens
 
-    def _failure(
-        self,
-        id: str | None,
-        model: str,
-        error: EngineError,
-        queued_at: float,
-        attempts: int = 0,
-        sent_wall: float | None = None,
-        *,
-        response: dict[str, Any] | None = None,
-        last: tuple[int | None, str | None] = (None, None),
-        latency: float | None = None,
+    def result(
+        self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
     ) -> ChatResult:
-        result = ChatResult(
-            id=id or "",
-            model=model,
+        messages = None if job is None else list(job.request.messages)  # type: ignore[union-attr]
+        return ChatResult(id=id, model=model, raw_content=raw, input=messages, **fields)
+
+
+class _TranscriptionEndpoint(_Endpoint):
+    path = TRANSCRIPTION_PATH
+
+    async def prepare(self, client: Client, job: _Job) -> TranscriptionResult | None:
+        request = job.request
+        assert isinstance(request, TranscriptionRequest)
+        try:
+            # mutagen and file reads block: keep them off the event loop.
+            audio = await trio.to_thread.run_sync(
+                functools.partial(probe_audio, request.source, filename=request.filename)
+            )
+        except InputError as exc:
+            return client._failure(job, exc)
+        job.audio = audio
+        if request.min_seconds and audio.duration < request.min_seconds:
+            client._skipped += 1
+            now = time.time()
+            return TranscriptionResult(
+                id=request.id or "",
+                file=audio.name,
+                duration_seconds=audio.duration,
+                model=request.model,
+                timings=Timings(queued_at=job.queued_at, finished_at=now),
+                skipped=True,
+                skip_reason=(
+                    f"{audio.duration:.2f} s of audio is shorter than "
+                    f"min_seconds={request.min_seconds:g}"
+                ),
+            )
+        job.form = request.form_fields()
+        job.cost = Cost(tokens=math.ceil(audio.duration * client._audio_tokens_per_second))
+        return None
+
+    async def build(self, job: _Job) -> dict[str, Any]:
+        audio = job.audio
+        assert audio is not None
+        data = audio.data
+        if data is None:
+            data = await trio.to_thread.run_sync(read_upload, audio)
+        return {"file": (audio.name, data, audio.mime_type)}
+
+    def succeed(
+        self,
+        client: Client,
+        job: _Job,
+        response: httpx.Response,
+        attempts: int,
+        sent_wall: float,
+        latency: float,
+    ) -> tuple[TranscriptionResult, int | None]:
+        request = job.request
+        audio = job.audio
+        assert isinstance(request, TranscriptionRequest) and audio is not None
+        status = response.status_code
+        request_id = response.headers.get("x-request-id")
+        usage = AudioUsage(seconds=audio.duration)
+        used_tokens = None
+        if request.response_format in ("json", "verbose_json"):
+            try:
+                body = orjson.loads(response.content)
+                if not isinstance(body, dict):
+                    raise TypeError("the body is not a JSON object")
+                text = body["text"]
+                if not isinstance(text, str):
+                    raise TypeError("'text' is not a string")
+                reported = body.get("usage")
+                if isinstance(reported, dict):
+                    if reported.get("type") == "duration" and "seconds" in reported:
+                        usage.seconds = float(reported["seconds"])
+                    elif reported.get("type") == "tokens":
+                        usage.input_tokens = int(reported.get("input_tokens") or 0)
+                        usage.output_tokens = int(reported.get("output_tokens") or 0)
+                        usage.total_tokens = int(reported.get("total_tokens") or 0)
+                        used_tokens = usage.total_tokens
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise ResponseValidationError(
+                    f"request {request.id!r} ({audio.name}): malformed transcription body "
+                    f"({type(exc).__name__}: {redact(str(exc))[:200]})",
+                    raw=response.text[:2000],
+                    status_code=status,
+                    request_id=request_id,
+                ) from None
+        else:
+            text = response.text
+            if request.response_format == "text":
+                text = text.rstrip("\n")
+            body = {"text": text}
+        client._audio_seconds += usage.seconds
+        result = TranscriptionResult(
+            id=request.id or "",
+            file=audio.name,
+            duration_seconds=audio.duration,
+            text=text,
+            model=request.model,
+            usage=usage,
             attempts=attempts,
             timings=Timings(
-                queued_at=queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
+                queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
             ),
-            error=ErrorInfo.from_exception(error),
-            status_code=last[0] if last[0] is not None else error.status_code,
-            request_id=last[1] if last[1] is not None else error.request_id,
-            response=response,
+            status_code=status,
+            request_id=request_id,
+            response=body,
         )
-        result._exception = error
-        return result
+        return result, used_tokens
+
+    def result(
+        self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
+    ) -> TranscriptionResult:
+        file = ""
+        duration = None
+        if job is not None:
+            request = job.request
+            if job.audio is not None:
+                file, duration = job.audio.name, job.audio.duration
+            else:
+                file = source_name(request.source, request.filename)  # type: ignore[union-attr]
+        return TranscriptionResult(
+            id=id,
+            model=model or "whisper-1",
+            file=file,
+            duration_seconds=duration,
+            **fields,
+        )
+
+
+_CHAT = _ChatEndpoint()
+_TRANSCRIPTION = _TranscriptionEndpoint()
 
 
 @attrs.define(eq=False)
@@ -594,7 +954,7 @@ class _Feeder:
 
 
 def _input_id(item: Any, index: int) -> str:
-    if isinstance(item, ChatRequest) and item.id is not None:
+    if isinstance(item, ChatRequest | TranscriptionRequest) and item.id is not None:
         return item.id
     if isinstance(item, Mapping) and item.get("custom_id") is not None:
         return str(item["custom_id"])
@@ -637,6 +997,7 @@ async def open_client(
     retry_base_delay: float = 0.5,
     retry_max_delay: float = 20.0,
     rate_limit_wait_budget: float = 600.0,
+    audio_tokens_per_second: float = 0.0,
 ) -> AsyncIterator[Client]:
     """Open a client; leaving the block waits for its work and closes connections.
 
@@ -664,9 +1025,14 @@ async def open_client(
             seconds (defaults 0.5 and 20); 0 makes retries instant.
         rate_limit_wait_budget: seconds one request may keep drawing 429s
             before it fails with ``RateLimitWaitExceeded`` (default 600).
+        audio_tokens_per_second: tokens a transcription reserves per second
+            of audio against a tokens-per-minute limit (default 0: a
+            transcription costs one request and no tokens).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    if not audio_tokens_per_second >= 0:
+        raise ValueError("audio_tokens_per_second must be >= 0")
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     base_url = _check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
@@ -692,6 +1058,7 @@ async def open_client(
                     rate_limit_wait_budget=rate_limit_wait_budget,
                     default_output_tokens=default_output_tokens,
                     base_url=base_url,
+                    audio_tokens_per_second=audio_tokens_per_second,
                 )
                 with jobs_receive:
                     for _ in range(workers):

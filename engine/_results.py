@@ -8,7 +8,7 @@ import pydantic
 
 from engine._errors import EngineError
 
-__all__ = ["ChatResult", "ErrorInfo", "Timings", "Usage"]
+__all__ = ["AudioUsage", "ChatResult", "ErrorInfo", "Timings", "TranscriptionResult", "Usage"]
 
 
 class Usage(pydantic.BaseModel):
@@ -71,7 +71,10 @@ class ChatResult(pydantic.BaseModel):
         response: the last response body as parsed JSON (kept for Batch-API
             output files), or None.
         raw_content: the message content as received (for debugging a
-            structured output that failed to parse), or None.
+            structured output that failed to parse, or a malformed body), or None.
+        input: the request's messages as sent (a list of message dicts), or
+            None when the input could not be turned into a request.  Left out
+            of ``repr``.
     """
 
     model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
@@ -87,12 +90,95 @@ class ChatResult(pydantic.BaseModel):
     request_id: str | None = None
     response: dict[str, Any] | None = pydantic.Field(default=None, repr=False)
     raw_content: str | None = pydantic.Field(default=None, repr=False)
+    # Any: stored as given, without re-validating (and copying) every message.
+    input: Any = pydantic.Field(default=None, repr=False)
     _exception: EngineError | None = pydantic.PrivateAttr(default=None)
 
     @property
     def ok(self) -> bool:
         """True when the request succeeded."""
         return self.error is None
+
+    @property
+    def exception(self) -> EngineError | None:
+        """The exception behind :attr:`error` (for re-raising), or None."""
+        return self._exception
+
+    def raise_for_error(self) -> None:
+        """Raise the request's :class:`~engine.EngineError` if it failed."""
+        if self._exception is not None:
+            raise self._exception
+
+
+class AudioUsage(pydantic.BaseModel):
+    """What a transcription used.
+
+    Attributes:
+        seconds: audio seconds billed, as the server reported them (``usage``
+            of type ``duration``); when it reported none (``text`` format,
+            older servers), the duration read locally.  0 when nothing was sent.
+        input_tokens / output_tokens / total_tokens: token usage, for models
+            billed by tokens (``usage`` of type ``tokens``); 0 otherwise.
+    """
+
+    seconds: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TranscriptionResult(pydantic.BaseModel):
+    """The outcome of one transcription request.
+
+    Attributes:
+        id: the caller's id (Batch API ``custom_id``).
+        file: the name of the uploaded file (the path's base name, or the name
+            given for bytes and file objects).
+        duration_seconds: the audio's duration as read locally with mutagen,
+            or None when it could not be read.
+        text: the transcript, or None (failed or skipped).
+        model: the model asked for (``"whisper-1"`` by default).
+        usage: see :class:`AudioUsage`.
+        attempts: HTTP attempts made (0 when skipped or refused locally).
+        timings: see :class:`Timings`; ``sent_at`` is the real upload time and
+            ``latency`` the transcription time of the last attempt.
+        skipped: True when the file was shorter than ``min_seconds`` and no
+            request was sent; ``skip_reason`` says why.  A skipped result is
+            not an error (``ok`` is True, ``text`` is None).
+        skip_reason: why it was skipped, or None.
+        error: None on success, else :class:`ErrorInfo`.
+        status_code: HTTP status of the last response, None if none arrived.
+        request_id: the server's ``x-request-id`` of the last response.
+        response: the last response body (parsed JSON; ``{"text": ...}`` for
+            the ``text``, ``srt`` and ``vtt`` formats), kept for Batch-API
+            output files, or None.
+    """
+
+    id: str
+    file: str = ""
+    duration_seconds: float | None = None
+    text: str | None = None
+    model: str
+    usage: AudioUsage = pydantic.Field(default_factory=AudioUsage)
+    attempts: int = 0
+    timings: Timings
+    skipped: bool = False
+    skip_reason: str | None = None
+    error: ErrorInfo | None = None
+    status_code: int | None = None
+    request_id: str | None = None
+    response: dict[str, Any] | None = pydantic.Field(default=None, repr=False)
+    _exception: EngineError | None = pydantic.PrivateAttr(default=None)
+
+    @property
+    def ok(self) -> bool:
+        """True when the request succeeded or was skipped on purpose."""
+        return self.error is None
+
+    @property
+    def output(self) -> str | None:
+        """The transcript (same as :attr:`text`), so both result kinds read alike."""
+        return self.text
 
     @property
     def exception(self) -> EngineError | None:
