@@ -14,25 +14,21 @@ import shlex
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine._errors import EngineError
-from engine._jsonl import OutputInUseError
 from engine._progress import ProgressPrinter, RunProgress, format_summary
-from engine._quota import Limits
-from engine.batch import (
-    DEFAULT_GRACE_PERIOD,
-    EXIT_REFUSED,
-    DuplicateIdsError,
-    RunControl,
-    RunSummary,
-    run_audio,
-    run_file,
-)
+
+if TYPE_CHECKING:
+    from engine.batch import RunControl, RunSummary
 
 __all__ = ["register"]
+
+# Kept equal to engine.batch.DEFAULT_GRACE_PERIOD (a test checks it): the batch
+# module (and the client under it) is imported only when a run starts, so that
+# ``engine mock`` does not load the client.
+DEFAULT_GRACE_PERIOD = 10.0
 
 _SIGNAL_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
@@ -60,7 +56,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         "--max-attempts",
         type=int,
         default=5,
-        help="attempts per request on 408/409/5xx/connection errors; 429 waits do not count",
+        help="attempts per request on 408/409/5xx/connection errors (default 5); "
+        "429 waits do not count",
     )
     parser.add_argument(
         "--errors-to", metavar="FILE", help="also copy every error line to FILE (default: none)"
@@ -70,7 +67,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_GRACE_PERIOD,
         metavar="SECONDS",
-        help="on the first Ctrl-C/SIGTERM, wait at most this long for requests in flight",
+        help="on the first Ctrl-C/SIGTERM, wait at most this long for requests in flight "
+        f"(default {DEFAULT_GRACE_PERIOD:g})",
     )
 
 
@@ -86,7 +84,6 @@ def register(subparsers: Any) -> None:
             "line per custom_id to OUTPUT. Rerunning with the same -o resumes. The API key "
             "comes from $OPENAI_API_KEY. See docs/cli.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("input", metavar="INPUT.jsonl", help="Batch API input file")
     run.add_argument(
@@ -105,7 +102,6 @@ def register(subparsers: Any) -> None:
             "its path relative to the folder given. Rerunning with the same -o resumes. "
             "The API key comes from $OPENAI_API_KEY. See docs/cli.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     transcribe.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="audio files, folders")
     transcribe.add_argument(
@@ -115,9 +111,11 @@ def register(subparsers: Any) -> None:
         "--min-seconds",
         type=float,
         default=5.0,
-        help="recordings shorter than this are skipped, not sent (0: send all)",
+        help="recordings shorter than this are skipped, not sent (default 5; 0: send all)",
     )
-    transcribe.add_argument("--model", default="whisper-1", help="transcription model")
+    transcribe.add_argument(
+        "--model", default="whisper-1", help="transcription model (default whisper-1)"
+    )
     transcribe.add_argument(
         "--language", help="ISO-639-1 language of the audio (default: detected)"
     )
@@ -125,13 +123,15 @@ def register(subparsers: Any) -> None:
         "--response-format",
         default="json",
         choices=("json", "verbose_json", "text", "srt", "vtt"),
-        help="what the server returns",
+        help="what the server returns (default json)",
     )
     _add_client_options(transcribe)
     transcribe.set_defaults(func=_transcribe_command)
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    from engine._quota import Limits
+
     options: dict[str, Any] = {"max_attempts": args.max_attempts}
     if args.base_url:
         options["base_url"] = args.base_url
@@ -163,6 +163,8 @@ def _plain(value: object) -> str:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    from engine.batch import run_file
+
     resume = ["engine", "run", args.input, *_shared_flags(args)]
     if args.model:
         resume += ["--model", args.model]
@@ -183,6 +185,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _transcribe_command(args: argparse.Namespace) -> int:
+    from engine.batch import run_audio
+
     resume = ["engine", "transcribe", *args.paths, *_shared_flags(args)]
     resume += ["--model", args.model, "--min-seconds", _plain(args.min_seconds)]
     options: dict[str, Any] = {
@@ -244,6 +248,9 @@ def _execute(
     resume: list[str],
     grace_period: float,
 ) -> int:
+    from engine._errors import EngineError
+    from engine.batch import EXIT_REFUSED, RunControl
+
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())
 
@@ -258,11 +265,8 @@ def _execute(
 
     try:
         summary = trio.run(main)
-    except (DuplicateIdsError, OutputInUseError) as exc:
-        printer.finish()
-        print(f"engine {command}: {exc.message}", file=stream)
-        return EXIT_REFUSED
     except EngineError as exc:
+        # Duplicate ids, OUTPUT in use by another run: nothing was sent.
         printer.finish()
         print(f"engine {command}: {exc.message}", file=stream)
         return EXIT_REFUSED

@@ -283,13 +283,13 @@ class _Feed:
             if self._default_model is not None and "model" not in body:
                 body = {**body, "model": self._default_model}
             if line.url == TRANSCRIPTIONS_URL:
-                if not self._can_transcribe:
-                    # Not written: once the client transcribes, a rerun sends these.
-                    self.unsupported += 1
-                    continue
                 problem = _unreadable(body["file"])
                 if problem is not None:
                     self._fail(custom_id, "invalid_input", f"line {line.line_no}: {problem}")
+                    continue
+                if not self._can_transcribe:
+                    # Not written: once the client transcribes, a rerun sends these.
+                    self.unsupported += 1
                     continue
             self.line_numbers[custom_id] = line.line_no
             yield {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
