@@ -46,8 +46,19 @@ class _Waiter:
     task: trio.lowlevel.Task
     state: _State = _State.PENDING
 
+    def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        # Runs only while the limiter has not answered yet (same thread), so a
+        # cancelled waiter never holds a reservation.
+        self.state = _State.CANCELLED
+        return trio.lowlevel.Abort.SUCCEEDED
 
-@attrs.frozen
+
+# The messages below are created once or twice per request, on the hot path:
+# plain slotted classes, which build about 3x faster than frozen ones.  They
+# are never mutated.
+
+
+@attrs.define(slots=True, eq=False)
 class _Settle:
     reservation: Reservation
     headers: RateLimitHeaders | None
@@ -55,7 +66,7 @@ class _Settle:
     latency: float | None
 
 
-@attrs.frozen
+@attrs.define(slots=True, eq=False)
 class _RateLimited:
     reservation: Reservation
     headers: RateLimitHeaders | None
@@ -63,7 +74,7 @@ class _RateLimited:
     limit_type: str | None
 
 
-@attrs.frozen
+@attrs.define(slots=True, eq=False)
 class _Release:
     reservation: Reservation
 
@@ -146,14 +157,7 @@ class Limiter:
             self._send.send_nowait(waiter)
         except trio.ClosedResourceError:
             raise RunStoppedError("the client is closed") from None
-
-        def abort(_raise_cancel) -> trio.lowlevel.Abort:
-            # Runs only while the limiter has not answered yet (same thread),
-            # so a cancelled waiter never holds a reservation.
-            waiter.state = _State.CANCELLED
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        answer = await trio.lowlevel.wait_task_rescheduled(abort)
+        answer = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         if isinstance(answer, Reservation):
             return answer
         raise answer
@@ -318,11 +322,10 @@ class Limiter:
                     self._too_large += 1
                     self._answer(waiter, RequestTooLargeError(decision.message))
                     continue
-                reservation = decision.reservation
-                self._answer(waiter, reservation)
+                self._answer(waiter, decision)
                 self._in_flight += 1
                 self._granted += 1
-                self._tokens_reserved += reservation.cost.tokens
+                self._tokens_reserved += decision.cost.tokens
         return wake
 
     def _update_cap(self) -> None:

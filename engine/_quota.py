@@ -45,7 +45,7 @@ from engine._headers import RateLimitHeaders
 
 __all__ = [
     "Cost",
-    "Grant",
+    "Decision",
     "Limits",
     "QuotaBook",
     "RefillMode",
@@ -161,23 +161,17 @@ class _Dimension:
 class Reservation:
     """Capacity held by one granted permit until it is settled or released.
 
-    ``marks`` records, per dimension, the level right after this grant, the
-    total granted so far and the corrections applied so far, so the response's
-    headers can be compared with the book's state at that moment.
+    ``marks`` records, for requests then tokens per minute, the level right
+    after this grant, the total granted so far and the corrections applied so
+    far, so the response's headers can be compared with the book's state at
+    that moment.
     """
 
     group: str
     cost: Cost
     granted_at: float
     seq: int
-    marks: Mapping[str, tuple[float, float, float]]
-
-
-@attrs.frozen
-class Grant:
-    """Decision: the head request may go now, holding ``reservation``."""
-
-    reservation: Reservation
+    marks: tuple[float, float, float, float, float, float]
 
 
 @attrs.frozen
@@ -198,13 +192,16 @@ class TooLarge:
     message: str
 
 
-Decision = Grant | Wait | TooLarge
+#: What :meth:`QuotaBook.decide` returns: a grant (the reservation), or why not.
+Decision = Reservation | Wait | TooLarge
 
 
 @attrs.define(slots=True)
 class _Group:
     name: str
     dims: dict[str, _Dimension]
+    dim_list: tuple[_Dimension, ...] = attrs.field(init=False)
+    minute_dims: tuple[_Dimension, _Dimension] = attrs.field(init=False)
     paced: bool
     pace_fraction: float
     cooldown_until: float = -math.inf
@@ -213,6 +210,10 @@ class _Group:
     last_grant_at: float = -math.inf
     in_flight: int = 0
     rate_limited: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        self.dim_list = tuple(self.dims.values())
+        self.minute_dims = (self.dims["requests_per_minute"], self.dims["tokens_per_minute"])
 
 
 _DIMENSIONS = (
@@ -296,7 +297,7 @@ class QuotaBook:
     def decide(self, group_name: str, cost: Cost, now: float) -> Decision:
         """Grant ``cost`` in ``group_name`` now, or say when to look again.
 
-        A grant reserves the cost at once; the caller must later call
+        A grant (a :class:`Reservation`) reserves the cost at once; the caller must later call
         :meth:`settle` or :meth:`release` with the reservation.
         """
         group = self._group(group_name, now)
@@ -304,8 +305,8 @@ class QuotaBook:
         if group.paced and group.next_slot > ready:
             ready = group.next_slot
         unknowable = False
-        for dim in group.dims.values():
-            need = dim.need(cost)
+        for dim in group.dim_list:
+            need = cost.tokens if dim.counts_tokens else cost.requests
             if dim.limit is not None and need > dim.limit:
                 return TooLarge(
                     f"request needs {need:g} {_unit(dim.name)} but the limit is "
@@ -330,13 +331,22 @@ class QuotaBook:
             # Nothing in flight and no way to know: send one request as a probe.
         elif ready > now:
             return Wait(ready)
-        return Grant(self._reserve(group, cost, now))
+        return self._reserve(group, cost, now)
 
     def _reserve(self, group: _Group, cost: Cost, now: float) -> Reservation:
-        marks = {}
-        for dim in group.dims.values():
-            dim.take(dim.need(cost))
-            marks[dim.name] = (dim.level, dim.granted_total, dim.corrections)
+        for dim in group.dim_list:
+            need = cost.tokens if dim.counts_tokens else cost.requests
+            dim.level -= need
+            dim.granted_total += need
+        rpm, tpm = group.minute_dims
+        marks = (
+            rpm.level,
+            rpm.granted_total,
+            rpm.corrections,
+            tpm.level,
+            tpm.granted_total,
+            tpm.corrections,
+        )
         if group.paced:
             group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
         group.in_flight += 1
@@ -491,7 +501,8 @@ class QuotaBook:
             dim.refill(now)
             if limit is not None and limit > 0:
                 dim.limit = float(limit) if dim.configured is None else min(dim.configured, limit)
-            mark = reservation.marks[dim_name]
+            offset = 3 if dim.counts_tokens else 0
+            mark = reservation.marks[offset : offset + 3]
             need = dim.need(reservation.cost)
             if not served:
                 # A 429 is not charged (the caller already returned the cost):

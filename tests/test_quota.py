@@ -7,15 +7,15 @@ import math
 import pytest
 
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, Grant, Limits, QuotaBook, RefillMode, TooLarge, Wait
+from engine._quota import Cost, Limits, QuotaBook, RefillMode, Reservation, TooLarge, Wait
 
 ONE = Cost(tokens=0)
 
 
 def grant(book: QuotaBook, now: float, cost: Cost = ONE, group: str = "g"):
     decision = book.decide(group, cost, now)
-    assert isinstance(decision, Grant), decision
-    return decision.reservation
+    assert isinstance(decision, Reservation), decision
+    return decision
 
 
 def headers(**kw) -> RateLimitHeaders:
