@@ -31,6 +31,7 @@ from engine._results import (
     TranscriptionResult,
     Usage,
 )
+from engine.batch import run_batch
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "TranscriptionResult",
     "Usage",
     "open_client",
+    "run_batch",
     "split_results",
     "to_csv",
     "to_dataframe",
