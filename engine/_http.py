@@ -6,6 +6,13 @@ concurrency under trio (DESIGN.md §8). The engine gives each worker its own
 client whose transport is an :class:`H11Transport`: one connection, one request
 at a time, no pool, and as little per-request CPU as the httpx interface allows.
 
+How: the request is written straight from httpx's headers (after checking
+that no header can start a new line), and the common response (HTTP/1.1, a
+final status, one Content-Length) is read by a strict parser of its own; every
+other response (chunked, close-delimited, 1xx, HTTP/1.0, anything irregular)
+is read by h11, which stays the authority on the protocol's corners. h11 reads
+a response in ~70 µs of CPU on the dev machine, the simple path in ~5 µs.
+
 What it does:
 
 * ``http`` and ``https`` (TLS through :class:`trio.SSLStream` with one shared,
@@ -53,8 +60,9 @@ import re
 import select
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
+import attrs
 import h11
 import httpx
 import trio
@@ -70,9 +78,11 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HTTP_VERSION_EXTENSION = b"HTTP/1.1"
 _INF = math.inf
 _END_OF_MESSAGE = h11.EndOfMessage()
-# An HTTP token (RFC 9110 §5.6.2): what a header name may be made of.
+# An HTTP token (RFC 9110 §5.6.2): what a method or header name may be made of.
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-# Header names already checked against _TOKEN (names repeat on every request).
+_TOKEN_LINES = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:\n[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
+# Lists of header names (joined by newlines) already checked against
+# _TOKEN_LINES: a worker sends the same names on every request.
 _valid_header_names: set[bytes] = set()
 # Request-side events fed to h11 in place of the real request, keyed by
 # (method, connection-close): see _serialize_request.
@@ -104,12 +114,11 @@ class _PlainConnection:
     cancellation and deadlines work as usual.
     """
 
-    __slots__ = ("origin", "poller", "sock", "state")
+    __slots__ = ("origin", "poller", "sock")
 
     def __init__(self, origin: tuple[bytes, str, int], sock: socket.socket) -> None:
         self.origin = origin
         self.sock = sock
-        self.state = h11.Connection(h11.CLIENT)
         self.poller = _make_poller(sock.fileno())
 
     async def send_all(self, data: bytes) -> None:
@@ -144,13 +153,12 @@ class _PlainConnection:
 class _TLSConnection:
     """A TLS connection: a ``trio.SSLStream`` over a trio TCP stream."""
 
-    __slots__ = ("origin", "poller", "raw_socket", "state", "stream")
+    __slots__ = ("origin", "poller", "raw_socket", "stream")
 
     def __init__(self, origin: tuple[bytes, str, int], stream: trio.SSLStream, raw_socket) -> None:
         self.origin = origin
         self.stream = stream
         self.raw_socket = raw_socket
-        self.state = h11.Connection(h11.CLIENT)
         self.poller = _make_poller(raw_socket.fileno())
 
     async def send_all(self, data: bytes) -> None:
@@ -309,33 +317,55 @@ class H11Transport(httpx.AsyncBaseTransport):
             write_timeout = _INF
         if read_timeout is None:
             read_timeout = _INF
-        state = connection.state
         sending = True
         received_any = False
+        receive = connection.receive_after_wait
         try:
             with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
-                await _write_request(connection, request, scope, write_timeout)
+                method, close = await _write_request(connection, request, scope, write_timeout)
                 sending = False
-                chunks: list[bytes] = []
-                next_event = state.next_event
-                receive = connection.receive_after_wait
-                while True:
-                    event = next_event()
-                    if event is h11.NEED_DATA:
-                        scope.deadline = trio.current_time() + read_timeout
-                        data = await receive()
-                        if data:
-                            received_any = True
-                        state.receive_data(data)
-                        continue
-                    event_type = type(event)
-                    if event_type is h11.Data:
-                        chunks.append(event.data)
-                    elif event_type is h11.Response:
-                        head = event
-                    elif event_type is h11.EndOfMessage:
-                        break
-                    # InformationalResponse (1xx) is skipped: the final response follows.
+                scope.deadline = trio.current_time() + read_timeout
+                buffer = await receive()
+                if not buffer:
+                    raise _PeerClosedEarly(
+                        httpx.RemoteProtocolError(
+                            "server disconnected without sending a response", request=request
+                        )
+                    )
+                received_any = True
+                head_end = buffer.find(b"\r\n\r\n")
+                while head_end < 0:
+                    if len(buffer) > _MAX_HEAD_SIZE:
+                        raise h11.RemoteProtocolError("response head too long")
+                    scope.deadline = trio.current_time() + read_timeout
+                    more = await receive()
+                    if not more:
+                        raise h11.RemoteProtocolError("server disconnected mid-response head")
+                    buffer += more
+                    head_end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(more) - 3))
+                head = _parse_simple_head(buffer, head_end, method)
+                if head is None:
+                    # Chunked, close-delimited, 1xx, HTTP/1.0, or anything odd: h11 reads it.
+                    head, body, keep_alive = await _read_with_h11(
+                        buffer, method, close, receive, scope, read_timeout
+                    )
+                else:
+                    body_start = head_end + 4
+                    body_end = body_start + head.content_length
+                    if len(buffer) < body_end:
+                        body_buffer = bytearray(buffer)
+                        while len(body_buffer) < body_end:
+                            scope.deadline = trio.current_time() + read_timeout
+                            more = await receive()
+                            if not more:
+                                raise h11.RemoteProtocolError(
+                                    "peer closed connection without sending complete message body"
+                                )
+                            body_buffer += more
+                        buffer = bytes(body_buffer)
+                    # Bytes past the body were never asked for: do not trust the connection.
+                    keep_alive = head.keep_alive and not close and len(buffer) == body_end
+                    body = buffer[body_start:body_end]
             if scope.cancelled_caught:
                 self._drop_connection()
                 if sending:
@@ -343,12 +373,6 @@ class H11Transport(httpx.AsyncBaseTransport):
                 raise httpx.ReadTimeout("timed out waiting for the response", request=request)
         except h11.RemoteProtocolError as exc:
             self._drop_connection()
-            if not received_any:
-                raise _PeerClosedEarly(
-                    httpx.RemoteProtocolError(
-                        "server disconnected without sending a response", request=request
-                    )
-                ) from exc
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         except h11.LocalProtocolError as exc:
             self._drop_connection()
@@ -366,22 +390,118 @@ class H11Transport(httpx.AsyncBaseTransport):
             # Cancelled, or anything unexpected: the connection is mid-message.
             self._drop_connection()
             raise
-        if state.our_state is h11.DONE and state.their_state is h11.DONE:
-            state.start_next_cycle()
-        else:
+        if not keep_alive:
             self._drop_connection()
-        return _build_response(head, chunks)
+        return _build_response(head, body)
 
 
-def _build_response(head: h11.Response, chunks: list[bytes]) -> httpx.Response:
-    content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+@attrs.frozen(slots=True)
+class _Head:
+    """A response's status line and headers, as the transport hands them to httpx."""
+
+    status_code: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    content_length: int
+    keep_alive: bool
+
+
+# Status line and header lines of an HTTP/1.1 response in the shape nearly
+# every server sends: what _parse_simple_head reads without h11.
+_SIMPLE_HEAD = re.compile(
+    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
+    rb"((?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)"
+)
+_MAX_HEAD_SIZE = 65536
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def _parse_simple_head(buffer: bytes, head_end: int, method: bytes) -> _Head | None:
+    """Read the response head in ``buffer[:head_end]`` if it is the common, simple kind.
+
+    Simple means: HTTP/1.1, a final status (>= 200), well-formed header lines,
+    and a body framed by exactly one Content-Length (or no body at all, for
+    HEAD / 204 / 304), without Transfer-Encoding. Anything else returns None
+    and h11 reads the response instead: h11 stays the authority on the
+    protocol's corners while this path saves most of its per-response CPU.
+    """
+    match = _SIMPLE_HEAD.fullmatch(buffer, 0, head_end + 2)
+    if match is None:
+        return None
+    status_code = int(match[1])
+    if status_code < 200:
+        return None
+    headers = []
+    content_length = None
+    keep_alive = True
+    for line in match[3].split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if content_length is not None or not value.isdigit():
+                return None
+            content_length = int(value)
+        elif lowered == b"transfer-encoding":
+            return None
+        elif lowered == b"connection" and b"close" in value.lower():
+            keep_alive = False
+    if method == b"HEAD" or status_code in _NO_BODY_STATUSES:
+        content_length = 0
+    elif content_length is None:
+        return None
+    return _Head(status_code, match[2] or b"", headers, content_length, keep_alive)
+
+
+async def _read_with_h11(
+    buffer: bytes,
+    method: bytes,
+    close: bool,
+    receive: Callable[[], Awaitable[bytes]],
+    scope: trio.CancelScope,
+    read_timeout: float,
+) -> tuple[_Head, bytes, bool]:
+    """Read a response that is not simple with h11, starting from the bytes in ``buffer``.
+
+    Returns (head, body, whether the connection may be reused).
+    """
+    state = h11.Connection(h11.CLIENT)
+    state.send(_framing_event(method, close))
+    state.send(_END_OF_MESSAGE)
+    state.receive_data(buffer)
+    chunks: list[bytes] = []
+    response = None
+    while True:
+        event = state.next_event()
+        if event is h11.NEED_DATA:
+            scope.deadline = trio.current_time() + read_timeout
+            state.receive_data(await receive())
+            continue
+        event_type = type(event)
+        if event_type is h11.Data:
+            chunks.append(event.data)
+        elif event_type is h11.Response:
+            response = event
+        elif event_type is h11.EndOfMessage:
+            break
+        # InformationalResponse (1xx) is skipped: the final response follows.
+    keep_alive = (
+        state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]
+    )
+    head = _Head(response.status_code, response.reason, response.headers.raw_items(), 0, keep_alive)
+    return head, b"".join(chunks), keep_alive
+
+
+def _build_response(head: _Head, content: bytes) -> httpx.Response:
+    raw_headers = head.headers
     response = httpx.Response(
         head.status_code,
-        headers=head.headers.raw_items(),
+        headers=raw_headers,
         stream=httpx.ByteStream(content),
         extensions={"http_version": _HTTP_VERSION_EXTENSION, "reason_phrase": head.reason},
     )
-    if response.headers.get("content-encoding"):
+    if any(len(name) == 16 and name.lower() == b"content-encoding" for name, _ in raw_headers):
         # Decodes gzip/deflate/... and marks the body read.
         response.read()
     else:
@@ -391,38 +511,42 @@ def _build_response(head: h11.Response, chunks: list[bytes]) -> httpx.Response:
     return response
 
 
-def _serialize_request(request: httpx.Request) -> tuple[bytes, bool, bool]:
-    """Return (request head bytes, body is chunked, connection closes after).
+def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool]:
+    """Return (request head bytes, method, body is chunked, connection closes after).
 
     httpx has already built every header (Host, Content-Length or
     Transfer-Encoding, ...); this writes them out as they are, refusing
     header names that are not tokens and any CR, LF or NUL that would let a
     value start a new line.
     """
-    parts = [_method_bytes(request.method), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    append = parts.append
-    chunked = False
-    close = False
-    for name, value in request.headers.raw:
-        if name not in _valid_header_names:
-            if _TOKEN.fullmatch(name) is None:
-                raise h11.LocalProtocolError(f"illegal header name {name!r}")
-            _valid_header_names.add(name)
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif lowered == b"connection":
-            close = b"close" in value.lower()
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(b"\r\n")
-    head = b"".join(parts)
-    lines = len(parts) // 4
-    if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or b"\0" in head:
+    raw = request.headers.raw
+    names = [name for name, _ in raw]
+    joined_names = b"\n".join(names)
+    if joined_names not in _valid_header_names:
+        if _TOKEN_LINES.fullmatch(joined_names) is None:
+            raise h11.LocalProtocolError(f"illegal header name in {names!r}")
+        if len(_valid_header_names) > 1024:
+            _valid_header_names.clear()
+        _valid_header_names.add(joined_names)
+    method = _method_bytes(request.method)
+    head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (
+        method,
+        request.url.raw_path,
+        b"\r\n".join(map(b": ".join, raw)),
+    )
+    lines = len(raw) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
         raise h11.LocalProtocolError("illegal character in request line or header")
-    return head, chunked, close
+    chunked = close = False
+    lowered_names = joined_names.lower()
+    if b"transfer-encoding" in lowered_names or b"connection" in lowered_names:
+        for name, value in raw:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lowered == b"connection":
+                close = b"close" in value.lower()
+    return head, method, chunked, close
 
 
 @functools.cache
@@ -457,12 +581,9 @@ async def _write_request(
     request: httpx.Request,
     scope: trio.CancelScope,
     write_timeout: float,
-) -> None:
-    """Send the request line, headers and body; keep h11's state in step."""
-    state = connection.state
-    head, chunked, close = _serialize_request(request)
-    state.send(_framing_event(_method_bytes(request.method), close))
-    state.send(_END_OF_MESSAGE)
+) -> tuple[bytes, bool]:
+    """Send the request line, headers and body. Returns (method, connection closes after)."""
+    head, method, chunked, close = _serialize_request(request)
     send = connection.send_all
     body_stream = request.stream
     body: bytes | None = None
@@ -474,7 +595,7 @@ async def _write_request(
             body = None
     if body is not None and not chunked:
         await send(head + body if body else head)
-        return
+        return method, close
     pending = [head]
     pending_size = len(head)
     async for chunk in body_stream:
@@ -497,11 +618,45 @@ async def _write_request(
     if pending:
         scope.deadline = trio.current_time() + write_timeout
         await send(b"".join(pending))
+    return method, close
 
 
 def _describe(exc: BaseException) -> str:
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
     return str(cause or exc) or type(cause or exc).__name__
+
+
+class _ResponseCookiesIgnored(httpx.Cookies):
+    """A cookie jar that never stores cookies from responses.
+
+    httpx runs every response through ``http.cookiejar`` (building a
+    ``urllib`` request and an ``email.message.Message`` of its headers), which
+    costs more CPU than parsing the response itself. The APIs this engine
+    calls authenticate with a key, not cookies, so worker clients skip it.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Ignore the response's ``Set-Cookie`` headers."""
+
+
+class _WorkerClient(httpx.AsyncClient):
+    """``httpx.AsyncClient`` whose cookie jar ignores ``Set-Cookie`` (see above).
+
+    Cookies given per request (``cookies=`` on a call) are still sent.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._response_cookies_ignored = _ResponseCookiesIgnored()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty: this client keeps no cookies."""
+        return self._response_cookies_ignored
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        raise AttributeError("worker clients keep no cookies; pass cookies= per request")
 
 
 def make_async_client(
@@ -520,10 +675,12 @@ def make_async_client(
         transport: use this instead of a new ``H11Transport`` (tests pass
             ``httpx.ASGITransport(app)`` or ``httpx.MockTransport``).
 
-    Environment proxies are ignored (``trust_env=False``): the transport connects
-    directly. Building the client does not create an SSL context.
+    The client keeps no cookies from responses (saves CPU on every response;
+    API keys, not cookies, authenticate) and ignores environment proxies
+    (``trust_env=False``): the transport connects directly. Building it
+    creates no SSL context.
     """
-    return httpx.AsyncClient(
+    return _WorkerClient(
         base_url=base_url,
         headers=headers,
         timeout=timeout,

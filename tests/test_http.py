@@ -606,3 +606,77 @@ async def test_https_with_untrusted_certificate_raises_connect_error(nursery, tl
     async with client_for(server) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("/")
+
+
+async def test_response_head_split_across_reads_is_reassembled(nursery):
+    """A status line and headers arriving in pieces still parse; keep-alive continues."""
+
+    async def answer_in_pieces(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            for piece in (b"HTTP/1.1 200 O", b"K\r\ncontent-le", b"ngth: 2\r", b"\n\r", b"\nok"):
+                await peer.send_raw(piece)
+                await trio.sleep(0.01)
+
+    server = await start_server(nursery, answer_in_pieces)
+    async with client_for(server) as client:
+        first = await client.get("/1")
+        second = await client.get("/2")
+    assert first.content == second.content == b"ok"
+    assert server.connections == 1
+
+
+async def test_bytes_after_the_body_make_the_connection_unused_again(nursery):
+    """Data beyond Content-Length is not trusted: the next request opens a new connection."""
+
+    async def answer_with_extra_bytes(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
+
+    server = await start_server(nursery, answer_with_extra_bytes)
+    async with client_for(server) as client:
+        assert (await client.get("/1")).content == b"ok"
+        assert (await client.get("/2")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_http_1_0_response_is_read_and_connection_not_reused(nursery):
+    """An HTTP/1.0 answer (read by h11) ends its connection."""
+
+    async def answer_http_1_0(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_http_1_0)
+    async with client_for(server) as client:
+        assert (await client.get("/1")).content == b"ok"
+        assert (await client.get("/2")).content == b"ok"
+    assert server.connections == 2
+
+
+async def test_invalid_content_length_raises_remote_protocol_error(nursery):
+    """A Content-Length that is not a number is the server's protocol error."""
+
+    async def answer_bad_length(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok")
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_bad_length)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
+
+
+async def test_endless_response_head_raises_remote_protocol_error(nursery):
+    """A head that never ends (here 100 KB of headers) is refused, not buffered forever."""
+
+    async def answer_endless_head(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * 100_000)
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_endless_head)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/")
