@@ -319,18 +319,17 @@ def _write_result(result: Any, feed: _Feed, writer: OutputWriter, tally: _Tally)
     error = result.error
     usage = getattr(result, "usage", None)
     if usage is not None:
-        tally.prompt_tokens += getattr(usage, "prompt_tokens", 0) or 0
-        tally.completion_tokens += getattr(usage, "completion_tokens", 0) or 0
-        tally.audio_seconds += getattr(usage, "seconds", 0) or 0
-    if getattr(result, "skipped", False):
-        writer.write(
-            success_record(
-                result.id,
-                status_code=result.status_code or 200,
-                request_id=result.request_id,
-                body=result.response or {"skipped": True},
-            )
+        # chat usage names prompt/completion tokens; transcription usage input/output
+        # tokens (models billed by tokens) and seconds (models billed by duration)
+        tally.prompt_tokens += getattr(usage, "prompt_tokens", 0) or getattr(
+            usage, "input_tokens", 0
         )
+        tally.completion_tokens += getattr(usage, "completion_tokens", 0) or getattr(
+            usage, "output_tokens", 0
+        )
+        tally.audio_seconds += getattr(usage, "seconds", 0.0)
+    if getattr(result, "skipped", False):
+        writer.write(_skipped_record(result))
         tally.skipped += 1
         return True
     if error is None:
@@ -362,6 +361,27 @@ def _write_result(result: Any, feed: _Feed, writer: OutputWriter, tally: _Tally)
     tally.failed += 1
     tally.error_codes[error.code] += 1
     return True
+
+
+def _skipped_record(result: Any) -> dict[str, Any]:
+    """The output line of a recording skipped as too short: no request, not an error.
+
+    An engine extension of the Batch-API format: ``response.status_code`` is
+    null (nothing was sent) and the body says why, so that a rerun treats the
+    id as done and a reader can tell it from an answer.
+    """
+    record = success_record(
+        result.id,
+        status_code=0,
+        request_id=None,
+        body={
+            "skipped": True,
+            "reason": result.skip_reason,
+            "duration_seconds": result.duration_seconds,
+        },
+    )
+    record["response"]["status_code"] = None
+    return record
 
 
 def _count_failed_lines(path: str) -> int:
