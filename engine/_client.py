@@ -788,7 +788,7 @@ class _ChatEndpoint(_Endpoint):
                     status_code=status,
                     request_id=request_id,
                     response=body,
-                    raw_content=content,
+                    raw_content=exc.raw,  # the content, or the refusal text
                     input=list(request.messages),
                 )
                 result._exception = exc
