@@ -17,6 +17,10 @@ an estimate of the capacity available now (``level``) and how it comes back:
   moment, then returns to the full limit.  Chosen when a response's headers say
   the server will be full later than a token bucket could refill
   (``reset > (limit - remaining) / rate``); sticky once seen.
+* ``SUBWINDOW`` — the server enforces the limit per second (a 60th of a
+  per-minute limit in each one-second window) and says so in its headers
+  (remaining never above a 60th of the limit, reset within a second): a fixed
+  window of one second whose end is learned from the reset header.
 
 Every grant *reserves* its estimated cost.  When the response arrives its
 ``x-ratelimit-*`` snapshot corrects the estimate: the server's ``remaining`` is
@@ -97,6 +101,7 @@ class RefillMode(enum.Enum):
 
     CONTINUOUS = "continuous"
     STEP = "step"
+    SUBWINDOW = "subwindow"
 
 
 @attrs.define(slots=True)
@@ -128,6 +133,13 @@ class _Dimension:
     def rate(self) -> float | None:
         return None if self.limit is None else self.limit / self.window
 
+    @property
+    def capacity(self) -> float | None:
+        """What a full window holds (a 60th of the limit in SUBWINDOW mode)."""
+        if self.limit is None or self.mode is not RefillMode.SUBWINDOW:
+            return self.limit
+        return self.limit / 60
+
     def refill(self, now: float) -> None:
         """Bring ``level`` up to ``now``."""
         if self.limit is None:
@@ -137,9 +149,10 @@ class _Dimension:
             if now > self.updated and self.level < self.limit:
                 self.level = min(self.limit, self.level + (now - self.updated) * self.rate)
         elif self.full_at is not None and now >= self.full_at:
-            self.level = self.limit
+            self.level = self.capacity
             # The next window ends one window later unless a response says otherwise.
-            self.full_at += self.window * max(1, math.ceil((now - self.full_at) / self.window))
+            span = self.window if self.mode is RefillMode.STEP else self.window / 60
+            self.full_at += span * max(1, math.ceil((now - self.full_at) / span))
         self.updated = max(self.updated, now)
 
     def ready_at(self, cost: float, now: float) -> float | None:
@@ -150,6 +163,9 @@ class _Dimension:
             return None
         if self.mode is RefillMode.CONTINUOUS:
             return now + (cost - self.level) / self.rate
+        if self.mode is RefillMode.SUBWINDOW and cost > self.capacity:
+            # A request larger than a sub-window goes alone into a fresh one.
+            return now if self.level >= self.capacity else self.full_at
         return self.full_at
 
     def take(self, cost: float) -> None:
@@ -508,18 +524,17 @@ class QuotaBook:
                 # A 429 is not charged (the caller already returned the cost):
                 # compare as if this request had never been granted.
                 mark = (mark[0] + need, mark[1] - need, mark[2])
-            if remaining is not None:
+            if remaining is not None and dim.mode is not RefillMode.SUBWINDOW:
                 may_raise = dim.configured is None or (
                     limit is not None and limit <= dim.configured
                 )
                 self._correct(dim, mark, float(remaining), may_raise=may_raise)
-                applied.add(dim_name)
             if reset is not None and dim.limit is not None:
                 self._learn_mode(dim, remaining, reset, now)
-                if dim.subwindow_seen and not dim.beyond_subwindow_seen:
-                    group.paced = True
             if dim.limit is not None:
-                dim.level = min(dim.level, dim.limit)  # also ends an infinite level
+                dim.level = min(dim.level, dim.capacity)  # also ends an infinite level
+            if remaining is not None:
+                applied.add(dim_name)
         return applied
 
     def _unreserve(self, group: _Group, reservation: Reservation, now: float) -> None:
@@ -569,6 +584,15 @@ class QuotaBook:
             dim.beyond_subwindow_seen = True
         elif reset <= 1.05 and not dim.beyond_subwindow_seen:
             dim.subwindow_seen = True
+        if dim.subwindow_seen and not dim.beyond_subwindow_seen:
+            if dim.mode is not RefillMode.SUBWINDOW:
+                dim.mode = RefillMode.SUBWINDOW
+                dim.level = min(dim.level, float(remaining))
+                dim.full_at = now + reset
+            elif dim.full_at is None or now < dim.full_at:
+                # Later in the same window: the end can only be later (our
+                # receipt time runs behind the server's clock by the latency).
+                dim.full_at = max(dim.full_at or now, now + reset)
             return
         bucket_reset = max(0.0, (dim.limit - remaining) / dim.rate)
         tolerance = 0.25 + 0.02 * dim.window

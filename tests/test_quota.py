@@ -318,14 +318,31 @@ def test_limits_reject_non_positive_values():
     assert math.isinf(QuotaBook(None).snapshot("g", 0.0)["requests_per_minute"]["level"])
 
 
-def test_per_second_headers_switch_the_group_to_pacing():
-    """A probe answered with remaining <= limit/60 and reset <= 1 s means per-second windows."""
+def test_per_second_headers_switch_to_one_second_windows():
+    """remaining <= limit/60 with reset <= 1 s: a 60th of the limit per second, from the reset."""
     book = QuotaBook(Limits(rpm=600), margin=0.0)
     probe = grant(book, 0.0)
     book.settle(
         probe, 0.1, headers=headers(limit_requests=600, remaining_requests=9, reset_requests=0.9)
     )
-    assert book.snapshot("g", 0.1)["group"]["paced"] is True
+    assert book.snapshot("g", 0.1)["requests_per_minute"]["mode"] == RefillMode.SUBWINDOW.value
+    for _ in range(9):
+        grant(book, 0.1)
+    assert book.decide("g", ONE, 0.1) == Wait(pytest.approx(1.0))
+    for _ in range(10):
+        grant(book, 1.0)
+    assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(2.0))
+
+
+def test_request_larger_than_a_sub_window_goes_alone_into_a_fresh_one():
+    """A cost above a 60th of the limit is granted at the start of an empty window."""
+    book = QuotaBook(Limits(tpm=6000), margin=0.0)
+    probe = grant(book, 0.0, Cost(tokens=10))
+    book.settle(
+        probe, 0.0, headers=headers(limit_tokens=6000, remaining_tokens=90, reset_tokens=1.0)
+    )
+    assert book.decide("g", Cost(tokens=500), 0.5) == Wait(pytest.approx(1.0))
+    grant(book, 1.0, Cost(tokens=500))
 
 
 def test_fixed_window_near_its_end_is_not_taken_for_per_second():
