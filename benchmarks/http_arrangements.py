@@ -6,8 +6,10 @@ and no latency when its command exists, else uvicorn serving
 other(s), and for each arrangement and each concurrency runs a closed loop:
 ``concurrency`` tasks each send a chat-completion POST, read the whole body,
 and send the next. After a warm-up it counts completed requests for a fixed
-window and reports requests/s and client CPU µs per request
-(``time.process_time()`` delta / requests).
+window and reports requests/s, client CPU µs per request
+(``time.process_time()`` delta / requests) and requests per client CPU-second
+(the rate one free core would reach; steadier than requests/s when other
+processes share the machine).
 
 Arrangements (each one function taking a :class:`Run`; add one by writing a
 function and listing it in ``ARRANGEMENTS``):
@@ -16,8 +18,10 @@ function and listing it in ``ARRANGEMENTS``):
   the concurrency) shared by every task.
 * ``client_per_worker``: one single-connection ``httpx.AsyncClient`` per task,
   all sharing one SSL context.
-* ``h11_per_worker``: one ``httpx.AsyncClient`` per task over
+* ``h11_plain_client``: one plain ``httpx.AsyncClient`` per task over its own
   ``engine._http.H11Transport``.
+* ``h11_per_worker``: one client per task from ``engine._http.make_async_client``
+  (``H11Transport``, no cookie jar): what the engine's workers use.
 
 Usage::
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -41,7 +46,7 @@ import httpx
 import trio
 
 from benchmarks._procs import pin, python_module, split_cpus, start_server
-from engine._http import make_async_client, shared_ssl_context
+from engine._http import H11Transport, make_async_client, shared_ssl_context
 
 REQUEST_BODY = json.dumps(
     {
@@ -80,10 +85,15 @@ Arrangement = Callable[[Run], Awaitable[None]]
 
 
 async def _closed_loop(run: Run, client: httpx.AsyncClient) -> None:
-    """One task's loop: POST, read the body, repeat until the run stops."""
+    """One task's loop: POST, read the body, repeat until the run stops.
+
+    The URL is built once (absolute ``httpx.URL``), as the engine does: httpx
+    then skips parsing and merging it with ``base_url`` on every request.
+    """
+    url = httpx.URL(run.base_url.rstrip("/") + PATH)
     while not run.stopping:
         try:
-            response = await client.post(PATH, content=REQUEST_BODY)
+            response = await client.post(url, content=REQUEST_BODY)
         except httpx.HTTPError:
             run.errors += 1
             continue
@@ -137,6 +147,24 @@ async def h11_per_worker(run: Run) -> None:
     await _run_clients(run, clients)
 
 
+async def h11_plain_client(run: Run) -> None:
+    """A plain ``httpx.AsyncClient`` (cookie jar on) per task over ``H11Transport``.
+
+    Separates the transport's gain from ``make_async_client``'s cookie-less client.
+    """
+    clients = [
+        httpx.AsyncClient(
+            base_url=run.base_url,
+            headers=REQUEST_HEADERS,
+            timeout=httpx.Timeout(30.0),
+            transport=H11Transport(),
+            trust_env=False,
+        )
+        for _ in range(run.concurrency)
+    ]
+    await _run_clients(run, clients)
+
+
 async def _run_clients(run: Run, clients: list[httpx.AsyncClient]) -> None:
     try:
         async with trio.open_nursery() as nursery:
@@ -151,6 +179,7 @@ async def _run_clients(run: Run, clients: list[httpx.AsyncClient]) -> None:
 ARRANGEMENTS: dict[str, Arrangement] = {
     "shared_client": shared_client,
     "client_per_worker": client_per_worker,
+    "h11_plain_client": h11_plain_client,
     "h11_per_worker": h11_per_worker,
 }
 
@@ -166,6 +195,7 @@ class Measurement:
     seconds: float
     requests_per_second: float
     cpu_us_per_request: float
+    requests_per_cpu_second: float
 
 
 async def measure(
@@ -199,7 +229,81 @@ async def measure(
         seconds=round(elapsed, 3),
         requests_per_second=round(requests / elapsed, 1),
         cpu_us_per_request=round((cpu1 - cpu0) / max(requests, 1) * 1e6, 1),
+        requests_per_cpu_second=round(requests / max(cpu1 - cpu0, 1e-9), 1),
     )
+
+
+# -- how the transport hands the body to httpx ------------------------------------
+
+_CANNED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", b"288"),
+    (b"x-request-id", b"req_canned"),
+]
+_CANNED_BODY = b"x" * 288
+
+
+class _OneChunkStream(httpx.AsyncByteStream):
+    """The body as an async stream of one chunk (what a streaming transport returns)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self):
+        yield self._data
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _CannedTransport(httpx.AsyncBaseTransport):
+    """Answers at once, handing the body to httpx in one of three shapes."""
+
+    def __init__(self, shape: str) -> None:
+        self._shape = shape
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._shape == "async_stream":
+            return httpx.Response(
+                200, headers=_CANNED_HEADERS, stream=_OneChunkStream(_CANNED_BODY)
+            )
+        response = httpx.Response(
+            200, headers=_CANNED_HEADERS, stream=httpx.ByteStream(_CANNED_BODY)
+        )
+        if self._shape == "read_in_transport":
+            response.read()
+        else:  # "content_preset", what H11Transport does for unencoded bodies
+            response._content = _CANNED_BODY
+        return response
+
+
+async def measure_response_shapes(requests: int = 500, repeats: int = 30) -> dict[str, float]:
+    """Client CPU µs per ``client.post`` (best of ``repeats``) for each body shape, no I/O.
+
+    The shapes take turns within each repeat, so a noisy moment hits them alike.
+    """
+    url = httpx.URL("http://127.0.0.1:9/v1" + PATH)
+    shapes = ("content_preset", "read_in_transport", "async_stream")
+    clients = {
+        shape: make_async_client(
+            "http://127.0.0.1:9/v1",
+            headers=REQUEST_HEADERS,
+            timeout=httpx.Timeout(30.0),
+            transport=_CannedTransport(shape),
+        )
+        for shape in shapes
+    }
+    best = dict.fromkeys(shapes, math.inf)
+    for _ in range(repeats):
+        for shape, client in clients.items():
+            start = time.process_time()
+            for _ in range(requests):
+                await client.post(url, content=REQUEST_BODY)
+            cpu_us = (time.process_time() - start) / requests * 1e6
+            best[shape] = min(best[shape], cpu_us)
+    for client in clients.values():
+        await client.aclose()
+    return {shape: round(cpu_us, 1) for shape, cpu_us in best.items()}
 
 
 def _mock_command() -> list[str] | None:
@@ -236,7 +340,7 @@ def _print_table(results: list[Measurement]) -> None:
         best[m.concurrency] = max(best.get(m.concurrency, 0.0), m.requests_per_second)
     header = (
         f"{'arrangement':<20} {'in flight':>9} {'req/s':>9} {'vs best':>8}"
-        f" {'CPU µs/req':>11} {'errors':>7}"
+        f" {'CPU µs/req':>11} {'req/CPU-s':>10} {'errors':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -244,7 +348,8 @@ def _print_table(results: list[Measurement]) -> None:
         share = m.requests_per_second / best[m.concurrency] if best[m.concurrency] else 0.0
         print(
             f"{m.arrangement:<20} {m.concurrency:>9} {m.requests_per_second:>9.0f} "
-            f"{share:>8.0%} {m.cpu_us_per_request:>11.1f} {m.errors:>7}"
+            f"{share:>8.0%} {m.cpu_us_per_request:>11.1f} {m.requests_per_cpu_second:>10.0f}"
+            f" {m.errors:>7}"
         )
 
 
@@ -258,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("auto", "mock", "noop"), default="auto")
     parser.add_argument("--url", default=None, help="use this running server instead")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
+    parser.add_argument(
+        "--skip-shapes",
+        action="store_true",
+        help="skip the in-process comparison of response body shapes",
+    )
     args = parser.parse_args(argv)
 
     names = args.only or list(ARRANGEMENTS)
@@ -299,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     print()
     _print_table(results)
+    shapes = {} if args.skip_shapes else trio.run(measure_response_shapes)
+    if shapes:
+        print("\nresponse body handed to httpx as (in-process, no I/O, client.post CPU µs):")
+        for shape, cpu_us in shapes.items():
+            print(f"  {shape:<20} {cpu_us:>7.1f}")
     if args.json_path:
         payload = {
             "benchmark": "http_arrangements",
@@ -312,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "window_seconds": args.seconds,
             "cpu_count": os.cpu_count(),
             "results": [attrs.asdict(m) for m in results],
+            "response_shape_cpu_us": shapes,
         }
         with open(args.json_path, "w") as out:
             json.dump(payload, out, indent=2)
