@@ -254,26 +254,25 @@ def _execute(
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())
 
-    async def main() -> RunSummary:
+    async def main() -> RunSummary | Exception:
         control = RunControl()
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch_signals, control, printer, stream, grace_period)
             try:
                 return await start(control, printer.update)
+            except (EngineError, OSError, ValueError) as exc:
+                # Returned, not raised: the nursery would wrap it in an ExceptionGroup.
+                return exc
             finally:
                 nursery.cancel_scope.cancel()
 
-    try:
-        summary = trio.run(main)
-    except EngineError as exc:
-        # Duplicate ids, OUTPUT in use by another run: nothing was sent.
+    summary = trio.run(main)
+    if isinstance(summary, Exception):
+        # Duplicate ids, OUTPUT in use by another run, unreadable input, a bad
+        # --base-url or limit: refused before anything was sent.
         printer.finish()
-        print(f"engine {command}: {exc.message}", file=stream)
-        return EXIT_REFUSED
-    except (OSError, ValueError) as exc:
-        # Unreadable input, a bad --base-url or limit: nothing was sent.
-        printer.finish()
-        print(f"engine {command}: {exc}", file=stream)
+        message = summary.message if isinstance(summary, EngineError) else str(summary)
+        print(f"engine {command}: {message}", file=stream)
         return EXIT_REFUSED
     printer.finish()
     print(format_summary(summary), file=stream)
