@@ -6,7 +6,15 @@ same app runs in-process under trio (``httpx.ASGITransport``) and under
 hypercorn's trio worker or uvicorn on asyncio.
 
 Checkpoints: the app awaits the server's ``receive`` / ``send`` and, when
-latency or a slow body is configured, ``anyio.sleep``; nothing else.
+latency or a slow body is configured, ``anyio.sleep``; nothing else.  So with
+no latency and no slow-body fault, a request whose body arrived in one
+``http.request`` message runs to completion without ever suspending, if the
+server's ``receive`` and ``send`` do not (``engine.mock._server`` relies on
+this to answer without creating a task).
+
+Per-request cost matters here (the mock must outrun the engine by 3x): one
+pass over the request headers, answers cached by body bytes, response bytes
+built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import attrs
 import httpx
 import orjson
+from sniffio import thread_local as _sniffio_thread
 
 from engine._tokens import chat_prompt_tokens, count_tokens, encoding_for_model, output_budget
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
@@ -41,6 +50,7 @@ _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _PLAN_CACHE_MAX = 4096
 _PLAN_CACHE_BODY_MAX = 64 * 1024
+_KEY_CACHE_MAX = 1024
 _SNIPPET_CHARS = 200
 _AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
 _TRANSCRIPTION_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
@@ -95,6 +105,60 @@ class _Plan:
     body: Callable[[int], bytes]
 
 
+_trio_current_time: Callable[[], float] | None = None
+
+
+def _now() -> float:
+    """The current time on the running async library's clock.
+
+    Under trio, ``trio.current_time()`` (so ``MockClock`` / ``autojump_clock``
+    drive quotas in tests); otherwise ``time.monotonic()``, the clock asyncio's
+    default loop reads.  Cheaper than ``anyio.current_time()``, which looks the
+    backend up on every call.  Does not checkpoint.
+    """
+    global _trio_current_time
+    if _sniffio_thread.name == "trio":
+        if _trio_current_time is None:
+            from trio import current_time
+
+            _trio_current_time = current_time
+        return _trio_current_time()
+    return time.monotonic()
+
+
+class _Head(NamedTuple):
+    """The request headers the mock reads, found in one pass (a tuple: built per request).
+
+    ``content_length`` is None when absent or not a number; the others are
+    empty / None when absent.
+    """
+
+    authorization: bytes
+    client_request_id: str | None
+    content_length: int | None
+    content_type: bytes
+
+
+def _scan_headers(headers: Any) -> _Head:
+    authorization = b""
+    client_request_id = None
+    content_length = None
+    content_type = b""
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                content_length = None
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"x-client-request-id":
+            client_request_id = value.decode("latin-1")
+    return _Head(authorization, client_request_id, content_length, content_type)
+
+
 def _error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> bytes:
@@ -123,6 +187,7 @@ class MockApp:
         self._rng = random.Random(config.seed)
         self._numbers = itertools.count(1)
         self._plans: dict[bytes, _Plan | _Reject] = {}
+        self._keys: dict[bytes, str] = {}  # Authorization header value -> API key
         self._routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/audio/transcriptions": {"POST": self._transcription},
@@ -190,9 +255,6 @@ class MockApp:
 
     # -- helpers -----------------------------------------------------------------
 
-    def _count(self, status: int) -> None:
-        self.stats.status_counts[status] += 1
-
     async def _send(
         self,
         send: Send,
@@ -204,14 +266,14 @@ class MockApp:
         count: bool = True,
     ) -> None:
         if count:
-            self._count(status)
+            self.stats.status_counts[status] += 1
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
                     (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
+                    (b"content-length", b"%d" % len(body)),
                     *headers,
                 ],
             }
@@ -222,16 +284,15 @@ class MockApp:
         body = _error_body(reject.message, reject.type, reject.param, reject.code)
         await self._send(send, reject.status, body, [(b"x-request-id", _request_id(number))])
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The request body, or None when it exceeds ``max_body_bytes``."""
+    async def _read_body(self, declared_length: int | None, receive: Receive) -> bytes | None:
+        """The request body, or None when it exceeds ``max_body_bytes``.
+
+        ``declared_length`` is the request's Content-Length (None: absent or
+        unreadable); a larger declared body is refused before reading it.
+        """
         limit = self.config.max_body_bytes
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return None
-                except ValueError:
-                    pass
+        if declared_length is not None and declared_length > limit:
+            return None
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
@@ -259,25 +320,23 @@ class MockApp:
             code="request_too_large",
         )
 
-    def _authorize(self, scope: Scope) -> tuple[str, str | None, _Reject | None]:
-        """(API key, X-Client-Request-Id, rejection if the key is wrong)."""
-        key = ""
-        client_id = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                text = value.decode("latin-1")
-                key = text[7:].strip() if text[:7].lower() == "bearer " else text.strip()
-            elif name == b"x-client-request-id":
-                client_id = value.decode("latin-1")
-        if client_id is not None:
-            self.stats.client_request_ids[client_id] += 1
+    def _authorize(self, head: _Head) -> tuple[str, _Reject | None]:
+        """(API key, rejection if the key is wrong); counts ``X-Client-Request-Id``."""
+        if head.client_request_id is not None:
+            self.stats.client_request_ids[head.client_request_id] += 1
+        key = self._keys.get(head.authorization)
+        if key is None:
+            text = head.authorization.decode("latin-1")
+            key = text[7:].strip() if text[:7].lower() == "bearer " else text.strip()
+            if len(self._keys) >= _KEY_CACHE_MAX:
+                self._keys.clear()
+            self._keys[head.authorization] = key
         expected = self.config.api_key
         if expected is None or key == expected:
-            return key, client_id, None
+            return key, None
         if not key:
             return (
                 key,
-                client_id,
                 _Reject(
                     401,
                     "You didn't provide an API key. You need to provide your API key in an "
@@ -287,7 +346,6 @@ class MockApp:
         shown = f"{key[:3]}***{key[-4:]}" if len(key) > 10 else "***"
         return (
             key,
-            client_id,
             _Reject(
                 401,
                 f"Incorrect API key provided: {shown}. You can find your API key at "
@@ -302,7 +360,7 @@ class MockApp:
         config = self.config
         stats = self.stats
         group = (key, plan.model)
-        now = anyio.current_time()
+        now = _now()
         request_id = (b"x-request-id", _request_id(number))
         if config.insufficient_quota_after is not None and (
             stats.admitted >= config.insufficient_quota_after
@@ -325,9 +383,21 @@ class MockApp:
                 return
             reservation = decision.reservation
         stats.admitted += 1
+        fault = None if self._fault_thresholds is None else self._draw_fault()
+        if fault is None and not self._latency_on:
+            # The common case, kept short: charge and correct at the same instant.
+            actual = plan.actual if config.correct_to_usage else plan.cost
+            if reservation is not None and actual != plan.cost:
+                self._book.settle(reservation, actual, now)
+            stats.tokens_charged += actual
+            stats.window.add(now, 1, plan.cost, actual - plan.cost)
+            headers = [request_id]
+            if self._quotas_on:
+                headers += self._limit_headers(group, now)
+            await self._send(send, 200, plan.body(number), headers, plan.content_type)
+            return
         stats.window.add(now, 1, plan.cost)
 
-        fault = self._draw_fault()
         if fault is not None and fault < 3:
             self._settle(reservation, plan.cost, 0, now)
             status = (500, 502, 503)[fault]
@@ -344,7 +414,7 @@ class MockApp:
 
         if self._latency_on:
             await anyio.sleep(self._latency(plan.output_tokens))
-            now = anyio.current_time()
+            now = _now()
         self._settle(
             reservation, plan.cost, plan.actual if config.correct_to_usage else plan.cost, now
         )
@@ -354,14 +424,14 @@ class MockApp:
         if fault is None:
             await self._send(send, 200, body, headers, plan.content_type)
         elif fault == 3:  # dropped connection
-            self._count(200)
+            self.stats.status_counts[200] += 1
             await send(
                 {
                     "type": "http.response.start",
                     "status": 200,
                     "headers": [
                         (b"content-type", plan.content_type),
-                        (b"content-length", str(len(body)).encode()),
+                        (b"content-length", b"%d" % len(body)),
                         *headers,
                     ],
                 }
@@ -371,14 +441,14 @@ class MockApp:
             )
             raise DroppedConnection
         elif fault == 4:  # slow body
-            self._count(200)
+            self.stats.status_counts[200] += 1
             await send(
                 {
                     "type": "http.response.start",
                     "status": 200,
                     "headers": [
                         (b"content-type", plan.content_type),
-                        (b"content-length", str(len(body)).encode()),
+                        (b"content-length", b"%d" % len(body)),
                         *headers,
                     ],
                 }
@@ -476,8 +546,9 @@ class MockApp:
     # -- endpoints -----------------------------------------------------------------
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        key, _client_id, reject = self._authorize(scope)
-        body = await self._read_body(scope, receive)
+        head = _scan_headers(scope["headers"])
+        key, reject = self._authorize(head)
+        body = await self._read_body(head.content_length, receive)
         if reject is None and body is None:
             reject = self._too_large()
         if reject is not None:
@@ -497,26 +568,23 @@ class MockApp:
         await self._answer(send, number, key, plan)
 
     async def _transcription(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        key, _client_id, reject = self._authorize(scope)
-        body = await self._read_body(scope, receive)
+        head = _scan_headers(scope["headers"])
+        key, reject = self._authorize(head)
+        body = await self._read_body(head.content_length, receive)
         if reject is None and body is None:
             reject = self._too_large()
         if reject is not None:
             await self._send_reject(send, number, reject)
             return
         assert body is not None
-        content_type = ""
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
-        plan = _plan_transcription(body, content_type)
+        plan = _plan_transcription(body, head.content_type.decode("latin-1"))
         if isinstance(plan, _Reject):
             await self._send_reject(send, number, plan)
             return
         await self._answer(send, number, key, plan)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        _key, _client_id, reject = self._authorize(scope)
+        _key, reject = self._authorize(_scan_headers(scope["headers"]))
         if reject is not None:
             await self._send_reject(send, number, reject)
             return
@@ -531,7 +599,7 @@ class MockApp:
         await self._send(send, 200, orjson.dumps(self.stats.as_dict()), [], count=False)
 
     async def _reset(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        await self._read_body(scope, receive)
+        await self._read_body(_scan_headers(scope["headers"]).content_length, receive)
         self.stats = Stats()
         self._book.clear()
         self._rng = random.Random(self.config.seed)
@@ -541,7 +609,7 @@ class MockApp:
         await self._send(send, 200, orjson.dumps(_config_dict(self.config)), [], count=False)
 
     async def _set_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        body = await self._read_body(scope, receive)
+        body = await self._read_body(_scan_headers(scope["headers"]).content_length, receive)
         if body is None:
             await self._send_reject(send, number, self._too_large())
             return
@@ -557,7 +625,7 @@ class MockApp:
         except (orjson.JSONDecodeError, TypeError, ValueError) as error:
             await self._send_reject(send, number, _Reject(400, f"invalid mock config: {error}"))
             return
-        self._book.set_limits(config.limits, anyio.current_time())
+        self._book.set_limits(config.limits, _now())
         if config.seed != self.config.seed:
             self._rng = random.Random(config.seed)
         self._apply(config)

@@ -12,41 +12,56 @@ __all__ = ["SlidingWindowMax", "Stats"]
 class SlidingWindowMax:
     """Largest sum of requests and of tokens over any window of ``width`` seconds.
 
-    Amounts are kept in buckets of ``resolution`` seconds (default 1 ms), so the
-    memory is bounded by ``width / resolution`` buckets whatever the rate; a
-    window is the buckets numbered ``b - width/resolution + 1`` to ``b``.
+    Amounts are kept in buckets of ``resolution`` seconds (default 1 ms, over a
+    default ``width`` of 60 s), so the memory is bounded by ``width / resolution``
+    buckets whatever the rate; a window is the buckets numbered
+    ``b - width/resolution + 1`` to ``b``.  :meth:`add` is O(1) amortized: an
+    amount landing in the newest bucket touches nothing else, and each bucket is
+    evicted once.
     """
 
     def __init__(self, width: float = 60.0, resolution: float = 0.001) -> None:
         self._resolution = resolution
         self._span = round(width / resolution)
         self._buckets: collections.deque[list[float]] = collections.deque()
+        self._newest: list[float] | None = None
         self._requests = 0.0
         self._tokens = 0.0
         self.max_requests = 0
         self.max_tokens = 0
 
-    def add(self, now: float, requests: float, tokens: float) -> None:
-        """Count ``requests`` and ``tokens`` (either may be negative: a refund) at ``now``."""
+    def add(self, now: float, requests: float, tokens: float, correction: float = 0.0) -> None:
+        """Count ``requests`` and ``tokens`` (either may be negative: a refund) at ``now``.
+
+        A non-zero ``correction`` (default 0) is added to the tokens after the
+        maxima are updated: the same as a second call ``add(now, 0, correction)``.
+        """
         bucket = math.floor(now / self._resolution)
-        buckets = self._buckets
-        if buckets and buckets[-1][0] >= bucket:
-            last = buckets[-1]
-            last[1] += requests
-            last[2] += tokens
+        newest = self._newest
+        if newest is not None and newest[0] >= bucket:
+            # The common case at high rates: the same millisecond as the last call.
+            newest[1] += requests
+            newest[2] += tokens
         else:
-            buckets.append([bucket, requests, tokens])
+            newest = self._newest = [bucket, requests, tokens]
+            buckets = self._buckets
+            buckets.append(newest)
+            oldest = bucket - self._span
+            while buckets[0][0] <= oldest:
+                _, old_requests, old_tokens = buckets.popleft()
+                self._requests -= old_requests
+                self._tokens -= old_tokens
         self._requests += requests
         self._tokens += tokens
-        oldest = buckets[-1][0] - self._span
-        while buckets[0][0] <= oldest:
-            _, old_requests, old_tokens = buckets.popleft()
-            self._requests -= old_requests
-            self._tokens -= old_tokens
         if self._requests > self.max_requests:
             self.max_requests = round(self._requests)
         if self._tokens > self.max_tokens:
             self.max_tokens = round(self._tokens)
+        if correction:
+            newest[2] += correction
+            self._tokens += correction
+            if self._tokens > self.max_tokens:
+                self.max_tokens = round(self._tokens)
 
 
 class Stats:
