@@ -229,6 +229,10 @@ def format_summary(summary: RunSummary) -> str:
     tpm = tokens / minutes if minutes > 0 else 0.0
     rows.append(("requests/min", _versus(rpm, summary.rpm_limit)))
     rows.append(("tokens/min", _versus(tpm, summary.tpm_limit)))
+    if minutes < 1 and (summary.rpm_limit or summary.tpm_limit):
+        # Providers grant a minute's quota up front (a full bucket), so a run
+        # shorter than a minute can legitimately go above the per-minute rate.
+        rows.append(("", "(under a minute: includes the quota's initial burst)"))
     rows.append(("output", summary.output_path))
     if summary.errors_path:
         rows.append(("errors copied to", summary.errors_path))
