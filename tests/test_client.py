@@ -311,3 +311,23 @@ def test_client_repr_and_errors_hide_the_api_key():
             return repr(c)
 
     assert KEY not in trio.run(main)
+
+
+async def test_results_keep_the_messages_sent(autojump_clock):
+    """Every chat result carries its input messages, from ChatRequest and Batch-API dicts."""
+    line = {
+        "custom_id": "a-1",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "from a line"}]},
+    }
+    async with mock_client(MockConfig()) as (c, _app):
+        results = {r.id: r for r in await collect(c, [line, *requests(1)])}
+    assert results["a-1"].input == [{"role": "user", "content": "from a line"}]
+    assert results["r0"].input == [{"role": "user", "content": "question 0"}]
+
+
+async def test_failed_results_keep_the_messages_sent(autojump_clock):
+    """A request that fails after retries still carries its input messages."""
+    async with mock_client(MockConfig(error_503_rate=1.0), max_attempts=2) as (c, _app):
+        (result,) = await collect(c, requests(1))
+    assert result.error.code == "retries_exhausted"
+    assert result.input == [{"role": "user", "content": "question 0"}]
