@@ -26,7 +26,7 @@ API_KEY = "sk-mock-test-key"
 
 @pytest.fixture(scope="module")
 def base_url():
-    """One hypercorn-served mock with generous quotas for this module."""
+    """One mock on the default (builtin) server with generous quotas for this module."""
     with serve_in_subprocess(
         ["--rpm", "100000", "--tpm", "100000000", "--api-key", API_KEY]
     ) as url:
@@ -239,6 +239,18 @@ async def test_conformance_check_catches_a_wrong_body(openapi_spec):
 
 
 # -- the command itself --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+def test_other_servers_still_serve_the_mock(server):
+    """--server hypercorn and --server uvicorn answer a chat completion too."""
+    with serve_in_subprocess(["--server", server]) as url:
+        response = httpx.post(
+            f"{url}/chat/completions",
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hello"}]},
+        )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Mock reply to: hello"
 
 
 def test_sigterm_stops_the_server_cleanly():

@@ -1,0 +1,532 @@
+"""A small HTTP/1.1 server for the mock app: asyncio (uvloop) + httptools, no framework.
+
+Why it exists: the mock must outrun the engine by 3x, and on the 2-core dev
+machine the general-purpose servers spend most of each request on themselves.
+Hypercorn's trio worker runs ~1,900 Python function calls per keep-alive
+request (a task spawned per request with a memory channel, the idle-timeout
+task restarted through ``nursery.start`` under a lock, a lock and a shielded
+cancel scope around every write, h11's event validation); uvicorn with uvloop
+and httptools does far less, but still builds a request-cycle object, a task
+and a keep-alive timer per request.  This server keeps only what the mock
+needs:
+
+* HTTP/1.1 and 1.0 over plain TCP, keep-alive, pipelining (requests on one
+  connection are answered in order), ``Expect: 100-continue``, request bodies
+  with Content-Length or chunked transfer coding (httptools decodes them),
+  HEAD (the body is not sent).
+* The whole request body is read before the app is called, at most
+  ``max_request_bytes`` (default 64 MiB; larger: 413 and the connection is
+  closed).  The app then receives it as one ``http.request`` message.
+* The app is *stepped* directly from the protocol callback instead of being
+  wrapped in a task: when it never suspends (no latency, no slow-body fault:
+  :mod:`engine.mock._app` guarantees that), the response is written in the
+  same callback with one ``transport.write``.  When it does suspend (an
+  ``anyio.sleep``, a full write buffer), the coroutine is handed, mid-flight,
+  to an asyncio task that resumes it exactly where it stopped.
+* The response head and a complete body go out in one write; a streamed
+  body without Content-Length uses chunked coding.  Headers added: ``date``
+  (cached per second) and ``connection: close`` when the connection ends.
+* No idle timeout (a mock's clients hold their connections on purpose), no
+  lifespan messages (the mock app needs none), no TLS, no HTTP/2, no
+  WebSocket (an ``Upgrade`` request gets 400 and the connection is closed),
+  no per-request logging.  An exception from the app is logged (except
+  :class:`~engine.mock.DroppedConnection`, the injected fault) and, if no
+  response was started, answered with a 500; the connection is then closed,
+  which is how a dropped connection is injected.
+
+:func:`serve` is the entry point; it runs until its ``stop`` event is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import http
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from typing import Any, cast
+
+import httptools
+import sniffio
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "serve"]
+
+#: Request bodies above this get 413 from the server itself (the app's own
+#: ``max_body_bytes`` is usually smaller and answered by the app).
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+_logger = logging.getLogger("engine.mock.server")
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_PENDING_MAX = 64  # pipelined requests queued on one connection before reading pauses
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
+    for status in http.HTTPStatus
+}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+App = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+class _Date:
+    """The ``date`` header line, rebuilt at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+        return self._line
+
+
+_date = _Date()
+
+
+def _simple_response(status: int, message: str) -> bytes:
+    body = message.encode()
+    return (
+        _status_line(status)
+        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body)
+        + b"connection: close\r\n\r\n"
+        + body
+    )
+
+
+class _Continuation:
+    """Awaitable that carries on a coroutine which has already yielded ``first``.
+
+    Awaited from a new task, it passes ``first`` (the future the coroutine is
+    waiting on) up to that task, then relays every value, result and thrown
+    exception (cancellation included) between the task and the coroutine, as
+    ``await`` would have done had the coroutine run in a task from the start.
+    """
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Any, first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self._coroutine
+        pending = self._first
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # relayed to the coroutine, not handled here
+                try:
+                    pending = coroutine.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coroutine.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+class _Exchange:
+    """One request and its response on a connection: the app's ``receive`` and ``send``."""
+
+    __slots__ = (
+        "_body",
+        "_body_delivered",
+        "_chunked",
+        "_connection",
+        "_head_only",
+        "_headers",
+        "_status",
+        "_waiter",
+        "complete",
+        "disconnected",
+        "keep_alive",
+        "started",
+    )
+
+    def __init__(
+        self, connection: _Connection, body: bytes, keep_alive: bool, head_only: bool
+    ) -> None:
+        self._connection = connection
+        self._body = body
+        self._body_delivered = False
+        self._head_only = head_only
+        self._chunked = False
+        self._status = 200
+        self._headers: Any = ()
+        self._waiter: asyncio.Future[None] | None = None
+        self.keep_alive = keep_alive
+        self.started = False
+        self.complete = False
+        self.disconnected = False
+
+    async def receive(self) -> dict[str, Any]:
+        """The body as one message, then ``http.disconnect`` once the exchange is over."""
+        if not self._body_delivered:
+            self._body_delivered = True
+            body, self._body = self._body, b""
+            return {"type": "http.request", "body": body, "more_body": False}
+        if not (self.disconnected or self.complete):
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return {"type": "http.disconnect"}
+
+    def end(self) -> None:
+        """The response is finished or the client is gone: wake a waiting ``receive``."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        """Write the response; checkpoints only when the write buffer is full."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
+            self.started = True
+            self._status = message["status"]
+            self._headers = message.get("headers", ())
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message type {kind!r}")
+        if not self.started or self.complete:
+            raise RuntimeError("http.response.body sent before start or after the last body")
+        if self.disconnected:
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        connection = self._connection
+        head = self._head(more, len(body)) if self._headers is not None else None
+        if head is not None:
+            self._headers = None  # the head is on its way
+            if self._head_only:
+                connection.write(head)
+            elif self._chunked:
+                connection.write(head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b""))
+            else:
+                connection.write(head + body)
+        elif not self._head_only and body:
+            connection.write(b"%x\r\n%s\r\n" % (len(body), body) if self._chunked else body)
+        if not more:
+            if self._chunked and not self._head_only:
+                connection.write(b"0\r\n\r\n")
+            self.complete = True
+            self.end()
+        elif connection.write_paused:
+            await connection.drained()
+
+    def _head(self, more_body: bool, body_length: int) -> bytes:
+        parts = [_status_line(self._status)]
+        has_length = False
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                has_length = True
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if not has_length:
+            if more_body:
+                self._chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                parts.append(b"content-length: %d\r\n" % body_length)
+        parts.append(_date.line())
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse requests with httptools, answer them in order."""
+
+    def __init__(self, app: App, loop: asyncio.AbstractEventLoop, server: _Server) -> None:
+        self._app = app
+        self._loop = loop
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._sockname: tuple[str, int] | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._too_large = False
+        self._pending: collections.deque[tuple[dict[str, Any], bytes, bool]] = collections.deque()
+        self._current: _Exchange | None = None  # answered asynchronously, by a task
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._reading_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.write_paused = False
+
+    # -- transport events ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self._client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        self._sockname = (sock[0], sock[1]) if isinstance(sock, tuple) else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connections.discard(self)
+        self._pending.clear()
+        if self._current is not None:
+            self._current.disconnected = True
+            self._current.end()
+        self._wake_writer()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported by the mock server")
+        except httptools.HttpParserError as error:
+            if self._too_large:
+                self._fail(413, "request body too large")
+            else:
+                self._fail(400, f"malformed HTTP request: {error}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    # -- httptools callbacks -----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self._headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._server.max_request_bytes:
+            self._too_large = True
+            raise ValueError("request body too large")  # stops the parser
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        raw_path, _, query = self._url.partition(b"?")
+        if raw_path[:1] != b"/":  # absolute form: http://host/path
+            parsed = httptools.parse_url(self._url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": parser.get_http_version(),
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": "",
+            "headers": self._headers,
+            "client": self._client,
+            "server": self._sockname,
+        }
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = (scope, body, parser.should_keep_alive())
+        if self._current is not None or self._pending:
+            self._pending.append(request)
+            if len(self._pending) >= _PENDING_MAX and not self._reading_paused:
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._reading_paused = True
+        else:
+            self._start(request)
+
+    # -- answering -----------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` unless the connection is closed."""
+        if not self._closed:
+            assert self._transport is not None
+            self._transport.write(data)
+
+    async def drained(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.write_paused and not self._closed:
+            if self._drain is None or self._drain.done():
+                self._drain = self._loop.create_future()
+            await self._drain
+
+    def _wake_writer(self) -> None:
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _start(self, request: tuple[dict[str, Any], bytes, bool]) -> None:
+        """Answer one request: step the app; hand it to a task if it suspends."""
+        while True:
+            scope, body, keep_alive = request
+            exchange = _Exchange(self, body, keep_alive, scope["method"] == "HEAD")
+            coroutine = self._app(scope, exchange.receive, exchange.send)
+            try:
+                waiting_on = coroutine.send(None)
+            except StopIteration:
+                pass
+            except BaseException as error:  # the app's failure is this request's 500
+                self._app_failed(exchange, error)
+                return
+            else:
+                self._current = exchange
+                self._task = self._loop.create_task(self._carry_on(exchange, coroutine, waiting_on))
+                return
+            if not self._finish(exchange):
+                return
+            if not self._pending:
+                return
+            request = self._pending.popleft()
+            self._resume_reading()
+
+    async def _carry_on(self, exchange: _Exchange, coroutine: Any, waiting_on: Any) -> None:
+        try:
+            await _Continuation(coroutine, waiting_on)
+        except asyncio.CancelledError:
+            self._close()
+            raise
+        except BaseException as error:
+            self._app_failed(exchange, error)
+            return
+        finally:
+            self._current = None
+            self._task = None
+        if self._finish(exchange) and self._pending:
+            request = self._pending.popleft()
+            self._resume_reading()
+            self._start(request)
+
+    def _finish(self, exchange: _Exchange) -> bool:
+        """After the app returned: True if the connection goes on to the next request."""
+        if not exchange.started:
+            self.write(_simple_response(500, "the app sent no response"))
+            self._close()
+            return False
+        if not exchange.complete or not exchange.keep_alive:
+            self._close()
+            return False
+        return not self._closed
+
+    def _app_failed(self, exchange: _Exchange, error: BaseException) -> None:
+        if not _is_injected_drop(error):
+            _logger.error("mock app failed", exc_info=error)
+        if not exchange.started and not exchange.disconnected:
+            self.write(_simple_response(500, "internal server error"))
+        self._close()
+        if not isinstance(error, Exception):
+            raise error
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and len(self._pending) < _PENDING_MAX // 2:
+            assert self._transport is not None
+            self._transport.resume_reading()
+            self._reading_paused = False
+
+    def _fail(self, status: int, message: str) -> None:
+        if self._current is None:
+            self.write(_simple_response(status, message))
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what was written has been sent (a half-sent body is cut there)."""
+        if not self._closed:
+            self._closed = True
+            self._pending.clear()
+            assert self._transport is not None
+            self._transport.close()
+
+    def shut(self) -> None:
+        """Server shutdown: stop the answer in progress and close."""
+        if self._task is not None:
+            self._task.cancel()
+        self._close()
+
+
+def _is_injected_drop(error: BaseException) -> bool:
+    from engine.mock._app import DroppedConnection
+
+    return isinstance(error, DroppedConnection)
+
+
+class _Server:
+    """The listening socket's shared state: open connections and limits."""
+
+    def __init__(self, max_request_bytes: int) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.connections: set[_Connection] = set()
+
+
+async def serve(
+    app: App,
+    sockets: list[Any],
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[], None] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> None:
+    """Serve ``app`` on the listening ``sockets`` until ``stop`` is set.
+
+    Calls ``ready()`` (default: nothing) once the sockets accept connections.
+    On stop, the listeners close, answers in progress are cancelled and every
+    connection is closed.  Must run on an asyncio loop (uvloop recommended);
+    while it runs, ``sniffio`` reports ``"asyncio"`` for this thread, so the
+    app's anyio calls work when stepped outside a task.
+    """
+    loop = asyncio.get_running_loop()
+    state = _Server(max_request_bytes)
+    previous_library = sniffio.thread_local.name
+    sniffio.thread_local.name = "asyncio"
+    servers = []
+    try:
+        for sock in sockets:
+            servers.append(
+                await loop.create_server(lambda: _Connection(app, loop, state), sock=sock)
+            )
+        if ready is not None:
+            ready()
+        await stop.wait()
+    finally:
+        for server in servers:
+            server.close()
+        for connection in list(state.connections):
+            connection.shut()
+        for server in servers:
+            await server.wait_closed()
+        sniffio.thread_local.name = previous_library

@@ -1,0 +1,326 @@
+"""The mock's builtin HTTP/1.1 server (``engine mock --server builtin``) over raw sockets.
+
+One served mock for the module; faults are switched on and off through
+``POST /_mock/config``.  Plus the coroutine hand-over that lets the server step
+the app without a task, tested on plain asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.parse
+
+import pytest
+
+from engine.mock import MockConfig, serve_in_subprocess
+from engine.mock._server import _Continuation
+
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def address():
+    """(host, port) of one builtin-served mock for this module."""
+    with serve_in_subprocess(["--server", "builtin"]) as url:
+        parsed = urllib.parse.urlsplit(url)
+        yield parsed.hostname, parsed.port
+
+
+@pytest.fixture
+def connect(address):
+    """Open keep-alive connections to the mock; all closed after the test."""
+    sockets = []
+
+    def open_connection() -> socket.socket:
+        sock = socket.create_connection(address, timeout=10)
+        sockets.append(sock)
+        return sock
+
+    yield open_connection
+    for sock in sockets:
+        sock.close()
+
+
+@pytest.fixture
+def configure(connect):
+    """Change MockConfig fields for one test; the defaults are restored after it."""
+    changed: dict[str, object] = {}
+
+    def apply(**fields: object) -> None:
+        changed.update(fields)
+        response = roundtrip(connect(), "POST", "/_mock/config", json.dumps(fields).encode())
+        assert response.status == 200
+
+    yield apply
+    if changed:
+        defaults = MockConfig()
+        apply(**{name: getattr(defaults, name) for name in changed})
+
+
+class Response:
+    """One parsed HTTP/1.1 response."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Reader:
+    """Reads responses off one socket, keeping bytes that belong to the next one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def _take_line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise EOFError("connection closed mid-line")
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not self._fill():
+                raise EOFError(f"connection closed after {len(self.buffer)} of {size} bytes")
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        status = int(self._take_line().split()[1])
+        headers = {}
+        while line := self._take_line():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    def response(self, *, head_only: bool = False) -> Response:
+        status, headers = self.head()
+        if head_only:
+            return Response(status, headers, b"")
+        if headers.get("transfer-encoding") == "chunked":
+            chunks = []
+            while size := int(self._take_line(), 16):
+                chunks.append(self._take(size))
+                self._take_line()
+            self._take_line()
+            return Response(status, headers, b"".join(chunks))
+        return Response(status, headers, self._take(int(headers["content-length"])))
+
+    def at_eof(self) -> bool:
+        return not self.buffer and not self._fill()
+
+
+def request_bytes(
+    method: str, path: str, body: bytes = b"", extra: str = "", version: str = "1.1"
+) -> bytes:
+    length = f"Content-Length: {len(body)}\r\n" if body or method == "POST" else ""
+    return (f"{method} {path} HTTP/{version}\r\nHost: mock\r\n{length}{extra}\r\n").encode() + body
+
+
+def chat_body(text: str) -> bytes:
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()
+
+
+def roundtrip(sock: socket.socket, method: str, path: str, body: bytes = b"") -> Response:
+    sock.sendall(request_bytes(method, path, body))
+    return Reader(sock).response()
+
+
+def reply_text(response: Response) -> str:
+    return response.json()["choices"][0]["message"]["content"]
+
+
+# -- HTTP/1.1 ---------------------------------------------------------------------------
+
+
+def test_pipelined_requests_are_answered_in_order(connect):
+    """Three requests written at once get three answers, in request order."""
+    sock = connect()
+    sock.sendall(
+        b"".join(
+            request_bytes("POST", "/v1/chat/completions", chat_body(f"number {n}"))
+            for n in range(3)
+        )
+    )
+    reader = Reader(sock)
+    texts = [reply_text(reader.response()) for _ in range(3)]
+    assert texts == [f"Mock reply to: number {n}" for n in range(3)]
+
+
+def test_chunked_request_body_is_decoded(connect):
+    """A request body sent with chunked transfer coding reaches the app whole."""
+    body = chat_body("sent in chunks")
+    half = len(body) // 2
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        body[:half],
+        len(body) - half,
+        body[half:],
+    )
+    sock = connect()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunked
+    )
+    assert reply_text(Reader(sock).response()) == "Mock reply to: sent in chunks"
+
+
+def test_expect_100_continue_is_answered_before_the_body(connect):
+    """A client that asks ``Expect: 100-continue`` gets 100 Continue, then its answer."""
+    body = chat_body("after continue")
+    sock = connect()
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: mock\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    reader = Reader(sock)
+    assert reader.head()[0] == 100
+    sock.sendall(body)
+    assert reply_text(reader.response()) == "Mock reply to: after continue"
+
+
+def test_head_response_has_no_body(connect):
+    """HEAD gets the head only: the next response on the connection parses cleanly."""
+    sock = connect()
+    sock.sendall(request_bytes("HEAD", "/v1/models") + request_bytes("GET", "/v1/models"))
+    reader = Reader(sock)
+    head = reader.response(head_only=True)
+    assert head.status == 405
+    assert int(head.headers["content-length"]) > 0
+    following = reader.response()
+    assert following.status == 200
+    assert following.json()["object"] == "list"
+
+
+def test_connection_close_is_honoured(connect):
+    """``Connection: close`` gets ``connection: close`` back and the server hangs up."""
+    sock = connect()
+    sock.sendall(request_bytes("GET", "/v1/models", extra="Connection: close\r\n"))
+    reader = Reader(sock)
+    response = reader.response()
+    assert response.headers["connection"] == "close"
+    assert reader.at_eof()
+
+
+def test_http_10_without_keep_alive_closes(connect):
+    """An HTTP/1.0 request without keep-alive is answered, then the connection closes."""
+    sock = connect()
+    sock.sendall(request_bytes("GET", "/v1/models", version="1.0"))
+    reader = Reader(sock)
+    assert reader.response().status == 200
+    assert reader.at_eof()
+
+
+def test_malformed_request_gets_400_and_close(connect):
+    """Bytes that are not HTTP get a 400 and the connection is closed."""
+    sock = connect()
+    sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+    reader = Reader(sock)
+    assert reader.response().status == 400
+    assert reader.at_eof()
+
+
+def test_every_response_has_a_date(connect):
+    """Responses carry a ``date`` header, as OpenAI's do."""
+    assert roundtrip(connect(), "GET", "/v1/models").headers["date"].endswith("GMT")
+
+
+# -- faults and the hand-over to a task ----------------------------------------------
+
+
+def test_dropped_connection_cuts_the_body(connect, configure):
+    """With drop_rate 1 the status line and part of the body arrive, then EOF."""
+    configure(drop_rate=1.0)
+    sock = connect()
+    sock.sendall(request_bytes("POST", "/v1/chat/completions", chat_body("dropped")))
+    reader = Reader(sock)
+    status, headers = reader.head()
+    assert status == 200
+    with pytest.raises(EOFError):
+        reader._take(int(headers["content-length"]))
+
+
+def test_slow_body_arrives_whole(connect, configure):
+    """A slow body (sent from a task, in pieces over time) arrives complete and valid."""
+    configure(slow_body_rate=1.0, slow_body_ms=20.0)
+    sock = connect()
+    response = roundtrip(sock, "POST", "/v1/chat/completions", chat_body("slowly"))
+    assert reply_text(response) == "Mock reply to: slowly"
+
+
+def test_latency_keeps_pipelined_answers_in_order(connect, configure):
+    """With latency (answers finished by tasks) pipelined requests still answer in order."""
+    configure(latency_ms=5.0)
+    sock = connect()
+    sock.sendall(
+        b"".join(
+            request_bytes("POST", "/v1/chat/completions", chat_body(f"late {n}")) for n in range(3)
+        )
+    )
+    reader = Reader(sock)
+    assert [reply_text(reader.response()) for _ in range(3)] == [
+        f"Mock reply to: late {n}" for n in range(3)
+    ]
+
+
+# -- the coroutine hand-over (plain asyncio) -------------------------------------------
+
+
+def test_continuation_finishes_a_coroutine_stepped_outside_a_task():
+    """A coroutine suspended once by hand is finished by a task and returns its value."""
+
+    async def app() -> str:
+        await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
+        return "done"
+
+    async def main() -> str:
+        coroutine = app()
+        waiting_on = coroutine.send(None)
+
+        async def carry_on() -> str:
+            return await _Continuation(coroutine, waiting_on)
+
+        return await asyncio.get_running_loop().create_task(carry_on())
+
+    assert asyncio.run(main()) == "done"
+
+
+def test_continuation_relays_cancellation_to_the_coroutine():
+    """Cancelling the task that carries the coroutine cancels the coroutine itself."""
+    seen: list[str] = []
+
+    async def app() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main() -> None:
+        coroutine = app()
+        waiting_on = coroutine.send(None)
+
+        async def carry_on() -> None:
+            await _Continuation(coroutine, waiting_on)
+
+        task = asyncio.get_running_loop().create_task(carry_on())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen == ["cancelled"]
