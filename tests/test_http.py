@@ -680,3 +680,44 @@ async def test_endless_response_head_raises_remote_protocol_error(nursery):
     async with client_for(server) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get("/")
+
+
+async def test_write_timeout_when_server_stops_reading(nursery, autojump_clock):
+    """An endless upload to a server that never reads trips the write timeout."""
+
+    async def never_read(peer: Peer) -> None:
+        await trio.sleep_forever()
+
+    async def endless_body():
+        chunk = b"x" * 1_000_000
+        while True:
+            yield chunk
+
+    server = await start_server(nursery, never_read)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.WriteTimeout):
+            await client.post("/", content=endless_body(), timeout=httpx.Timeout(10.0, write=2.0))
+
+
+async def test_connect_timeout_when_server_never_accepts(autojump_clock):
+    """A listener whose backlog is full never completes the handshake: ConnectTimeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later handshakes stall
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        async with make_async_client(
+            f"http://127.0.0.1:{port}", headers={}, timeout=httpx.Timeout(10.0, connect=1.0)
+        ) as client:
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.get("/")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
