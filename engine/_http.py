@@ -404,6 +404,7 @@ class _Head:
     headers: list[tuple[bytes, bytes]]
     content_length: int
     keep_alive: bool
+    content_encoded: bool
 
 
 # Status line and header lines of an HTTP/1.1 response in the shape nearly
@@ -434,6 +435,7 @@ def _parse_simple_head(buffer: bytes, head_end: int, method: bytes) -> _Head | N
     headers = []
     content_length = None
     keep_alive = True
+    content_encoded = False
     for line in match[3].split(b"\r\n")[:-1]:
         name, _, value = line.partition(b":")
         value = value.strip(b" \t")
@@ -445,13 +447,15 @@ def _parse_simple_head(buffer: bytes, head_end: int, method: bytes) -> _Head | N
             content_length = int(value)
         elif lowered == b"transfer-encoding":
             return None
-        elif lowered == b"connection" and b"close" in value.lower():
-            keep_alive = False
+        elif lowered == b"connection":
+            keep_alive = b"close" not in value.lower()
+        elif lowered == b"content-encoding":
+            content_encoded = True
     if method == b"HEAD" or status_code in _NO_BODY_STATUSES:
         content_length = 0
     elif content_length is None:
         return None
-    return _Head(status_code, match[2] or b"", headers, content_length, keep_alive)
+    return _Head(status_code, match[2] or b"", headers, content_length, keep_alive, content_encoded)
 
 
 async def _read_with_h11(
@@ -489,19 +493,26 @@ async def _read_with_h11(
     keep_alive = (
         state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]
     )
-    head = _Head(response.status_code, response.reason, response.headers.raw_items(), 0, keep_alive)
+    content_encoded = any(name == b"content-encoding" for name, _ in response.headers)
+    head = _Head(
+        response.status_code,
+        response.reason,
+        response.headers.raw_items(),
+        0,
+        keep_alive,
+        content_encoded,
+    )
     return head, b"".join(chunks), keep_alive
 
 
 def _build_response(head: _Head, content: bytes) -> httpx.Response:
-    raw_headers = head.headers
     response = httpx.Response(
         head.status_code,
-        headers=raw_headers,
+        headers=head.headers,
         stream=httpx.ByteStream(content),
         extensions={"http_version": _HTTP_VERSION_EXTENSION, "reason_phrase": head.reason},
     )
-    if any(len(name) == 16 and name.lower() == b"content-encoding" for name, _ in raw_headers):
+    if head.content_encoded:
         # Decodes gzip/deflate/... and marks the body read.
         response.read()
     else:

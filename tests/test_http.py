@@ -721,3 +721,21 @@ async def test_connect_timeout_when_server_never_accepts(autojump_clock):
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+async def test_chunked_gzip_response_is_decoded(nursery):
+    """A gzip body sent chunked (read by h11) reaches the caller decoded."""
+    compressed = gzip.compress(OK_BODY)
+
+    async def answer_chunked_gzip(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(compressed), compressed)
+        )
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_chunked_gzip)
+    async with client_for(server) as client:
+        response = await client.get("/")
+    assert response.json() == {"ok": True}
