@@ -108,9 +108,14 @@ async def run(
         connector=connector, headers={"authorization": f"Bearer {api_key}"}
     ) as session:
         workers = [asyncio.create_task(worker(session)) for _ in range(limit)]
-        for request in requests:
-            await queue.put(request)
-        for _ in workers:
-            await queue.put(None)
-        await asyncio.gather(*workers)
+        try:
+            for request in requests:
+                await queue.put(request)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:  # cancelled from outside: stop them before the session closes
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     return records

@@ -140,24 +140,26 @@ async def run(
         error = None
         try:
             result = await call(request)
+        except asyncio.CancelledError:
+            raise  # cut off by the caller: not a result
         except Exception as exc:
-            error = type(exc).__name__
-            raise  # gathered with return_exceptions=True, as the seed does
-        finally:
-            attempts = log.pop(request.id, [])
-            records.append(
-                Record(
-                    id=request.id,
-                    sent=attempts[0][0] if attempts else None,
-                    last_sent=attempts[-1][0] if attempts else None,
-                    finished=time.time(),
-                    status=attempts[-1][2] if attempts else None,
-                    attempts=len(attempts),
-                    tokens=total_tokens(result),
-                    throttled=tuple(at for _, at, code in attempts if code == 429),
-                    error=error,
-                )
+            error = exc
+        attempts = log.pop(request.id, [])
+        records.append(
+            Record(
+                id=request.id,
+                sent=attempts[0][0] if attempts else None,
+                last_sent=attempts[-1][0] if attempts else None,
+                finished=time.time(),
+                status=attempts[-1][2] if attempts else None,
+                attempts=len(attempts),
+                tokens=total_tokens(result),
+                throttled=tuple(at for _, at, code in attempts if code == 429),
+                error=type(error).__name__ if error is not None else None,
             )
+        )
+        if error is not None:
+            raise error  # gathered with return_exceptions=True, as the seed does
         return result
 
     outcomes = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
