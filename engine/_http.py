@@ -24,8 +24,11 @@ What it does:
   without blocking, whether the server already closed it, and connects afresh if
   so. If a reused connection is closed by the peer before a single byte of the
   response arrived, the request is sent once more on a new connection (at most
-  once). A request is never re-sent after any byte of a response arrived, nor
-  when it failed on a fresh connection.
+  once, and only when its body is bytes: a consumed stream cannot be replayed).
+  A request is never re-sent after any byte of a response arrived, nor when it
+  failed on a fresh connection. (Strictly, a server could have read the request
+  and closed without answering; the engine's own retry policy treats that case
+  the same way, DESIGN.md §4.)
 * Per-request timeouts from ``request.extensions["timeout"]`` (what httpx puts
   there from ``httpx.Timeout``): ``connect`` bounds TCP connect plus TLS
   handshake (:class:`httpx.ConnectTimeout`), ``write`` bounds each send
@@ -37,8 +40,9 @@ What it does:
   -> :class:`httpx.ConnectError`; a broken socket while sending ->
   :class:`httpx.WriteError`; while receiving -> :class:`httpx.ReadError`; a
   malformed or truncated response (including a peer that closes mid-response)
-  -> :class:`httpx.RemoteProtocolError`; a request h11 refuses to send ->
-  :class:`httpx.LocalProtocolError`.
+  -> :class:`httpx.RemoteProtocolError`; a request that cannot be written
+  safely (a header name that is not a token, CR/LF/NUL in a value) ->
+  :class:`httpx.LocalProtocolError`, before anything is sent.
 * Cancellation (or any error) in the middle of a request closes the connection,
   so the next request starts on a clean one.
 * The response body is read completely before :meth:`handle_async_request`
@@ -47,8 +51,10 @@ What it does:
   ``Response`` therefore comes back already read; as with
   :class:`httpx.MockTransport`, httpx leaves ``response.elapsed`` unset.
 
-What it does not do: proxies (no ``HTTP(S)_PROXY`` support; connect directly),
-HTTP/2, ``Expect: 100-continue``, client certificates, or more than one
+What it does not do: proxies (no ``HTTP(S)_PROXY`` support; it connects
+directly), HTTP/2, ``Expect: 100-continue``, reading an early answer that
+arrives while the request body is still being sent (that is a WriteError),
+streaming responses to the caller, client certificates, or more than one
 request at a time per transport (concurrent callers queue for the connection).
 """
 
@@ -85,7 +91,7 @@ _TOKEN_LINES = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:\n[-!#$%&'*+.^_`|~0-9
 # _TOKEN_LINES: a worker sends the same names on every request.
 _valid_header_names: set[bytes] = set()
 # Request-side events fed to h11 in place of the real request, keyed by
-# (method, connection-close): see _serialize_request.
+# (method, connection-close): see _framing_event.
 _framing_events: dict[tuple[bytes, bool], h11.Request] = {}
 
 
@@ -243,7 +249,8 @@ class H11Transport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         url = request.url
         scheme = url.raw_scheme
-        origin = (scheme, url.host, url.port or _DEFAULT_PORTS.get(scheme, 80))
+        # raw_host is the IDNA-encoded (ASCII) name, as DNS and TLS want it.
+        origin = (scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS.get(scheme, 80))
         connection = self._connection
         if connection is not None and (connection.origin != origin or connection.poller()):
             # Readable while idle: the server closed it (or sent junk).
