@@ -22,11 +22,14 @@ function and listing it in ``ARRANGEMENTS``):
   ``engine._http.H11Transport``.
 * ``h11_per_worker``: one client per task from ``engine._http.make_async_client``
   (``H11Transport``, no cookie jar): what the engine's workers use.
+* ``engine_map`` (opt-in, ``--with-engine``): the whole engine,
+  ``engine.open_client(...).map(...)``.
 
 Usage::
 
     python -m benchmarks.http_arrangements [--concurrency 64 256] [--seconds 3]
-        [--warmup 1] [--only NAME ...] [--server auto|mock|noop] [--json PATH]
+        [--warmup 1] [--only NAME ...] [--with-engine] [--server auto|mock|noop]
+        [--url URL] [--json PATH] [--skip-shapes]
 """
 
 from __future__ import annotations
@@ -176,12 +179,43 @@ async def _run_clients(run: Run, clients: list[httpx.AsyncClient]) -> None:
                 await client.aclose()
 
 
+async def engine_map(run: Run) -> None:
+    """The full engine: ``engine.open_client(...).map(...)`` at ``concurrency``, limits learned.
+
+    Not in the default set (``--only engine_map`` or ``--with-engine``): it
+    measures the whole engine (token counting, limiter, retries, results), not
+    an HTTP arrangement.
+    """
+    import engine
+
+    async def requests():
+        number = 0
+        while not run.stopping:
+            yield engine.ChatRequest(
+                messages="Say hi", model="gpt-4o-mini", id=str(number), params={"max_tokens": 16}
+            )
+            number += 1
+
+    async with engine.open_client(
+        base_url=run.base_url,
+        api_key=REQUEST_HEADERS["authorization"].removeprefix("Bearer "),
+        concurrency=run.concurrency,
+    ) as client:
+        async for result in client.map(requests()):
+            if result.error is None:
+                run.completed += 1
+            else:
+                run.errors += 1
+
+
 ARRANGEMENTS: dict[str, Arrangement] = {
     "shared_client": shared_client,
     "client_per_worker": client_per_worker,
     "h11_plain_client": h11_plain_client,
     "h11_per_worker": h11_per_worker,
+    "engine_map": engine_map,
 }
+DEFAULT_ARRANGEMENTS = ("shared_client", "client_per_worker", "h11_plain_client", "h11_per_worker")
 
 
 @attrs.frozen
@@ -370,13 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="use this running server instead")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     parser.add_argument(
+        "--with-engine", action="store_true", help="also measure engine_map (the full engine)"
+    )
+    parser.add_argument(
         "--skip-shapes",
         action="store_true",
         help="skip the in-process comparison of response body shapes",
     )
     args = parser.parse_args(argv)
 
-    names = args.only or list(ARRANGEMENTS)
+    names = args.only or list(DEFAULT_ARRANGEMENTS)
+    if args.with_engine and "engine_map" not in names:
+        names.append("engine_map")
     client_cpus, server_cpus = split_cpus()
     pinned = pin(0, client_cpus)
     results: list[Measurement] = []
