@@ -1,31 +1,113 @@
-"""Throughput of the served mock (200 answers, quotas off), per server.
+"""Throughput of the served mock (200 answers, quotas off), per server; prints JSON.
 
-Serves ``engine mock`` in its own process (pinned to CPU 0 where possible) and
-drives it from a second process (pinned to CPU 1): a raw-socket, keep-alive
-HTTP/1.1 load generator on epoll, with ``--connections`` connections each
-keeping one request in flight (no pipelining).  Prints one JSON object.
+Serves ``engine mock --server NAME`` in its own process pinned to one CPU
+(``--server-cpu``, default 0) and drives it from a second process pinned to
+another (``--client-cpu``, default 1): ``wrk`` when it is on PATH (Debian
+package ``wrk``), else a raw-socket keep-alive Python load generator on
+epoll.  Either way ``--connections`` keep-alive connections each keep one
+request in flight.  Reported per server: req/s (wall clock), the server's CPU
+seconds (utime + stime from /proc) and requests per server CPU-second (less
+sensitive to other load on the machine), and the load generator's own CPU
+use (a generator at ~100% of its core is the bottleneck, not the server).
+Also reported: the app's in-process cost (µs per request calling the ASGI app
+directly with a fake receive/send on asyncio), the ceiling no server can beat.
 
     .venv/bin/python benchmarks/mock_throughput.py [--seconds 5] [--connections 64]
-        [--servers hypercorn uvicorn]
+        [--servers builtin uvicorn hypercorn] [--generator auto|wrk|python]
+        [--server-cpu 0] [--client-cpu 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import selectors
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
+from typing import Any
 
 from engine.mock import serve_in_subprocess
 
+MODEL = "gpt-4o-mini"
 BODY = json.dumps(
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
+    {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 ).encode()
+SERVERS = ("builtin", "uvicorn", "hypercorn")
+
+# wrk: POST the chat body; print one JSON line of totals when done.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%%d,"duration_us":%%d,"non_2xx":%%d,"socket_errors":%%d,' ..
+    '"latency_p50_ms":%%.3f,"latency_p99_ms":%%.3f}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+# -- load generators ---------------------------------------------------------------------
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _pin_self(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def run_wrk(url: str, connections: int, seconds: float, cpu: int | None) -> dict[str, Any]:
+    """Run wrk (one thread) against ``url``; its totals and its own CPU seconds."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % BODY.decode())
+    try:
+        before = _children_cpu()
+        completed = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            preexec_fn=lambda: _pin_self(cpu),
+        )
+        cpu_used = _children_cpu() - before
+    finally:
+        os.unlink(script.name)
+    totals = json.loads(completed.stdout.strip().splitlines()[-1])
+    elapsed = totals["duration_us"] / 1e6
+    return {
+        "ok": totals["requests"] - totals["non_2xx"],
+        "non_200": totals["non_2xx"],
+        "socket_errors": totals["socket_errors"],
+        "seconds": elapsed,
+        "latency_p50_ms": totals["latency_p50_ms"],
+        "latency_p99_ms": totals["latency_p99_ms"],
+        "generator_cpu_s": cpu_used,
+    }
 
 
 def _request(host: str, port: int) -> bytes:
@@ -36,31 +118,29 @@ def _request(host: str, port: int) -> bytes:
     ).encode() + BODY
 
 
-def _load(host: str, port: int, connections: int, seconds: float, cpu: int | None, out) -> None:
-    """Drive the server; send (ok, other, elapsed) to ``out``."""
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
+def _python_load(
+    host: str, port: int, connections: int, seconds: float, cpu: int | None, out: Any
+) -> None:
+    """Drive the server from this process; send (ok, other, elapsed, reconnects) to ``out``."""
+    _pin_self(cpu)
     request = _request(host, port)
-    selector = (
-        selectors.EpollSelector()
-        if hasattr(selectors, "EpollSelector")
-        else (selectors.DefaultSelector())
-    )
+    selector = selectors.DefaultSelector()
     buffers: dict[socket.socket, bytearray] = {}
-    for _ in range(connections):
+
+    def connect() -> None:
         sock = socket.create_connection((host, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         buffers[sock] = bytearray()
         selector.register(sock, selectors.EVENT_READ)
         sock.send(request)
+
+    for _ in range(connections):
+        connect()
     ok = other = reconnects = 0
     start = time.perf_counter()
     deadline = start + seconds
-    while True:
-        now = time.perf_counter()
-        if now >= deadline:
-            break
+    while (now := time.perf_counter()) < deadline:
         for key, _ in selector.select(deadline - now):
             sock = key.fileobj
             data = sock.recv(65536)
@@ -69,19 +149,11 @@ def _load(host: str, port: int, connections: int, seconds: float, cpu: int | Non
                 selector.unregister(sock)
                 del buffers[sock]
                 sock.close()
-                sock = socket.create_connection((host, port))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(False)
-                buffers[sock] = bytearray()
-                selector.register(sock, selectors.EVENT_READ)
-                sock.send(request)
+                connect()
                 continue
             buffer = buffers[sock]
             buffer += data
-            while True:
-                head_end = buffer.find(b"\r\n\r\n")
-                if head_end < 0:
-                    break
+            while (head_end := buffer.find(b"\r\n\r\n")) >= 0:
                 head = bytes(buffer[:head_end]).lower()
                 at = head.find(b"content-length:")
                 end = head.find(b"\r\n", at)
@@ -101,75 +173,45 @@ def _load(host: str, port: int, connections: int, seconds: float, cpu: int | Non
     out.send((ok, other, elapsed, reconnects))
 
 
-def measure(server: str, seconds: float, connections: int) -> dict:
-    args = ["--server", server]
-    with serve_in_subprocess(args) as base_url:
-        parsed = urllib.parse.urlsplit(base_url)
-        stats_url = f"{parsed.scheme}://{parsed.netloc}/_mock/stats"
-        pids = _server_pids()
-        if pids and hasattr(os, "sched_setaffinity"):
-            for pid in pids:
-                try:
-                    os.sched_setaffinity(pid, {0})
-                except OSError:
-                    pass
-        # warm up (tokenizer load, plan cache) before timing
-        receiver, sender = multiprocessing.Pipe(duplex=False)
-        warm = multiprocessing.Process(
-            target=_load, args=(parsed.hostname, parsed.port, 4, 0.5, 1, sender)
-        )
-        warm.start()
-        receiver.recv()
-        warm.join()
-        urllib.request.urlopen(
-            urllib.request.Request(f"{parsed.scheme}://{parsed.netloc}/_mock/reset", method="POST")
-        ).read()
-        receiver, sender = multiprocessing.Pipe(duplex=False)
-        driver = multiprocessing.Process(
-            target=_load, args=(parsed.hostname, parsed.port, connections, seconds, 1, sender)
-        )
-        cpu_before = _cpu_seconds(pids)
-        driver.start()
-        ok, other, elapsed, reconnects = receiver.recv()
-        cpu_used = _cpu_seconds(pids) - cpu_before
-        driver.join()
-        stats = json.loads(urllib.request.urlopen(stats_url).read())
+def run_python(
+    host: str, port: int, connections: int, seconds: float, cpu: int | None
+) -> dict[str, Any]:
+    """Run the Python load generator in a child process; its totals and CPU seconds."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    before = _children_cpu()
+    driver = multiprocessing.Process(
+        target=_python_load, args=(host, port, connections, seconds, cpu, sender)
+    )
+    driver.start()
+    ok, other, elapsed, reconnects = receiver.recv()
+    driver.join()
     return {
-        "server": server,
-        "connections": connections,
-        "seconds": round(elapsed, 2),
         "ok": ok,
         "non_200": other,
         "reconnects": reconnects,
-        "req_per_s": round(ok / elapsed),
-        "server_cpu_s": round(cpu_used, 2),
-        "req_per_server_cpu_s": round(ok / cpu_used) if cpu_used > 0 else None,
-        "server_counted_200": stats["status_counts"].get("200", 0),
+        "seconds": elapsed,
+        "generator_cpu_s": _children_cpu() - before,
     }
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by ``pids`` (from /proc; 0 elsewhere)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+# -- the server side -------------------------------------------------------------------
 
 
-def _server_pids() -> list[int]:
-    """PIDs of our own ``engine mock`` children (found via /proc, by parent PID)."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (from /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_pids() -> list[int]:
+    """PIDs of this process's children (found via /proc, by parent PID)."""
     me = os.getpid()
     pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return pids
-    for entry in entries:
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if not entry.isdigit():
             continue
         try:
@@ -182,18 +224,163 @@ def _server_pids() -> list[int]:
     return pids
 
 
+def _post(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, method="POST")).read()
+
+
+def measure(
+    server: str,
+    generator: str,
+    seconds: float,
+    connections: int,
+    server_cpu: int | None,
+    client_cpu: int | None,
+) -> dict[str, Any]:
+    """Serve with ``server``, warm it up, drive it for ``seconds``; one result record."""
+    started = time.perf_counter()
+    with serve_in_subprocess(["--server", server]) as base_url:
+        startup_s = time.perf_counter() - started
+        parsed = urllib.parse.urlsplit(base_url)
+        root = f"{parsed.scheme}://{parsed.netloc}"
+        (pid,) = _child_pids()
+        if server_cpu is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(pid, {server_cpu})
+        chat_url = f"{base_url}/chat/completions"
+        assert parsed.hostname is not None and parsed.port is not None
+
+        def drive(run_seconds: float, run_connections: int) -> dict[str, Any]:
+            if generator == "wrk":
+                return run_wrk(chat_url, run_connections, run_seconds, client_cpu)
+            return run_python(
+                parsed.hostname, parsed.port, run_connections, run_seconds, client_cpu
+            )
+
+        drive(1.0, 4)  # warm up: first-request costs, answer cache
+        _post(f"{root}/_mock/reset")
+        load_before = os.getloadavg()[0]
+        cpu_before = _cpu_seconds(pid)
+        result = drive(seconds, connections)
+        server_cpu_s = _cpu_seconds(pid) - cpu_before
+        stats = json.loads(urllib.request.urlopen(f"{root}/_mock/stats").read())
+    elapsed = result.pop("seconds")
+    ok = result["ok"]
+    return {
+        "server": server,
+        "generator": generator,
+        "connections": connections,
+        "seconds": round(elapsed, 2),
+        **result,
+        "req_per_s": round(ok / elapsed),
+        "server_cpu_s": round(server_cpu_s, 2),
+        "server_cpu_share": round(server_cpu_s / elapsed, 2),
+        "req_per_server_cpu_s": round(ok / server_cpu_s) if server_cpu_s > 0 else None,
+        "generator_cpu_s": round(result["generator_cpu_s"], 2),
+        "generator_cpu_share": round(result["generator_cpu_s"] / elapsed, 2),
+        "server_counted_200": stats["status_counts"].get("200", 0),
+        "startup_s": round(startup_s, 2),
+        "load_average_before": round(load_before, 2),
+    }
+
+
+# -- the app alone -------------------------------------------------------------------------
+
+
+def app_cost_us(requests: int = 20_000, repeats: int = 3) -> float:
+    """Best-of-``repeats`` µs per chat request calling the ASGI app directly on asyncio.
+
+    The receive/send callables are no-op coroutines, so this is the app's own
+    cost (routing, headers, cached answer, stats) with quotas off: the ceiling
+    for any server is ``1e6 / app_cost_us`` requests per CPU-second.
+    """
+    from engine._tokens import encoding_for_model
+    from engine.mock import create_app
+
+    encoding_for_model(MODEL)
+    app = create_app()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"authorization", b"Bearer sk-bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(BODY)),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    message = {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(_message: Any) -> None:
+        return None
+
+    async def timed() -> float:
+        for _ in range(200):  # warm the answer cache
+            await app(scope, receive, send)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(requests):
+                await app(scope, receive, send)
+            best = min(best, (time.perf_counter() - start) / requests)
+        return best * 1e6
+
+    return asyncio.run(timed())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured run per server")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
+    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
     parser.add_argument(
-        "--servers", nargs="+", default=["hypercorn", "uvicorn"], choices=["hypercorn", "uvicorn"]
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="auto: wrk when it is on PATH, else the Python load generator",
     )
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to")
+    parser.add_argument("--client-cpu", type=int, default=1, help="CPU the generator is pinned to")
     args = parser.parse_args()
-    results = [measure(server, args.seconds, args.connections) for server in args.servers]
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "python"
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu = args.server_cpu if args.server_cpu in cpus else None
+    client_cpu = (
+        args.client_cpu if args.client_cpu in cpus and args.client_cpu != server_cpu else None
+    )
+    if args.client_cpu == args.server_cpu:
+        client_cpu = None
+    app_us = app_cost_us()
+    results = [
+        measure(server, generator, args.seconds, args.connections, server_cpu, client_cpu)
+        for server in args.servers
+    ]
     print(
         json.dumps(
-            {"benchmark": "mock_throughput", "cpus": os.cpu_count(), "results": results}, indent=2
+            {
+                "benchmark": "mock_throughput",
+                "cpus": os.cpu_count(),
+                "server_cpu": server_cpu,
+                "client_cpu": client_cpu,
+                "generator": generator,
+                "app_in_process_us_per_request": round(app_us, 2),
+                "app_in_process_ceiling_req_per_cpu_s": round(1e6 / app_us),
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+                "results": results,
+            },
+            indent=2,
         )
     )
 

@@ -313,22 +313,20 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._body = []
-        self._body_size = 0
+    # No on_message_begin / on_headers_complete: httptools skips callbacks a
+    # protocol does not define, and each costs a call per request.  State is
+    # reset when a message completes.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        for name, value in self._headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                self.write(_CONTINUE)
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"expect" and value.lower() == b"100-continue":
+            # Sent before the rest of the head is parsed: harmless, as the
+            # client holds its body back until it reads this.
+            self.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -363,6 +361,10 @@ class _Connection(asyncio.Protocol):
         }
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = (scope, body, parser.should_keep_alive())
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
         if self._current is not None or self._pending:
             self._pending.append(request)
             if len(self._pending) >= _PENDING_MAX and not self._reading_paused:
