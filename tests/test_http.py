@@ -739,3 +739,46 @@ async def test_chunked_gzip_response_is_decoded(nursery):
     async with client_for(server) as client:
         response = await client.get("/")
     assert response.json() == {"ok": True}
+
+
+async def test_worker_client_joins_paths_to_base_url_every_time():
+    """Repeated and varied paths keep resolving against the (possibly changed) base URL."""
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200)
+
+    async with make_async_client(
+        "http://api.test/v1", headers={}, timeout=TIMEOUT, transport=httpx.MockTransport(handler)
+    ) as client:
+        await client.get("/chat/completions")
+        await client.get("/chat/completions")
+        await client.get("models?limit=2")
+        await client.get("http://other.test/x")
+        client.base_url = "http://api.test/v2"
+        await client.get("/chat/completions")
+    assert seen == [
+        "http://api.test/v1/chat/completions",
+        "http://api.test/v1/chat/completions",
+        "http://api.test/v1/models?limit=2",
+        "http://other.test/x",
+        "http://api.test/v2/chat/completions",
+    ]
+
+
+async def test_worker_client_ignores_response_cookies():
+    """Set-Cookie from the server is not stored nor sent back."""
+    sent_cookies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent_cookies.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "session=abc; Path=/"})
+
+    async with make_async_client(
+        "http://api.test/v1", headers={}, timeout=TIMEOUT, transport=httpx.MockTransport(handler)
+    ) as client:
+        await client.get("/a")
+        await client.get("/b")
+        assert not client.cookies
+    assert sent_cookies == [None, None]
