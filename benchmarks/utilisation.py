@@ -39,6 +39,7 @@ steady state each (under a minute).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import math
 import sys
 import time
@@ -57,6 +58,7 @@ from benchmarks.peers._harness import (
     process_cpu_seconds,
     start_child,
     start_mock,
+    stop_on_sigterm,
     wait_all,
     write_json,
 )
@@ -70,7 +72,7 @@ DEFAULT_RPM = 1200
 #: Seconds of steady state after the burst (token bucket) or from the start (per second).
 STEADY_SECONDS = 20.0
 QUICK_STEADY_SECONDS = 10.0
-#: Seconds a child may take to import and start before its first send.
+#: Seconds children get to import before they all start together.
 STARTUP_ALLOWANCE = 10.0
 #: A token bucket's burst counts as spent once its level is below this share of L.
 BURST_SPENT = 0.02
@@ -284,9 +286,15 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
     rows = []
     batches = [[p] for p in peers] if serial else [list(peers)]
     for batch in batches:
-        servers = {peer: start_mock(plan.mock_args()) for peer in batch}
+        # Start the mocks side by side: each takes seconds to import and bind.
+        with concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
+            started = list(pool.map(lambda _: start_mock(plan.mock_args()), batch))
+        servers = dict(zip(batch, started, strict=True))
         try:
             children = {}
+            # Every child imports, then waits for the same moment to start, so
+            # start-up (seconds under load) neither staggers peers nor eats the cut-off.
+            start_at = time.time() + STARTUP_ALLOWANCE
             for peer in batch:
                 args = [
                     "--child",
@@ -298,8 +306,9 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
                     "--rpm",
                     str(plan.rpm),
                     "--deadline",
-                    # the cut-off counts from the first send; allow for start-up
-                    str(plan.cutoff() + STARTUP_ALLOWANCE),
+                    str(plan.cutoff()),
+                    "--start-at",
+                    str(start_at),
                 ]
                 if plan.tpm is not None:
                     args += ["--tpm", str(plan.tpm)]
@@ -356,6 +365,8 @@ def _print_row(row: dict) -> None:
 def child_main(args: argparse.Namespace) -> None:
     """Run one peer (in a child process) and write its records as JSON."""
     limits = PeerLimits(rpm=args.rpm, tpm=args.tpm)
+    if args.start_at:
+        time.sleep(max(0.0, args.start_at - time.time()))
     wall, cpu = time.time(), time.process_time()
     records = run_peer(
         args.child,
@@ -434,10 +445,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tpm", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args)
         return
+    stop_on_sigterm()
     run(
         quick=args.quick,
         rpm=args.rpm,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,15 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in load],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so ``finally`` blocks stop the servers we started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def write_json(path: str, data: Any) -> None:

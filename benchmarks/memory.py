@@ -1,0 +1,165 @@
+"""Memory: peak RSS against the number of requests queued, per peer.
+
+Each peer gets a lazy generator of N requests (10k, 100k, 1M) against a slow
+mock (every answer takes 120 s, no quotas), so after the first few hundred
+calls are in flight everything else is *queued* — in whatever form the peer
+keeps it (the engine pulls from the iterator as workers free up; the seed
+approach makes a coroutine per input up front; aiometer needs a list).  The
+peer runs for ``--seconds`` after start, then is cut off.  The parent samples
+the child's RSS every 0.1 s (psutil) and reports the peak, next to the child's
+RSS just before the run (after imports) — the difference is what queueing N
+requests cost.  A child still alive ``--seconds + 20`` s after start is killed
+by its PID (it is then reported with the peak seen so far).
+
+    python -m benchmarks.memory [--quick] [--sizes 10000 100000 1000000]
+        [--seconds 6] [--peers NAME ...] [--out bench-results/memory.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from collections.abc import Sequence
+
+from benchmarks.peers import PEERS, PeerLimits, run_peer, workload
+from benchmarks.peers._harness import (
+    RESULTS_DIR,
+    machine,
+    start_child,
+    start_mock,
+    stop_on_sigterm,
+    write_json,
+)
+
+SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)
+MEMORY_PEERS = ("openai_sdk", "aiometer", "aiolimiter", "seed", "engine_known")
+SECONDS = 6.0
+QUICK_SECONDS = 4.0
+SLOW_LATENCY_MS = 120_000
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run one peer until its deadline (child process); write RSS figures."""
+    before = _rss_bytes()
+    records = run_peer(
+        args.child,
+        args.base_url,
+        "sk-bench-memory",
+        workload(args.size),
+        PeerLimits(),
+        deadline=args.deadline,
+    )
+    write_json(
+        args.out,
+        {
+            "rss_before_bytes": before,
+            # ru_maxrss is in KiB on Linux
+            "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "answered": len(records),
+        },
+    )
+
+
+def run(
+    *,
+    quick: bool = False,
+    sizes: Sequence[int] | None = None,
+    seconds: float | None = None,
+    peers: Sequence[str] = MEMORY_PEERS,
+    out: str = f"{RESULTS_DIR}/memory.json",
+) -> dict:
+    """Measure every peer at every size, one at a time; write and return the results."""
+    import psutil
+
+    sizes = sizes or (QUICK_SIZES if quick else SIZES)
+    seconds = seconds or (QUICK_SECONDS if quick else SECONDS)
+    started = time.time()
+    rows = []
+    server = start_mock(["--latency-ms", str(SLOW_LATENCY_MS)])
+    try:
+        for peer in peers:
+            for size in sizes:
+                child = start_child(
+                    "benchmarks.memory",
+                    [
+                        "--child",
+                        peer,
+                        "--base-url",
+                        server.base_url,
+                        "--size",
+                        str(size),
+                        "--deadline",
+                        str(seconds),
+                    ],
+                    timeout=seconds + 20.0,
+                )
+                peak = 0
+                handle = psutil.Process(child.process.pid)
+                while not child.finished():
+                    try:
+                        peak = max(peak, handle.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                    time.sleep(0.1)
+                result = child.result() or {}
+                peak = max(peak, result.get("ru_maxrss_bytes", 0))
+                before = result.get("rss_before_bytes")
+                row = {
+                    "peer": peer,
+                    "label": PEERS[peer].label,
+                    "queued": size,
+                    "peak_rss_mb": peak / 2**20,
+                    "rss_before_mb": before / 2**20 if before else None,
+                    "queue_cost_mb": (peak - before) / 2**20 if before else None,
+                    "finished_cleanly": bool(result),
+                }
+                rows.append(row)
+                print(
+                    f"{peer:15s} N={size:9,d} peak={row['peak_rss_mb']:8.1f} MB "
+                    f"(+{row['queue_cost_mb'] or float('nan'):.1f} MB over start)"
+                    f"{'' if result else ' KILLED'}",
+                    flush=True,
+                )
+    finally:
+        server.stop()
+    result = {
+        "scenario": "memory",
+        "machine": machine(),
+        "config": {"sizes": list(sizes), "seconds": seconds, "latency_ms": SLOW_LATENCY_MS},
+        "runs": rows,
+        "duration_s": time.time() - started,
+    }
+    write_json(out, result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+")
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(MEMORY_PEERS))
+    parser.add_argument("--out", default=f"{RESULTS_DIR}/memory.json")
+    parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    stop_on_sigterm()
+    run(quick=args.quick, sizes=args.sizes, seconds=args.seconds, peers=args.peers, out=args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

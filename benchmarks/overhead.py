@@ -1,0 +1,186 @@
+"""Client overhead: requests/s with quotas off and zero latency, at 32/128/512 in flight.
+
+Each peer runs in its own process pinned to the client CPU against its own
+``engine mock --server uvicorn`` (no quotas, no latency, pinned to the other
+CPU), with ``concurrency`` = 32, 128 and 512 requests in flight, for
+``--seconds`` after its first send (it is then cut off).  Reported per run:
+requests/s (answered requests / time from first send to last answer), client
+CPU µs per request (the child's CPU time over the run — start-up included —
+per answered request), the server's CPU seconds (a server near one CPU-second
+per second is the bottleneck, not the client), and Little's law (mean in
+flight = rate x mean latency).  The engine runs once here (known and learned
+limits are the same thing with no quota); the seed approach's concurrency is
+its semaphore.
+
+    python -m benchmarks.overhead [--quick] [--concurrency 32 128 512] [--seconds 4]
+        [--peers NAME ...] [--out bench-results/overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from benchmarks.peers import PEERS, PeerLimits, Record, run_peer, workload
+from benchmarks.peers._harness import (
+    RESULTS_DIR,
+    machine,
+    percentile,
+    process_cpu_seconds,
+    start_child,
+    start_mock,
+    stop_on_sigterm,
+    wait_all,
+    write_json,
+)
+
+CONCURRENCY = (32, 128, 512)
+OVERHEAD_PEERS = ("openai_sdk", "aiometer", "aiolimiter", "seed", "engine_known")
+SECONDS = 4.0
+QUICK_SECONDS = 2.0
+#: Requests offered per run: more than any peer finishes in the time box.
+OFFERED = 200_000
+STARTUP_ALLOWANCE = 10.0
+
+
+def summarise(records: Sequence[Record]) -> dict:
+    """Rate, latency and Little's law of one time-boxed run."""
+    ok = [r for r in records if r.status == 200 and r.last_sent is not None]
+    if not ok:
+        return {"answered": 0}
+    first = min(r.sent for r in ok)
+    last = max(r.finished for r in ok)
+    span = max(last - first, 1e-9)
+    latencies = [r.finished - r.last_sent for r in ok]
+    mean_latency = sum(latencies) / len(latencies)
+    rate = len(ok) / span
+    return {
+        "answered": len(ok),
+        "failed": len(records) - len(ok),
+        "span_s": span,
+        "requests_per_s": rate,
+        "latency_p50_ms": percentile(latencies, 0.5) * 1000,
+        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
+        "littles_law": {
+            "in_flight": sum(latencies) / span,
+            "rate_x_latency": rate * mean_latency,
+        },
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    """Run one peer for ``--seconds`` (child process) and write its summary."""
+    cpu = time.process_time()
+    records = run_peer(
+        args.child,
+        args.base_url,
+        "sk-bench-overhead",
+        workload(OFFERED),
+        PeerLimits(),
+        concurrency=args.concurrency,
+        deadline=args.deadline,
+    )
+    cpu = time.process_time() - cpu
+    summary = summarise(records)
+    summary["client_cpu_s"] = cpu
+    if summary.get("answered"):
+        summary["client_cpu_us_per_request"] = cpu / summary["answered"] * 1e6
+    write_json(args.out, summary)
+
+
+def run(
+    *,
+    quick: bool = False,
+    concurrency: Sequence[int] = CONCURRENCY,
+    seconds: float | None = None,
+    peers: Sequence[str] = OVERHEAD_PEERS,
+    out: str = f"{RESULTS_DIR}/overhead.json",
+) -> dict:
+    """Run every peer at every concurrency, one at a time; write and return the results."""
+    seconds = seconds or (QUICK_SECONDS if quick else SECONDS)
+    started = time.time()
+    rows = []
+    for peer in peers:
+        for level in concurrency:
+            server = start_mock([])
+            try:
+                server_cpu = process_cpu_seconds(server.pid)
+                child = start_child(
+                    "benchmarks.overhead",
+                    [
+                        "--child",
+                        peer,
+                        "--base-url",
+                        server.base_url,
+                        "--concurrency",
+                        str(level),
+                        "--deadline",
+                        str(seconds + _startup(peer)),
+                    ],
+                    timeout=seconds + STARTUP_ALLOWANCE + 30.0,
+                )
+                wait_all([child])
+                result = child.result() or {}
+                server_cpu = process_cpu_seconds(server.pid) - server_cpu
+            finally:
+                server.stop()
+            row = {
+                "peer": peer,
+                "label": PEERS[peer].label,
+                "concurrency": level,
+                "server_cpu_s": server_cpu,
+                **result,
+            }
+            rows.append(row)
+            print(
+                f"{peer:15s} c={level:4d} {row.get('requests_per_s', 0):8,.0f} req/s "
+                f"cpu={row.get('client_cpu_us_per_request', float('nan')):7.0f} µs/req "
+                f"server_cpu={server_cpu:.2f}s p50={row.get('latency_p50_ms', float('nan')):.1f}ms",
+                flush=True,
+            )
+    result = {
+        "scenario": "overhead",
+        "machine": machine(),
+        "config": {"seconds": seconds, "concurrency": list(concurrency), "quick": quick},
+        "runs": rows,
+        "duration_s": time.time() - started,
+    }
+    write_json(out, result)
+    return result
+
+
+def _startup(peer: str) -> float:
+    # The deadline counts from the peer's start; the engine opens one HTTP
+    # client per worker before its first send (~1-3 s for 512 workers).
+    return 3.0 if peer.startswith("engine") else 0.5
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(OVERHEAD_PEERS))
+    parser.add_argument("--out", default=f"{RESULTS_DIR}/overhead.json")
+    parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.concurrency = args.concurrency[0]
+        child_main(args)
+        return
+    stop_on_sigterm()
+    run(
+        quick=args.quick,
+        concurrency=args.concurrency,
+        seconds=args.seconds,
+        peers=args.peers,
+        out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
