@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 import outcome
@@ -85,6 +86,33 @@ class _Stop:
 
 
 @attrs.frozen
+class _Lease:
+    group: str
+    requests: float
+    tokens: float
+    expires_at: float
+
+
+@attrs.frozen
+class _CoolDown:
+    group: str
+    until: float
+
+
+@attrs.frozen
+class _LearnLimits:
+    group: str
+    rpm: float | None
+    tpm: float | None
+
+
+@attrs.frozen
+class _TakeBack:
+    group: str
+    reply: trio.MemorySendChannel
+
+
+@attrs.frozen
 class LimiterStatistics:
     """A snapshot of the limiter's counters.
 
@@ -119,14 +147,35 @@ class Limiter:
             the known request rates need at the observed latency (twice the
             rate times the latency, plus 8), never above ``max_in_flight``.
 
+    Shared quotas (several processes on one key) plug in with three
+    callbacks, each called synchronously from the limiter task and expected to
+    return at once (e.g. by ``send_nowait`` to the caller's own task):
+
+    * ``on_lease_needed(group, cost)``: a waiter of ``group`` needs leased
+      capacity (answer later with :meth:`lease_nowait`);
+    * ``on_cooldown(group, until)``: a 429 put ``group`` in cooldown until
+      ``until`` (trio clock), worth telling the other processes;
+    * ``on_limits_learned(group, rpm, tpm)``: headers taught new limits.
+
     Call :meth:`run` in a nursery (``await nursery.start(limiter.run)``); it
     returns after :meth:`close`.
     """
 
     def __init__(
-        self, book: QuotaBook, *, max_in_flight: int = 512, auto_in_flight: bool = False
+        self,
+        book: QuotaBook,
+        *,
+        max_in_flight: int = 512,
+        auto_in_flight: bool = False,
+        on_lease_needed: Callable[[str, Cost], None] | None = None,
+        on_cooldown: Callable[[str, float], None] | None = None,
+        on_limits_learned: Callable[[str, float | None, float | None], None] | None = None,
     ) -> None:
         self._book = book
+        self._on_lease_needed = on_lease_needed
+        self._on_cooldown = on_cooldown
+        self._on_limits_learned = on_limits_learned
+        self._known_limits: dict[str, tuple[float | None, float | None]] = {}
         self._send, self._receive = trio.open_memory_channel[object](math.inf)
         self._queues: dict[str, deque[_Waiter]] = {}
         self._max_in_flight = max_in_flight
@@ -191,6 +240,36 @@ class Limiter:
     def stop_nowait(self, error: FatalError) -> None:
         """Refuse every waiting and future acquire with ``error`` (e.g. insufficient_quota)."""
         self._report(_Stop(error))
+
+    def lease_nowait(
+        self, group: str, *, requests: float, tokens: float, expires_at: float
+    ) -> None:
+        """Add capacity leased from a shared quota (``expires_at`` on the trio clock)."""
+        self._report(_Lease(group, requests, tokens, expires_at))
+
+    def cool_down_nowait(self, group: str, until: float) -> None:
+        """Hold ``group`` until ``until`` (trio clock): a cooldown seen elsewhere."""
+        self._report(_CoolDown(group, until))
+
+    def learn_limits_nowait(self, group: str, *, rpm: float | None, tpm: float | None) -> None:
+        """Adopt per-minute limits another process learned (configured ones win)."""
+        self._report(_LearnLimits(group, rpm, tpm))
+
+    async def take_back_lease(self, group: str) -> tuple[float, float]:
+        """Empty ``group``'s lease pool and return the unused (requests, tokens).
+
+        Checkpoints.  Returns (0, 0) if the limiter has stopped.
+        """
+        send, receive = trio.open_memory_channel[tuple[float, float]](1)
+        try:
+            self._send.send_nowait(_TakeBack(group, send))
+        except trio.ClosedResourceError:
+            return (0.0, 0.0)
+        async with receive:
+            try:
+                return await receive.receive()
+            except trio.EndOfChannel:
+                return (0.0, 0.0)
 
     def close(self) -> None:
         """End :meth:`run` once it has handled the messages already sent."""
@@ -270,19 +349,43 @@ class Limiter:
             )
             if self._auto:
                 self._update_cap()
+            if self._on_limits_learned is not None and message.headers is not None:
+                group = message.reservation.group
+                learned = book.learned_limits(group, now)
+                if learned != self._known_limits.get(group):
+                    self._known_limits[group] = learned
+                    self._on_limits_learned(group, *learned)
         elif isinstance(message, _RateLimited):
             self._in_flight -= 1
             self._rate_limited += 1
-            book.rate_limited(
+            until = book.rate_limited(
                 message.reservation,
                 now,
                 headers=message.headers,
                 retry_after=message.retry_after,
                 limit_type=message.limit_type,
             )
+            if self._on_cooldown is not None:
+                self._on_cooldown(message.reservation.group, until)
         elif isinstance(message, _Release):
             self._in_flight -= 1
             book.release(message.reservation, now)
+        elif isinstance(message, _Lease):
+            book.add_lease(
+                message.group,
+                requests=message.requests,
+                tokens=message.tokens,
+                expires_at=message.expires_at,
+                now=now,
+            )
+        elif isinstance(message, _CoolDown):
+            book.cool_down(message.group, message.until, now)
+        elif isinstance(message, _LearnLimits):
+            book.learn_limits(message.group, now, rpm=message.rpm, tpm=message.tpm)
+            self._known_limits[message.group] = book.learned_limits(message.group, now)
+        elif isinstance(message, _TakeBack):
+            with message.reply:
+                message.reply.send_nowait(book.take_back_lease(message.group, now))
         elif isinstance(message, _Stop):
             if self._stopped is None:
                 self._stopped = message.error
@@ -316,6 +419,8 @@ class Limiter:
                 if isinstance(decision, Wait):
                     if decision.until is not None:
                         wake = min(wake, decision.until)
+                    if decision.lease and self._on_lease_needed is not None:
+                        self._on_lease_needed(waiter.group, waiter.cost)
                     break
                 queue.popleft()
                 if isinstance(decision, TooLarge):

@@ -195,10 +195,13 @@ class Wait:
     """Decision: the head request cannot go yet.
 
     ``until`` is the absolute time worth re-checking at, or None when only a
-    response (a settle) can change the answer.
+    response (a settle) or a new lease can change the answer.  ``lease`` is
+    True when a shared quota's lease is what is missing (see
+    :meth:`QuotaBook.add_lease`).
     """
 
     until: float | None
+    lease: bool = False
 
 
 @attrs.frozen
@@ -221,6 +224,10 @@ class _Group:
     paced: bool
     pace_fraction: float
     cooldown_until: float = -math.inf
+    # Capacity leased from a shared quota (infinite when the book is not shared).
+    lease_requests: float = math.inf
+    lease_tokens: float = math.inf
+    lease_expires_at: float = math.inf
     next_slot: float = -math.inf
     seen_response: bool = False
     last_grant_at: float = -math.inf
@@ -256,6 +263,11 @@ class QuotaBook:
             (default 0.98).
         default_cooldown: seconds a group cools down after a 429 that names no
             reset (default 1.0).
+        shared: True when several processes share the quota (default False).
+            Every grant then also needs capacity *leased* from the shared
+            quota (:meth:`add_lease`); the local dimensions still learn limits
+            and semantics from headers, but are not corrected by them (the
+            server's remaining counts the other processes' requests too).
     """
 
     def __init__(
@@ -266,8 +278,10 @@ class QuotaBook:
         margin: float = 0.02,
         pace_fraction: float = 0.98,
         default_cooldown: float = 1.0,
+        shared: bool = False,
     ) -> None:
         self._limits = limits
+        self._shared = shared
         self._probe_interval = probe_interval
         self._margin = margin
         self._pace_fraction = pace_fraction
@@ -305,6 +319,9 @@ class QuotaBook:
             group = _Group(
                 name=name, dims=dims, paced=not limits.burst, pace_fraction=self._pace_fraction
             )
+            if self._shared:
+                group.lease_requests = group.lease_tokens = 0.0
+                group.lease_expires_at = -math.inf
             self._groups[name] = group
         return group
 
@@ -346,8 +363,16 @@ class QuotaBook:
                 return Wait(probe_at)
             # Nothing in flight and no way to know: send one request as a probe.
         elif ready > now:
-            return Wait(ready)
+            return Wait(ready, lease=self._shared and not self._leased(group, cost, now))
+        if self._shared and not self._leased(group, cost, now):
+            return Wait(None, lease=True)
         return self._reserve(group, cost, now)
+
+    @staticmethod
+    def _leased(group: _Group, cost: Cost, now: float) -> bool:
+        if now >= group.lease_expires_at:
+            group.lease_requests = group.lease_tokens = 0.0
+        return group.lease_requests >= cost.requests and group.lease_tokens >= cost.tokens
 
     def _reserve(self, group: _Group, cost: Cost, now: float) -> Reservation:
         for dim in group.dim_list:
@@ -365,6 +390,8 @@ class QuotaBook:
         )
         if group.paced:
             group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
+        group.lease_requests -= cost.requests
+        group.lease_tokens -= cost.tokens
         group.in_flight += 1
         group.last_grant_at = now
         self._seq += 1
@@ -389,6 +416,9 @@ class QuotaBook:
         group = self._finish(reservation)
         if group is None:
             return
+        if now < group.lease_expires_at:
+            group.lease_requests += reservation.cost.requests
+            group.lease_tokens += reservation.cost.tokens
         for dim in group.dims.values():
             dim.refill(now)
             need = dim.need(reservation.cost)
@@ -418,6 +448,8 @@ class QuotaBook:
         applied = self._apply_headers(group, reservation, headers, now)
         if used_tokens is not None:
             delta = reservation.cost.tokens - used_tokens
+            if now < group.lease_expires_at:
+                group.lease_tokens += delta  # the lease was charged the estimate
             for dim in group.dims.values():
                 if dim.counts_tokens and dim.name not in applied:
                     dim.refill(now)
@@ -447,6 +479,9 @@ class QuotaBook:
         group.seen_response = True
         group.rate_limited += 1
         self._unreserve(group, reservation, now)
+        if now < group.lease_expires_at:
+            group.lease_requests += reservation.cost.requests
+            group.lease_tokens += reservation.cost.tokens
         self._apply_headers(group, reservation, headers, now, served=False)
         both = ("requests", "tokens")
         kinds = (limit_type,) if limit_type in both else both
@@ -524,7 +559,7 @@ class QuotaBook:
                 # A 429 is not charged (the caller already returned the cost):
                 # compare as if this request had never been granted.
                 mark = (mark[0] + need, mark[1] - need, mark[2])
-            if remaining is not None and dim.mode is not RefillMode.SUBWINDOW:
+            if remaining is not None and dim.mode is not RefillMode.SUBWINDOW and not self._shared:
                 may_raise = dim.configured is None or (
                     limit is not None and limit <= dim.configured
                 )
@@ -600,6 +635,67 @@ class QuotaBook:
             dim.mode = RefillMode.STEP
         if dim.mode is RefillMode.STEP:
             dim.full_at = now + reset
+
+    # -- shared quota ---------------------------------------------------------
+
+    def add_lease(
+        self, group_name: str, *, requests: float, tokens: float, expires_at: float, now: float
+    ) -> None:
+        """Add capacity leased from the shared quota, usable until ``expires_at``.
+
+        Capacity left from an earlier lease that has not expired is kept, and
+        the whole pool then lasts until the later expiry.
+        """
+        group = self._group(group_name, now)
+        if now >= group.lease_expires_at:
+            group.lease_requests = group.lease_tokens = 0.0
+        group.lease_requests += requests
+        group.lease_tokens += tokens
+        group.lease_expires_at = max(group.lease_expires_at, expires_at)
+
+    def take_back_lease(self, group_name: str, now: float) -> tuple[float, float]:
+        """Empty the group's lease pool; return the unused (requests, tokens).
+
+        For handing capacity back to the shared quota when the group is idle.
+        """
+        group = self._group(group_name, now)
+        if now >= group.lease_expires_at:
+            unused = (0.0, 0.0)
+        else:
+            unused = (max(0.0, group.lease_requests), max(0.0, group.lease_tokens))
+        group.lease_requests = group.lease_tokens = 0.0
+        group.lease_expires_at = -math.inf
+        return unused
+
+    def lease_state(self, group_name: str, now: float) -> tuple[float, float, float]:
+        """(requests, tokens, expires_at) left in the group's lease pool."""
+        group = self._group(group_name, now)
+        if now >= group.lease_expires_at:
+            return (0.0, 0.0, group.lease_expires_at)
+        return (group.lease_requests, group.lease_tokens, group.lease_expires_at)
+
+    def cool_down(self, group_name: str, until: float, now: float) -> None:
+        """Hold the group until ``until`` (a cooldown another process observed)."""
+        group = self._group(group_name, now)
+        group.cooldown_until = max(group.cooldown_until, until)
+
+    def learned_limits(self, group_name: str, now: float) -> tuple[float | None, float | None]:
+        """The (requests, tokens) per-minute limits the group knows now."""
+        rpm, tpm = self._group(group_name, now).minute_dims
+        return (rpm.limit, tpm.limit)
+
+    def learn_limits(
+        self, group_name: str, now: float, *, rpm: float | None, tpm: float | None
+    ) -> None:
+        """Adopt per-minute limits another process learned (configured ones win)."""
+        group = self._group(group_name, now)
+        for dim, value in zip(group.minute_dims, (rpm, tpm), strict=True):
+            if value is None or value <= 0 or dim.configured is not None:
+                continue
+            if dim.limit is None:
+                dim.level = float(value)
+            dim.limit = float(value)
+            dim.level = min(dim.level, dim.capacity)
 
     # -- introspection --------------------------------------------------------
 

@@ -188,3 +188,32 @@ async def test_close_ends_the_task_and_fails_waiters(autojump_clock):
         await trio.testing.wait_all_tasks_blocked()
         limiter.close()
     assert len(failures) == 1
+
+
+async def test_shared_quota_hooks_ask_for_leases_and_publish_cooldowns(autojump_clock):
+    """A waiter without lease triggers on_lease_needed; a lease unblocks it; 429s are told."""
+    needed: list[str] = []
+    cooldowns: list[tuple[str, float]] = []
+    limiter = Limiter(
+        QuotaBook(Limits(rpm=600), margin=0.0, shared=True),
+        on_lease_needed=lambda group, cost: needed.append(group),
+        on_cooldown=lambda group, until: cooldowns.append((group, until)),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.run)
+        got: list[object] = []
+
+        async def waiter() -> None:
+            got.append(await limiter.acquire("g", ONE))
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert needed and needed[0] == "g" and not got
+        limiter.lease_nowait("g", requests=5, tokens=0, expires_at=60.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(got) == 1
+        limiter.rate_limited_nowait(got[0], retry_after=2.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert cooldowns == [("g", pytest.approx(2.0))]
+        assert await limiter.take_back_lease("g") == (5, 0)
+        limiter.close()

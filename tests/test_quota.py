@@ -369,3 +369,41 @@ def test_snapshot_taken_at_answer_time_is_not_double_counted():
     # the server answered after all ten arrived: it reports 589 remaining
     book.settle(first, 0.0, headers=headers(limit_requests=600, remaining_requests=589))
     assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(589)
+
+
+def test_shared_book_grants_only_leased_capacity():
+    """With shared=True a grant needs a lease; the lease bounds how many go."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0, shared=True)
+    assert book.decide("g", ONE, 0.0) == Wait(None, lease=True)
+    book.add_lease("g", requests=3, tokens=0, expires_at=10.0, now=0.0)
+    seen(book)
+    grant(book, 0.0)
+    grant(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(None, lease=True)
+
+
+def test_expired_lease_is_not_used():
+    """Capacity left in a lease is gone once the lease expires."""
+    book = QuotaBook(None, shared=True)
+    book.add_lease("g", requests=5, tokens=100, expires_at=1.0, now=0.0)
+    assert book.lease_state("g", 0.5) == (5, 100, 1.0)
+    assert book.decide("g", ONE, 1.0) == Wait(None, lease=True)
+
+
+def test_unused_lease_is_taken_back_and_released_permits_refill_it():
+    """A released permit returns to the lease; take_back_lease empties the pool."""
+    book = QuotaBook(None, shared=True)
+    book.add_lease("g", requests=2, tokens=50, expires_at=10.0, now=0.0)
+    r = grant(book, 0.0, Cost(tokens=20))
+    book.release(r, 0.0)
+    assert book.take_back_lease("g", 0.0) == (2, 50)
+    assert book.decide("g", ONE, 0.0) == Wait(None, lease=True)
+
+
+def test_remote_cooldown_and_learned_limits_are_adopted():
+    """cool_down holds the group; learn_limits fills unknown limits only."""
+    book = QuotaBook({"g": Limits(tpm=1000)})
+    book.cool_down("g", 5.0, 0.0)
+    book.learn_limits("g", 0.0, rpm=60, tpm=99_999)
+    assert book.learned_limits("g", 0.0) == (60, 1000)
+    assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(5.0))
