@@ -13,7 +13,7 @@ Also reported: the app's in-process cost (µs per request calling the ASGI app
 directly with a fake receive/send on asyncio), the ceiling no server can beat.
 
     .venv/bin/python benchmarks/mock_throughput.py [--seconds 5] [--connections 64]
-        [--servers builtin uvicorn hypercorn] [--generator auto|wrk|python]
+        [--servers builtin uvicorn hypercorn noop] [--generator auto|wrk|python]
         [--server-cpu 0] [--client-cpu 1]
 """
 
@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from engine.mock import serve_in_subprocess
@@ -41,7 +45,7 @@ MODEL = "gpt-4o-mini"
 BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 ).encode()
-SERVERS = ("builtin", "uvicorn", "hypercorn")
+SERVERS = ("builtin", "uvicorn", "hypercorn", "noop")
 
 # wrk: POST the chat body; print one JSON line of totals when done.
 WRK_SCRIPT = """
@@ -228,6 +232,74 @@ def _post(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(url, method="POST")).read()
 
 
+# -- the floor: a no-op app on the builtin server ------------------------------------------
+
+
+async def _noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request with a fixed body the size of the mock's chat answer."""
+    await receive()
+    await send(_NOOP_START)
+    await send(_NOOP_BODY)
+
+
+_NOOP_PAYLOAD = b'{"id":"chatcmpl-noop",' + b'"x":"' + b"." * 520 + b'"}'
+_NOOP_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(_NOOP_PAYLOAD)),
+        (b"x-request-id", b"req_noop"),
+    ],
+}
+_NOOP_BODY = {"type": "http.response.body", "body": _NOOP_PAYLOAD}
+
+
+def serve_noop() -> None:
+    """Serve the no-op app with the mock's builtin server on a free port until SIGTERM."""
+    import uvloop
+
+    from engine.mock._server import serve
+
+    sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    port = sock.getsockname()[1]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        ready = lambda: print(f"noop listening on http://127.0.0.1:{port}/v1", flush=True)  # noqa: E731
+        await serve(_noop_app, [sock], stop=stop, ready=ready)
+
+    uvloop.run(main())
+
+
+@contextlib.contextmanager
+def _noop_server() -> Iterator[str]:
+    """Run :func:`serve_noop` in a child process; yield its base URL; stop it by PID."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--serve-noop"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if "listening on " not in line:
+            raise RuntimeError(f"no-op server did not start: {line!r}")
+        yield line.split("listening on ", 1)[1].strip()
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def measure(
     server: str,
     generator: str,
@@ -236,9 +308,14 @@ def measure(
     server_cpu: int | None,
     client_cpu: int | None,
 ) -> dict[str, Any]:
-    """Serve with ``server``, warm it up, drive it for ``seconds``; one result record."""
+    """Serve with ``server``, warm it up, drive it for ``seconds``; one result record.
+
+    ``server`` is an ``engine mock --server`` choice, or ``noop`` for the
+    builtin server answering with a fixed body (the HTTP + kernel floor).
+    """
     started = time.perf_counter()
-    with serve_in_subprocess(["--server", server]) as base_url:
+    serving = _noop_server() if server == "noop" else serve_in_subprocess(["--server", server])
+    with serving as base_url:
         startup_s = time.perf_counter() - started
         parsed = urllib.parse.urlsplit(base_url)
         root = f"{parsed.scheme}://{parsed.netloc}"
@@ -256,12 +333,17 @@ def measure(
             )
 
         drive(1.0, 4)  # warm up: first-request costs, answer cache
-        _post(f"{root}/_mock/reset")
+        if server != "noop":
+            _post(f"{root}/_mock/reset")
         load_before = os.getloadavg()[0]
         cpu_before = _cpu_seconds(pid)
         result = drive(seconds, connections)
         server_cpu_s = _cpu_seconds(pid) - cpu_before
-        stats = json.loads(urllib.request.urlopen(f"{root}/_mock/stats").read())
+        stats = (
+            {"status_counts": {}}
+            if server == "noop"
+            else json.loads(urllib.request.urlopen(f"{root}/_mock/stats").read())
+        )
     elapsed = result.pop("seconds")
     ok = result["ok"]
     return {
@@ -342,7 +424,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured run per server")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=list(SERVERS),
+        choices=SERVERS,
+        help="engine mock --server choices; noop: a fixed answer on the builtin server (floor)",
+    )
+    parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--generator",
         choices=("auto", "wrk", "python"),
@@ -352,6 +441,9 @@ def main() -> None:
     parser.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to")
     parser.add_argument("--client-cpu", type=int, default=1, help="CPU the generator is pinned to")
     args = parser.parse_args()
+    if args.serve_noop:
+        serve_noop()
+        return
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"

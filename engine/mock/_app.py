@@ -2,8 +2,9 @@
 
 Answers are built once per distinct request body and cached as bytes; quota
 arithmetic is O(1) (:mod:`engine.mock._quotas`); sleeps go through anyio, so the
-same app runs in-process under trio (``httpx.ASGITransport``) and under
-hypercorn's trio worker or uvicorn on asyncio.
+same app runs in-process under trio (``httpx.ASGITransport``) and served by
+the builtin server (:mod:`engine.mock._server`) or uvicorn on asyncio, or by
+hypercorn's trio worker.
 
 Checkpoints: the app awaits the server's ``receive`` / ``send`` and, when
 latency or a slow body is configured, ``anyio.sleep``; nothing else.  So with
