@@ -95,11 +95,11 @@ def start_server(
 ) -> ServerProcess:
     """Start ``argv``, pin it to ``cpus``, and wait for its ``listening on URL`` line.
 
-    Output lines before the ready line are kept for the error message; after
-    it, the server's stdout is discarded (it keeps running on its own pipe
-    being drained by nobody, so servers should print little). Raises
-    ``RuntimeError`` if the process exits or ``ready_timeout`` (default 30 s)
-    passes first; the process is stopped in that case.
+    The server's stdout and stderr (merged) are read until that line; lines
+    before it are kept for the error message, and everything after it is
+    read and discarded by a daemon thread so a chatty server never blocks on a
+    full pipe. Raises ``RuntimeError`` if the process exits or
+    ``ready_timeout`` (default 30 s) passes first; the process is stopped then.
     """
     process = subprocess.Popen(
         list(argv),
@@ -107,28 +107,31 @@ def start_server(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=env,
-        text=True,
-        bufsize=1,
     )
     pin(process.pid, cpus)
     server = ServerProcess(process, "")
+    fd = process.stdout.fileno()
+    pending = b""
     seen: list[str] = []
     deadline = time.monotonic() + ready_timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
                 continue
-            line = process.stdout.readline()
-            if not line:
+            data = os.read(fd, 65536)
+            if not data:
                 break
-            seen.append(line.rstrip())
-            match = READY_LINE.search(line)
-            if match:
-                server.base_url = match.group(1)
-                # Hand the pipe to /dev/null so a chatty server never blocks on it.
-                _drain_in_background(process)
-                return server
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for raw_line in lines:
+                line = raw_line.decode(errors="replace").rstrip()
+                seen.append(line)
+                match = READY_LINE.search(line)
+                if match:
+                    server.base_url = match.group(1)
+                    _drain_in_background(process)
+                    return server
     server.stop()
     tail = "\n".join(seen[-20:])
     raise RuntimeError(f"server {argv!r} did not become ready:\n{tail}")
@@ -138,7 +141,7 @@ def _drain_in_background(process: subprocess.Popen) -> None:
     import threading
 
     def drain() -> None:
-        for _ in process.stdout:
+        while os.read(process.stdout.fileno(), 65536):
             pass
 
     threading.Thread(target=drain, daemon=True).start()
