@@ -306,14 +306,18 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
                     "--rpm",
                     str(plan.rpm),
                     "--deadline",
-                    str(plan.cutoff()),
+                    # counted from the common start; the engine first opens a
+                    # client per worker (seconds under load), so allow for it
+                    str(plan.cutoff() + STARTUP_ALLOWANCE),
                     "--start-at",
                     str(start_at),
                 ]
                 if plan.tpm is not None:
                     args += ["--tpm", str(plan.tpm)]
                 children[peer] = start_child(
-                    "benchmarks.utilisation", args, timeout=plan.cutoff() + STARTUP_ALLOWANCE + 30.0
+                    "benchmarks.utilisation",
+                    args,
+                    timeout=plan.cutoff() + 2 * STARTUP_ALLOWANCE + 30.0,
                 )
             wait_all(list(children.values()))
             for peer in batch:

@@ -1,0 +1,456 @@
+"""``engine bench``: the benchmark scenarios, and a load generator for any OpenAI-compatible server.
+
+Two uses:
+
+* ``engine bench [all|utilisation|overhead|memory|report] [--quick]`` runs the
+  scenarios in ``benchmarks/`` (from a checkout: the current directory must be
+  the repository root) and regenerates ``docs/benchmarks.md`` and its plots.
+  ``all`` (the default) runs every scenario, then the report.
+* ``engine bench --base-url URL [--model M] [--concurrency N | --rate R]
+  [--duration S] [--json PATH]`` loads a server with chat completions: closed
+  loop (N requests always in flight, the default with N = 32) or open loop
+  (Poisson arrivals at R per second, latency measured from the *scheduled*
+  send time so a slow server cannot hide queueing).  It reports requests/s,
+  tokens/s, latency percentiles, errors by kind, and its own CPU use: the
+  generator's CPU seconds per wall second (near 1.0 means the generator, not
+  the server, is the limit — the report says so) and, in open loop, how late
+  sends left against their schedule.  The API key is ``$OPENAI_API_KEY``;
+  it is never printed.
+
+The load generator runs on trio with one keep-alive HTTP/1.1 connection per
+worker (``engine._http``), request bodies encoded once, and only the
+``usage`` of each answer decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import attrs
+
+__all__ = ["LoadReport", "register", "run_load"]
+
+SCENARIOS = ("all", "utilisation", "overhead", "memory", "report")
+DEFAULT_CONCURRENCY = 32
+DEFAULT_DURATION = 10.0
+#: Most requests in flight in open loop; arrivals beyond it are counted as ``dropped``.
+DEFAULT_MAX_IN_FLIGHT = 1024
+#: Generator CPU share above which the report warns that it may be the bottleneck.
+BUSY_GENERATOR = 0.8
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``bench`` subcommand to the ``engine`` parser."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the benchmarks, or load any OpenAI-compatible server (--base-url)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        choices=SCENARIOS,
+        default=None,
+        help="benchmark scenario to run (default: all; ignored with --base-url)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short scenarios (under 2 minutes in all)"
+    )
+    load = parser.add_argument_group("load a server (--base-url)")
+    load.add_argument("--base-url", help="OpenAI-style base URL ending in /v1")
+    load.add_argument("--model", default="gpt-4o-mini", help="model to ask (default gpt-4o-mini)")
+    mode = load.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--concurrency",
+        type=int,
+        help=f"closed loop: requests always in flight (default {DEFAULT_CONCURRENCY})",
+    )
+    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        help=f"seconds to send for (default {DEFAULT_DURATION:g})",
+    )
+    load.add_argument(
+        "--max-tokens", type=int, default=16, help="max_tokens of each request (default 16)"
+    )
+    load.add_argument(
+        "--prompt", default="Say hi in five words.", help="the user message of each request"
+    )
+    load.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help=f"open loop: cap on requests in flight (default {DEFAULT_MAX_IN_FLIGHT})",
+    )
+    load.add_argument("--seed", type=int, help="seed of the open-loop arrival times")
+    load.add_argument("--json", dest="json_path", help="also write the report to this file")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run what the ``engine bench`` command line asks for; return the exit status."""
+    if args.base_url:
+        report = run_load(
+            args.base_url,
+            model=args.model,
+            concurrency=args.concurrency if args.rate is None else None,
+            rate=args.rate,
+            duration=args.duration,
+            max_tokens=args.max_tokens,
+            prompt=args.prompt,
+            max_in_flight=args.max_in_flight,
+            seed=args.seed,
+        )
+        print(report.summary())
+        if args.json_path:
+            with open(args.json_path, "w") as f:
+                json.dump(report.to_dict(), f, indent=1)
+                f.write("\n")
+        return 0 if report.completed else 1
+    return _run_scenarios(args.scenario or "all", quick=args.quick)
+
+
+def _run_scenarios(scenario: str, *, quick: bool) -> int:
+    try:
+        modules = _import_benchmarks()
+    except ImportError:
+        print(
+            "engine bench: the benchmarks/ directory was not found; "
+            "run this from the repository root (or use --base-url)",
+            file=sys.stderr,
+        )
+        return 2
+    order = ("utilisation", "overhead", "memory") if scenario == "all" else (scenario,)
+    started = time.monotonic()
+    for name in order:
+        if name == "report":
+            continue
+        print(f"== {name}{' (quick)' if quick else ''}", flush=True)
+        modules[name].run(quick=quick)
+    if scenario in ("all", "report") or scenario in modules:
+        written = modules["report"].generate()
+        print(f"== report: {', '.join(written) or 'no results'} -> docs/benchmarks.md")
+    print(f"== done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def _import_benchmarks() -> dict[str, Any]:
+    import importlib
+
+    if os.getcwd() not in sys.path:
+        # The console script's path does not include the checkout; the
+        # scenarios' own children run with ``python -m`` from here too.
+        sys.path.insert(0, os.getcwd())
+    return {
+        name: importlib.import_module(f"benchmarks.{name}")
+        for name in ("utilisation", "overhead", "memory", "report")
+    }
+
+
+# -- the load generator -------------------------------------------------------
+
+
+@attrs.frozen
+class LoadReport:
+    """What a load run measured.
+
+    Attributes:
+        mode: ``"closed"`` or ``"open"``.
+        target: requests in flight (closed) or arrivals per second (open).
+        duration: seconds from the first send to the last answer counted.
+        completed: answers with status 200.
+        errors: failures by kind (``"http_429"``, ``"http_500"``, ``"ReadTimeout"``, ...).
+        dropped: open loop only: arrivals not sent because ``max_in_flight`` were busy.
+        prompt_tokens / completion_tokens: summed from the answers' ``usage``.
+        latencies: seconds per answered request (open loop: from the scheduled send).
+        send_lag: open loop only: seconds each send left after its scheduled time.
+        generator_cpu: CPU seconds this process used while sending.
+    """
+
+    mode: str
+    target: float
+    duration: float
+    completed: int
+    errors: dict[str, int]
+    dropped: int
+    prompt_tokens: int
+    completion_tokens: int
+    latencies: tuple[float, ...]
+    send_lag: tuple[float, ...]
+    generator_cpu: float
+
+    @property
+    def requests_per_second(self) -> float:
+        """Answered requests (status 200) per second."""
+        return self.completed / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def generator_cpu_share(self) -> float:
+        """Generator CPU seconds per wall second (1.0 = one core fully busy)."""
+        return self.generator_cpu / self.duration if self.duration > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON report."""
+        total_tokens = self.prompt_tokens + self.completion_tokens
+        attempts = self.completed + sum(self.errors.values())
+        return {
+            "mode": self.mode,
+            "target": self.target,
+            "duration_s": self.duration,
+            "completed": self.completed,
+            "errors": dict(self.errors),
+            "error_count": sum(self.errors.values()),
+            "dropped": self.dropped,
+            "requests_per_s": self.requests_per_second,
+            "completion_tokens_per_s": self.completion_tokens / self.duration
+            if self.duration
+            else 0.0,
+            "total_tokens_per_s": total_tokens / self.duration if self.duration else 0.0,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_s": _percentiles(self.latencies),
+            "send_lag_s": _percentiles(self.send_lag) if self.send_lag else None,
+            "generator": {
+                "cpu_s": self.generator_cpu,
+                "cpu_share": self.generator_cpu_share,
+                "cpu_us_per_request": self.generator_cpu / attempts * 1e6 if attempts else None,
+                "bottleneck": self.generator_cpu_share >= BUSY_GENERATOR,
+            },
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        data = self.to_dict()
+        latency = data["latency_s"]
+        lines = [
+            f"{self.mode} loop, target {self.target:g} "
+            f"{'in flight' if self.mode == 'closed' else 'req/s'}, {self.duration:.1f} s",
+            f"  {self.completed:,} ok, {data['error_count']:,} errors "
+            f"{dict(self.errors) or ''}"
+            + (f", {self.dropped:,} dropped (max in flight)" if self.dropped else ""),
+            f"  {data['requests_per_s']:,.1f} req/s, "
+            f"{data['total_tokens_per_s']:,.0f} tokens/s "
+            f"({data['completion_tokens_per_s']:,.0f} completion)",
+        ]
+        if latency:
+            lines.append(
+                "  latency ms: "
+                + ", ".join(f"{k} {v * 1000:.1f}" for k, v in latency.items() if k != "mean")
+            )
+        if data["send_lag_s"]:
+            lag = data["send_lag_s"]
+            lines.append(f"  send lag ms: p50 {lag['p50'] * 1000:.2f}, p99 {lag['p99'] * 1000:.2f}")
+        generator = data["generator"]
+        lines.append(
+            f"  generator CPU: {generator['cpu_share']:.0%} of one core"
+            + (
+                f", {generator['cpu_us_per_request']:.0f} µs/request"
+                if generator["cpu_us_per_request"]
+                else ""
+            )
+            + (" — the generator may be the bottleneck" if generator["bottleneck"] else "")
+        )
+        return "\n".join(lines)
+
+
+def _percentiles(values: tuple[float, ...]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+
+    def at(q: float) -> float:
+        return ordered[min(last, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    return {
+        "mean": sum(ordered) / len(ordered),
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": ordered[-1],
+    }
+
+
+def run_load(
+    base_url: str,
+    *,
+    model: str = "gpt-4o-mini",
+    concurrency: int | None = None,
+    rate: float | None = None,
+    duration: float = DEFAULT_DURATION,
+    max_tokens: int = 16,
+    prompt: str = "Say hi in five words.",
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    seed: int | None = None,
+    api_key: str | None = None,
+) -> LoadReport:
+    """Load ``base_url`` for ``duration`` seconds; blocks (runs its own trio loop).
+
+    Closed loop with ``concurrency`` workers (default 32) unless ``rate`` is
+    given: then open loop, Poisson arrivals at ``rate`` per second, at most
+    ``max_in_flight`` (default 1024) in flight.  ``api_key`` defaults to
+    ``$OPENAI_API_KEY``.  Requests still in flight at the end are waited for
+    (at most 30 s) and counted.
+    """
+    import trio
+
+    if rate is not None and not rate > 0:
+        raise ValueError("rate must be > 0")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if not duration > 0:
+        raise ValueError("duration must be > 0")
+    return trio.run(
+        _load,
+        base_url.rstrip("/"),
+        model,
+        concurrency or DEFAULT_CONCURRENCY,
+        rate,
+        duration,
+        max_tokens,
+        prompt,
+        max_in_flight,
+        seed,
+        api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
+    )
+
+
+async def _load(
+    base_url: str,
+    model: str,
+    concurrency: int,
+    rate: float | None,
+    duration: float,
+    max_tokens: int,
+    prompt: str,
+    max_in_flight: int,
+    seed: int | None,
+    api_key: str | None,
+) -> LoadReport:
+    import httpx
+    import orjson
+    import trio
+
+    from engine._http import make_async_client
+
+    body = orjson.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+        }
+    )
+    headers = {"user-agent": "quota-engine-bench/0.1"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    post_headers = {"content-type": "application/json"}
+    latencies: list[float] = []
+    lags: list[float] = []
+    errors: Counter[str] = Counter()
+    tokens = [0, 0]
+    completed = 0
+    dropped = 0
+    last_answer = 0.0
+    timeout = httpx.Timeout(60.0, connect=10.0)
+
+    async def send(http: httpx.AsyncClient, scheduled: float) -> None:
+        nonlocal completed, last_answer
+        try:
+            response = await http.post("/chat/completions", content=body, headers=post_headers)
+        except httpx.HTTPError as exc:
+            errors[type(exc).__name__] += 1
+            return
+        now = trio.current_time()
+        last_answer = now
+        if response.status_code != 200:
+            errors[f"http_{response.status_code}"] += 1
+            return
+        completed += 1
+        latencies.append(now - scheduled)
+        try:
+            usage = orjson.loads(response.content).get("usage") or {}
+            tokens[0] += int(usage.get("prompt_tokens") or 0)
+            tokens[1] += int(usage.get("completion_tokens") or 0)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            errors["malformed_body"] += 1
+
+    # Closed loop: one client per worker.  Open loop: clients made on demand
+    # and reused (an idle stack), so only as many connections as the load needs.
+    clients: list[httpx.AsyncClient] = []
+    idle: list[httpx.AsyncClient] = []
+
+    def new_client() -> httpx.AsyncClient:
+        http = make_async_client(base_url, headers=headers, timeout=timeout)
+        clients.append(http)
+        return http
+
+    if rate is None:
+        for _ in range(concurrency):
+            new_client()
+    cpu_start = time.process_time()
+    start = trio.current_time()
+    stop_at = start + duration
+
+    async def closed_worker(http: httpx.AsyncClient) -> None:
+        while trio.current_time() < stop_at:
+            await send(http, trio.current_time())
+
+    async def arrival(http: httpx.AsyncClient, scheduled: float) -> None:
+        lags.append(trio.current_time() - scheduled)
+        try:
+            await send(http, scheduled)
+        finally:
+            idle.append(http)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if rate is None:
+                for http in clients:
+                    nursery.start_soon(closed_worker, http)
+            else:
+                rng = random.Random(seed)
+                next_at = start + rng.expovariate(rate)
+                while next_at < stop_at:
+                    await trio.sleep_until(next_at)
+                    # Release every arrival already due: one wake-up may cover many.
+                    now = trio.current_time()
+                    while next_at <= now and next_at < stop_at:
+                        if idle:
+                            nursery.start_soon(arrival, idle.pop(), next_at)
+                        elif len(clients) < max_in_flight:
+                            nursery.start_soon(arrival, new_client(), next_at)
+                        else:
+                            dropped += 1
+                        next_at += rng.expovariate(rate)
+            # In-flight requests finish (the nursery waits); cap that wait.
+            nursery.cancel_scope.deadline = stop_at + 30.0
+    finally:
+        with trio.CancelScope(shield=True):
+            for http in clients:
+                await http.aclose()
+    cpu = time.process_time() - cpu_start
+    end = max(last_answer, stop_at) if completed else stop_at
+    return LoadReport(
+        mode="closed" if rate is None else "open",
+        target=float(concurrency) if rate is None else rate,
+        duration=end - start,
+        completed=completed,
+        errors=dict(errors),
+        dropped=dropped,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        latencies=tuple(latencies),
+        send_lag=tuple(lags),
+        generator_cpu=cpu,
+    )
