@@ -230,12 +230,13 @@ class _Exchange:
             await connection.drained()
 
     def _head(self, more_body: bool, body_length: int) -> bytes:
+        # ASGI requires lowercase response header names, so exact comparison is enough.
         parts = [_status_line(self._status)]
         has_length = False
         for name, value in self._headers:
-            if name.lower() == b"content-length":
+            if name == b"content-length":
                 has_length = True
-            parts.append(b"%s: %s\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
         if not has_length:
             if more_body:
                 self._chunked = True
