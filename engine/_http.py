@@ -496,6 +496,9 @@ async def _read_with_h11(
             response = event
         elif event_type is h11.EndOfMessage:
             break
+        elif event is h11.PAUSED or event_type is h11.ConnectionClosed:
+            # Cannot happen before EndOfMessage; guard against spinning if it did.
+            raise h11.RemoteProtocolError("connection ended before the response did")
         # InformationalResponse (1xx) is skipped: the final response follows.
     keep_alive = (
         state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]
