@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks.peers import PEERS, PeerLimits, run_peer, workload
+from benchmarks.peers import PEERS, PeerLimits, prepare, run_peer, workload
 from benchmarks.peers._harness import (
     RESULTS_DIR,
     machine,
@@ -49,6 +49,7 @@ def _rss_bytes() -> int:
 
 def child_main(args: argparse.Namespace) -> None:
     """Run one peer until its deadline (child process); write RSS figures."""
+    prepare(args.child)
     before = _rss_bytes()
     records = run_peer(
         args.child,

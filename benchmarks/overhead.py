@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from benchmarks.peers import PEERS, PeerLimits, Record, run_peer, workload
+from benchmarks.peers import PEERS, PeerLimits, Record, prepare, run_peer, workload
 from benchmarks.peers._harness import (
     RESULTS_DIR,
     machine,
@@ -72,6 +72,7 @@ def summarise(records: Sequence[Record]) -> dict:
 
 def child_main(args: argparse.Namespace) -> None:
     """Run one peer for ``--seconds`` (child process) and write its summary."""
+    prepare(args.child)
     cpu = time.process_time()
     records = run_peer(
         args.child,

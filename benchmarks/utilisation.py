@@ -48,7 +48,7 @@ from typing import Any
 
 import attrs
 
-from benchmarks.peers import PEERS, PeerLimits, Record, run_peer, workload
+from benchmarks.peers import PEERS, PeerLimits, Record, prepare, run_peer, workload
 from benchmarks.peers._common import DEFAULT_MAX_TOKENS, BenchRequest
 from benchmarks.peers._harness import (
     RESULTS_DIR,
@@ -368,6 +368,7 @@ def _print_row(row: dict) -> None:
 
 def child_main(args: argparse.Namespace) -> None:
     """Run one peer (in a child process) and write its records as JSON."""
+    prepare(args.child)
     limits = PeerLimits(rpm=args.rpm, tpm=args.tpm)
     if args.start_at:
         time.sleep(max(0.0, args.start_at - time.time()))

@@ -17,9 +17,18 @@ from collections.abc import Callable, Iterable
 import attrs
 import trio
 
-from benchmarks.peers._common import BenchRequest, PeerLimits, Record, workload
+from benchmarks.peers._common import MODEL, BenchRequest, PeerLimits, Record, workload
 
-__all__ = ["PEERS", "BenchRequest", "Peer", "PeerLimits", "Record", "run_peer", "workload"]
+__all__ = [
+    "PEERS",
+    "BenchRequest",
+    "Peer",
+    "PeerLimits",
+    "Record",
+    "prepare",
+    "run_peer",
+    "workload",
+]
 
 
 @attrs.frozen
@@ -47,6 +56,18 @@ PEERS: dict[str, Peer] = {
         "quota-engine (learned limits)", "benchmarks.peers.quota_engine", "run_learned"
     ),
 }
+
+
+def prepare(name: str) -> None:
+    """Import peer ``name`` and load the tokenizer, so neither is timed as part of a run.
+
+    Loading tiktoken's encoding costs seconds of CPU; every peer that counts
+    tokens would otherwise pay it on its first request.
+    """
+    from engine._tokens import count_tokens
+
+    PEERS[name].load()
+    count_tokens("warm up", MODEL)
 
 
 def run_peer(
