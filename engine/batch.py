@@ -31,6 +31,7 @@ Either way every line written is whole.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +49,6 @@ from engine._jsonl import (
     OutputWriter,
     error_record,
     find_duplicate_audio_ids,
-    find_duplicate_ids,
     iter_audio_inputs,
     read_batch_input,
     success_record,
@@ -68,6 +68,7 @@ __all__ = [
     "DuplicateIdsError",
     "RunControl",
     "RunSummary",
+    "find_duplicate_ids_compactly",
     "run_audio",
     "run_batch",
     "run_file",
@@ -384,6 +385,54 @@ def _skipped_record(result: Any) -> dict[str, Any]:
     return record
 
 
+#: Bits per input byte of the filter :func:`find_duplicate_ids_compactly` uses
+#: (a 200 MB input takes a 8 MiB filter). A Batch-API line is rarely under 64
+#: bytes, so this is at least 16 bits per id: false candidates stay rare.
+_FILTER_BITS_PER_BYTE = 0.25
+_FILTER_MIN_BITS = 1 << 20
+_FILTER_HASHES = 4
+
+
+def find_duplicate_ids_compactly(path: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """Like ``find_duplicate_ids``, but memory does not hold every id.
+
+    Returns ``{custom_id: [line numbers]}`` for ids on more than one line
+    (empty when all are unique). The first pass sets, per id, four bits of a
+    Bloom filter sized from the file (a quarter of a bit per input byte, at
+    least 128 KiB) and keeps only the ids whose bits were all set already:
+    every real duplicate, plus rare false candidates. A second pass, run only
+    when there are candidates, counts the candidates exactly. So memory is the
+    filter plus the candidates instead of ~100 bytes per line. Blocking;
+    streams the file (twice at most).
+    """
+    bits = max(_FILTER_MIN_BITS, int(os.path.getsize(path) * _FILTER_BITS_PER_BYTE))
+    bits = 1 << (bits - 1).bit_length()  # a power of two: positions are masks
+    mask = bits - 1
+    seen = bytearray(bits // 8)
+    candidates: set[str] = set()
+    for line in read_batch_input(path):
+        if line.custom_id is None:
+            continue
+        digest = hashlib.blake2b(line.custom_id.encode("utf-8"), digest_size=16).digest()
+        already = True
+        for index in range(_FILTER_HASHES):
+            position = int.from_bytes(digest[4 * index : 4 * index + 4], "little") & mask
+            byte, bit = position >> 3, 1 << (position & 7)
+            if not seen[byte] & bit:
+                already = False
+                seen[byte] |= bit
+        if already:
+            candidates.add(line.custom_id)
+    del seen
+    if not candidates:
+        return {}
+    found: dict[str, list[int]] = {custom_id: [] for custom_id in candidates}
+    for line in read_batch_input(path):
+        if line.custom_id in found:
+            found[line.custom_id].append(line.line_no)
+    return {custom_id: lines for custom_id, lines in found.items() if len(lines) > 1}
+
+
 def _count_failed_lines(path: str) -> int:
     """Error lines in an existing OUTPUT (streaming; unreadable lines ignored)."""
     failed = 0
@@ -428,8 +477,10 @@ async def _run(
     if duplicates:
         raise DuplicateIdsError(duplicates)
     # Opening reads the whole of an existing OUTPUT (the resume set): off the loop too.
+    # The duplicate check made every id unique, so the writer need not remember
+    # the ids it writes: memory stays at the ids OUTPUT held when the run began.
     writer = await trio.to_thread.run_sync(
-        lambda: OutputWriter(output_path, errors_path=errors_path)
+        lambda: OutputWriter(output_path, errors_path=errors_path, remember_written=False)
     )
     existed = writer.repair.lines > 0
     try:
@@ -588,7 +639,7 @@ async def run_file(
     return await _run(
         input_label=os.fspath(input_path),
         make_items=lambda: read_batch_input(input_path),
-        find_duplicates=lambda: find_duplicate_ids(input_path),
+        find_duplicates=lambda: find_duplicate_ids_compactly(input_path),
         output_path=output_path,
         client_options=client_options,
         errors_to=errors_to,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from pathlib import Path
 
 import httpx
@@ -508,3 +509,44 @@ def test_summary_table_lists_error_codes_tokens_rates_and_output():
     assert "invalid_input" in text and "retries_exhausted" in text
     assert "150 (prompt 100, completion 50)" in text
     assert "10 of 20 (50% of quota)" in text and "out.jsonl" in text
+
+
+# --------------------------------------------------------------------------- duplicate check
+
+
+def _input_with_ids(path: Path, ids: list[str]) -> Path:
+    return write_input(path, [chat_line(custom_id) for custom_id in ids])
+
+
+def test_compact_duplicate_check_agrees_with_the_exact_one(tmp_path):
+    """On random inputs the Bloom-filter check finds exactly what the set-based one finds."""
+    from engine._jsonl import find_duplicate_ids
+
+    rng = random.Random(5)
+    for trial in range(20):
+        ids = [f"id-{rng.randrange(300)}" for _ in range(rng.randrange(1, 200))]
+        path = _input_with_ids(tmp_path / f"in{trial}.jsonl", ids)
+        assert batch.find_duplicate_ids_compactly(path) == find_duplicate_ids(path)
+
+
+def test_compact_duplicate_check_drops_false_candidates(tmp_path, monkeypatch):
+    """With a filter far too small, unique ids become candidates but are not reported."""
+    monkeypatch.setattr(batch, "_FILTER_MIN_BITS", 8)
+    monkeypatch.setattr(batch, "_FILTER_BITS_PER_BYTE", 0.0)
+    path = _input_with_ids(tmp_path / "in.jsonl", [f"u{i}" for i in range(50)] + ["u7"])
+    assert batch.find_duplicate_ids_compactly(path) == {"u7": [8, 51]}
+
+
+def test_writer_that_forgets_written_ids_keeps_only_those_loaded(tmp_path):
+    """remember_written=False: ids written this run do not join done_ids (memory stays flat)."""
+    from engine._jsonl import OutputWriter, error_record
+
+    path = tmp_path / "out.jsonl"
+    with OutputWriter(path) as writer:
+        writer.write(error_record("old", code="x", message="m"))
+    with OutputWriter(path, remember_written=False) as writer:
+        writer.write(error_record("new", code="x", message="m"))
+        assert set(writer.done_ids) == {"old"}
+        with pytest.raises(ValueError):
+            writer.write(error_record("old", code="x", message="m"))
+    assert len(read_output(path)) == 2
