@@ -539,6 +539,11 @@ class OutputWriter:
             being killed (SIGKILL, OOM) but not a power loss or kernel crash;
             ``fsync`` runs once at close. True also ``fsync``s every line, which
             survives power loss but costs a disk flush (~0.1-10 ms) per line.
+        remember_written: default True: ids written through :meth:`write` join
+            :attr:`done_ids`, so writing one twice raises. False keeps only the
+            ids loaded on open, so memory does not grow with the lines written;
+            for callers that already know their ids are unique (``engine run``
+            refuses inputs with duplicate ids before it starts).
 
     Nothing here checkpoints; each :meth:`write` is one ``os.write`` of a few
     microseconds (plus the ``fsync`` if asked), fine to call from a trio task.
@@ -551,7 +556,9 @@ class OutputWriter:
         *,
         errors_path: str | os.PathLike[str] | None = None,
         fsync_each_line: bool = False,
+        remember_written: bool = True,
     ) -> None:
+        self._remember_written = remember_written
         if errors_path is not None and _same_file(path, errors_path):
             raise ValueError("the errors file must not be the output file")
         self._output = _AppendFile(path, fsync_each_line=fsync_each_line)
@@ -621,7 +628,10 @@ class OutputWriter:
 
     @property
     def done_ids(self) -> Set[str]:
-        """The ``custom_id`` of every line in OUTPUT, this run's included (read-only view)."""
+        """The ``custom_id`` of every line in OUTPUT (read-only view).
+
+        Ids written by this writer are included unless ``remember_written`` is False.
+        """
         return self._done
 
     @property
@@ -655,7 +665,8 @@ class OutputWriter:
             raise ValueError(f"custom_id {custom_id!r} already has an output line")
         line = orjson.dumps(record) + b"\n"
         self._output.append(line)
-        self._done.add(custom_id)
+        if self._remember_written:
+            self._done.add(custom_id)
         if self._errors is not None and record.get("error") is not None:
             self._errors.append(line)
 
