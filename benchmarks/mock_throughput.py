@@ -14,7 +14,7 @@ directly with a fake receive/send on asyncio), the ceiling no server can beat.
 
     .venv/bin/python benchmarks/mock_throughput.py [--seconds 5] [--connections 64]
         [--servers builtin uvicorn hypercorn noop] [--generator auto|wrk|python]
-        [--server-cpu 0] [--client-cpu 1]
+        [--server-cpu 0] [--client-cpu 1] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -420,6 +421,23 @@ def app_cost_us(requests: int = 20_000, repeats: int = 3) -> float:
     return asyncio.run(timed())
 
 
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per server: runs, median and best req/s and req per server CPU-second."""
+    summary: dict[str, dict[str, Any]] = {}
+    for server in dict.fromkeys(result["server"] for result in results):
+        runs = [result for result in results if result["server"] == server]
+        rates = sorted(result["req_per_s"] for result in runs)
+        per_cpu = sorted(result["req_per_server_cpu_s"] or 0 for result in runs)
+        summary[server] = {
+            "runs": len(runs),
+            "req_per_s_median": statistics.median(rates),
+            "req_per_s_best": rates[-1],
+            "req_per_server_cpu_s_median": statistics.median(per_cpu),
+            "req_per_server_cpu_s_best": per_cpu[-1],
+        }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured run per server")
@@ -430,6 +448,12 @@ def main() -> None:
         default=list(SERVERS),
         choices=SERVERS,
         help="engine mock --server choices; noop: a fixed answer on the builtin server (floor)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure the servers this many times, interleaved (median and best reported)",
     )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -457,6 +481,7 @@ def main() -> None:
     app_us = app_cost_us()
     results = [
         measure(server, generator, args.seconds, args.connections, server_cpu, client_cpu)
+        for _ in range(args.repeat)
         for server in args.servers
     ]
     print(
@@ -470,6 +495,7 @@ def main() -> None:
                 "app_in_process_us_per_request": round(app_us, 2),
                 "app_in_process_ceiling_req_per_cpu_s": round(1e6 / app_us),
                 "load_average": [round(x, 2) for x in os.getloadavg()],
+                "summary": summarize(results),
                 "results": results,
             },
             indent=2,
