@@ -55,7 +55,8 @@ from engine._jsonl import (
 )
 from engine._progress import RateMeter, RunProgress
 from engine._quota import Limits
-from engine._results import ChatResult, ErrorInfo, Timings
+from engine._requests import TranscriptionRequest
+from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -91,6 +92,7 @@ EXIT_TERMINATED = 143  #: stopped by SIGTERM: 128 + 15
 _STOP_EXIT = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}
 # How often the grace period checks whether anything is still in flight.
 _GRACE_POLL = 0.05
+_TRANSCRIPTION_URLS = (TRANSCRIPTIONS_URL, TRANSCRIPTIONS_URL.removeprefix("/v1"))
 # Error code of items the client never finished because it stopped.
 _RUN_STOPPED = RunStoppedError.default_code
 
@@ -766,13 +768,18 @@ def run_batch(requests: Iterable[Any], **client_options: Any) -> list[Any]:
     return results
 
 
-def _stopped_result(item: Any, custom_id: str) -> ChatResult:
+def _stopped_result(item: Any, custom_id: str) -> ChatResult | TranscriptionResult:
+    """The result of a request a fatal stop left unfinished (a transcription's or a chat's)."""
     model = getattr(item, "model", None)
     if model is None and isinstance(item, Mapping):
         body = item.get("body")
         model = body.get("model") if isinstance(body, Mapping) else None
     error = RunStoppedError("the run stopped before this request finished")
-    result = ChatResult(
+    transcription = isinstance(item, TranscriptionRequest) or (
+        isinstance(item, Mapping) and item.get("url") in _TRANSCRIPTION_URLS
+    )
+    result_type = TranscriptionResult if transcription else ChatResult
+    result = result_type(
         id=custom_id,
         model=str(model or ""),
         timings=Timings(queued_at=0.0),

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from audio_fixtures import make_mp3
 
 import engine
 from engine import batch
@@ -342,6 +343,19 @@ def test_run_batch_returns_results_in_input_order():
     assert [r.id for r in results] == [str(i) for i in range(30)] + ["dict-line"]
     assert all(r.ok for r in results)
     assert results[3].output == "Mock reply to: q3"
+
+
+def test_run_batch_runs_transcriptions_alongside_chats(tmp_path):
+    """Transcription requests come back as TranscriptionResults in their input position."""
+    app = create_app(MockConfig())
+    recording = make_mp3(tmp_path / "call.mp3", 6)
+    requests = [
+        engine.ChatRequest(messages="q", model=MODEL, id="chat"),
+        engine.TranscriptionRequest(source=str(recording), id="audio"),
+    ]
+    chat, audio = engine.run_batch(requests, **options(app))
+    assert chat.ok and isinstance(audio, engine.TranscriptionResult) and audio.ok
+    assert "Mock transcription" in audio.text
 
 
 def test_run_batch_refuses_repeated_ids():
