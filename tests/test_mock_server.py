@@ -1,8 +1,9 @@
 """The mock's builtin HTTP/1.1 server (``engine mock --server builtin``) over raw sockets.
 
 One served mock for the module; faults are switched on and off through
-``POST /_mock/config``.  Plus the coroutine hand-over that lets the server step
-the app without a task, tested on plain asyncio.
+``POST /_mock/config``.  Plus, on plain asyncio without sockets, one
+connection fed bytes through a fake transport, and the coroutine hand-over
+that lets the server step the app without a task.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import urllib.parse
 import pytest
 
 from engine.mock import MockConfig, serve_in_subprocess
-from engine.mock._server import _Continuation
+from engine.mock._server import DEFAULT_MAX_REQUEST_BYTES, _Connection, _Continuation, _Server
 
 MODEL = "gpt-4o-mini"
 
@@ -324,3 +325,117 @@ def test_continuation_relays_cancellation_to_the_coroutine():
 
     asyncio.run(main())
     assert seen == ["cancelled"]
+
+
+# -- one connection, fed bytes through a fake transport --------------------------------
+
+
+class FakeTransport:
+    """Collects what the server writes; records closing and paused reading."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_extra_info(self, name: str) -> tuple[str, int]:
+        return ("127.0.0.1", 50000)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def ok_app(scope, receive, send) -> None:
+    """Answers 200 with the request path as body."""
+    await receive()
+    body = scope["path"].encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def feed(app, *chunks: bytes, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    """Feed ``chunks`` to a new connection inside one event-loop callback; its transport."""
+
+    async def main() -> FakeTransport:
+        connection = _Connection(app, asyncio.get_running_loop(), _Server(max_request_bytes))
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        for chunk in chunks:
+            connection.data_received(chunk)
+        return transport
+
+    return asyncio.run(main())
+
+
+def test_an_app_that_never_suspends_is_answered_within_the_callback():
+    """Without one event-loop turn the whole response is already written."""
+    transport = feed(ok_app, request_bytes("GET", "/now"))
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written.endswith(b"\r\n\r\n/now")
+    assert not transport.closed
+
+
+def test_body_above_the_server_limit_gets_413_and_close():
+    """A body larger than max_request_bytes is refused by the server itself."""
+    transport = feed(ok_app, request_bytes("POST", "/big", b"x" * 100), max_request_bytes=10)
+    assert transport.written.startswith(b"HTTP/1.1 413 ")
+    assert transport.closed
+
+
+def test_requests_pipelined_after_connection_close_are_ignored():
+    """Nothing after a ``Connection: close`` request reaches the app."""
+    calls: list[str] = []
+
+    async def counting_app(scope, receive, send) -> None:
+        calls.append(scope["path"])
+        await ok_app(scope, receive, send)
+
+    transport = feed(
+        counting_app,
+        request_bytes("GET", "/first", extra="Connection: close\r\n")
+        + request_bytes("GET", "/second"),
+    )
+    assert calls == ["/first"]
+    assert transport.written.count(b"HTTP/1.1 ") == 1
+    assert transport.closed
+
+
+def test_app_failure_before_its_response_gives_500_and_close():
+    """An exception from the app before it starts a response becomes a 500."""
+
+    async def failing_app(scope, receive, send) -> None:
+        raise RuntimeError("boom")
+
+    transport = feed(failing_app, request_bytes("GET", "/fails"))
+    assert transport.written.startswith(b"HTTP/1.1 500 ")
+    assert transport.closed
+
+
+def test_reading_pauses_while_writes_are_blocked():
+    """pause_writing pauses reading; resume_writing resumes it."""
+
+    async def main() -> list[bool]:
+        connection = _Connection(ok_app, asyncio.get_running_loop(), _Server(1024))
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.pause_writing()
+        paused = transport.reading
+        connection.resume_writing()
+        return [paused, transport.reading]
+
+    assert asyncio.run(main()) == [False, True]

@@ -306,11 +306,14 @@ class _Connection(asyncio.Protocol):
                 self._fail(400, f"malformed HTTP request: {error}")
 
     def pause_writing(self) -> None:
+        # A client that does not read its answers gets no more of them computed.
         self.write_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
+        self._update_reading()
 
     # -- httptools callbacks -----------------------------------------------------
 
@@ -337,6 +340,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._closed:  # requests pipelined after one that closed the connection
+            return
         parser = self._parser
         method = parser.get_method().decode("ascii")
         raw_path, _, query = self._url.partition(b"?")
@@ -368,10 +373,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         if self._current is not None or self._pending:
             self._pending.append(request)
-            if len(self._pending) >= _PENDING_MAX and not self._reading_paused:
-                assert self._transport is not None
-                self._transport.pause_reading()
-                self._reading_paused = True
+            self._update_reading()
         else:
             self._start(request)
 
@@ -417,7 +419,7 @@ class _Connection(asyncio.Protocol):
             if not self._pending:
                 return
             request = self._pending.popleft()
-            self._resume_reading()
+            self._update_reading()
 
     async def _carry_on(self, exchange: _Exchange, coroutine: Any, waiting_on: Any) -> None:
         try:
@@ -433,7 +435,7 @@ class _Connection(asyncio.Protocol):
             self._task = None
         if self._finish(exchange) and self._pending:
             request = self._pending.popleft()
-            self._resume_reading()
+            self._update_reading()
             self._start(request)
 
     def _finish(self, exchange: _Exchange) -> bool:
@@ -456,11 +458,17 @@ class _Connection(asyncio.Protocol):
         if not isinstance(error, Exception):
             raise error
 
-    def _resume_reading(self) -> None:
-        if self._reading_paused and len(self._pending) < _PENDING_MAX // 2:
-            assert self._transport is not None
-            self._transport.resume_reading()
-            self._reading_paused = False
+    def _update_reading(self) -> None:
+        """Pause reading while writes are blocked or too many requests wait; else resume."""
+        if self._closed or self._transport is None:
+            return
+        pause = self.write_paused or len(self._pending) >= _PENDING_MAX
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
 
     def _fail(self, status: int, message: str) -> None:
         if self._current is None:
