@@ -258,7 +258,8 @@ class QuotaBook:
             capacity is exhausted and no response can tell when it returns
             (default 1.0).
         margin: seconds added to every computed wake-up time, so arrival jitter
-            at the server does not turn an exact fit into a 429 (default 0.02).
+            at the server does not turn an exact fit into a 429 (default 0.05;
+            it shifts when requests go, never how many: no throughput is lost).
         pace_fraction: share of the limit used when a group is paced
             (default 0.98).
         default_cooldown: seconds a group cools down after a 429 that names no
@@ -275,7 +276,7 @@ class QuotaBook:
         limits: Limits | Mapping[str, Limits] | None = None,
         *,
         probe_interval: float = 1.0,
-        margin: float = 0.02,
+        margin: float = 0.05,
         pace_fraction: float = 0.98,
         default_cooldown: float = 1.0,
         shared: bool = False,
