@@ -47,6 +47,7 @@ BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 ).encode()
 SERVERS = ("builtin", "uvicorn", "hypercorn", "noop")
+SATURATED = 0.9  # share of a core above which a process counts as using all of it
 
 # wrk: POST the chat body; print one JSON line of totals when done.
 WRK_SCRIPT = """
@@ -359,6 +360,10 @@ def measure(
         "req_per_server_cpu_s": round(ok / server_cpu_s) if server_cpu_s > 0 else None,
         "generator_cpu_s": round(result["generator_cpu_s"], 2),
         "generator_cpu_share": round(result["generator_cpu_s"] / elapsed, 2),
+        # A generator near 100% of its core was the bottleneck; a server well
+        # below 100% of its core was not given it (other load on the machine).
+        "generator_saturated": result["generator_cpu_s"] / elapsed > SATURATED,
+        "server_core_contended": server_cpu_s / elapsed < SATURATED,
         "server_counted_200": stats["status_counts"].get("200", 0),
         "startup_s": round(startup_s, 2),
         "load_average_before": round(load_before, 2),
