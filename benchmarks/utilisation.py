@@ -18,7 +18,9 @@ an *admitted send* is the send time of an attempt the server answered 200):
   2% of ``L`` (the burst is spent) to the last admitted send (a peer that never
   spends the burst has no steady state: utilisation "—", its wall time says
   how much burst it left unused); fixed window — the first whole window
-  ``[0, 60 s)``; per second — from ``t = 2 s`` to the last admitted send.
+  ``[0, 60 s)``; per second — whole seconds from ``t = 2 s`` to the second in
+  which the last admitted send falls (sub-windows are aligned on the first
+  request, i.e. on ``t = 0``); each window counts sends in ``[start, end)``.
 * **utilisation**: units admitted in the steady state / (``r`` x its length);
   for the fixed window, units admitted in ``[0, 60 s)`` / ``L``.
 * **ideal wall time** for N requests of cost ``c`` (``n = L / c`` requests per
@@ -184,7 +186,7 @@ def analyse(plan: Plan, records: Sequence[Record], stats: dict[str, Any]) -> dic
     start, end = steady_window(plan, admitted)
     out["steady_start_s"], out["steady_end_s"] = start, end
     if start is not None and end is not None and end - start >= 2.0:
-        units = sum(u for at, u in admitted if start < at <= end)
+        units = sum(u for at, u in admitted if start <= at < end)
         if plan.semantics == "fixed_window":
             out["utilisation"] = units / plan.limit_units
         else:
@@ -225,7 +227,9 @@ def steady_window(
     if plan.semantics == "fixed_window":
         return (0.0, 60.0) if last >= 60.0 else (None, None)
     if plan.semantics == "per_second":
-        return PER_SECOND_SETTLE, last
+        # Whole sub-windows only: a window ending mid-second would count that
+        # second's allowance against a fraction of its time.
+        return PER_SECOND_SETTLE, float(math.floor(last))
     # Token bucket: replay the admitted sends against a bucket of L refilled at
     # L / 60 per second; the steady state starts once the burst is spent.
     capacity = plan.limit_units
