@@ -326,7 +326,7 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
             wait_all(list(children.values()))
             for peer in batch:
                 result = children[peer].result() or {}
-                records = [_record(row) for row in result.get("records", [])]
+                records = [Record.from_row(row) for row in result.get("records", [])]
                 stats = mock_stats(servers[peer].base_url)
                 row = {
                     "semantics": plan.semantics,
@@ -348,11 +348,6 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
             for server in servers.values():
                 server.stop()
     return rows
-
-
-def _record(row: list) -> Record:
-    sent, last_sent, finished, status, attempts, tokens, n429 = row
-    return Record("", sent, last_sent, finished, status, attempts, tokens, (0.0,) * n429)
 
 
 def _print_row(row: dict) -> None:

@@ -122,6 +122,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_scenarios(scenario: str, *, quick: bool) -> int:
+    import importlib
+
     try:
         modules = _import_benchmarks()
     except ImportError:
@@ -131,6 +133,8 @@ def _run_scenarios(scenario: str, *, quick: bool) -> int:
             file=sys.stderr,
         )
         return 2
+    # SIGTERM unwinds through ``finally`` so the mock servers started get stopped.
+    importlib.import_module("benchmarks.peers._harness").stop_on_sigterm()
     order = ("utilisation", "overhead", "memory") if scenario == "all" else (scenario,)
     started = time.monotonic()
     for name in order:

@@ -96,7 +96,7 @@ class Record:
     error: str | None = None
 
     def to_row(self) -> list[Any]:
-        """A compact JSON row: ``[sent, last_sent, finished, status, attempts, tokens, n429]``."""
+        """A JSON row: ``[sent, last_sent, finished, status, attempts, tokens, [429 times]]``."""
         return [
             self.sent,
             self.last_sent,
@@ -104,8 +104,14 @@ class Record:
             self.status,
             self.attempts,
             self.tokens,
-            len(self.throttled),
+            list(self.throttled),
         ]
+
+    @classmethod
+    def from_row(cls, row: list[Any], id: str = "") -> Record:
+        """The record :meth:`to_row` wrote (the id is not kept)."""
+        sent, last_sent, finished, status, attempts, tokens, throttled = row
+        return cls(id, sent, last_sent, finished, status, attempts, tokens, tuple(throttled))
 
 
 def workload(count: int, *, max_tokens: int = DEFAULT_MAX_TOKENS) -> Iterator[BenchRequest]:
