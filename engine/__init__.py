@@ -31,6 +31,7 @@ from engine._results import (
     TranscriptionResult,
     Usage,
 )
+from engine._shared import RedisQuota
 from engine.batch import run_batch
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "LimiterStatistics",
     "Limits",
     "RateLimitWaitExceeded",
+    "RedisQuota",
     "RequestError",
     "RequestTooLargeError",
     "ResponseValidationError",

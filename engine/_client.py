@@ -66,6 +66,7 @@ from engine._retry import (
     error_from_verdict,
 )
 from engine._schema import parse_structured, response_format_for
+from engine._shared import LeaseManager, RedisQuota, SharedQuotaStatistics
 from engine._tokens import DEFAULT_OUTPUT_TOKENS, estimate_chat_tokens
 
 __all__ = ["Client", "ClientStatistics", "open_client"]
@@ -191,6 +192,7 @@ class Client:
         self._skipped = 0
         self._audio_seconds = 0.0
         self._feeders: set[_Feeder] = set()
+        self._leases: LeaseManager | None = None
 
     def __repr__(self) -> str:
         return f"<engine.Client base_url={self._base_url!r}>"
@@ -342,6 +344,10 @@ class Client:
             skipped=self._skipped,
             audio_seconds=self._audio_seconds,
         )
+
+    def shared_statistics(self) -> SharedQuotaStatistics | None:
+        """The shared quota's counters (None without ``shared=``).  Does not checkpoint."""
+        return None if self._leases is None else self._leases.statistics()
 
     @property
     def fatal_error(self) -> FatalError | None:
@@ -998,6 +1004,7 @@ async def open_client(
     retry_max_delay: float = 20.0,
     rate_limit_wait_budget: float = 600.0,
     audio_tokens_per_second: float = 0.0,
+    shared: RedisQuota | None = None,
 ) -> AsyncIterator[Client]:
     """Open a client; leaving the block waits for its work and closes connections.
 
@@ -1028,6 +1035,9 @@ async def open_client(
         audio_tokens_per_second: tokens a transcription reserves per second
             of audio against a tokens-per-minute limit (default 0: a
             transcription costs one request and no tokens).
+        shared: an :class:`~engine.RedisQuota` to share the quota with other
+            processes through Redis (default None: this process alone).
+            See docs/shared-quota.md.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -1041,10 +1051,19 @@ async def open_client(
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     workers = concurrency or AUTO_MAX_CONCURRENCY
-    limiter = Limiter(QuotaBook(limits), max_in_flight=workers, auto_in_flight=concurrency is None)
+    leases = LeaseManager(shared, limits) if shared is not None else None
+    limiter = Limiter(
+        QuotaBook(limits, shared=leases is not None),
+        max_in_flight=workers,
+        auto_in_flight=concurrency is None,
+        **(leases.callbacks() if leases is not None else {}),
+    )
     jobs_send, jobs_receive = trio.open_memory_channel[_Job](0)
     async with trio.open_nursery() as nursery:
         await nursery.start(limiter.run)
+        if leases is not None:
+            leases.attach(limiter)
+            await nursery.start(leases.run)
         try:
             async with trio.open_nursery() as work:
                 client = Client(
@@ -1060,6 +1079,7 @@ async def open_client(
                     base_url=base_url,
                     audio_tokens_per_second=audio_tokens_per_second,
                 )
+                client._leases = leases
                 with jobs_receive:
                     for _ in range(workers):
                         http = make_async_client(
@@ -1072,4 +1092,8 @@ async def open_client(
                 # workers finish the jobs they hold, then see the channel close.
                 client._stop_feeders()
         finally:
+            if leases is not None:
+                # Hand unused capacity back to the other processes (bounded).
+                with trio.CancelScope(shield=True):
+                    await leases.aclose()
             limiter.close()

@@ -113,6 +113,12 @@ class _TakeBack:
 
 
 @attrs.frozen
+class _LeaseState:
+    group: str
+    reply: trio.MemorySendChannel
+
+
+@attrs.frozen
 class LimiterStatistics:
     """A snapshot of the limiter's counters.
 
@@ -271,6 +277,22 @@ class Limiter:
             except trio.EndOfChannel:
                 return (0.0, 0.0)
 
+    async def lease_state(self, group: str) -> tuple[float, float, float]:
+        """(requests, tokens, expires_at) left in ``group``'s lease pool (trio clock).
+
+        Checkpoints.  Returns (0, 0, -inf) if the limiter has stopped.
+        """
+        send, receive = trio.open_memory_channel[tuple[float, float, float]](1)
+        try:
+            self._send.send_nowait(_LeaseState(group, send))
+        except trio.ClosedResourceError:
+            return (0.0, 0.0, -math.inf)
+        async with receive:
+            try:
+                return await receive.receive()
+            except trio.EndOfChannel:
+                return (0.0, 0.0, -math.inf)
+
     def close(self) -> None:
         """End :meth:`run` once it has handled the messages already sent."""
         self._send.close()
@@ -386,6 +408,9 @@ class Limiter:
         elif isinstance(message, _TakeBack):
             with message.reply:
                 message.reply.send_nowait(book.take_back_lease(message.group, now))
+        elif isinstance(message, _LeaseState):
+            with message.reply:
+                message.reply.send_nowait(book.lease_state(message.group, now))
         elif isinstance(message, _Stop):
             if self._stopped is None:
                 self._stopped = message.error

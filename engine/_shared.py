@@ -1,0 +1,965 @@
+"""One quota shared by many processes and machines, through Redis.
+
+Each process keeps the design's rule: its limiter task alone owns its quota
+book.  In shared mode (``QuotaBook(shared=True)``) every grant also needs
+capacity *leased* from the shared quota, and the lease manager below is the
+task that leases it, Doorman-style:
+
+* **Leases.** Capacity (requests and tokens) with an expiry.  A process asks
+  for a chunk when its pool runs dry — about ``ask_seconds`` of its fair share
+  of the rate, never fewer than ``min_ask_requests`` requests — so Redis sees
+  one command per chunk, not one per request.  Unused capacity is reported at
+  every renewal and handed back when the group has been idle for
+  ``idle_seconds``.  A process that dies (even SIGKILL) loses its leases when
+  they expire: no capacity is held for longer than ``lease_seconds``.
+* **Accounting in Redis, on Redis's clock.**  Per (namespace, limit group) a
+  token bucket per limit (requests and tokens per minute, and per day when
+  configured) refilling at ``limit / window``, plus one record per process
+  holding a lease (expiry, capacity held).  Every change happens in an atomic
+  Lua script that reads the time with ``TIME``, so processes on different
+  machines need no synchronised clocks.  The bucket never refills above the
+  limit less the capacity held in live leases, so leased-but-unused capacity
+  cannot add to a burst.
+* **Fair shares.**  A lease grants ``min(asked, available, fair share)``; the
+  fair share is the limit divided by the processes holding live leases, less
+  what the asking process already holds.  A process alone can use the whole
+  quota (and the whole burst of a fresh token bucket); when several are
+  hungry, each is capped at its share and one that got less than it asked
+  waits about as long as its share takes to accrue before asking again, so
+  none starves.
+* **Publication.**  A 429 cooldown seen by one process is written to a key
+  with a PX expiry (and drains the shared buckets until it ends); limits
+  learned from headers are stored with the bucket.  Every lease call returns
+  both, and the manager hands them to its limiter (``cool_down_nowait``,
+  ``learn_limits_nowait``).
+* **Redis unavailable.**  The first failed call logs one warning on the
+  ``engine.shared`` logger naming the URL (without credentials) and what each
+  process now does: it falls back to a local share of every known limit
+  (``fallback_share``, else one over the most processes it has seen sharing
+  the group, else one over ``fallback_clients``), starting empty and
+  refilling at that share of the rate — leases already held stay valid
+  until they expire.  It retries with exponential backoff (``retry_initial``
+  to ``retry_max`` seconds) and logs again when it rejoins.  A bucket found
+  missing on rejoin (Redis restarted without its data) starts empty, not
+  full.  Every Redis call is bounded by ``command_timeout``: never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from engine._quota import Cost, Limits
+
+__all__ = ["RedisQuota", "SharedQuotaStatistics"]
+
+logger = logging.getLogger("engine.shared")
+
+#: (name, Limits field, window in seconds, kind index: 0 requests, 1 tokens)
+_DIMS = (
+    ("rpm", "rpm", 60.0, 0),
+    ("tpm", "tpm", 60.0, 1),
+    ("rpd", "rpd", 86_400.0, 0),
+    ("tpd", "tpd", 86_400.0, 1),
+)
+
+
+def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _share(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"{attribute.name} must be in (0, 1] or None, got {value!r}")
+
+
+@attrs.frozen
+class RedisQuota:
+    """Share one quota between processes through a Redis server.
+
+    Pass it as ``engine.open_client(..., shared=engine.RedisQuota(url))``
+    (or ``engine run --redis URL``).  Every process using the same ``url``,
+    ``namespace`` and limit group shares that group's quota.
+
+    Attributes:
+        url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
+        namespace: prefix of every key (default ``"quota-engine"``); use one
+            per API key / organisation.
+        lease_seconds: how long leased capacity stays usable (default 10.0).
+            Also how long a killed process's capacity stays out of use, and
+            how long it counts as a sharer.
+        ask_seconds: a lease asks for about this many seconds of the
+            process's fair share of the rate (default 2.0).
+        min_ask_requests: fewest requests a lease asks for (default 20), so
+            Redis sees at most one command per 20 requests.
+        idle_seconds: a group whose leased capacity went unused this long
+            hands it back (default 2.0).
+        command_timeout: bound on connecting and on every Redis call
+            (default 2.0 seconds); past it Redis counts as unavailable.
+        retry_initial: first reconnection delay after a failure (default 0.5 s);
+            doubles up to ``retry_max`` (default 10.0 s), with jitter.
+        fallback_share: share of each limit one process uses on its own while
+            Redis is unavailable (default None: one over the most processes
+            seen sharing the group, or ``1 / fallback_clients`` if Redis was
+            never reached).
+        fallback_clients: processes assumed to share a group that was never
+            seen in Redis (default 4).
+        close_timeout: bound on handing leases back when the client closes
+            (default 2.0 seconds).
+        client_id: this process's name in Redis (default: host, pid and a
+            random suffix).
+    """
+
+    url: str
+    namespace: str = attrs.field(kw_only=True, default="quota-engine")
+    lease_seconds: float = attrs.field(kw_only=True, default=10.0, validator=_positive)
+    ask_seconds: float = attrs.field(kw_only=True, default=2.0, validator=_positive)
+    min_ask_requests: int = attrs.field(kw_only=True, default=20, validator=_positive)
+    idle_seconds: float = attrs.field(kw_only=True, default=2.0, validator=_positive)
+    command_timeout: float = attrs.field(kw_only=True, default=2.0, validator=_positive)
+    retry_initial: float = attrs.field(kw_only=True, default=0.5, validator=_positive)
+    retry_max: float = attrs.field(kw_only=True, default=10.0, validator=_positive)
+    fallback_share: float | None = attrs.field(kw_only=True, default=None, validator=_share)
+    fallback_clients: int = attrs.field(kw_only=True, default=4, validator=_positive)
+    close_timeout: float = attrs.field(kw_only=True, default=2.0, validator=_positive)
+    client_id: str | None = attrs.field(kw_only=True, default=None)
+
+    def safe_url(self) -> str:
+        """The URL without its credentials, for messages."""
+        scheme, sep, rest = self.url.partition("://")
+        if not sep:
+            return self.url
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+@attrs.frozen
+class SharedQuotaStatistics:
+    """Counters of one process's lease manager.
+
+    Attributes:
+        redis_calls: Redis commands sent (scripts; connecting not counted).
+        leases: lease calls answered by Redis.
+        requests_leased / tokens_leased: capacity granted by Redis.
+        fallback_leases: leases granted locally while Redis was unavailable.
+        returns: idle leases handed back.
+        connected: True while Redis answers.
+        outages: times Redis became unavailable.
+        clients: most processes seen sharing a group.
+    """
+
+    redis_calls: int
+    leases: int
+    requests_leased: float
+    tokens_leased: float
+    fallback_leases: int
+    returns: int
+    connected: bool
+    outages: int
+    clients: int
+
+
+# -- Lua scripts (run atomically by Redis, timed by Redis's own clock) --------
+
+# KEYS: state hash, leases hash, cooldown key.
+# ARGV: client, lease_us, rejoin (1: this client saw the bucket before), ask
+# requests, ask tokens, unused requests, unused tokens (what the client still
+# holds), limits rpm, tpm, rpd, tpd (0: unknown), key ttl in ms.
+# Returns: granted requests, granted tokens, Redis time (us), processes sharing,
+# cooldown end (us, or ""), limits rpm, tpm, rpd, tpd as stored.
+LEASE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local client = ARGV[1]
+local ask = {tonumber(ARGV[4]), tonumber(ARGV[5])}
+local unused = {tonumber(ARGV[6]), tonumber(ARGV[7])}
+local others = {0, 0}
+local clients = 1
+local records = redis.call('HGETALL', KEYS[2])
+for i = 1, #records, 2 do
+  if records[i] ~= client then
+    local expires, r, tk = string.match(records[i + 1], '^(%S+) (%S+) (%S+)$')
+    if tonumber(expires) <= now then
+      redis.call('HDEL', KEYS[2], records[i])
+    else
+      clients = clients + 1
+      others[1] = others[1] + tonumber(r)
+      others[2] = others[2] + tonumber(tk)
+    end
+  end
+end
+local raw = redis.call('HGETALL', KEYS[1])
+local fresh = #raw == 0
+local s = {}
+for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
+local last = tonumber(s['ts'] or now)
+local elapsed = now - last
+local names = {'rpm', 'tpm', 'rpd', 'tpd'}
+local windows = {60000000, 60000000, 86400000000, 86400000000}
+local kinds = {1, 2, 1, 2}
+local grant = {ask[1], ask[2]}
+local levels = {}
+local limits = {}
+for i = 1, 4 do
+  local limit = tonumber(ARGV[7 + i])
+  if limit <= 0 then limit = tonumber(s['lim:' .. names[i]] or '0') end
+  limits[i] = limit
+  if limit > 0 then
+    local k = kinds[i]
+    local level = tonumber(s['lvl:' .. names[i]] or '')
+    if level == nil then
+      if fresh and ARGV[3] == '1' then level = 0 else level = limit end
+    elseif elapsed > 0 then
+      local cap = limit - others[k] - unused[k]
+      if level < cap then level = math.min(cap, level + elapsed * limit / windows[i]) end
+    end
+    levels[i] = level
+    local share = limit / clients - unused[k]
+    grant[k] = math.max(0, math.floor(math.min(grant[k], level, share)))
+  end
+end
+local fields = {'ts', string.format('%.0f', math.max(now, last))}
+for i = 1, 4 do
+  if limits[i] > 0 then
+    table.insert(fields, 'lvl:' .. names[i])
+    table.insert(fields, string.format('%.17g', levels[i] - grant[kinds[i]]))
+    table.insert(fields, 'lim:' .. names[i])
+    table.insert(fields, string.format('%.17g', limits[i]))
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[12])
+redis.call('HSET', KEYS[2], client, string.format('%.0f %.17g %.17g',
+  now + tonumber(ARGV[2]), unused[1] + grant[1], unused[2] + grant[2]))
+redis.call('PEXPIRE', KEYS[2], ARGV[12])
+local cooldown = redis.call('GET', KEYS[3]) or ''
+return {grant[1], grant[2], string.format('%.0f', now), clients, cooldown,
+  string.format('%.17g', limits[1]), string.format('%.17g', limits[2]),
+  string.format('%.17g', limits[3]), string.format('%.17g', limits[4])}
+"""
+
+# KEYS: state hash, leases hash.  ARGV: client, unused requests, unused tokens.
+# Hands unused capacity back and removes the client's lease record.
+RETURN_SCRIPT = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+local give = {tonumber(ARGV[2]), tonumber(ARGV[3])}
+local names = {'rpm', 'tpm', 'rpd', 'tpd'}
+local kinds = {1, 2, 1, 2}
+for i = 1, 4 do
+  local level = redis.call('HGET', KEYS[1], 'lvl:' .. names[i])
+  local limit = redis.call('HGET', KEYS[1], 'lim:' .. names[i])
+  if level and limit and give[kinds[i]] > 0 then
+    local refilled = math.min(tonumber(limit), tonumber(level) + give[kinds[i]])
+    redis.call('HSET', KEYS[1], 'lvl:' .. names[i], string.format('%.17g', refilled))
+  end
+end
+return 1
+"""
+
+# KEYS: cooldown key, state hash.  ARGV: cooldown length (us).
+# Publishes a cooldown (only ever extended) and drains the buckets until it
+# ends: the server just said its own bucket is empty.  Returns the end (us).
+COOLDOWN_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ends = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if ends > current then
+  redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX',
+    math.ceil(tonumber(ARGV[1]) / 1000) + 1)
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    for _, name in ipairs({'rpm', 'tpm', 'rpd', 'tpd'}) do
+      local level = redis.call('HGET', KEYS[2], 'lvl:' .. name)
+      if level and tonumber(level) > 0 then
+        redis.call('HSET', KEYS[2], 'lvl:' .. name, '0')
+      end
+    end
+    local last = tonumber(redis.call('HGET', KEYS[2], 'ts') or '0')
+    redis.call('HSET', KEYS[2], 'ts', string.format('%.0f', math.max(last, ends)))
+  end
+  return string.format('%.0f', ends)
+end
+return string.format('%.0f', current)
+"""
+
+
+def group_keys(namespace: str, group: str) -> tuple[str, str, str]:
+    """(state hash, leases hash, cooldown key) of one limit group.
+
+    The ``{namespace:group}`` hash tag keeps a group's keys in one cluster slot.
+    """
+    tag = f"{{{namespace}:{group}}}"
+    return (f"{tag}:state", f"{tag}:leases", f"{tag}:cooldown")
+
+
+@attrs.frozen
+class LeaseReply:
+    """What the lease script answered.  Times in microseconds of Redis's clock."""
+
+    requests: float
+    tokens: float
+    redis_now_us: float
+    clients: int
+    cooldown_until_us: float | None
+    limits: tuple[float | None, float | None, float | None, float | None]
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> LeaseReply:
+        def text(value: Any) -> str:
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        limits = tuple(float(text(v)) or None for v in raw[5:9])
+        cooldown = text(raw[4])
+        return cls(
+            requests=float(raw[0]),
+            tokens=float(raw[1]),
+            redis_now_us=float(text(raw[2])),
+            clients=int(raw[3]),
+            cooldown_until_us=float(cooldown) if cooldown else None,
+            limits=limits,  # type: ignore[arg-type]
+        )
+
+
+# -- pure helpers --------------------------------------------------------------
+
+
+def ask_size(
+    need: Cost,
+    *,
+    rpm: float | None,
+    tpm: float | None,
+    clients: int,
+    ask_seconds: float,
+    min_requests: int,
+    tokens_per_request: float,
+) -> tuple[int, int]:
+    """(requests, tokens) one lease asks for.
+
+    About ``ask_seconds`` of this process's fair share of the request rate
+    (``rpm / 60 / clients``), never fewer than ``min_requests`` nor less than
+    ``need``; tokens follow at ``tokens_per_request``, bounded by
+    ``ask_seconds`` of the fair token rate when ``tpm`` is known (but never
+    below ``need``).
+    """
+    clients = max(1, clients)
+    requests = max(need.requests, min_requests)
+    if rpm:
+        requests = max(requests, math.ceil(rpm / 60 / clients * ask_seconds))
+    tokens = math.ceil(requests * tokens_per_request)
+    if tpm:
+        tokens = min(tokens, max(math.ceil(tpm / 60 / clients * ask_seconds), 1))
+    return requests, max(tokens, need.tokens)
+
+
+def retry_delay(
+    asked: tuple[float, float],
+    granted: tuple[float, float],
+    *,
+    rates: tuple[float | None, float | None],
+    clients: int,
+    floor: float,
+    ceiling: float,
+) -> float:
+    """Seconds to wait before asking again after a lease short of what was asked.
+
+    As long as the missing part takes to accrue at this process's fair share
+    of the rate, within [``floor``, ``ceiling``]; 0 when everything was granted.
+    """
+    wait = 0.0
+    short = False
+    for ask, got, rate in zip(asked, granted, rates, strict=True):
+        if got >= ask:
+            continue
+        short = True
+        if rate:
+            wait = max(wait, (ask - got) / (rate / max(1, clients)))
+    if not short:
+        return 0.0
+    return min(ceiling, max(floor, wait))
+
+
+@attrs.define
+class FallbackBucket:
+    """A local share of a group's limits, used while Redis is unavailable.
+
+    Per known limit a token bucket holding ``share`` of it, refilling at
+    ``share`` of its rate and starting *empty* (leases held from Redis may
+    still be in use).  Unknown limits grant what is asked.  Pure: time is
+    passed in.
+    """
+
+    limits: tuple[float | None, float | None, float | None, float | None]
+    share: float
+    started: float
+    levels: list[float] = attrs.field(init=False)
+    updated: float = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.levels = [0.0] * len(_DIMS)
+        self.updated = self.started
+
+    def grant(self, ask: tuple[float, float], now: float) -> tuple[float, float]:
+        """Take at most ``ask`` (requests, tokens) out of the share; return what was taken."""
+        elapsed = max(0.0, now - self.updated)
+        self.updated = max(self.updated, now)
+        granted = list(ask)
+        for i, (_name, _field, window, kind) in enumerate(_DIMS):
+            limit = self.limits[i]
+            if not limit:
+                continue
+            cap = limit * self.share
+            self.levels[i] = min(cap, self.levels[i] + elapsed * cap / window)
+            granted[kind] = max(0.0, min(granted[kind], math.floor(self.levels[i])))
+        for i, (_name, _field, _window, kind) in enumerate(_DIMS):
+            if self.limits[i]:
+                self.levels[i] -= granted[kind]
+        return granted[0], granted[1]
+
+
+def _limits_for(limits: Limits | Mapping[str, Limits] | None, group: str) -> Limits:
+    if limits is None:
+        return Limits()
+    if isinstance(limits, Limits):
+        return limits
+    return limits.get(group, Limits())
+
+
+# -- the lease manager task -----------------------------------------------------
+
+
+class _Unavailable(Exception):
+    """A Redis call failed or timed out."""
+
+
+@attrs.define(eq=False)
+class _Group:
+    name: str
+    keys: tuple[str, str, str]
+    limits: list[float | None]
+    need: Cost | None = None
+    flagged: bool = False
+    next_ask_at: float = -math.inf
+    clients: int = 1
+    max_clients: int = 0
+    seen_bucket: bool = False
+    tokens_per_request: float = 0.0
+    holding: bool = False
+    idle_check_at: float = math.inf
+    last_pool: tuple[float, float, float] | None = None
+    cooldown_to_publish: float | None = None
+    publish_limits: bool = False
+    fallback: FallbackBucket | None = None
+
+
+@attrs.frozen
+class _Need:
+    group: str
+    cost: Cost
+
+
+@attrs.frozen
+class _Cooldown:
+    group: str
+    until: float
+
+
+@attrs.frozen
+class _Learned:
+    group: str
+    rpm: float | None
+    tpm: float | None
+
+
+class LeaseManager:
+    """The task that leases shared capacity from Redis for one client's limiter.
+
+    Created by ``open_client(shared=...)``: pass :meth:`callbacks` to the
+    :class:`~engine._limiter.Limiter`, then :meth:`attach` it, start
+    :meth:`run` in the client's nursery, and :meth:`aclose` it before closing
+    the limiter.
+    """
+
+    def __init__(
+        self,
+        config: RedisQuota,
+        limits: Limits | Mapping[str, Limits] | None,
+        *,
+        redis_factory: Any = None,
+    ) -> None:
+        self._config = config
+        self._limits = limits
+        self._redis_factory = redis_factory or self._default_redis
+        self._client_id = config.client_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        self._send, self._receive = trio.open_memory_channel[object](math.inf)
+        self._groups: dict[str, _Group] = {}
+        self._limiter: Any = None
+        self._scope = trio.CancelScope()
+        self._finished = trio.Event()
+        self._connected = False
+        self._ever_connected = False
+        self._outage_logged = False
+        self._backoff = config.retry_initial
+        self._rng = random.Random()
+        self._redis_calls = 0
+        self._leases = 0
+        self._requests_leased = 0.0
+        self._tokens_leased = 0.0
+        self._fallback_leases = 0
+        self._returns = 0
+        self._outages = 0
+        self._scripts: dict[str, Any] = {}
+
+    # -- wiring -----------------------------------------------------------------
+
+    def callbacks(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~engine._limiter.Limiter`."""
+        return {
+            "on_lease_needed": self._on_lease_needed,
+            "on_cooldown": self._on_cooldown,
+            "on_limits_learned": self._on_limits_learned,
+        }
+
+    def attach(self, limiter: Any) -> None:
+        """Name the limiter whose book the leases go to."""
+        self._limiter = limiter
+
+    def statistics(self) -> SharedQuotaStatistics:
+        """Return a :class:`SharedQuotaStatistics` snapshot (does not checkpoint)."""
+        return SharedQuotaStatistics(
+            redis_calls=self._redis_calls,
+            leases=self._leases,
+            requests_leased=self._requests_leased,
+            tokens_leased=self._tokens_leased,
+            fallback_leases=self._fallback_leases,
+            returns=self._returns,
+            connected=self._connected,
+            outages=self._outages,
+            clients=max((g.max_clients for g in self._groups.values()), default=0),
+        )
+
+    # Callbacks run in the limiter task: record and return at once.
+
+    def _on_lease_needed(self, group: str, cost: Cost) -> None:
+        state = self._group(group)
+        if state.flagged:
+            return  # the manager has not seen the last one yet
+        state.flagged = True
+        self._post(_Need(group, cost))
+
+    def _on_cooldown(self, group: str, until: float) -> None:
+        self._post(_Cooldown(group, until))
+
+    def _on_limits_learned(self, group: str, rpm: float | None, tpm: float | None) -> None:
+        self._post(_Learned(group, rpm, tpm))
+
+    def _post(self, message: object) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.ClosedResourceError:
+            pass  # closing: nothing more to lease
+
+    def _group(self, name: str) -> _Group:
+        state = self._groups.get(name)
+        if state is None:
+            limits = _limits_for(self._limits, name)
+            state = self._groups[name] = _Group(
+                name=name,
+                keys=group_keys(self._config.namespace, name),
+                limits=[getattr(limits, field) for _n, field, _w, _k in _DIMS],
+            )
+        return state
+
+    # -- the task ---------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The manager task.  Returns after :meth:`aclose` (leases handed back)."""
+        task_status.started()
+        try:
+            with self._scope:
+                await self._run()
+        finally:
+            self._connected = False
+            self._finished.set()
+
+    async def aclose(self) -> None:
+        """Stop leasing and hand back unused capacity; bounded by ``close_timeout``.
+
+        Checkpoints.  Call before closing the limiter.
+        """
+        self._send.close()
+        with trio.move_on_after(self._config.close_timeout):
+            await self._finished.wait()
+        self._scope.cancel()
+
+    async def _run(self) -> None:
+        closed = False
+        while not closed:
+            try:
+                async with self._redis_factory() as redis:
+                    self._scripts = {
+                        "lease": redis.register_script(LEASE_SCRIPT),
+                        "return": redis.register_script(RETURN_SCRIPT),
+                        "cooldown": redis.register_script(COOLDOWN_SCRIPT),
+                    }
+                    await self._ping(redis)
+                    self._note_connected()
+                    await self._serve(redis, math.inf)
+                    await self._hand_back(redis)
+                closed = True
+            except Exception as exc:  # Redis errors, also as exception groups
+                if not _is_redis_failure(exc):
+                    raise
+                self._note_outage(exc)
+                closed = await self._serve(None, trio.current_time() + self._next_backoff())
+        await self._hand_back(None)
+
+    def _default_redis(self) -> Any:
+        import coredis
+
+        timeout = self._config.command_timeout
+        return coredis.Redis.from_url(
+            self._config.url,
+            connect_timeout=timeout,
+            stream_timeout=timeout,
+            decode_responses=True,
+            verify_version=False,
+        )
+
+    def _note_connected(self) -> None:
+        self._connected = True
+        self._backoff = self._config.retry_initial
+        if self._outage_logged:
+            logger.warning(
+                "shared quota: Redis at %s is back; leasing from the shared quota again",
+                self._config.safe_url(),
+            )
+        self._outage_logged = False
+        self._ever_connected = True
+        for group in self._groups.values():
+            group.fallback = None
+            group.next_ask_at = -math.inf
+
+    def _note_outage(self, exc: BaseException) -> None:
+        was_connected = self._connected
+        self._connected = False
+        if was_connected or not self._outage_logged:
+            self._outages += 1
+        if not self._outage_logged:
+            self._outage_logged = True
+            share = self._config.fallback_share
+            what = (
+                f"{share:g} of each limit"
+                if share is not None
+                else (
+                    "1/(most processes seen sharing) of each limit"
+                    if self._ever_connected
+                    else f"1/{self._config.fallback_clients} of each limit"
+                )
+            )
+            logger.warning(
+                "shared quota: Redis at %s is unavailable (%s); this process now uses "
+                "%s on its own (leases already held stay valid until they expire) and "
+                "retries with backoff up to %gs",
+                self._config.safe_url(),
+                _describe(exc),
+                what,
+                self._config.retry_max,
+            )
+
+    def _next_backoff(self) -> float:
+        delay = self._backoff * self._rng.uniform(0.5, 1.0)
+        self._backoff = min(self._config.retry_max, self._backoff * 2)
+        return delay
+
+    async def _serve(self, redis: Any, until: float) -> bool:
+        """Handle messages and timers until ``until``; True once closed.
+
+        With ``redis`` None, leases come from the local fallback share.
+        Raises a Redis failure out of the connection's block.
+        """
+        receive = self._receive
+        while True:
+            deadline = min([until, *self._timers(connected=redis is not None)])
+            message = None
+            closed = False
+            with trio.move_on_at(deadline):
+                try:
+                    message = await receive.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    closed = True
+            if closed:
+                return True
+            while message is not None:
+                self._handle(message)
+                try:
+                    message = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    message = None
+            now = trio.current_time()
+            for group in list(self._groups.values()):
+                await self._step(redis, group, now)
+            if trio.current_time() >= until:
+                return False
+
+    def _timers(self, *, connected: bool) -> list[float]:
+        times = []
+        for group in self._groups.values():
+            if group.need is not None:
+                times.append(group.next_ask_at)
+            if group.idle_check_at != math.inf:
+                times.append(group.idle_check_at)
+            if connected and (group.cooldown_to_publish is not None or group.publish_limits):
+                times.append(-math.inf)
+        return times
+
+    def _handle(self, message: object) -> None:
+        if isinstance(message, _Need):
+            group = self._group(message.group)
+            group.flagged = False
+            group.need = message.cost
+            if message.cost.requests > 0:
+                per_request = message.cost.tokens / message.cost.requests
+                group.tokens_per_request = (
+                    per_request
+                    if not group.tokens_per_request
+                    else 0.8 * group.tokens_per_request + 0.2 * per_request
+                )
+        elif isinstance(message, _Cooldown):
+            group = self._group(message.group)
+            group.cooldown_to_publish = max(group.cooldown_to_publish or -math.inf, message.until)
+        elif isinstance(message, _Learned):
+            group = self._group(message.group)
+            configured = _limits_for(self._limits, message.group)
+            changed = False
+            for index, value, mine in (
+                (0, message.rpm, configured.rpm),
+                (1, message.tpm, configured.tpm),
+            ):
+                if value and mine is None and group.limits[index] != value:
+                    group.limits[index] = value
+                    changed = True
+            group.publish_limits = group.publish_limits or changed
+
+    async def _step(self, redis: Any, group: _Group, now: float) -> None:
+        if redis is None:
+            group.cooldown_to_publish = None  # nobody to tell; the local book has it
+        elif group.cooldown_to_publish is not None:
+            until, group.cooldown_to_publish = group.cooldown_to_publish, None
+            if until > now:
+                await self._call(
+                    redis,
+                    "cooldown",
+                    [group.keys[2], group.keys[0]],
+                    [math.ceil((until - now) * 1e6)],
+                )
+        if group.need is not None and now >= group.next_ask_at:
+            await self._lease(redis, group, group.need)
+        elif redis is not None and group.publish_limits:
+            await self._lease(redis, group, Cost(tokens=0, requests=0))
+        if now >= group.idle_check_at:
+            await self._idle_check(redis, group, now)
+
+    async def _ping(self, redis: Any) -> None:
+        """Check that Redis answers (a client connects lazily)."""
+        self._redis_calls += 1
+        try:
+            with trio.move_on_after(self._config.command_timeout):
+                await redis.ping()
+                return
+        except Exception as exc:
+            if _is_redis_failure(exc):
+                raise _Unavailable(_describe(exc)) from exc
+            raise
+        raise _Unavailable(f"no answer within {self._config.command_timeout:g}s")
+
+    async def _call(self, redis: Any, script: str, keys: list[str], args: list[Any]) -> Any:
+        self._redis_calls += 1
+        try:
+            with trio.move_on_after(self._config.command_timeout):
+                return await self._scripts[script](keys=keys, args=args)
+        except Exception as exc:
+            if _is_redis_failure(exc):
+                raise _Unavailable(_describe(exc)) from exc
+            raise
+        raise _Unavailable(f"no answer within {self._config.command_timeout:g}s")
+
+    async def _lease(self, redis: Any, group: _Group, need: Cost) -> None:
+        limiter = self._limiter
+        pool_requests, pool_tokens, pool_expires = await limiter.lease_state(group.name)
+        started = trio.current_time()
+        if pool_expires <= started:
+            pool_requests = pool_tokens = 0.0
+        asked = (0, 0)
+        if need.requests or need.tokens:
+            asked = ask_size(
+                need,
+                rpm=group.limits[0],
+                tpm=group.limits[1],
+                clients=group.clients,
+                ask_seconds=self._config.ask_seconds,
+                min_requests=self._config.min_ask_requests,
+                tokens_per_request=group.tokens_per_request,
+            )
+        if redis is None:
+            granted = self._fallback_grant(group, asked, started)
+            self._fallback_leases += 1
+        else:
+            reply = LeaseReply.parse(
+                await self._call(
+                    redis,
+                    "lease",
+                    list(group.keys),
+                    [
+                        self._client_id,
+                        math.ceil(self._config.lease_seconds * 1e6),
+                        1 if group.seen_bucket else 0,
+                        asked[0],
+                        asked[1],
+                        math.floor(pool_requests),
+                        math.floor(pool_tokens),
+                        *[value or 0 for value in group.limits],
+                        math.ceil(max(86_400.0 * 2, self._config.lease_seconds * 4) * 1000),
+                    ],
+                )
+            )
+            group.publish_limits = False
+            group.seen_bucket = True
+            group.clients = reply.clients
+            group.max_clients = max(group.max_clients, reply.clients)
+            granted = (reply.requests, reply.tokens)
+            self._leases += 1
+            self._requests_leased += reply.requests
+            self._tokens_leased += reply.tokens
+            self._adopt(group, reply, started)
+        now = trio.current_time()
+        if granted[0] or granted[1]:
+            limiter.lease_nowait(
+                group.name,
+                requests=granted[0],
+                tokens=granted[1],
+                # Redis set its expiry after we sent the call: ours is never later.
+                expires_at=started + self._config.lease_seconds,
+            )
+            group.holding = True
+            group.idle_check_at = now + self._config.idle_seconds
+            group.last_pool = None
+        if not (need.requests or need.tokens):
+            return
+        satisfied = (
+            pool_requests + granted[0] >= need.requests and pool_tokens + granted[1] >= need.tokens
+        )
+        if satisfied:
+            group.need = None
+        rates = tuple(None if not lim else lim / 60 for lim in group.limits[:2])
+        group.next_ask_at = now + retry_delay(
+            asked,
+            granted,
+            rates=rates,  # type: ignore[arg-type]
+            clients=group.clients,
+            floor=0.02,
+            ceiling=max(self._config.ask_seconds, 0.02),
+        )
+
+    def _adopt(self, group: _Group, reply: LeaseReply, started: float) -> None:
+        """Apply what other processes published: limits, cooldowns."""
+        limiter = self._limiter
+        configured = _limits_for(self._limits, group.name)
+        learned = [None, None]
+        for index, field in ((0, "rpm"), (1, "tpm")):
+            value = reply.limits[index]
+            if value and getattr(configured, field) is None and group.limits[index] != value:
+                group.limits[index] = value
+                learned[index] = value
+        if learned[0] or learned[1]:
+            limiter.learn_limits_nowait(group.name, rpm=learned[0], tpm=learned[1])
+        if reply.cooldown_until_us is not None:
+            until = started + (reply.cooldown_until_us - reply.redis_now_us) / 1e6
+            if until > started:
+                limiter.cool_down_nowait(group.name, until)
+
+    def _fallback_grant(
+        self, group: _Group, asked: tuple[int, int], now: float
+    ) -> tuple[float, float]:
+        if group.fallback is None:
+            share = self._config.fallback_share
+            if share is None:
+                clients = group.max_clients or self._config.fallback_clients
+                share = 1 / max(1, clients)
+            group.fallback = FallbackBucket(
+                limits=tuple(group.limits),  # type: ignore[arg-type]
+                share=share,
+                started=now,
+            )
+        return group.fallback.grant(asked, now)
+
+    async def _idle_check(self, redis: Any, group: _Group, now: float) -> None:
+        pool = await self._limiter.lease_state(group.name)
+        expired = pool[2] <= trio.current_time()
+        if group.need is None and (expired or pool == group.last_pool):
+            group.idle_check_at = math.inf
+            group.last_pool = None
+            unused = await self._limiter.take_back_lease(group.name)
+            if redis is not None and group.holding:
+                await self._call(
+                    redis,
+                    "return",
+                    [group.keys[0], group.keys[1]],
+                    [self._client_id, math.floor(unused[0]), math.floor(unused[1])],
+                )
+                self._returns += 1
+            group.holding = False
+            return
+        group.last_pool = pool
+        group.idle_check_at = now + self._config.idle_seconds
+
+    async def _hand_back(self, redis: Any) -> None:
+        """Closing: return what every group still holds (best effort)."""
+        for group in self._groups.values():
+            if not group.holding:
+                continue
+            unused = await self._limiter.take_back_lease(group.name)
+            group.holding = False
+            if redis is None:
+                continue
+            try:
+                await self._call(
+                    redis,
+                    "return",
+                    [group.keys[0], group.keys[1]],
+                    [self._client_id, math.floor(unused[0]), math.floor(unused[1])],
+                )
+                self._returns += 1
+            except _Unavailable:
+                return  # the leases expire on their own
+
+
+def _is_redis_failure(exc: BaseException) -> bool:
+    """True for connection/timeouts/server errors from Redis (also inside groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_redis_failure(inner) for inner in exc.exceptions)
+    if isinstance(exc, _Unavailable | OSError | TimeoutError):
+        return True
+    try:
+        import coredis.exceptions
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, coredis.exceptions.RedisError)
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, _Unavailable):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"[:200]
