@@ -604,8 +604,15 @@ class QuotaBook:
         if (error_at_grant > 0) != (error_now > 0):
             return
         error = min(error_at_grant, error_now, key=abs)
-        if error > 0 and not may_raise:
-            return  # the user chose less than the server allows: never raise
+        if error > 0:
+            if not may_raise:
+                return  # the user chose less than the server allows: never raise
+            # Requests granted after the server's snapshot but not yet arrived
+            # make both readings look a little high in steady state; raising
+            # on that noise would overshoot.  Only a clear surplus (refunds the
+            # server counted, a limit larger than known) is worth taking.
+            if dim.limit is not None and error < max(2.0, 0.01 * dim.limit):
+                return
         dim.level += error
         dim.corrections += error
 

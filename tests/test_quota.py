@@ -407,3 +407,21 @@ def test_remote_cooldown_and_learned_limits_are_adopted():
     book.learn_limits("g", 0.0, rpm=60, tpm=99_999)
     assert book.learned_limits("g", 0.0) == (60, 1000)
     assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(5.0))
+
+
+def test_small_surplus_in_headers_does_not_raise_the_level():
+    """A remaining one or two above the book's view is noise, not capacity."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    r = grant(book, 0.0)  # level after: 598
+    book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=599))
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(598)
+
+
+def test_clear_surplus_in_headers_raises_the_level():
+    """Refunds the server counted (well above noise) come back to the book."""
+    book = QuotaBook(Limits(tpm=10_000), margin=0.0)
+    seen(book)
+    r = grant(book, 0.0, Cost(tokens=2_000))  # level after: 8000
+    book.settle(r, 0.0, headers=headers(limit_tokens=10_000, remaining_tokens=9_500))
+    assert book.snapshot("g", 0.0)["tokens_per_minute"]["level"] == pytest.approx(9_500)
