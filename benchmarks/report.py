@@ -68,7 +68,8 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
         f"{config['request_cost_tokens']} tokens per request), lognormal latency "
         f"median {config['latency_median_ms']:.0f} ms sigma {config['latency_sigma']}; "
         f"{config['steady_seconds']:.0f} s of steady state after the burst. "
-        f"Peers ran {'one at a time' if config['serial'] else 'side by side (own mocks)'}; "
+        f"Peers side by side (own mocks): {config.get('side_by_side')} scenarios, "
+        "otherwise one at a time; "
         f"load average at start {data['machine']['loadavg_at_start']}.",
         "",
         "Columns: *util* = admitted rate in steady state / quota rate (see "

@@ -6,8 +6,11 @@ request limit twice as loose), every peer runs the same N chat completions
 against its own ``engine mock --server uvicorn`` (lognormal latency, median
 300 ms, sigma 0.5, seeded), in its own process pinned to the client CPU, the
 mocks pinned to the other.  Peers run side by side (each has its own mock and
-its own quota), so a scenario takes as long as its slowest peer, at most
-``1.5 x ideal + 10 s`` (a peer still running then is cut off and marked so).
+its own quota).  Peers run one at a time, except in the fixed-window scenarios
+(60 s windows would otherwise dominate the run time) and in ``--quick`` mode,
+where they run side by side — each with its own mock and quota, all starting
+at the same moment (``--side-by-side none|fixed_window|all``).  A peer still
+running ``1.5 x ideal + 10 s`` after the start is cut off and marked so.
 
 Definitions (``L`` = the binding limit per minute, in its unit — requests, or
 tokens — and ``r = L / 60`` per second; ``t = 0`` is the peer's first send;
@@ -32,7 +35,8 @@ an *admitted send* is the send time of an attempt the server answered 200):
   send/answer intervals) against admitted rate x mean latency there.
 
     python -m benchmarks.utilisation [--quick] [--rpm 1200] [--peers NAME ...]
-        [--semantics ...] [--bindings rpm tpm] [--serial] [--out bench-results/utilisation.json]
+        [--semantics ...] [--bindings rpm tpm] [--side-by-side none|fixed_window|all]
+        [--out bench-results/utilisation.json]
 
 ``--quick``: requests/min binding only, token bucket and per-second, 10 s of
 steady state each (under a minute).
@@ -285,8 +289,13 @@ def series(records: Sequence[Record], ok: Sequence[Record], t0: float, plan: Pla
 # -- running ------------------------------------------------------------------
 
 
-def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> list[dict]:
-    """Run every peer on ``plan`` (side by side unless ``serial``); one row per peer."""
+def side_by_side(plan: Plan, mode: str) -> bool:
+    """Whether ``plan``'s peers run at the same time under ``--side-by-side mode``."""
+    return mode == "all" or (mode == "fixed_window" and plan.semantics == "fixed_window")
+
+
+def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = True) -> list[dict]:
+    """Run every peer on ``plan``, one at a time or (``serial=False``) side by side."""
     rows = []
     batches = [[p] for p in peers] if serial else [list(peers)]
     for batch in batches:
@@ -298,7 +307,7 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = False) -> l
             children = {}
             # Every child imports, then waits for the same moment to start, so
             # start-up (seconds under load) neither staggers peers nor eats the cut-off.
-            start_at = time.time() + STARTUP_ALLOWANCE
+            start_at = time.time() + (STARTUP_ALLOWANCE if len(batch) > 1 else 3.0)
             for peer in batch:
                 args = [
                     "--child",
@@ -397,13 +406,14 @@ def run(
     peers: Sequence[str] = tuple(PEERS),
     semantics: Sequence[str] | None = None,
     bindings: Sequence[str] | None = None,
-    serial: bool = False,
+    mode: str | None = None,
     out: str = f"{RESULTS_DIR}/utilisation.json",
 ) -> dict:
     """Run the utilisation scenarios; write and return the results."""
     semantics = semantics or (("token_bucket", "per_second") if quick else SEMANTICS)
     bindings = bindings or (("rpm",) if quick else BINDINGS)
     steady = QUICK_STEADY_SECONDS if quick else STEADY_SECONDS
+    mode = mode or ("all" if quick else "fixed_window")
     started = time.time()
     rows = []
     for binding in bindings:
@@ -414,7 +424,7 @@ def run(
                 f"cutoff={plan.cutoff():.0f}s",
                 flush=True,
             )
-            rows.extend(run_scenario(plan, peers, serial=serial))
+            rows.extend(run_scenario(plan, peers, serial=not side_by_side(plan, mode)))
     result = {
         "scenario": "utilisation",
         "machine": machine(),
@@ -425,7 +435,7 @@ def run(
             "latency_sigma": LATENCY_SIGMA,
             "steady_seconds": steady,
             "request_cost_tokens": request_cost(),
-            "serial": serial,
+            "side_by_side": mode,
         },
         "runs": rows,
         "duration_s": time.time() - started,
@@ -441,7 +451,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(PEERS))
     parser.add_argument("--semantics", nargs="+", choices=SEMANTICS)
     parser.add_argument("--bindings", nargs="+", choices=BINDINGS)
-    parser.add_argument("--serial", action="store_true", help="one peer at a time")
+    parser.add_argument(
+        "--side-by-side",
+        choices=("none", "fixed_window", "all"),
+        help="which scenarios run their peers at the same time "
+        "(default: fixed_window; --quick: all)",
+    )
     parser.add_argument("--out", default=f"{RESULTS_DIR}/utilisation.json")
     # child mode (internal)
     parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
@@ -461,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peers=args.peers,
         semantics=args.semantics,
         bindings=args.bindings,
-        serial=args.serial,
+        mode=args.side_by_side,
         out=args.out,
     )
 
