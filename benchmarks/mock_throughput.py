@@ -14,7 +14,7 @@ directly with a fake receive/send on asyncio), the ceiling no server can beat.
 
     .venv/bin/python benchmarks/mock_throughput.py [--seconds 5] [--connections 64]
         [--servers builtin uvicorn hypercorn noop] [--generator auto|wrk|python]
-        [--server-cpu 0] [--client-cpu 1] [--repeat 1]
+        [--server-cpu 0] [--client-cpu 1] [--repeat 1] [--quotas]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 ).encode()
 SERVERS = ("builtin", "uvicorn", "hypercorn", "noop")
+QUOTAS_NEVER_LIMITING = ("--rpm", "1000000000", "--tpm", "1000000000000")
 SATURATED = 0.9  # share of a core above which a process counts as using all of it
 
 # wrk: POST the chat body; print one JSON line of totals when done.
@@ -309,14 +310,20 @@ def measure(
     connections: int,
     server_cpu: int | None,
     client_cpu: int | None,
+    mock_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Serve with ``server``, warm it up, drive it for ``seconds``; one result record.
 
     ``server`` is an ``engine mock --server`` choice, or ``noop`` for the
     builtin server answering with a fixed body (the HTTP + kernel floor).
+    ``mock_args`` (default none) are added to the ``engine mock`` command.
     """
     started = time.perf_counter()
-    serving = _noop_server() if server == "noop" else serve_in_subprocess(["--server", server])
+    serving = (
+        _noop_server()
+        if server == "noop"
+        else serve_in_subprocess(["--server", server, *mock_args])
+    )
     with serving as base_url:
         startup_s = time.perf_counter() - started
         parsed = urllib.parse.urlsplit(base_url)
@@ -350,6 +357,7 @@ def measure(
     ok = result["ok"]
     return {
         "server": server,
+        "mock_args": list(mock_args) if server != "noop" else [],
         "generator": generator,
         "connections": connections,
         "seconds": round(elapsed, 2),
@@ -460,6 +468,12 @@ def main() -> None:
         default=1,
         help="measure the servers this many times, interleaved (median and best reported)",
     )
+    parser.add_argument(
+        "--quotas",
+        action="store_true",
+        help="serve with RPM/TPM limits too high to refuse anything: quota arithmetic and "
+        "x-ratelimit-* headers on every answer (default: quotas off)",
+    )
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--generator",
@@ -485,7 +499,15 @@ def main() -> None:
         client_cpu = None
     app_us = app_cost_us()
     results = [
-        measure(server, generator, args.seconds, args.connections, server_cpu, client_cpu)
+        measure(
+            server,
+            generator,
+            args.seconds,
+            args.connections,
+            server_cpu,
+            client_cpu,
+            QUOTAS_NEVER_LIMITING if args.quotas else (),
+        )
         for _ in range(args.repeat)
         for server in args.servers
     ]
@@ -497,6 +519,7 @@ def main() -> None:
                 "server_cpu": server_cpu,
                 "client_cpu": client_cpu,
                 "generator": generator,
+                "quotas": args.quotas,
                 "app_in_process_us_per_request": round(app_us, 2),
                 "app_in_process_ceiling_req_per_cpu_s": round(1e6 / app_us),
                 "load_average": [round(x, 2) for x in os.getloadavg()],

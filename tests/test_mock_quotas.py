@@ -279,3 +279,12 @@ def test_sliding_window_max_nets_refunds():
     assert window.max_tokens == 1000
     window.add(1.5, 1, 800)
     assert window.max_tokens == 1100
+
+
+@pytest.mark.parametrize("semantics", list(Semantics))
+def test_meter_headline_matches_remaining_and_reset_after(semantics):
+    """headline(now) is (remaining(now), reset_after(now)) for every semantics."""
+    meter = Meter.create(100, 60.0, semantics, 0.0)
+    meter.take(37, 1.0)
+    for now in (1.0, 1.5, 30.0, 61.0):
+        assert meter.headline(now) == (meter.remaining(now), meter.reset_after(now))

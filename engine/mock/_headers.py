@@ -5,6 +5,7 @@ Pure functions; none checkpoint.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from engine.mock._quotas import Snapshot
@@ -18,7 +19,13 @@ def format_go_duration(seconds: float) -> str:
     Rounded *up* to a whole millisecond (a reset is never announced early):
     ``0s``, ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``2m59.56s``, ``1h2m3s``.
     """
-    millis = max(0, math.ceil(seconds * 1000 - 1e-6))
+    return _go_duration_of_millis(max(0, math.ceil(seconds * 1000 - 1e-6)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _go_duration_of_millis(millis: int) -> str:
+    """:func:`format_go_duration` of a whole number of milliseconds (cached: resets
+    repeat at high rates, and every answer carries two)."""
     if millis == 0:
         return "0s"
     if millis < 1000:
@@ -32,6 +39,16 @@ def format_go_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{text}"
     return text
+
+
+_HEADER_NAMES = {
+    kind: (
+        f"x-ratelimit-limit-{kind}".encode(),
+        f"x-ratelimit-remaining-{kind}".encode(),
+        f"x-ratelimit-reset-{kind}".encode(),
+    )
+    for kind in ("requests", "tokens")
+}
 
 
 def rate_limit_headers(
@@ -49,12 +66,11 @@ def rate_limit_headers(
     ):
         if limit is None:
             continue
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
         if include_limits:
-            headers.append((f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()))
-        headers.append((f"x-ratelimit-remaining-{kind}".encode(), str(remaining).encode()))
-        headers.append(
-            (f"x-ratelimit-reset-{kind}".encode(), format_go_duration(reset or 0.0).encode())
-        )
+            headers.append((limit_name, b"%d" % limit))
+        headers.append((remaining_name, b"%d" % remaining))
+        headers.append((reset_name, format_go_duration(reset or 0.0).encode()))
     return headers
 
 

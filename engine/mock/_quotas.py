@@ -192,6 +192,17 @@ class Meter:
             return 0.0
         return self._window_end() - now
 
+    def headline(self, now: float) -> tuple[int, float]:
+        """(:meth:`remaining`, :meth:`reset_after`) together, rolling the meter once."""
+        self._roll(now)
+        if self.semantics is Semantics.TOKEN_BUCKET:
+            missing = self.limit - self.level
+            reset = max(0.0, missing / (self.limit / self.period)) if missing > _EPSILON else 0.0
+            return max(0, math.floor(self.level + _EPSILON)), reset
+        used = self.used
+        remaining = max(0, math.floor(self._allowance - used + _EPSILON))
+        return remaining, (0.0 if used <= _EPSILON else self._window_end() - now)
+
     # -- changes -----------------------------------------------------------
 
     def take(self, cost: float, now: float) -> int:
@@ -398,11 +409,13 @@ class QuotaBook:
         meters = self._meters(group, now)
         requests = meters.get("rpm") or meters.get("rpd")
         tokens = meters.get("tpm") or meters.get("tpd")
+        remaining_requests, reset_requests = requests.headline(now) if requests else (None, None)
+        remaining_tokens, reset_tokens = tokens.headline(now) if tokens else (None, None)
         return Snapshot(
             limit_requests=requests.limit if requests else None,
-            remaining_requests=requests.remaining(now) if requests else None,
-            reset_requests=requests.reset_after(now) if requests else None,
+            remaining_requests=remaining_requests,
+            reset_requests=reset_requests,
             limit_tokens=tokens.limit if tokens else None,
-            remaining_tokens=tokens.remaining(now) if tokens else None,
-            reset_tokens=tokens.reset_after(now) if tokens else None,
+            remaining_tokens=remaining_tokens,
+            reset_tokens=reset_tokens,
         )
