@@ -182,7 +182,7 @@ def plot_utilisation(rows: Sequence[dict], binding: str, semantics: str, img_dir
             bottom.plot(range(len(throttled)), throttled, label=r["label"], linewidth=1.0)
     top.axhline(limit, color="black", linestyle="--", linewidth=1.0, label="quota")
     top.set_ylabel(f"admitted {unit}/min\n({SMOOTH_SECONDS} s moving window)")
-    top.set_yscale("symlog", linthresh=limit)
+    top.set_ylim(bottom=0)
     top.set_title(f"{semantics.replace('_', ' ')} mock, {binding.upper()} binding")
     top.legend(fontsize=7, loc="upper right")
     top.grid(alpha=0.3)
