@@ -73,7 +73,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["H11Transport", "make_async_client", "shared_ssl_context"]
+__all__ = ["H11Transport", "RawResponse", "make_async_client", "shared_ssl_context"]
 
 # Bytes asked of the socket per receive: a chat completion fits in one read.
 _RECEIVE_SIZE = 65536
@@ -399,6 +399,8 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise
         if not keep_alive:
             self._drop_connection()
+        if type(request) is _RawRequest and not head.content_encoded:
+            return RawResponse(head.status_code, head.headers, body)
         return _build_response(head, body)
 
 
@@ -513,6 +515,72 @@ async def _read_with_h11(
         content_encoded,
     )
     return head, b"".join(chunks), keep_alive
+
+
+class _RawHeaders:
+    """Just what the transport reads of ``httpx.Headers``: the raw pairs."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+
+class _RawRequest:
+    """A request built by :class:`_WorkerClient` without ``httpx.Request``.
+
+    It carries exactly the attributes :class:`H11Transport` reads (url,
+    method, raw headers, bytes body, extensions), and asks the transport for a
+    :class:`RawResponse` in return.  Building ``httpx.Request`` and
+    ``httpx.Response`` objects cost more CPU than the HTTP exchange itself.
+    """
+
+    __slots__ = ("content", "extensions", "headers", "method", "stream", "url")
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        raw_headers: list[tuple[bytes, bytes]],
+        content: bytes,
+        extensions: dict,
+    ) -> None:
+        self.url = url
+        self.method = "POST"
+        self.headers = _RawHeaders(raw_headers)
+        self.content = content
+        self.stream = httpx.ByteStream(content)
+        self.extensions = extensions
+
+
+class RawResponse:
+    """A fully read response, as light as the engine needs it.
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: names lower-cased to values (the first of repeated headers);
+            a plain ``dict``, so ``headers.get("x-request-id")`` works.
+        content: the body bytes.
+    """
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], content: bytes):
+        self.status_code = status_code
+        headers: dict[str, str] = {}
+        for name, value in raw_headers:
+            key = name.decode("latin-1").lower()
+            if key not in headers:
+                headers[key] = value.decode("latin-1")
+        self.headers = headers
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.content.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        return f"<RawResponse [{self.status_code}]>"
 
 
 def _build_response(head: _Head, content: bytes) -> httpx.Response:
@@ -679,6 +747,58 @@ class _WorkerClient(httpx.AsyncClient):
         self._response_cookies_ignored = _ResponseCookiesIgnored()
         self._merged_urls: dict[str, httpx.URL] = {}
         self._merged_urls_base: httpx.URL | None = None
+        self._fast_targets: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
+        self._fast_extensions = {"timeout": self.timeout.as_dict()}
+        self._fast_base: httpx.URL | None = None
+
+    async def post(self, url, *, content=None, headers=None, **kwargs):  # type: ignore[override]
+        """``httpx.AsyncClient.post``, with a fast path for the engine's own calls.
+
+        A bytes body sent to a path string on an :class:`H11Transport`, with
+        no other options, skips ``httpx.Request`` / ``httpx.Response``: the
+        transport gets the headers as bytes and returns a :class:`RawResponse`
+        (status_code, headers dict with lower-case names, content, text).
+        The fast path asks for no compression (``accept-encoding`` is not
+        sent), so the body arrives as it is. Anything else goes through httpx.
+        The client's own headers are read once per path: change them before
+        the first request, not after.
+        """
+        if (
+            kwargs
+            or type(content) is not bytes
+            or type(url) is not str
+            or type(self._transport) is not H11Transport
+        ):
+            return await super().post(url, content=content, headers=headers, **kwargs)
+        if self._fast_base is not self.base_url:
+            self._fast_targets.clear()  # base_url was set since
+            self._fast_base = self.base_url
+        target = self._fast_targets.get(url)
+        if target is None:
+            target = self._fast_target(url)
+        merged_url, base_headers = target
+        raw_headers = list(base_headers)
+        if headers:
+            for name, value in headers.items():
+                raw_headers.append((name.encode("ascii"), value.encode("latin-1")))
+        raw_headers.append((b"content-length", b"%d" % len(content)))
+        request = _RawRequest(merged_url, raw_headers, content, self._fast_extensions)
+        return await self._transport.handle_async_request(request)
+
+    def _fast_target(self, url: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
+        merged = self._merge_url(url)
+        host = merged.raw_host
+        if b":" in host:
+            host = b"[%s]" % host  # an IPv6 literal
+        port = merged.port
+        host_header = host if port is None else b"%s:%d" % (host, port)
+        base = [(b"host", host_header)]
+        for name, value in self.headers.raw:
+            if name.lower() not in (b"host", b"accept-encoding", b"content-length"):
+                base.append((name, value))
+        if len(self._fast_targets) < _MERGED_URLS_KEPT:
+            self._fast_targets[url] = (merged, base)
+        return merged, base
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         if type(url) is not str:

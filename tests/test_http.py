@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine._http import H11Transport, make_async_client, shared_ssl_context
+from engine._http import H11Transport, RawResponse, make_async_client, shared_ssl_context
 
 OK_BODY = b'{"ok":true}'
 TIMEOUT = httpx.Timeout(10.0)
@@ -782,3 +782,49 @@ async def test_worker_client_ignores_response_cookies():
         await client.get("/b")
         assert not client.cookies
     assert sent_cookies == [None, None]
+
+
+async def test_engine_post_fast_path_returns_a_raw_response(nursery):
+    """A bytes POST to a path skips httpx's objects yet sends the same request."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        for _ in range(3):
+            response = await client.post(
+                "/v1/chat/completions",
+                content=b'{"a":1}',
+                headers={"content-type": "application/json"},
+            )
+            assert isinstance(response, RawResponse)
+            assert response.status_code == 200
+            assert response.content == OK_BODY and response.text == OK_BODY.decode()
+            assert response.headers["content-length"] == str(len(OK_BODY))
+    assert server.connections == 1
+    seen = server.requests[0]
+    assert (seen.method, seen.target, seen.body) == (b"POST", b"/v1/chat/completions", b'{"a":1}')
+    assert seen.headers[b"host"] == f"127.0.0.1:{server.port}".encode()
+    assert seen.headers[b"x-test"] == b"1"
+    assert seen.headers[b"content-type"] == b"application/json"
+    assert seen.headers[b"content-length"] == b"7"
+    assert b"accept-encoding" not in seen.headers
+
+
+async def test_engine_post_fast_path_raises_httpx_errors(nursery):
+    """A malformed answer on the fast path is still httpx.RemoteProtocolError."""
+
+    async def answer_garbage(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"NOT HTTP AT ALL\r\n\r\n")
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, answer_garbage)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("/v1/chat/completions", content=b"{}")
+
+
+async def test_engine_post_with_other_options_goes_through_httpx(nursery):
+    """json=, files= or a non-h11 transport keep httpx's full behaviour."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        response = await client.post("/v1/x", json={"a": 1})
+    assert isinstance(response, httpx.Response)
