@@ -105,7 +105,8 @@ class RedisQuota:
         idle_seconds: a group whose leased capacity went unused this long
             hands it back (default 2.0).
         command_timeout: bound on connecting and on every Redis call
-            (default 2.0 seconds); past it Redis counts as unavailable.
+            (default 2.0 seconds); a call unanswered twice in a row makes
+            Redis count as unavailable.
         retry_initial: first reconnection delay after a failure (default 0.5 s);
             doubles up to ``retry_max`` (default 10.0 s), with jitter.
         fallback_share: share of each limit one process uses on its own while
@@ -116,6 +117,10 @@ class RedisQuota:
             seen in Redis (default 4).
         close_timeout: bound on handing leases back when the client closes
             (default 2.0 seconds).
+        margin: a new shared bucket starts refilling this many seconds late
+            (default 0.1), so arrival jitter at the server does not turn an
+            exact fit into a 429 (the server's own bucket starts at the first
+            request it sees, a little after the first lease).
         client_id: this process's name in Redis (default: host, pid and a
             random suffix).
     """
@@ -132,6 +137,7 @@ class RedisQuota:
     fallback_share: float | None = attrs.field(kw_only=True, default=None, validator=_share)
     fallback_clients: int = attrs.field(kw_only=True, default=4, validator=_positive)
     close_timeout: float = attrs.field(kw_only=True, default=2.0, validator=_positive)
+    margin: float = attrs.field(kw_only=True, default=0.1)
     client_id: str | None = attrs.field(kw_only=True, default=None)
 
     def safe_url(self) -> str:
@@ -173,15 +179,20 @@ class SharedQuotaStatistics:
 # KEYS: state hash, leases hash, cooldown key.
 # ARGV: client, lease_us, rejoin (1: this client saw the bucket before), ask
 # requests, ask tokens, unused requests, unused tokens (what the client still
-# holds), limits rpm, tpm, rpd, tpd (0: unknown), key ttl in ms.
+# holds), limits rpm, tpm, rpd, tpd (0: unknown), key ttl in ms, margin (us:
+# a new bucket starts refilling this much later, so requests that reach the
+# server sooner after their lease than the very first one did still fit),
+# the waiting request's cost in requests and tokens.
 # Returns: granted requests, granted tokens, Redis time (us), processes sharing,
-# cooldown end (us, or ""), limits rpm, tpm, rpd, tpd as stored.
+# cooldown end (us, or ""), limits rpm, tpm, rpd, tpd as stored, contended (1
+# when a bucket is left with less than was asked: capacity is scarce).
 LEASE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local client = ARGV[1]
 local ask = {tonumber(ARGV[4]), tonumber(ARGV[5])}
 local unused = {tonumber(ARGV[6]), tonumber(ARGV[7])}
+local need = {tonumber(ARGV[14]), tonumber(ARGV[15])}
 local others = {0, 0}
 local clients = 1
 local records = redis.call('HGETALL', KEYS[2])
@@ -218,12 +229,14 @@ for i = 1, 4 do
     local level = tonumber(s['lvl:' .. names[i]] or '')
     if level == nil then
       if fresh and ARGV[3] == '1' then level = 0 else level = limit end
+      if fresh then last = now + tonumber(ARGV[13]) end
     elseif elapsed > 0 then
       local cap = limit - others[k] - unused[k]
       if level < cap then level = math.min(cap, level + elapsed * limit / windows[i]) end
     end
     levels[i] = level
-    local share = limit / clients - unused[k]
+    -- never below what the waiting request needs, or a large one could starve
+    local share = math.max(limit / clients, need[k]) - unused[k]
     grant[k] = math.max(0, math.floor(math.min(grant[k], level, share)))
   end
 end
@@ -242,9 +255,14 @@ redis.call('HSET', KEYS[2], client, string.format('%.0f %.17g %.17g',
   now + tonumber(ARGV[2]), unused[1] + grant[1], unused[2] + grant[2]))
 redis.call('PEXPIRE', KEYS[2], ARGV[12])
 local cooldown = redis.call('GET', KEYS[3]) or ''
+-- contended: some bucket is left with less than was asked of it
+local contended = 0
+for i = 1, 4 do
+  if limits[i] > 0 and levels[i] - grant[kinds[i]] < ask[kinds[i]] then contended = 1 end
+end
 return {grant[1], grant[2], string.format('%.0f', now), clients, cooldown,
   string.format('%.17g', limits[1]), string.format('%.17g', limits[2]),
-  string.format('%.17g', limits[3]), string.format('%.17g', limits[4])}
+  string.format('%.17g', limits[3]), string.format('%.17g', limits[4]), contended}
 """
 
 # KEYS: state hash, leases hash.  ARGV: client, unused requests, unused tokens.
@@ -311,6 +329,7 @@ class LeaseReply:
     clients: int
     cooldown_until_us: float | None
     limits: tuple[float | None, float | None, float | None, float | None]
+    contended: bool = False
 
     @classmethod
     def parse(cls, raw: list[Any]) -> LeaseReply:
@@ -326,6 +345,7 @@ class LeaseReply:
             clients=int(raw[3]),
             cooldown_until_us=float(cooldown) if cooldown else None,
             limits=limits,  # type: ignore[arg-type]
+            contended=len(raw) > 9 and int(raw[9]) == 1,
         )
 
 
@@ -385,6 +405,21 @@ def retry_delay(
     if not short:
         return 0.0
     return min(ceiling, max(floor, wait))
+
+
+def fair_pace(
+    granted: tuple[float, float],
+    *,
+    rates: tuple[float | None, float | None],
+    clients: int,
+    fraction: float = 0.9,
+) -> float:
+    """Seconds ``granted`` lasts at ``fraction`` of a fair share of the known rates."""
+    pace = 0.0
+    for got, rate in zip(granted, rates, strict=True):
+        if rate and got:
+            pace = max(pace, got / (fraction * rate / max(1, clients)))
+    return pace
 
 
 @attrs.define
@@ -772,27 +807,31 @@ class LeaseManager:
 
     async def _ping(self, redis: Any) -> None:
         """Check that Redis answers (a client connects lazily)."""
-        self._redis_calls += 1
-        try:
-            with trio.move_on_after(self._config.command_timeout):
-                await redis.ping()
-                return
-        except Exception as exc:
-            if _is_redis_failure(exc):
-                raise _Unavailable(_describe(exc)) from exc
-            raise
-        raise _Unavailable(f"no answer within {self._config.command_timeout:g}s")
+        await self._bounded(redis.ping)
 
     async def _call(self, redis: Any, script: str, keys: list[str], args: list[Any]) -> Any:
-        self._redis_calls += 1
-        try:
-            with trio.move_on_after(self._config.command_timeout):
-                return await self._scripts[script](keys=keys, args=args)
-        except Exception as exc:
-            if _is_redis_failure(exc):
-                raise _Unavailable(_describe(exc)) from exc
-            raise
-        raise _Unavailable(f"no answer within {self._config.command_timeout:g}s")
+        return await self._bounded(lambda: self._scripts[script](keys=keys, args=args))
+
+    async def _bounded(self, command: Any) -> Any:
+        """Run one Redis command within ``command_timeout``; raise :class:`_Unavailable`.
+
+        A timeout is tried once more before Redis counts as unavailable: the
+        time may have gone to something else blocking this event loop (a
+        tokenizer loading its tables, say), not to Redis.
+        """
+        for _attempt in range(2):
+            self._redis_calls += 1
+            try:
+                with trio.move_on_after(self._config.command_timeout):
+                    started = trio.current_time()
+                    answer = await command()
+                    logger.debug("redis call: %.1f ms", (trio.current_time() - started) * 1e3)
+                    return answer
+            except Exception as exc:
+                if _is_redis_failure(exc):
+                    raise _Unavailable(_describe(exc)) from exc
+                raise
+        raise _Unavailable(f"no answer within {self._config.command_timeout:g}s, twice")
 
     async def _lease(self, redis: Any, group: _Group, need: Cost) -> None:
         limiter = self._limiter
@@ -811,6 +850,7 @@ class LeaseManager:
                 min_requests=self._config.min_ask_requests,
                 tokens_per_request=group.tokens_per_request,
             )
+        contended = False
         if redis is None:
             granted = self._fallback_grant(group, asked, started)
             self._fallback_leases += 1
@@ -830,6 +870,9 @@ class LeaseManager:
                         math.floor(pool_tokens),
                         *[value or 0 for value in group.limits],
                         math.ceil(max(86_400.0 * 2, self._config.lease_seconds * 4) * 1000),
+                        math.ceil(self._config.margin * 1e6),
+                        need.requests,
+                        need.tokens,
                     ],
                 )
             )
@@ -838,6 +881,7 @@ class LeaseManager:
             group.clients = reply.clients
             group.max_clients = max(group.max_clients, reply.clients)
             granted = (reply.requests, reply.tokens)
+            contended = reply.contended
             self._leases += 1
             self._requests_leased += reply.requests
             self._tokens_leased += reply.tokens
@@ -870,6 +914,14 @@ class LeaseManager:
             floor=0.02,
             ceiling=max(self._config.ask_seconds, 0.02),
         )
+        if contended:
+            # Capacity is scarce: ask again no sooner than this grant lasts at
+            # a fair share of the rate, so the quickest process does not take
+            # what the others are waiting for.
+            group.next_ask_at = max(
+                group.next_ask_at,
+                started + fair_pace(granted, rates=rates, clients=group.clients),  # type: ignore[arg-type]
+            )
 
     def _adopt(self, group: _Group, reply: LeaseReply, started: float) -> None:
         """Apply what other processes published: limits, cooldowns."""

@@ -7,6 +7,7 @@ Tests that talk to Redis use the session's throwaway ``redis_server``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,6 @@ import textwrap
 import uuid
 from contextlib import asynccontextmanager
 
-import coredis
 import httpx
 import pytest
 import trio
@@ -35,10 +35,13 @@ from engine._shared import (
     LeaseReply,
     RedisQuota,
     ask_size,
+    fair_pace,
     group_keys,
     retry_delay,
 )
-from engine.mock import MockConfig, create_app
+from engine.mock import MockConfig, create_app, serve_in_subprocess
+
+coredis = pytest.importorskip("coredis")
 
 MODEL = "gpt-4o-mini"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +108,12 @@ def test_wait_after_a_short_grant_is_the_time_the_fair_share_takes():
         (20, 0), (18, 0), rates=(10, None), clients=1, floor=0.02, ceiling=2
     ) == pytest.approx(0.2)
     assert retry_delay((20, 0), (0, 0), rates=(1, None), clients=1, floor=0.02, ceiling=2) == 2
+
+
+def test_contended_grants_are_paced_at_a_fair_share():
+    """30 requests at 100/s shared by 4 last 30 / (0.9 x 25) s."""
+    assert fair_pace((30, 0), rates=(100, None), clients=4) == pytest.approx(30 / 22.5)
+    assert fair_pace((0, 0), rates=(100, None), clients=4) == 0
 
 
 def test_fallback_share_starts_empty_and_refills_at_its_share():
@@ -176,10 +185,11 @@ class Scripts:
         unused=(0, 0),
         lease_ms: int = 10_000,
         rejoin: bool = False,
+        need=(0, 0),
     ) -> LeaseReply:
         raw = await self.lease_script(
             keys=list(self.keys),
-            args=[client, lease_ms * 1000, int(rejoin), *ask, *unused, *limits, 600_000],
+            args=[client, lease_ms * 1000, int(rejoin), *ask, *unused, *limits, 600_000, 0, *need],
         )
         return LeaseReply.parse(raw)
 
@@ -197,12 +207,12 @@ async def scripts(redis_server):
 
 
 async def test_lone_client_gets_the_whole_burst_of_a_fresh_bucket(scripts):
-    """Alone, a client may lease up to the limit; the bucket then holds the rest."""
-    reply = await scripts.lease("a", (500, 0))
-    assert reply.requests == 500 and reply.clients == 1
-    assert await scripts.level() == pytest.approx(100, abs=1)
+    """Alone, a client may lease up to the limit; asking more than is left is contended."""
+    reply = await scripts.lease("a", (200, 0))
+    assert reply.requests == 200 and reply.clients == 1 and not reply.contended
+    assert await scripts.level() == pytest.approx(400, abs=1)
     second = await scripts.lease("a", (500, 0), unused=(0, 0))
-    assert second.requests == pytest.approx(100, abs=1)
+    assert second.requests == pytest.approx(400, abs=1) and second.contended
 
 
 async def test_a_second_client_is_capped_at_its_fair_share(scripts):
@@ -218,6 +228,14 @@ async def test_fair_share_counts_what_the_client_already_holds(scripts):
     await scripts.lease("a", (20, 0))
     reply = await scripts.lease("b", (600, 0), unused=(250, 0))
     assert reply.requests == 50
+
+
+async def test_fair_share_never_falls_below_the_waiting_request(scripts):
+    """Eight sharers of 10,000 TPM: a 3,000-token request may still lease 3,000."""
+    for other in range(7):
+        await scripts.lease(f"o{other}", (1, 1), limits=(0, 10_000, 0, 0))
+    reply = await scripts.lease("big", (1, 3000), limits=(0, 10_000, 0, 0), need=(1, 3000))
+    assert reply.clients == 8 and reply.tokens == 3000
 
 
 async def test_unknown_limits_grant_what_is_asked(scripts):
@@ -571,3 +589,71 @@ async def test_open_client_without_shared_has_no_shared_statistics():
         transport=httpx.ASGITransport(create_app(MockConfig())),
     ) as client:
         assert client.shared_statistics() is None
+
+
+# -- engine run --redis ------------------------------------------------------------------------
+
+
+def _batch_lines(path, prefix: str, count: int) -> None:
+    with open(path, "w") as file:
+        for i in range(count):
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4,
+            }
+            file.write(
+                json.dumps(
+                    {
+                        "custom_id": f"{prefix}{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": body,
+                    }
+                )
+                + "\n"
+            )
+
+
+async def test_two_engine_runs_with_redis_share_the_quota(redis_server, tmp_path):
+    """Two `engine run --redis` on one 3,000 RPM key send 3,080 lines: all done, no 429."""
+    namespace = fresh_namespace()
+    with serve_in_subprocess(["--rpm", "3000", "--seed", "7"]) as base_url:
+        runs = []
+        for name in ("a", "b"):
+            _batch_lines(tmp_path / f"{name}.jsonl", name, 1540)
+            runs.append(
+                await trio.lowlevel.open_process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "engine",
+                        "run",
+                        str(tmp_path / f"{name}.jsonl"),
+                        "-o",
+                        str(tmp_path / f"{name}.out.jsonl"),
+                        "--base-url",
+                        base_url,
+                        "--rpm",
+                        "3000",
+                        "--concurrency",
+                        "32",
+                        "--redis",
+                        redis_server.url,
+                        "--redis-namespace",
+                        namespace,
+                    ],
+                    cwd=ROOT,
+                    env={**os.environ, "OPENAI_API_KEY": "sk-test"},
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with trio.fail_after(60):
+            codes = [await run.wait() for run in runs]
+        async with httpx.AsyncClient() as control:
+            answer = await control.get(base_url.removesuffix("/v1") + "/_mock/stats")
+        stats = answer.json()
+    assert codes == [0, 0]
+    assert stats["status_counts"].get("429", 0) == 0
+    assert stats["status_counts"].get("200") == 3080
+    assert await _redis_hget(redis_server, group_keys(namespace, MODEL)[0], "lim:rpm") == "3000"
