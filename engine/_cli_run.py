@@ -53,6 +53,17 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help="most requests in flight (default: sized automatically, up to 512)",
     )
     client.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the quota with other processes through this Redis server, e.g. "
+        "redis://127.0.0.1:6379/0 (default: none; see docs/shared-quota.md)",
+    )
+    client.add_argument(
+        "--redis-namespace",
+        default="quota-engine",
+        help="key prefix in Redis: one per API key (default quota-engine)",
+    )
+    client.add_argument(
         "--max-attempts",
         type=int,
         default=5,
@@ -139,6 +150,10 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
         options["concurrency"] = args.concurrency
     if any(value is not None for value in (args.rpm, args.tpm, args.rpd, args.tpd)):
         options["limits"] = Limits(rpm=args.rpm, tpm=args.tpm, rpd=args.rpd, tpd=args.tpd)
+    if args.redis:
+        from engine._shared import RedisQuota
+
+        options["shared"] = RedisQuota(args.redis, namespace=args.redis_namespace)
     return options
 
 
@@ -149,6 +164,13 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", _plain(value)]
+    if args.redis:
+        # The resume hint is printed: never show a password from the URL.
+        scheme, sep, rest = args.redis.partition("://")
+        host = rest.rpartition("@")[2] if sep else args.redis
+        flags += ["--redis", f"{scheme}://{'***@' if '@' in rest else ''}{host}" if sep else host]
+        if args.redis_namespace != "quota-engine":
+            flags += ["--redis-namespace", args.redis_namespace]
     if args.max_attempts != 5:
         flags += ["--max-attempts", str(args.max_attempts)]
     if args.grace_period != DEFAULT_GRACE_PERIOD:
