@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint clean redis-server
 
 venv: $(STAMP)
 
@@ -18,7 +18,12 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
-test: venv
+# tests/test_shared.py starts its own throwaway redis-server (tests/conftest.py).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server) \
+		|| echo "warning: redis-server is missing; tests/test_shared.py will be skipped"
+
+test: venv redis-server
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/python -m pytest -q
 
