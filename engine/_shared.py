@@ -23,10 +23,12 @@ task that leases it, Doorman-style:
 * **Fair shares.**  A lease grants ``min(asked, available, fair share)``; the
   fair share is the limit divided by the processes holding live leases, less
   what the asking process already holds.  A process alone can use the whole
-  quota (and the whole burst of a fresh token bucket); when several are
-  hungry, each is capped at its share and one that got less than it asked
-  waits about as long as its share takes to accrue before asking again, so
-  none starves.
+  quota (and the whole burst of a fresh token bucket).  When capacity is
+  scarce (a lease leaves a bucket with less than was asked), a process asks
+  again no sooner than its grant lasts at 0.9 of a fair share of the rate,
+  and one that got less than it asked waits about as long as its share takes
+  to accrue, so the quickest process cannot take what the others wait for
+  and none starves; when capacity is plentiful nobody is paced.
 * **Publication.**  A 429 cooldown seen by one process is written to a key
   with a PX expiry (and drains the shared buckets until it ends); limits
   learned from headers are stored with the bucket.  Every lease call returns
