@@ -527,8 +527,10 @@ async def test_redis_restart_mid_run_falls_back_then_rejoins(own_redis, caplog):
                 limiter.settle_nowait(await limiter.acquire("g", Cost()))
             assert manager.statistics().connected
             own_redis.stop()
+            stopped_at = trio.current_time()
             for _ in range(30):  # a fallback share of 50/s, starting empty
                 limiter.settle_nowait(await limiter.acquire("g", Cost()))
+            outage_pace = trio.current_time() - stopped_at
             down = manager.statistics()
             own_redis.start()
             while not manager.statistics().connected:
@@ -538,10 +540,43 @@ async def test_redis_restart_mid_run_falls_back_then_rejoins(own_redis, caplog):
                 limiter.settle_nowait(await limiter.acquire("g", Cost()))
         after = manager.statistics()
     assert down.fallback_leases >= 1 and not down.connected and down.outages == 1
+    # at most 5 left from Redis's last lease, the other 25 at 50/s or slower
+    assert outage_pace >= 0.4
     assert after.connected and after.outages == 1 and after.leases > leases_back
     messages = [r.getMessage() for r in caplog.records if r.name == "engine.shared"]
     assert len(messages) == 2
     assert "unavailable" in messages[0] and "is back" in messages[1]
+
+
+async def test_a_redis_that_never_answers_does_not_hang_the_client(caplog):
+    """A server that accepts connections but says nothing: a warning, then the fallback."""
+    caplog.set_level(logging.WARNING, logger="engine.shared")
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    accepted = []
+
+    async def accept_and_stay_silent() -> None:
+        while True:
+            accepted.append(await listener.accept())
+
+    config = RedisQuota(
+        f"redis://127.0.0.1:{port}/0",
+        namespace=fresh_namespace(),
+        command_timeout=0.2,
+        fallback_share=1.0,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_stay_silent)
+        async with managed_limiter(config, Limits(rpm=6000)) as (limiter, manager):
+            with trio.fail_after(5):
+                limiter.settle_nowait(await limiter.acquire("g", Cost()))
+            stats = manager.statistics()
+        nursery.cancel_scope.cancel()
+    for stream in accepted:
+        await stream.aclose()
+    await listener.aclose()
+    assert accepted and stats.fallback_leases >= 1 and not stats.connected
+    assert any("unavailable" in r.getMessage() for r in caplog.records)
 
 
 # -- the client end to end -------------------------------------------------------------------
