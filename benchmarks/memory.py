@@ -105,12 +105,15 @@ def run(
                 )
                 peak = 0
                 handle = psutil.Process(child.process.pid)
-                while not child.finished():
-                    try:
-                        peak = max(peak, handle.memory_info().rss)
-                    except psutil.Error:
-                        pass
-                    time.sleep(0.1)
+                try:
+                    while not child.finished():
+                        try:
+                            peak = max(peak, handle.memory_info().rss)
+                        except psutil.Error:
+                            pass
+                        time.sleep(0.1)
+                finally:
+                    child.stop()
                 result = child.result() or {}
                 peak = max(peak, result.get("ru_maxrss_bytes", 0))
                 before = result.get("rss_before_bytes")

@@ -26,6 +26,8 @@ an *admitted send* is the send time of an attempt the server answered 200):
   request, i.e. on ``t = 0``); each window counts sends in ``[start, end)``.
 * **utilisation**: units admitted in the steady state / (``r`` x its length);
   for the fixed window, units admitted in ``[0, 60 s)`` / ``L``.
+* a steady state shorter than 8 s is not measured ("—"): a few requests'
+  timing at its edges would decide the ratio.
 * **ideal wall time** for N requests of cost ``c`` (``n = L / c`` requests per
   window): token bucket ``max(0, N - n) / (n / 60)``; fixed window
   ``floor((N - 1) / n) x 60 s``; per second ``(ceil(N / (n / 60)) - 1) x 1 s``;
@@ -46,7 +48,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -78,6 +82,10 @@ DEFAULT_RPM = 1200
 #: Seconds of steady state after the burst (token bucket) or from the start (per second).
 STEADY_SECONDS = 20.0
 QUICK_STEADY_SECONDS = 10.0
+#: Token bucket: N covers this many times ``steady`` seconds of refill.
+TOKEN_BUCKET_STRETCH = 1.5
+#: A steady state shorter than this (seconds) is too short to measure: "—".
+MIN_STEADY = 8.0
 #: Seconds children get to import before they all start together.
 STARTUP_ALLOWANCE = 10.0
 #: A token bucket's burst counts as spent once its level is below this share of L.
@@ -162,7 +170,9 @@ def make_plan(semantics: str, binding: str, rpm: int, steady: float) -> Plan:
     n = rpm if binding == "rpm" else rpm // 2
     per_second = n / 60.0
     if semantics == "token_bucket":
-        count = int(n + per_second * steady)
+        # Room for the burst to be spent at a finite speed and still leave
+        # ``steady`` seconds of refill-bound sending after it.
+        count = int(n + per_second * steady * TOKEN_BUCKET_STRETCH)
     elif semantics == "fixed_window":
         count = int(n * 1.25)
     else:
@@ -189,7 +199,7 @@ def analyse(plan: Plan, records: Sequence[Record], stats: dict[str, Any]) -> dic
     rate_units = plan.limit_units / 60.0
     start, end = steady_window(plan, admitted)
     out["steady_start_s"], out["steady_end_s"] = start, end
-    if start is not None and end is not None and end - start >= 2.0:
+    if start is not None and end is not None and end - start >= MIN_STEADY:
         units = sum(u for at, u in admitted if start <= at < end)
         if plan.semantics == "fixed_window":
             out["utilisation"] = units / plan.limit_units
@@ -408,6 +418,7 @@ def run(
     bindings: Sequence[str] | None = None,
     mode: str | None = None,
     out: str = f"{RESULTS_DIR}/utilisation.json",
+    merge: bool = False,
 ) -> dict:
     """Run the utilisation scenarios; write and return the results."""
     semantics = semantics or (("token_bucket", "per_second") if quick else SEMANTICS)
@@ -425,6 +436,13 @@ def run(
                 flush=True,
             )
             rows.extend(run_scenario(plan, peers, serial=not side_by_side(plan, mode)))
+    if merge and os.path.exists(out):
+        # Keep the rows of scenarios not run this time (same configuration assumed).
+        with open(out) as f:
+            previous = json.load(f)
+        ran = {(r["semantics"], r["binding"]) for r in rows}
+        kept = [r for r in previous["runs"] if (r["semantics"], r["binding"]) not in ran]
+        rows = kept + rows
     result = {
         "scenario": "utilisation",
         "machine": machine(),
@@ -458,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(default: fixed_window; --quick: all)",
     )
     parser.add_argument("--out", default=f"{RESULTS_DIR}/utilisation.json")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep other scenarios' rows already in --out"
+    )
     # child mode (internal)
     parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -478,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         bindings=args.bindings,
         mode=args.side_by_side,
         out=args.out,
+        merge=args.merge,
     )
 
 

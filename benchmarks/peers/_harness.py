@@ -76,6 +76,12 @@ class Child:
             return True
         return False
 
+    def stop(self) -> None:
+        """Kill this child (by its PID) if it is still running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def result(self) -> dict[str, Any] | None:
         """The child's JSON result; None if it wrote none (killed, crashed)."""
         try:
@@ -102,9 +108,17 @@ def start_child(module: str, args: Sequence[str], *, timeout: float) -> Child:
 
 
 def wait_all(children: Sequence[Child]) -> None:
-    """Block until every child finished or overran its timeout (polls every 0.2 s)."""
-    while not all(child.finished() for child in children):
-        time.sleep(0.2)
+    """Block until every child finished or overran its timeout (polls every 0.2 s).
+
+    Interrupted (SIGTERM, Ctrl-C), it kills the children still running first.
+    """
+    try:
+        while not all(child.finished() for child in children):
+            time.sleep(0.2)
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise
 
 
 def machine() -> dict[str, Any]:
