@@ -142,12 +142,16 @@ class _Dimension:
 
     def refill(self, now: float) -> None:
         """Bring ``level`` up to ``now``."""
-        if self.limit is None:
+        if now <= self.updated:
+            return  # already brought here (a grant and its settle often share a moment)
+        limit = self.limit
+        if limit is None:
             self.updated = now
             return
         if self.mode is RefillMode.CONTINUOUS:
-            if now > self.updated and self.level < self.limit:
-                self.level = min(self.limit, self.level + (now - self.updated) * self.rate)
+            if self.level < limit:
+                level = self.level + (now - self.updated) * limit / self.window
+                self.level = level if level < limit else limit
         elif self.full_at is not None and now >= self.full_at:
             self.level = self.capacity
             # The next window ends one window later unless a response says otherwise.
