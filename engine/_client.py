@@ -369,14 +369,21 @@ class Client:
                 run=run,
                 queued_at=time.time(),
             )
-        response_format = (
-            response_format_for(request.response_model) if request.response_model else None
-        )
-        body = request.body(response_format)
+        # Only what the caller gave can fail here (a response_model strict mode
+        # cannot express, a body that is not JSON): an InputError for that
+        # item.  Anything else is a bug and propagates.
+        try:
+            response_format = (
+                response_format_for(request.response_model) if request.response_model else None
+            )
+            body = request.body(response_format)
+            content = orjson.dumps(body)
+        except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+            raise InputError(f"request {request.id!r}: {exc}") from None
         return _Job(
             request=request,
             endpoint=_CHAT,
-            content=orjson.dumps(body),
+            content=content,
             # counted once here, never again on retries
             cost=Cost(
                 tokens=estimate_chat_tokens(body, default_output_tokens=self._default_output_tokens)
@@ -421,10 +428,6 @@ class Client:
             job = self._job(request, run)
         except EngineError as exc:
             await self._deliver(run, self._input_failure(item, index, exc))
-            return True
-        except (TypeError, ValueError) as exc:
-            error = RequestError(f"item {index}: {exc}", code="invalid_input")
-            await self._deliver(run, self._input_failure(item, index, error))
             return True
         await self._jobs.send(job)
         return True

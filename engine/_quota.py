@@ -117,6 +117,7 @@ class _Dimension:
     mode: RefillMode = RefillMode.CONTINUOUS
     full_at: float | None = None
     granted_total: float = 0.0
+    in_flight: float = 0.0
     corrections: float = 0.0
     subwindow_seen: bool = False
     beyond_subwindow_seen: bool = False
@@ -384,6 +385,7 @@ class QuotaBook:
             need = cost.tokens if dim.counts_tokens else cost.requests
             dim.level -= need
             dim.granted_total += need
+            dim.in_flight += need
         rpm, tpm = group.minute_dims
         marks = (
             rpm.level,
@@ -522,6 +524,9 @@ class QuotaBook:
             return None  # already settled or released: never account twice
         group = self._groups[reservation.group]
         group.in_flight -= 1
+        cost = reservation.cost
+        for dim in group.dim_list:
+            dim.in_flight -= cost.tokens if dim.counts_tokens else cost.requests
         return group
 
     def _apply_headers(
@@ -605,6 +610,11 @@ class QuotaBook:
         # agree on is corrected, by the smaller of the two.
         error_at_grant = remaining - level_after - (dim.corrections - corrections_then)
         error_now = remaining - dim.level
+        if error_now > 0:
+            # Permits still in flight may not have reached the server yet: its
+            # remaining does not count them, the book does.  Net of them, as
+            # far as raising goes (a slow upload can hold many).
+            error_now = max(0.0, error_now - dim.in_flight)
         if (error_at_grant > 0) != (error_now > 0):
             return
         error = min(error_at_grant, error_now, key=abs)

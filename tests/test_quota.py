@@ -425,3 +425,16 @@ def test_clear_surplus_in_headers_raises_the_level():
     r = grant(book, 0.0, Cost(tokens=2_000))  # level after: 8000
     book.settle(r, 0.0, headers=headers(limit_tokens=10_000, remaining_tokens=9_500))
     assert book.snapshot("g", 0.0)["tokens_per_minute"]["level"] == pytest.approx(9_500)
+
+
+def test_headers_do_not_raise_the_level_for_permits_still_in_flight():
+    """A server that has not seen in-flight requests yet reports more; that is not surplus."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    first = grant(book, 0.0)
+    for _ in range(50):
+        grant(book, 10.0)  # 50 slow uploads, granted, not yet arrived
+    level = book.snapshot("g", 10.0)["requests_per_minute"]["level"]
+    # the server saw only `first` and the probe, and refilled since
+    book.settle(first, 10.0, headers=headers(limit_requests=600, remaining_requests=598))
+    assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] <= level
