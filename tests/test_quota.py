@@ -431,10 +431,12 @@ def test_headers_do_not_raise_the_level_for_permits_still_in_flight():
     """A server that has not seen in-flight requests yet reports more; that is not surplus."""
     book = QuotaBook(Limits(rpm=600), margin=0.0)
     seen(book)
-    first = grant(book, 0.0)
+    for _ in range(590):
+        book.settle(grant(book, 0.0), 0.0)
+    first = grant(book, 0.0)  # level right after: 8
     for _ in range(50):
-        grant(book, 10.0)  # 50 slow uploads, granted, not yet arrived
-    level = book.snapshot("g", 10.0)["requests_per_minute"]["level"]
-    # the server saw only `first` and the probe, and refilled since
-    book.settle(first, 10.0, headers=headers(limit_requests=600, remaining_requests=598))
-    assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] <= level
+        grant(book, 10.0)  # 10 s of refill later: 50 slow uploads, not yet arrived
+    assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] == pytest.approx(58)
+    # the server saw 592 requests and refilled 100: it reports 108 remaining
+    book.settle(first, 10.0, headers=headers(limit_requests=600, remaining_requests=108))
+    assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] == pytest.approx(58)
