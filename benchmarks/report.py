@@ -77,8 +77,9 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
         "reached: burst never spent or run cut off); *429s* from the mock's own "
         "count (share of all attempts); *wall* = first send to last answer, "
         "*ideal* = what the semantics allows, *ratio* = wall / ideal (— = cut off "
-        "before finishing; `>` shows the time it ran); *CPU* = client CPU µs per "
-        "attempt (start-up included); *Little* = mean in flight vs rate x latency "
+        "before finishing or with failed requests; `>` shows the time it ran); "
+        "*CPU* = client CPU µs per attempt (start-up included); *Little* = mean in "
+        "flight vs rate x latency "
         "in steady state.",
         "",
     ]
@@ -103,15 +104,18 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
                     if little
                     else "—"
                 )
-                wall = (
-                    _fmt(r.get("wall_s"), ".1f")
-                    if not r.get("cut_off")
-                    else f"> {_fmt(r.get('elapsed_s'), '.0f')} (cut off, {r['completed']:,} done)"
-                )
+                failed = r.get("failed") or 0
+                ratio = r.get("wall_ratio") if not failed else None
+                if r.get("cut_off"):
+                    wall = f"> {_fmt(r.get('elapsed_s'), '.0f')} (cut off, {r['completed']:,} done)"
+                elif failed:
+                    wall = f"{_fmt(r.get('elapsed_s'), '.1f')} ({failed:,} failed)"
+                else:
+                    wall = _fmt(r.get("wall_s"), ".1f")
                 lines.append(
                     f"| {r['label']} | {_fmt(r.get('utilisation'), '.3f')} | "
                     f"{r.get('server_429', '—')} ({_fmt(r.get('share_429'), '.2%')}) | {wall} | "
-                    f"{_fmt(r.get('ideal_wall_s'), '.1f')} | {_fmt(r.get('wall_ratio'), '.2f')} | "
+                    f"{_fmt(r.get('ideal_wall_s'), '.1f')} | {_fmt(ratio, '.2f')} | "
                     f"{_fmt(r.get('latency_p50_s'), '.2f')} / "
                     f"{_fmt(r.get('latency_p99_s'), '.2f')} | "
                     f"{_fmt(r.get('client_cpu_us_per_request'), ',.0f')} | {little_text} |"
@@ -139,7 +143,7 @@ def target_check(runs: Sequence[dict]) -> list[str]:
         util_target, share_target = target
         util = r.get("utilisation")
         share = r.get("share_429")
-        ratio = r.get("wall_ratio")
+        ratio = r.get("wall_ratio") if not r.get("failed") else None
         met = (
             util is not None
             and util >= util_target

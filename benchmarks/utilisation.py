@@ -24,7 +24,9 @@ an *admitted send* is the send time of an attempt the server answered 200):
   ``[0, 60 s)``; per second — whole seconds from ``t = 2 s`` to the second in
   which the last admitted send falls (sub-windows are aligned on the first
   request, i.e. on ``t = 0``); each window counts sends in ``[start, end)``.
-* **utilisation**: units admitted in the steady state / (``r`` x its length);
+* **utilisation**: units admitted in the steady state / what the quota
+  allowed in it (``r`` x its length, plus for the token bucket what the
+  replayed bucket still held when it began);
   for the fixed window, units admitted in ``[0, 60 s)`` / ``L``.
 * a steady state shorter than 8 s is not measured ("—"): a few requests'
   timing at its edges would decide the ratio.
@@ -197,24 +199,28 @@ def analyse(plan: Plan, records: Sequence[Record], stats: dict[str, Any]) -> dic
     )
     admitted = [(r.last_sent - t0, unit(r)) for r in ok]
     rate_units = plan.limit_units / 60.0
-    start, end = steady_window(plan, admitted)
+    start, end, left = steady_window(plan, admitted)
     out["steady_start_s"], out["steady_end_s"] = start, end
     if start is not None and end is not None and end - start >= MIN_STEADY:
         units = sum(u for at, u in admitted if start <= at < end)
         if plan.semantics == "fixed_window":
             out["utilisation"] = units / plan.limit_units
         else:
-            out["utilisation"] = units / (rate_units * (end - start))
+            # What the quota allowed in the window: its refill, plus whatever
+            # was still in the bucket when the window opened.
+            out["utilisation"] = units / (rate_units * (end - start) + left)
         out["littles_law"] = littles_law(ok, t0, start, end)
     finished_all = len(records) >= plan.count and all(r.status == 200 for r in records)
     out["succeeded"] = len(ok)
     out["failed"] = len(records) - len(ok)
     wall = max(r.finished for r in records) - t0
-    out["wall_s"] = wall if len(records) >= plan.count else None
+    # A wall time counts only when every request got its answer: a peer that
+    # gives up on some (the SDK after its retries) would otherwise look fast.
+    out["wall_s"] = wall if finished_all else None
     out["cut_off"] = len(records) < plan.count
     out["elapsed_s"] = wall
     out["ideal_wall_s"] = plan.ideal_wall()
-    out["wall_ratio"] = wall / plan.ideal_wall() if len(records) >= plan.count else None
+    out["wall_ratio"] = wall / plan.ideal_wall() if finished_all else None
     out["all_ok"] = finished_all
     latencies = [r.finished - r.last_sent for r in ok]
     out["latency_p50_s"] = percentile(latencies, 0.5)
@@ -233,17 +239,20 @@ def analyse(plan: Plan, records: Sequence[Record], stats: dict[str, Any]) -> dic
 
 def steady_window(
     plan: Plan, admitted: Sequence[tuple[float, float]]
-) -> tuple[float | None, float | None]:
-    """(start, end) of the steady state in seconds after the first send (None: no data)."""
+) -> tuple[float | None, float | None, float]:
+    """(start, end, units left in the bucket at start) of the steady state.
+
+    Times are seconds after the first send (None: no steady state).
+    """
     if not admitted:
-        return None, None
+        return None, None, 0.0
     last = admitted[-1][0]
     if plan.semantics == "fixed_window":
-        return (0.0, 60.0) if last >= 60.0 else (None, None)
+        return (0.0, 60.0, 0.0) if last >= 60.0 else (None, None, 0.0)
     if plan.semantics == "per_second":
         # Whole sub-windows only: a window ending mid-second would count that
         # second's allowance against a fraction of its time.
-        return PER_SECOND_SETTLE, float(math.floor(last))
+        return PER_SECOND_SETTLE, float(math.floor(last)), 0.0
     # Token bucket: replay the admitted sends against a bucket of L refilled at
     # L / 60 per second; the steady state starts once the burst is spent.
     capacity = plan.limit_units
@@ -252,8 +261,8 @@ def steady_window(
         level = min(capacity, level + (at - previous) * capacity / 60.0) - units
         previous = at
         if level <= BURST_SPENT * capacity:
-            return at, last
-    return None, None
+            return at, last, max(0.0, level)
+    return None, None, 0.0
 
 
 def littles_law(ok: Sequence[Record], t0: float, start: float, end: float) -> dict[str, float]:

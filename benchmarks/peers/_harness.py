@@ -132,7 +132,21 @@ def machine() -> dict[str, Any]:
         "server_cpus": sorted(SERVER_CPUS) if SERVER_CPUS else None,
         "loadavg_at_start": [round(x, 2) for x in load],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": _git_commit(),
     }
+
+
+def _git_commit() -> str | None:
+    """The checkout's HEAD (the engine under test changes between runs), or None."""
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def stop_on_sigterm() -> None:
