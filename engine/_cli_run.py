@@ -74,6 +74,12 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         "--errors-to", metavar="FILE", help="also copy every error line to FILE (default: none)"
     )
     parser.add_argument(
+        "--stats-json",
+        metavar="FILE",
+        help="at the end, write the run's summary and the client's counters (sends, "
+        "retries, 429s, the limiter's in-flight count) to FILE as JSON (default: none)",
+    )
+    parser.add_argument(
         "--grace-period",
         type=float,
         default=DEFAULT_GRACE_PERIOD,
@@ -203,7 +209,7 @@ def _run_command(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
         )
 
-    return _execute("run", start, resume, args.grace_period)
+    return _execute("run", start, resume, args.grace_period, args.stats_json)
 
 
 def _transcribe_command(args: argparse.Namespace) -> int:
@@ -234,7 +240,18 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
         )
 
-    return _execute("transcribe", start, resume, args.grace_period)
+    return _execute("transcribe", start, resume, args.grace_period, args.stats_json)
+
+
+def _write_stats_json(path: str, summary: RunSummary) -> None:
+    """Write ``summary`` (with the client's counters) to ``path`` as one JSON object."""
+    import attrs
+    import orjson
+
+    record = attrs.asdict(summary, recurse=True)
+    record["exit_status"] = summary.exit_status
+    with open(path, "wb") as file:
+        file.write(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 async def _watch_signals(
@@ -269,6 +286,7 @@ def _execute(
     start: Callable[[RunControl, Callable[[RunProgress], None]], Awaitable[Any]],
     resume: list[str],
     grace_period: float,
+    stats_json: str | None = None,
 ) -> int:
     from engine._errors import EngineError
     from engine.batch import EXIT_REFUSED, RunControl
@@ -298,6 +316,8 @@ def _execute(
         return EXIT_REFUSED
     printer.finish()
     print(format_summary(summary), file=stream)
+    if stats_json is not None:
+        _write_stats_json(stats_json, summary)
     if summary.not_run:
         print(
             f"{summary.not_run} item(s) have no output line yet; resume with:\n  "

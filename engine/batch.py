@@ -183,6 +183,9 @@ class RunSummary:
             (``"interrupted"``, ``"terminated"``, or the fatal error's message).
         fatal_code: the fatal error's code when one stopped the run.
         rpm_limit / tpm_limit: the quota the run was given, None if learned.
+        client_statistics: the client's counters (sends, retries, 429s, the
+            limiter's in-flight count, ...) taken once the client had closed;
+            None only for summaries built by hand.
     """
 
     input_path: str
@@ -204,6 +207,7 @@ class RunSummary:
     fatal_code: str | None = None
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    client_statistics: Any = None
 
     @property
     def exit_status(self) -> int:
@@ -512,6 +516,7 @@ async def _run(
         tpm_limit = _limit(client_options, "tpm")
         started = trio.current_time()
         fatal: FatalError | None = None
+        client: Any = None
 
         with control._now_scope:
             async with open_client(**client_options) as client, trio.open_nursery() as nursery:
@@ -576,6 +581,8 @@ async def _run(
         fatal_code=fatal.code if fatal is not None else None,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
+        # After the client closed: what the limiter still counts in flight here is a leak.
+        client_statistics=client.statistics() if client is not None else None,
     )
 
 
