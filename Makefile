@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench lint clean redis-server
+.PHONY: venv test demo bench chaos lint clean redis-server
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: venv
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/engine bench all
+
+# Faults, crashes and limit changes against the served mock; figures in docs/reliability.md.
+chaos: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks.chaos --long 200000
 
 lint: venv
 	$(BIN)/ruff check engine tests benchmarks

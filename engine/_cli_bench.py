@@ -38,7 +38,7 @@ import attrs
 
 __all__ = ["LoadReport", "register", "run_load"]
 
-SCENARIOS = ("all", "utilisation", "overhead", "memory", "report")
+SCENARIOS = ("all", "utilisation", "overhead", "memory", "report", "chaos")
 DEFAULT_CONCURRENCY = 32
 DEFAULT_DURATION = 10.0
 #: Most requests in flight in open loop; arrivals beyond it are counted as ``dropped``.
@@ -123,6 +123,10 @@ def main(args: argparse.Namespace) -> int:
 
 def _run_scenarios(scenario: str, *, quick: bool) -> int:
     import importlib
+
+    if scenario == "chaos":  # checks, not timings: not part of ``all``; see benchmarks/chaos.py
+        sys.path.insert(0, os.getcwd())
+        return importlib.import_module("benchmarks.chaos").main(["--quick"] if quick else [])
 
     try:
         modules = _import_benchmarks()
