@@ -151,7 +151,8 @@ class Limiter:
         max_in_flight: the most permits in flight at once (default 512).
         auto_in_flight: when True (default False), the bound adapts to what
             the known request rates need at the observed latency (twice the
-            rate times the latency, plus 8), never above ``max_in_flight``.
+            rate times the latency, plus 8) plus the requests the quota holds
+            right now (so a burst goes at once), never above ``max_in_flight``.
 
     Shared quotas (several processes on one key) plug in with three
     callbacks, each called synchronously from the limiter task and expected to
@@ -370,7 +371,7 @@ class Limiter:
                 message.reservation, now, headers=message.headers, used_tokens=message.used_tokens
             )
             if self._auto:
-                self._update_cap()
+                self._update_cap(now)
             if self._on_limits_learned is not None and message.headers is not None:
                 group = message.reservation.group
                 learned = book.learned_limits(group, now)
@@ -458,9 +459,14 @@ class Limiter:
                 self._tokens_reserved += decision.cost.tokens
         return wake
 
-    def _update_cap(self) -> None:
+    def _update_cap(self, now: float) -> None:
         rate = self._book.request_rate()
         if rate is None or math.isinf(rate):
             self._cap = self._max_in_flight
-        else:
-            self._cap = max(8, min(self._max_in_flight, math.ceil(2 * rate * self._latency) + 8))
+            return
+        # Enough to keep the refill rate busy at the observed latency, plus
+        # whatever the quota holds right now: a fresh bucket's burst goes at
+        # once instead of trickling out at a few times the refill rate.
+        burst = min(self._book.requests_available(now), self._max_in_flight)
+        want = 2 * rate * self._latency + 8 + burst
+        self._cap = max(8, min(self._max_in_flight, math.ceil(want)))

@@ -741,6 +741,21 @@ class QuotaBook:
             total += rate
         return total or None
 
+    def requests_available(self, now: float) -> float:
+        """Requests every group could send right now (the sum of their request levels).
+
+        What a burst may put in flight at once; infinite while a group's
+        request limit is unknown.
+        """
+        total = 0.0
+        for group in self._groups.values():
+            dim = group.dims["requests_per_minute"]
+            dim.refill(now)
+            if dim.limit is None:
+                return math.inf
+            total += max(0.0, dim.level)
+        return total
+
     def snapshot(self, group_name: str, now: float) -> dict[str, dict[str, object]]:
         """Plain-data view of a group's dimensions (for statistics and debugging)."""
         group = self._group(group_name, now)

@@ -217,3 +217,22 @@ async def test_shared_quota_hooks_ask_for_leases_and_publish_cooldowns(autojump_
         assert cooldowns == [("g", pytest.approx(2.0))]
         assert await limiter.take_back_lease("g") == (5, 0)
         limiter.close()
+
+
+async def test_auto_in_flight_bound_lets_a_fresh_burst_go_at_once(autojump_clock):
+    """With the automatic bound, 300 permits of a fresh 600 RPM bucket go at t=0."""
+    limiter = Limiter(QuotaBook(Limits(rpm=600), margin=0.0), auto_in_flight=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.run)
+        limiter.settle_nowait(await limiter.acquire("g", ONE), latency=0.3)
+        granted_at: list[float] = []
+
+        async def one() -> None:
+            await limiter.acquire("g", ONE)
+            granted_at.append(trio.current_time())
+
+        async with trio.open_nursery() as burst:
+            for _ in range(300):
+                burst.start_soon(one)
+        assert granted_at == [0.0] * 300
+        limiter.close()
