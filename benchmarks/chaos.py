@@ -111,20 +111,20 @@ class ChaosReport:
 # -- helpers -------------------------------------------------------------------
 
 
-def chat_line(custom_id: str) -> bytes:
+def chat_line(custom_id: str, max_tokens: int = 16) -> bytes:
     body = {
         "model": MODEL,
-        "max_tokens": 16,
+        "max_tokens": max_tokens,
         "messages": [{"role": "user", "content": f"chaos {custom_id}"}],
     }
     line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
     return orjson.dumps(line)
 
 
-def write_input(path: Path, ids: Sequence[str]) -> None:
+def write_input(path: Path, ids: Sequence[str], max_tokens: int = 16) -> None:
     with path.open("wb") as file:
         for custom_id in ids:
-            file.write(chat_line(custom_id) + b"\n")
+            file.write(chat_line(custom_id, max_tokens) + b"\n")
 
 
 def written_ids(path: Path) -> list[str]:
@@ -491,18 +491,19 @@ def run_policy(*, requests: int = 400, seed: int = 2) -> ChaosReport:
         mock.reset()
         mock.configure(error_500_rate=0.0, error_502_rate=0.0, error_503_rate=0.0)
         # No rate-limit headers at all: only the 429s tell the engine it went too fast.
+        # Each item is charged ~510 tokens against 10,000 a second, after another
+        # client spent the whole quota: the engine meets 429s from its first burst.
         mock.configure(
-            tpm=60_000, correct_to_usage=False, retry_after_header=False, missing_headers_rate=1.0
+            tpm=600_000, correct_to_usage=False, retry_after_header=False, missing_headers_rate=1.0
         )
+        heavy = work / "heavy.jsonl"
+        write_input(heavy, ids, max_tokens=500)
         output = work / "429.jsonl"
-        command = _engine_run(
-            source, output, base_url, "--max-attempts", "1", "--concurrency", "64"
-        )
-        # Spend the quota again and again while the run goes: its 429s come unforeseen.
+        command = _engine_run(heavy, output, base_url, "--max-attempts", "1", "--concurrency", "64")
+        drained = mock.drain(150_000)
         storm = _start(command, work / "429.log")
-        drained = 0
         while storm.poll() is None:
-            drained += mock.drain(DRAIN_TOKENS)
+            drained += mock.drain(150_000)
             time.sleep(0.3)
         figures["draining_requests"] = drained
         stats = mock.stats()
@@ -563,8 +564,9 @@ def run_long(*, requests: int = 200_000, concurrency: int = 128, seed: int = 3) 
         client = _read_json(stats_path)
         figures = _fault_figures(mock.stats(), client["client_statistics"] if client else None)
         mock.close()
-    # Steady state: skip the first 10% of samples (start-up: imports, the pre-pass).
-    steady = samples[len(samples) // 10 :] or samples
+    # Steady state: skip the first 10% of samples (start-up: imports, the pre-pass)
+    # and the last two (shutdown: connections closing, memory handed back).
+    steady = samples[len(samples) // 10 : -2] or samples
     figures.update(
         lost=lost,
         duplicated=duplicated,
@@ -578,6 +580,8 @@ def run_long(*, requests: int = 200_000, concurrency: int = 128, seed: int = 3) 
         fds_end=steady[-1][2] if steady else None,
         fds_max=max(s[2] for s in steady) if steady else None,
         samples=len(samples),
+        # Every tenth sample, for the record: (seconds, RSS KiB, open fds).
+        series=samples[::10],
     )
     if steady and steady[-1][1] > steady[0][1] * 1.5 + 20_000:
         problems.append(f"RSS grew from {steady[0][1]} KiB to {steady[-1][1]} KiB")
@@ -589,7 +593,11 @@ def run_long(*, requests: int = 200_000, concurrency: int = 128, seed: int = 3) 
 def _print(report: ChaosReport, out: Callable[[str], None] = print) -> None:
     verdict = "ok" if not report.problems else "FAILED"
     out(f"== {report.phase}: {report.requests} ids: {verdict}")
-    shown = {k: v for k, v in report.figures.items() if k != "client"}
+    shown = {k: v for k, v in report.figures.items() if k not in ("client", "series")}
+    if "client" in report.figures:
+        client = report.figures["client"]
+        shown["engine_retries"] = client["retries"]
+        shown["engine_429s"] = client["rate_limited"]
     out(json.dumps(shown, indent=1, default=str))
     for problem in report.problems:
         out(f"  problem: {problem}")
