@@ -41,12 +41,16 @@ _limits = st.tuples(st.integers(1, 120), st.integers(50, 20_000))
 
 
 def _drive(
-    book: QuotaBook, steps: list[tuple[str, float, int, int]]
+    book: QuotaBook,
+    steps: list[tuple[str, float, int, int]],
+    refunds: list[tuple[float, float]] | None = None,
 ) -> tuple[list[tuple[float, Cost]], float]:
     """Play ``steps`` against ``book``; settle what is left; return (served grants, end time).
 
     A *served* grant is one that reached the server: settled, not released and
-    not answered 429 (the server did not admit those).
+    not answered 429 (the server did not admit those).  With ``refunds`` given,
+    settles report real usage below the estimate and each refund a server would
+    make (time, tokens) is appended to it; otherwise usage equals the estimate.
     """
     now = 0.0
     held: list[Reservation] = []
@@ -62,8 +66,11 @@ def _drive(
             continue
         reservation = held.pop(a % len(held))
         if kind == "settle":
-            # Real usage equal to the estimate: the server charged what was reserved.
-            book.settle(reservation, now, used_tokens=reservation.cost.tokens)
+            used = reservation.cost.tokens
+            if refunds is not None:
+                used -= b % (used + 1)
+                refunds.append((now, float(reservation.cost.tokens - used)))
+            book.settle(reservation, now, used_tokens=used)
             served.append((reservation.granted_at, reservation.cost))
         elif kind == "release":
             book.release(reservation, now)
@@ -96,6 +103,18 @@ def test_quota_book_never_grants_beyond_what_a_token_bucket_server_admits(limits
     requests = [(at, float(cost.requests)) for at, cost in served]
     tokens = [(at, float(cost.tokens)) for at, cost in served]
     assert _bucket_overdraft(requests, rpm) <= EPSILON
+    assert _bucket_overdraft(tokens, tpm) <= EPSILON
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits=_limits, steps=_steps)
+def test_quota_book_refunds_of_unused_tokens_never_let_it_overdraw_the_server(limits, steps):
+    """Usage below the estimate is refunded, as the server does: still no overdraft of tpm."""
+    rpm, tpm = limits
+    refunds: list[tuple[float, float]] = []
+    served, _ = _drive(QuotaBook(Limits(rpm=rpm, tpm=tpm)), steps, refunds)
+    # The server charges the estimate on arrival and gives back the unused part at the end.
+    tokens = [(at, float(cost.tokens)) for at, cost in served] + [(at, -n) for at, n in refunds]
     assert _bucket_overdraft(tokens, tpm) <= EPSILON
 
 
