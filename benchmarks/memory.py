@@ -34,10 +34,10 @@ from benchmarks.peers._harness import (
 )
 
 SIZES = (10_000, 100_000, 1_000_000)
-QUICK_SIZES = (10_000, 100_000)
+QUICK_SIZES = (100_000,)
 MEMORY_PEERS = ("openai_sdk", "aiometer", "aiolimiter", "seed", "engine_known")
 SECONDS = 6.0
-QUICK_SECONDS = 4.0
+QUICK_SECONDS = 3.0
 SLOW_LATENCY_MS = 120_000
 
 

@@ -15,6 +15,7 @@ limits are the same thing with no quota); the seed approach's concurrency is
 its semaphore.
 
     python -m benchmarks.overhead [--quick] [--concurrency 32 128 512] [--seconds 4]
+    (--quick: 128 in flight only, 2 s)
         [--peers NAME ...] [--out bench-results/overhead.json]
 """
 
@@ -42,6 +43,8 @@ CONCURRENCY = (32, 128, 512)
 OVERHEAD_PEERS = ("openai_sdk", "aiometer", "aiolimiter", "seed", "engine_known")
 SECONDS = 4.0
 QUICK_SECONDS = 2.0
+#: ``--quick`` measures one concurrency only.
+QUICK_CONCURRENCY = (128,)
 #: Requests offered per run: more than any peer finishes in the time box.
 OFFERED = 20_000
 STARTUP_ALLOWANCE = 10.0
@@ -108,13 +111,14 @@ def child_main(args: argparse.Namespace) -> None:
 def run(
     *,
     quick: bool = False,
-    concurrency: Sequence[int] = CONCURRENCY,
+    concurrency: Sequence[int] | None = None,
     seconds: float | None = None,
     peers: Sequence[str] = OVERHEAD_PEERS,
     out: str = f"{RESULTS_DIR}/overhead.json",
 ) -> dict:
     """Run every peer at every concurrency, one at a time; write and return the results."""
     seconds = seconds or (QUICK_SECONDS if quick else SECONDS)
+    concurrency = concurrency or (QUICK_CONCURRENCY if quick else CONCURRENCY)
     started = time.time()
     rows = []
     for peer in peers:
@@ -175,7 +179,7 @@ def _startup(peer: str) -> float:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(OVERHEAD_PEERS))
     parser.add_argument("--out", default=f"{RESULTS_DIR}/overhead.json")
@@ -184,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        args.concurrency = args.concurrency[0]
+        args.concurrency = args.concurrency[0] if args.concurrency else CONCURRENCY[0]
         child_main(args)
         return
     stop_on_sigterm()

@@ -120,6 +120,9 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
                     f"{_fmt(r.get('latency_p99_s'), '.2f')} | "
                     f"{_fmt(r.get('client_cpu_us_per_request'), ',.0f')} | {little_text} |"
                 )
+            commits = {f"{r['label']}: `{r['commit']}`" for r in rows if r.get("commit")}
+            if commits:
+                lines += ["", "Measured at commits — " + "; ".join(sorted(commits)) + "."]
             lines.append("")
             image = plot_utilisation(rows, binding, semantics, img_dir)
             lines += [f"![{semantics} {binding}]({os.path.relpath(image, doc_dir)})", ""]

@@ -357,6 +357,7 @@ def run_scenario(plan: Plan, peers: Sequence[str], *, serial: bool = True) -> li
                 records = [Record.from_row(row) for row in result.get("records", [])]
                 stats = mock_stats(servers[peer].base_url)
                 row = {
+                    "commit": machine()["commit"],
                     "semantics": plan.semantics,
                     "binding": plan.binding,
                     "peer": peer,
@@ -435,6 +436,8 @@ def run(
     steady = QUICK_STEADY_SECONDS if quick else STEADY_SECONDS
     mode = mode or ("all" if quick else "fixed_window")
     started = time.time()
+    # Taken at the start: the engine under test may change while this runs.
+    machine_info = machine()
     rows = []
     for binding in bindings:
         for sem in semantics:
@@ -446,15 +449,16 @@ def run(
             )
             rows.extend(run_scenario(plan, peers, serial=not side_by_side(plan, mode)))
     if merge and os.path.exists(out):
-        # Keep the rows of scenarios not run this time (same configuration assumed).
+        # Keep the rows of scenarios and peers not run this time (same
+        # configuration assumed); each row records the commit it ran at.
         with open(out) as f:
             previous = json.load(f)
-        ran = {(r["semantics"], r["binding"]) for r in rows}
-        kept = [r for r in previous["runs"] if (r["semantics"], r["binding"]) not in ran]
+        ran = {(r["semantics"], r["binding"], r["peer"]) for r in rows}
+        kept = [r for r in previous["runs"] if (r["semantics"], r["binding"], r["peer"]) not in ran]
         rows = kept + rows
     result = {
         "scenario": "utilisation",
-        "machine": machine(),
+        "machine": machine_info,
         "config": {
             "rpm": rpm,
             "quick": quick,
