@@ -10,6 +10,7 @@ from ``$OPENAI_API_KEY`` only, never from the command line, and never printed.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -248,9 +249,13 @@ def _write_stats_json(path: str, summary: RunSummary) -> None:
     import attrs
     import orjson
 
+    from engine._jsonl import _NEW_FILE_MODE
+
     record = attrs.asdict(summary, recurse=True)
     record["exit_status"] = summary.exit_status
-    with open(path, "wb") as file:
+    # Like OUTPUT: the user's umask applies, and never world-writable even under umask 0.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    with os.fdopen(os.open(path, flags, _NEW_FILE_MODE), "wb") as file:
         file.write(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
 
 

@@ -971,9 +971,15 @@ def _input_id(item: Any, index: int) -> str:
 
 
 def _json_or_none(content: bytes) -> dict[str, Any] | None:
+    """An error response's body as a dict (None unless a JSON object), keys masked.
+
+    The body is kept on the result and written to OUTPUT, and some servers echo
+    the Authorization header in it: API-key-shaped text is redacted first
+    (masking inside a JSON string keeps the JSON valid).
+    """
     try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
+        value = orjson.loads(redact(content.decode("utf-8")))
+    except (UnicodeDecodeError, orjson.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
 
