@@ -256,7 +256,7 @@ def _wait_for_growth(output: Path, before: int, process: subprocess.Popen[bytes]
 
 
 class _Director(threading.Thread):
-    """Changes the provider's limits (and ``retry-after`` on 429) every ``period`` seconds."""
+    """Changes the provider's limits (and ``retry-after`` on 429) every few ``period`` seconds."""
 
     def __init__(self, mock: _Mock, period: float, seed: int) -> None:
         super().__init__(daemon=True)
@@ -269,7 +269,11 @@ class _Director(threading.Thread):
 
     def run(self) -> None:
         storm = False
-        while not self._stopped.wait(self._period * self._rng.uniform(0.5, 1.5)):
+        # Calm spells last ~3 periods, storms ~1: frequent enough to hit every
+        # run of the kill loop, rare enough that the run still makes progress.
+        while not self._stopped.wait(
+            self._period * self._rng.uniform(*((0.5, 1.5) if storm else (2, 4)))
+        ):
             storm = not storm
             change = dict(self._rng.choice(STORMS)) if storm else dict(LOOSE)
             change["correct_to_usage"] = not storm
@@ -315,7 +319,12 @@ def _secret_leaks(*paths: Path) -> list[str]:
 
 
 def run_chaos(
-    *, requests: int = 20_000, kills: int = 20, concurrency: int = 64, seed: int = 1
+    *,
+    requests: int = 20_000,
+    kills: int = 20,
+    concurrency: int = 64,
+    seed: int = 1,
+    slow_body_ms: float = 4000.0,
 ) -> ChaosReport:
     """The chaos phase: every fault at once, ``kills`` SIGKILLs, one SIGTERM, then to the end.
 
@@ -327,7 +336,7 @@ def run_chaos(
     problems: list[str] = []
     figures: dict[str, Any] = {"kills": kills}
     mock_args = ["--seed", str(seed), "--latency-ms", "15", "--latency-sigma", "0.7"]
-    mock_args += ["--slow-body-ms", "4000"]
+    mock_args += ["--slow-body-ms", f"{slow_body_ms:g}"]
     for name, rate in FAULTS.items():
         mock_args += [f"--{name.replace('_', '-')}", str(rate)]
     mock_args += ["--rpm", str(LOOSE["rpm"]), "--tpm", str(LOOSE["tpm"])]

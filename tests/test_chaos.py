@@ -31,7 +31,7 @@ from engine.mock import serve_in_subprocess
 
 def test_chaos_run_with_five_kills_writes_every_id_once_and_resends_none():
     """All faults at once, 5 SIGKILLs, a SIGTERM, then to the end: none lost, doubled, resent."""
-    report = run_chaos(requests=200, kills=5, concurrency=32, seed=11)
+    report = run_chaos(requests=200, kills=5, concurrency=32, seed=11, slow_body_ms=2000)
     assert report.problems == ()
     figures = report.figures
     assert (figures["lost"], figures["duplicated"], figures["resent_after_written"]) == (0, 0, 0)
