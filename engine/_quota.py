@@ -618,6 +618,11 @@ class QuotaBook:
         if (error_at_grant > 0) != (error_now > 0):
             return
         error = min(error_at_grant, error_now, key=abs)
+        if abs(error) < 2.0:
+            # One or two either way is the noise of requests crossing the
+            # snapshot; taking only the downward half of it drifts the level
+            # low and leaves capacity unspent.
+            return
         if error > 0:
             if not may_raise:
                 return  # the user chose less than the server allows: never raise

@@ -440,3 +440,12 @@ def test_headers_do_not_raise_the_level_for_permits_still_in_flight():
     # the server saw 592 requests and refilled 100: it reports 108 remaining
     book.settle(first, 10.0, headers=headers(limit_requests=600, remaining_requests=108))
     assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] == pytest.approx(58)
+
+
+def test_headers_one_below_the_book_do_not_lower_it():
+    """A remaining one under the book's view is noise: ignoring only the upward half drifts low."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    r = grant(book, 0.0)  # level after: 598
+    book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=597))
+    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(598)
