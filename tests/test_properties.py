@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine._headers import parse_rate_limit_headers
+from engine._headers import RateLimitHeaders, parse_rate_limit_headers
 from engine._jsonl import MAX_LINE_BYTES, read_batch_input
 from engine._quota import Cost, Limits, QuotaBook, Reservation
 
@@ -264,3 +264,67 @@ def test_header_parser_reads_any_case_and_never_returns_a_negative_count(headers
         assert read is None or read >= 0
         if int(value) > 0 and sum(1 for n in headers if n.lower() == name.lower()) == 1:
             assert read == int(value)
+
+
+class _TokenBucketServer:
+    """A provider enforcing ``rpm``/``tpm`` as token buckets (full at 0), honest in its headers."""
+
+    def __init__(self, rpm: int, tpm: int) -> None:
+        self.capacity = {"requests": float(rpm), "tokens": float(tpm)}
+        self.level = dict(self.capacity)
+        self.updated = 0.0
+
+    def _refill(self, now: float) -> None:
+        for kind, capacity in self.capacity.items():
+            self.level[kind] = min(
+                capacity, self.level[kind] + (now - self.updated) * capacity / 60.0
+            )
+        self.updated = now
+
+    def admit(self, cost: Cost, now: float) -> bool:
+        self._refill(now)
+        if self.level["requests"] < cost.requests or self.level["tokens"] < cost.tokens:
+            return False
+        self.level["requests"] -= cost.requests
+        self.level["tokens"] -= cost.tokens
+        return True
+
+    def headers(self, now: float) -> RateLimitHeaders:
+        self._refill(now)
+        rpm, tpm = self.capacity["requests"], self.capacity["tokens"]
+        return RateLimitHeaders(
+            limit_requests=int(rpm),
+            limit_tokens=int(tpm),
+            remaining_requests=math.floor(self.level["requests"]),
+            remaining_tokens=math.floor(self.level["tokens"]),
+            reset_requests=(rpm - self.level["requests"]) * 60.0 / rpm,
+            reset_tokens=(tpm - self.level["tokens"]) * 60.0 / tpm,
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(limits=_limits, steps=_steps)
+def test_quota_book_with_the_servers_own_limits_and_honest_headers_meets_no_429(limits, steps):
+    """Known limits equal to a token-bucket server's, its headers read back: it never says 429."""
+    rpm, tpm = limits
+    book = QuotaBook(Limits(rpm=rpm, tpm=tpm))
+    server = _TokenBucketServer(rpm, tpm)
+    now = 0.0
+    held: list[Reservation] = []
+    rejected = 0
+    for kind, dt, a, _b in steps:
+        now += dt
+        if kind == "decide":
+            decision = book.decide(GROUP, Cost(tokens=a), now)
+            if isinstance(decision, Reservation):
+                if server.admit(decision.cost, now):
+                    held.append(decision)
+                else:
+                    rejected += 1
+                    book.rate_limited(decision, now, headers=server.headers(now))
+        elif held and kind in ("settle", "rate_limited"):
+            reservation = held.pop(a % len(held))
+            book.settle(
+                reservation, now, headers=server.headers(now), used_tokens=reservation.cost.tokens
+            )
+    assert rejected == 0
