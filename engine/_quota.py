@@ -238,6 +238,7 @@ class _Group:
     last_grant_at: float = -math.inf
     in_flight: int = 0
     rate_limited: int = 0
+    blind_rate_limits: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.dim_list = tuple(self.dims.values())
@@ -268,7 +269,8 @@ class QuotaBook:
         pace_fraction: share of the limit used when a group is paced
             (default 0.98).
         default_cooldown: seconds a group cools down after a 429 that names no
-            reset (default 1.0).
+            reset (default 1.0), doubled for each such 429 in a row up to 60 s
+            until a request of the group succeeds.
         shared: True when several processes share the quota (default False).
             Every grant then also needs capacity *leased* from the shared
             quota (:meth:`add_lease`); the local dimensions still learn limits
@@ -452,6 +454,7 @@ class QuotaBook:
         if group is None:
             return
         group.seen_response = True
+        group.blind_rate_limits = 0
         applied = self._apply_headers(group, reservation, headers, now)
         if used_tokens is not None:
             delta = reservation.cost.tokens - used_tokens
@@ -498,7 +501,13 @@ class QuotaBook:
             known = [r for r in resets if r is not None]
             wait = max(known) if known else None
         if wait is None:
-            wait = self._default_cooldown
+            # Nothing says when capacity returns: back off exponentially on
+            # consecutive blind 429s (1 s, 2 s, 4 s, ... up to 60 s) so a
+            # spent quota is not hit again by the whole window every second.
+            group.blind_rate_limits += 1
+            wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
+        else:
+            group.blind_rate_limits = 0
         if headers is not None and any(
             self._headroom(group, headers, kind, getattr(reservation.cost, kind)) for kind in kinds
         ):

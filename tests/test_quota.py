@@ -449,3 +449,14 @@ def test_headers_one_below_the_book_do_not_lower_it():
     r = grant(book, 0.0)  # level after: 598
     book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=597))
     assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(598)
+
+
+def test_blind_rate_limits_back_off_exponentially_until_a_success():
+    """429s with no retry-after and no headers cool down 1, 2, 4 s; a success resets it."""
+    book = QuotaBook(None, margin=0.0)
+    seen(book)
+    assert book.rate_limited(grant(book, 0.0), 0.0) == pytest.approx(1.0)
+    assert book.rate_limited(grant(book, 1.0), 1.0) == pytest.approx(3.0)
+    assert book.rate_limited(grant(book, 3.0), 3.0) == pytest.approx(7.0)
+    book.settle(grant(book, 7.0), 7.5)
+    assert book.rate_limited(grant(book, 8.0), 8.0) == pytest.approx(9.0)
