@@ -761,13 +761,8 @@ class _ChatEndpoint(_Endpoint):
             TypeError,
             pydantic.ValidationError,
         ) as exc:
-            raise ResponseValidationError(
-                f"request {request.id!r}: malformed response body ({type(exc).__name__}: "
-                f"{redact(str(exc))[:200]})",
-                raw=response.text[:2000],
-                status_code=status,
-                request_id=request_id,
-            ) from None
+            what = f"request {request.id!r}: malformed response body"
+            raise _malformed(response, what, exc) from None
         client._prompt_tokens += usage.prompt_tokens
         client._completion_tokens += usage.completion_tokens
         timings = Timings(
@@ -899,12 +894,10 @@ class _TranscriptionEndpoint(_Endpoint):
                         usage.total_tokens = int(reported.get("total_tokens") or 0)
                         used_tokens = usage.total_tokens
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ResponseValidationError(
-                    f"request {request.id!r} ({audio.name}): malformed transcription body "
-                    f"({type(exc).__name__}: {redact(str(exc))[:200]})",
-                    raw=response.text[:2000],
-                    status_code=status,
-                    request_id=request_id,
+                raise _malformed(
+                    response,
+                    f"request {request.id!r} ({audio.name}): malformed transcription body",
+                    exc,
                 ) from None
         else:
             text = response.text
@@ -968,6 +961,16 @@ def _input_id(item: Any, index: int) -> str:
     if isinstance(item, Mapping) and item.get("custom_id") is not None:
         return str(item["custom_id"])
     return str(index)
+
+
+def _malformed(response: Any, what: str, exc: Exception) -> ResponseValidationError:
+    """The error for a 2xx body that cannot be used, raw text kept for debugging."""
+    return ResponseValidationError(
+        f"{what} ({type(exc).__name__}: {redact(str(exc))[:200]})",
+        raw=response.text[:2000],
+        status_code=response.status_code,
+        request_id=response.headers.get("x-request-id"),
+    )
 
 
 def _json_or_none(content: bytes) -> dict[str, Any] | None:

@@ -552,7 +552,10 @@ class MockApp:
 
     # -- endpoints -----------------------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+    async def _authorized_body(
+        self, scope: Scope, receive: Receive, send: Send, number: int
+    ) -> tuple[Any, str, bytes] | None:
+        """Read the request body and check its key; None when a rejection was sent."""
         head = _scan_headers(scope["headers"])
         key, reject = self._authorize(head)
         body = await self._read_body(head.content_length, receive)
@@ -560,8 +563,15 @@ class MockApp:
             reject = self._too_large()
         if reject is not None:
             await self._send_reject(send, number, reject)
-            return
+            return None
         assert body is not None
+        return head, key, body
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+        read = await self._authorized_body(scope, receive, send, number)
+        if read is None:
+            return
+        _head, key, body = read
         plan = self._plans.get(body)
         if plan is None:
             plan = _plan_chat(body, self.config.default_output_tokens)
@@ -575,15 +585,10 @@ class MockApp:
         await self._answer(send, number, key, plan)
 
     async def _transcription(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        head = _scan_headers(scope["headers"])
-        key, reject = self._authorize(head)
-        body = await self._read_body(head.content_length, receive)
-        if reject is None and body is None:
-            reject = self._too_large()
-        if reject is not None:
-            await self._send_reject(send, number, reject)
+        read = await self._authorized_body(scope, receive, send, number)
+        if read is None:
             return
-        assert body is not None
+        head, key, body = read
         plan = _plan_transcription(body, head.content_type.decode("latin-1"))
         if isinstance(plan, _Reject):
             await self._send_reject(send, number, plan)
