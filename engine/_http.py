@@ -127,7 +127,18 @@ class _PlainConnection:
         self.sock = sock
         self.poller = _make_poller(sock.fileno())
 
-    async def send_all(self, data: bytes) -> None:
+    def send_now(self, data: bytes) -> bytes | memoryview:
+        """Send what the socket buffer takes at once; return the rest (empty: all sent).
+
+        Never checkpoints.  Raises OSError when the connection is broken.
+        """
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            return data
+        return memoryview(data)[sent:] if sent < len(data) else b""
+
+    async def send_all(self, data: bytes | memoryview) -> None:
         """Send every byte; checkpoints only when the socket buffer is full."""
         sock = self.sock
         while True:
@@ -167,7 +178,11 @@ class _TLSConnection:
         self.raw_socket = raw_socket
         self.poller = _make_poller(raw_socket.fileno())
 
-    async def send_all(self, data: bytes) -> None:
+    def send_now(self, data: bytes) -> bytes | memoryview:
+        """TLS cannot send without checkpointing: returns ``data``, unsent."""
+        return data
+
+    async def send_all(self, data: bytes | memoryview) -> None:
         """Send every byte. Checkpoints."""
         await self.stream.send_all(data)
 
@@ -328,10 +343,26 @@ class H11Transport(httpx.AsyncBaseTransport):
         received_any = False
         receive = connection.receive_after_wait
         try:
-            with trio.CancelScope(deadline=trio.current_time() + write_timeout) as scope:
-                method, close = await _write_request(connection, request, scope, write_timeout)
+            head_bytes, method, chunked, close = _serialize_request(request)
+            body = _buffered_body(request)
+            if body is not None and not chunked:
+                # Most requests fit the socket buffer: sent here, the scope
+                # below starts with the read deadline and needs no second
+                # deadline (each costs a registration in trio's deadline heap).
+                unsent = connection.send_now(head_bytes + body if body else head_bytes)
+            else:
+                unsent = None  # a streamed body
+            deadline = read_timeout if unsent == b"" else write_timeout
+            with trio.CancelScope(deadline=trio.current_time() + deadline) as scope:
+                if unsent is None:
+                    await _write_streamed(
+                        connection, request, head_bytes, chunked, scope, write_timeout
+                    )
+                elif unsent:
+                    await connection.send_all(unsent)
                 sending = False
-                scope.deadline = trio.current_time() + read_timeout
+                if unsent != b"":
+                    scope.deadline = trio.current_time() + read_timeout
                 buffer = await receive()
                 if not buffer:
                     raise _PeerClosedEarly(
@@ -665,29 +696,30 @@ def _framing_event(method: bytes, close: bool) -> h11.Request:
     return event
 
 
-async def _write_request(
-    connection: _Connection,
-    request: httpx.Request,
-    scope: trio.CancelScope,
-    write_timeout: float,
-) -> tuple[bytes, bool]:
-    """Send the request line, headers and body. Returns (method, connection closes after)."""
-    head, method, chunked, close = _serialize_request(request)
-    send = connection.send_all
-    body_stream = request.stream
-    body: bytes | None = None
-    if isinstance(body_stream, httpx.ByteStream):
+def _buffered_body(request: httpx.Request) -> bytes | None:
+    """The request body when httpx already holds all of it as bytes, else None."""
+    if isinstance(request.stream, httpx.ByteStream):
         try:
             # httpx reads bytes content at construction: no need to iterate.
-            body = request.content
+            return request.content
         except httpx.RequestNotRead:
-            body = None
-    if body is not None and not chunked:
-        await send(head + body if body else head)
-        return method, close
+            return None
+    return None
+
+
+async def _write_streamed(
+    connection: _Connection,
+    request: httpx.Request,
+    head: bytes,
+    chunked: bool,
+    scope: trio.CancelScope,
+    write_timeout: float,
+) -> None:
+    """Send the request head, then its body as the stream yields it (chunked or not)."""
+    send = connection.send_all
     pending = [head]
     pending_size = len(head)
-    async for chunk in body_stream:
+    async for chunk in request.stream:
         if not chunk:
             continue
         if chunked:
@@ -707,7 +739,6 @@ async def _write_request(
     if pending:
         scope.deadline = trio.current_time() + write_timeout
         await send(b"".join(pending))
-    return method, close
 
 
 def _describe(exc: BaseException) -> str:
