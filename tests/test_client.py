@@ -331,3 +331,67 @@ async def test_failed_results_keep_the_messages_sent(autojump_clock):
         (result,) = await collect(c, requests(1))
     assert result.error.code == "retries_exhausted"
     assert result.input == [{"role": "user", "content": "question 0"}]
+
+
+async def test_two_maps_on_one_client_each_get_all_their_results(autojump_clock):
+    """Workers switch between two concurrent maps; leaving one early leaves the other whole."""
+    config = MockConfig(latency_ms=50)
+    firsts: list[str] = []
+    async with mock_client(config, concurrency=3) as (c, _app):
+        async with trio.open_nursery() as nursery:
+
+            async def abandoned() -> None:
+                async for result in c.map(requests(40)):
+                    firsts.append(result.id)
+                    if len(firsts) == 4:
+                        break
+
+            nursery.start_soon(abandoned)
+            others = [
+                engine.ChatRequest(id=f"b{i}", messages=f"other {i}", model=MODEL)
+                for i in range(30)
+            ]
+            seconds = await collect(c, others)
+        await trio.testing.wait_all_tasks_blocked()
+        assert c.statistics().limiter.in_flight == 0
+        assert (await c.chat("again", model=MODEL)).ok
+    assert len(firsts) == 4 and all(r.startswith("r") for r in firsts)
+    assert sorted(r.id for r in seconds) == sorted(f"b{i}" for i in range(30))
+    assert all(r.ok for r in seconds)
+
+
+def _answering(body: bytes) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices": [{"message": "just text"}], "usage": {}}',
+        b'{"choices": [{"message": {"content": 42}}], "usage": {}}',
+        b'{"choices": ["x"], "usage": {}}',
+        b'{"choices": [], "usage": {}}',
+        b'{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": "many"}}',
+    ],
+)
+async def test_oddly_shaped_2xx_bodies_are_item_errors(body, autojump_clock):
+    """A 200 whose body does not have a chat completion's shape fails that item only."""
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=_answering(body), max_attempts=1
+    ) as c:
+        (result,) = await collect(c, requests(1))
+    assert result.error is not None
+    assert "malformed response body" in result.error.message
+
+
+async def test_a_model_name_that_is_not_a_string_falls_back_to_the_one_asked_for(autojump_clock):
+    """A 200 naming its model with a non-string keeps the requested model on the result."""
+    body = b'{"model": 7, "choices": [{"message": {"content": "hi"}}], "usage": {}}'
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=_answering(body)
+    ) as c:
+        result = await c.chat("hello", model=MODEL)
+    assert result.ok and result.output == "hi" and result.model == MODEL
