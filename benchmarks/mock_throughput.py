@@ -46,7 +46,8 @@ MODEL = "gpt-4o-mini"
 BODY = json.dumps(
     {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}
 ).encode()
-SERVERS = ("builtin", "uvicorn", "hypercorn", "noop")
+SERVERS = ("builtin", "uvicorn", "hypercorn", "noop", "noop-asgi")
+NOOPS = ("noop", "noop-asgi")  # fixed answers on the builtin server: the floors
 QUOTAS_NEVER_LIMITING = ("--rpm", "1000000000", "--tpm", "1000000000000")
 SATURATED = 0.9  # share of a core above which a process counts as using all of it
 
@@ -238,13 +239,6 @@ def _post(url: str) -> None:
 # -- the floor: a no-op app on the builtin server ------------------------------------------
 
 
-async def _noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Answers every request with a fixed body the size of the mock's chat answer."""
-    await receive()
-    await send(_NOOP_START)
-    await send(_NOOP_BODY)
-
-
 _NOOP_PAYLOAD = b'{"id":"chatcmpl-noop",' + b'"x":"' + b"." * 520 + b'"}'
 _NOOP_START = {
     "type": "http.response.start",
@@ -256,32 +250,65 @@ _NOOP_START = {
     ],
 }
 _NOOP_BODY = {"type": "http.response.body", "body": _NOOP_PAYLOAD}
+_NOOP_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+    b"x-request-id: req_noop\r\n" % len(_NOOP_PAYLOAD)
+)
 
 
-def serve_noop() -> None:
-    """Serve the no-op app with the mock's builtin server on a free port until SIGTERM."""
+async def _noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request with a fixed body the size of the mock's chat answer."""
+    await receive()
+    await send(_NOOP_START)
+    await send(_NOOP_BODY)
+
+
+class NoopApp:
+    """:func:`_noop_app` that also answers through the builtin server's synchronous path.
+
+    ``respond_at_once`` returns the same head and body the ASGI call sends,
+    so this is the floor for the mock's own path on the builtin server.
+    """
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _noop_app(scope, receive, send)
+
+    def respond_at_once(
+        self, method: str, path: str, headers: Any, body: bytes
+    ) -> tuple[bytes, bytes]:
+        return _NOOP_HEAD, _NOOP_PAYLOAD
+
+
+def serve_noop(asgi_only: bool) -> None:
+    """Serve a no-op app with the mock's builtin server on a free port until SIGTERM.
+
+    ``asgi_only``: the plain ASGI app (every request stepped as an ASGI call);
+    otherwise :class:`NoopApp`, answered through ``respond_at_once``.
+    """
     import uvloop
 
     from engine.mock._server import serve
 
     sock = socket.create_server(("127.0.0.1", 0), backlog=2048)
     port = sock.getsockname()[1]
+    app = _noop_app if asgi_only else NoopApp()
 
     async def main() -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         ready = lambda: print(f"noop listening on http://127.0.0.1:{port}/v1", flush=True)  # noqa: E731
-        await serve(_noop_app, [sock], stop=stop, ready=ready)
+        await serve(app, [sock], stop=stop, ready=ready)
 
     uvloop.run(main())
 
 
 @contextlib.contextmanager
-def _noop_server() -> Iterator[str]:
+def _noop_server(asgi_only: bool) -> Iterator[str]:
     """Run :func:`serve_noop` in a child process; yield its base URL; stop it by PID."""
+    kind = "asgi" if asgi_only else "fast"
     process = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-noop"],
+        [sys.executable, os.path.abspath(__file__), "--serve-noop", kind],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
@@ -320,8 +347,8 @@ def measure(
     """
     started = time.perf_counter()
     serving = (
-        _noop_server()
-        if server == "noop"
+        _noop_server(server == "noop-asgi")
+        if server in NOOPS
         else serve_in_subprocess(["--server", server, *mock_args])
     )
     with serving as base_url:
@@ -342,7 +369,7 @@ def measure(
             )
 
         drive(1.0, 4)  # warm up: first-request costs, answer cache
-        if server != "noop":
+        if server not in NOOPS:
             _post(f"{root}/_mock/reset")
         load_before = os.getloadavg()[0]
         cpu_before = _cpu_seconds(pid)
@@ -350,14 +377,14 @@ def measure(
         server_cpu_s = _cpu_seconds(pid) - cpu_before
         stats = (
             {"status_counts": {}}
-            if server == "noop"
+            if server in NOOPS
             else json.loads(urllib.request.urlopen(f"{root}/_mock/stats").read())
         )
     elapsed = result.pop("seconds")
     ok = result["ok"]
     return {
         "server": server,
-        "mock_args": list(mock_args) if server != "noop" else [],
+        "mock_args": list(mock_args) if server not in NOOPS else [],
         "generator": generator,
         "connections": connections,
         "seconds": round(elapsed, 2),
@@ -474,7 +501,7 @@ def main() -> None:
         help="serve with RPM/TPM limits too high to refuse anything: quota arithmetic and "
         "x-ratelimit-* headers on every answer (default: quotas off)",
     )
-    parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-noop", choices=("fast", "asgi"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--generator",
         choices=("auto", "wrk", "python"),
@@ -485,7 +512,7 @@ def main() -> None:
     parser.add_argument("--client-cpu", type=int, default=1, help="CPU the generator is pinned to")
     args = parser.parse_args()
     if args.serve_noop:
-        serve_noop()
+        serve_noop(args.serve_noop == "asgi")
         return
     generator = args.generator
     if generator == "auto":

@@ -561,3 +561,122 @@ async def test_transcriptions_count_against_rpm():
     app = create_app(MockConfig(rpm=1))
     assert (await transcribe(app, mp3_bytes(1.0))).status_code == 200
     assert (await transcribe(app, mp3_bytes(1.0))).status_code == 429
+
+
+# -- respond_at_once: the synchronous path the builtin server uses ------------------
+
+
+def answer_at_once(app, method: str, path: str, body: bytes = b"", headers=()):
+    """(status, headers, body) from ``app.respond_at_once``; None when it declines."""
+    head_lines = [(b"content-length", b"%d" % len(body)), *headers]
+    answer = app.respond_at_once(method, path, head_lines, body)
+    if answer is None:
+        return None
+    head, payload = answer
+    assert head.endswith(b"\r\n") and not head.endswith(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")[:-1]
+    parsed = [line.split(": ", 1) for line in lines]
+    return int(status_line.split()[1]), {name: value for name, value in parsed}, payload
+
+
+def comparable(body: bytes):
+    """A response body for comparison: JSON without the wall-clock ``created``."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(document, dict):
+        document.pop("created", None)
+    return document
+
+
+async def same_answers(config: MockConfig, requests: list[tuple[str, str, bytes, dict]]) -> None:
+    """One app answers through ASGI (httpx), a twin through respond_at_once: same answers.
+
+    Status, headers and body (``created`` aside) per request, and the stats
+    after all of them.  Time stands still (autojump clock, no sleeps).
+    """
+    asgi_app, fast_app = create_app(config), create_app(config)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=asgi_app), base_url="http://mock"
+    ) as client:
+        for method, path, body, headers in requests:
+            response = await client.request(method, path, content=body, headers=headers)
+            fast = answer_at_once(
+                fast_app,
+                method,
+                path,
+                body,
+                [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+            )
+            assert fast is not None, (method, path)
+            status, fast_headers, fast_body = fast
+            assert status == response.status_code
+            assert fast_headers == dict(response.headers)
+            assert comparable(fast_body) == comparable(response.content)
+    assert fast_app.stats.as_dict() == asgi_app.stats.as_dict()
+
+
+def chat(text: str = "Hello, mock!", key: str | None = "sk-test-key") -> tuple:
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]})
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    return ("POST", "/v1/chat/completions", body.encode(), headers)
+
+
+async def test_respond_at_once_matches_asgi_for_chat_with_quotas_off(autojump_clock):
+    """200 chat answers, cached and not, are the same through both paths."""
+    await same_answers(MockConfig(), [chat(), chat(), chat("other")])
+
+
+async def test_respond_at_once_matches_asgi_for_chat_with_quotas_on(autojump_clock):
+    """Rate-limit headers, the 429 for requests and the one for tokens are the same."""
+    await same_answers(MockConfig(rpm=2, tpm=1_000_000), [chat(), chat("b"), chat("c")])
+    await same_answers(MockConfig(tpm=40), [chat(), chat(), chat("long " * 80)])
+
+
+async def test_respond_at_once_matches_asgi_for_errors(autojump_clock):
+    """401 (wrong or no key), 404, 405, 400 for bad JSON or fields, 413: the same."""
+    bad = {"content-type": "application/json", "authorization": "Bearer sk-right-key-123"}
+    await same_answers(
+        MockConfig(api_key="sk-right-key-123", max_body_bytes=200),
+        [
+            chat(key="sk-wrong-key-456"),
+            chat(key=None),
+            ("POST", "/v1/unknown", b"{}", bad),
+            ("GET", "/v1/chat/completions", b"", bad),
+            ("POST", "/v1/chat/completions", b"{not json", bad),
+            ("POST", "/v1/chat/completions", b'{"model": "gpt-4o-mini"}', bad),
+            ("POST", "/v1/chat/completions", b"[" + b" " * 300 + b"]", bad),
+            chat("fine", key="sk-right-key-123"),
+        ],
+    )
+
+
+async def test_respond_at_once_matches_asgi_for_insufficient_quota(autojump_clock):
+    """The insufficient_quota 429 after N admitted requests is the same."""
+    await same_answers(MockConfig(insufficient_quota_after=1), [chat(), chat()])
+
+
+async def test_respond_at_once_matches_asgi_for_transcriptions(autojump_clock):
+    """A transcription (multipart upload) answers the same through both paths."""
+    request = httpx.Request(
+        "POST",
+        "http://mock/v1/audio/transcriptions",
+        data={"model": "whisper-1", "response_format": "verbose_json"},
+        files={"file": ("call.mp3", mp3_bytes(0.5), "audio/mpeg")},
+    )
+    body = request.read()
+    headers = {"content-type": request.headers["content-type"], "authorization": "Bearer k"}
+    await same_answers(MockConfig(rpm=10), [("POST", "/v1/audio/transcriptions", body, headers)])
+
+
+def test_respond_at_once_declines_when_the_answer_could_sleep():
+    """With latency or a fault rate configured it returns None and uses nothing up."""
+    for fields in ({"latency_ms": 1.0}, {"slow_body_rate": 0.1}, {"drop_rate": 0.1}):
+        app = create_app(MockConfig(seed=1, **fields))
+        assert answer_at_once(app, *chat()[:3]) is None
+        assert app.stats.as_dict()["requests"] == 0
+        assert next(app._numbers) == 1
+        assert app._rng.random() == create_app(MockConfig(seed=1))._rng.random()

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import types
 import urllib.parse
 
+import httpx
 import pytest
+from audio_fixtures import mp3_bytes
 
-from engine.mock import MockConfig, serve_in_subprocess
+import engine.mock._app as mock_app_module
+from engine.mock import MockApp, MockConfig, create_app, serve_in_subprocess
 from engine.mock._server import DEFAULT_MAX_REQUEST_BYTES, _Connection, _Continuation, _Server
 
 MODEL = "gpt-4o-mini"
@@ -439,3 +444,256 @@ def test_reading_pauses_while_writes_are_blocked():
         return [paused, transport.reading]
 
     assert asyncio.run(main()) == [False, True]
+
+
+# -- the synchronous path (respond_at_once) against the ASGI call -------------------------
+
+
+class AsgiOnly:
+    """A mock app seen through its ASGI call only: the server cannot use respond_at_once."""
+
+    def __init__(self, app: MockApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+
+class CountingFastPath(AsgiOnly):
+    """A mock app with respond_at_once, counting the answers it gave that way."""
+
+    def __init__(self, app: MockApp) -> None:
+        super().__init__(app)
+        self.answered = 0
+
+    def respond_at_once(self, method, path, headers, body):
+        answer = self.app.respond_at_once(method, path, headers, body)
+        self.answered += answer is not None
+        return answer
+
+
+@pytest.fixture
+def frozen_app_clock(monkeypatch):
+    """The app's clocks stand still: the same requests give the same bytes twice."""
+    monkeypatch.setattr(
+        mock_app_module,
+        "time",
+        types.SimpleNamespace(monotonic=lambda: 5_000.0, time=lambda: 1_800_000_000.0),
+    )
+
+
+DATE_LINE = re.compile(rb"date: [^\r]*GMT\r\n")
+
+
+def both_paths(config: MockConfig, requests: list[bytes]) -> tuple[bytes, bytes, int, MockApp]:
+    """Wire bytes (date lines removed) via respond_at_once and via ASGI; fast answers; the app.
+
+    The two runs use two fresh apps with the same config; each request is
+    fed as its own ``data_received`` call.  Checks that both runs wrote one
+    date line per response.
+    """
+    fast = CountingFastPath(create_app(config))
+    asgi = AsgiOnly(create_app(config))
+    written = []
+    for app in (fast, asgi):
+        wire = bytes(feed(app, *requests).written)
+        statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", wire)
+        assert len(DATE_LINE.findall(wire)) == len(statuses) > 0
+        written.append(DATE_LINE.sub(b"", wire))
+    assert fast.app.stats.as_dict() == asgi.app.stats.as_dict()
+    return written[0], written[1], fast.answered, fast.app
+
+
+def chat_request(text: str = "same", key: str = "sk-test", extra: str = "") -> bytes:
+    return request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        chat_body(text),
+        extra=f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n{extra}",
+    )
+
+
+def transcription_request(response_format: str = "json") -> bytes:
+    request = httpx.Request(
+        "POST",
+        "http://mock/v1/audio/transcriptions",
+        data={"model": "whisper-1", "response_format": response_format},
+        files={"file": ("call.mp3", mp3_bytes(0.5), "audio/mpeg")},
+    )
+    body = request.read()
+    return request_bytes(
+        "POST",
+        "/v1/audio/transcriptions",
+        body,
+        extra=f"Content-Type: {request.headers['content-type']}\r\n",
+    )
+
+
+SAME_BYTES_CASES = {
+    "chat, quotas off": (
+        MockConfig(),
+        [chat_request(), chat_request(), chat_request("other")],
+    ),
+    "chat, quotas on, then 429 (requests)": (
+        MockConfig(rpm=2, tpm=1_000_000),
+        [chat_request(), chat_request("other"), chat_request()],
+    ),
+    "429 for tokens and request too large": (
+        MockConfig(tpm=40),
+        [chat_request(), chat_request(), chat_request("x " * 100)],
+    ),
+    "missing rate-limit headers drawn from the seeded generator": (
+        MockConfig(rpm=1000, seed=7, missing_headers_rate=0.3, missing_limit_headers_rate=0.3),
+        [chat_request(str(n)) for n in range(8)],
+    ),
+    "no correction to usage": (
+        MockConfig(tpm=100_000, correct_to_usage=False),
+        [chat_request(), chat_request()],
+    ),
+    "insufficient quota": (
+        MockConfig(insufficient_quota_after=1),
+        [chat_request(), chat_request()],
+    ),
+    "401 wrong key and no key": (
+        MockConfig(api_key="sk-right-key-123"),
+        [
+            chat_request(key="sk-wrong-key-456"),
+            request_bytes("POST", "/v1/chat/completions", chat_body("no key")),
+            chat_request(key="sk-right-key-123"),
+        ],
+    ),
+    "404, 405 and HEAD": (
+        MockConfig(),
+        [
+            request_bytes("POST", "/v1/nothing", b"{}"),
+            request_bytes("GET", "/v1/chat/completions"),
+            request_bytes("HEAD", "/v1/chat/completions"),
+            chat_request(),
+        ],
+    ),
+    "400 bad JSON and bad fields": (
+        MockConfig(),
+        [
+            request_bytes("POST", "/v1/chat/completions", b"{not json"),
+            request_bytes("POST", "/v1/chat/completions", b'{"model": "gpt-4o-mini"}'),
+            request_bytes("POST", "/v1/chat/completions", b'{"messages": []}'),
+        ],
+    ),
+    "413 body above max_body_bytes": (
+        MockConfig(max_body_bytes=50),
+        [chat_request("a long message " * 10), chat_request()],
+    ),
+    "client request ids are counted": (
+        MockConfig(),
+        [chat_request(extra="X-Client-Request-Id: one\r\n") for _ in range(2)],
+    ),
+    "transcription, json and text": (
+        MockConfig(rpm=100),
+        [transcription_request("json"), transcription_request("text")],
+    ),
+    "connection: close ends the run": (
+        MockConfig(),
+        [chat_request(extra="Connection: close\r\n"), chat_request()],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SAME_BYTES_CASES))
+def test_respond_at_once_writes_the_same_bytes_as_the_asgi_call(case, frozen_app_clock):
+    """Both paths write identical responses (date aside) and leave identical stats."""
+    config, requests = SAME_BYTES_CASES[case]
+    fast, asgi, answered, _app = both_paths(config, requests)
+    assert fast == asgi
+    assert answered == len(re.findall(rb"HTTP/1\.1 \d{3} ", fast))
+
+
+def test_the_fast_path_answers_the_benchmark_request_in_one_write():
+    """A chat answer with quotas off is one write: status, headers, date, body."""
+    transport = feed(CountingFastPath(create_app(MockConfig())), chat_request())
+    head, _, body = bytes(transport.written).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert [line.split(b":")[0] for line in lines[1:]] == [
+        b"content-type",
+        b"content-length",
+        b"x-request-id",
+        b"date",
+    ]
+    assert int(lines[2].split(b": ")[1]) == len(body)
+    assert json.loads(body)["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"latency_ms": 5.0}, {"ms_per_output_token": 1.0}, {"error_500_rate": 0.5}],
+    ids=["latency", "per-token latency", "a fault rate"],
+)
+def test_configs_that_can_suspend_are_left_to_the_asgi_call(fields):
+    """With latency or faults configured respond_at_once declines and changes nothing."""
+    app = create_app(MockConfig(**fields))
+    headers = [(b"content-length", b"%d" % len(chat_body("hi")))]
+    assert app.respond_at_once("POST", "/v1/chat/completions", headers, chat_body("hi")) is None
+    assert app.respond_at_once("GET", "/nowhere", [], b"") is None
+    assert app.stats.as_dict() == create_app(MockConfig()).stats.as_dict()
+    assert next(app._numbers) == 1
+
+
+def test_endpoints_other_than_chat_and_transcription_are_left_to_the_asgi_call():
+    """/v1/models and the /_mock endpoints are answered by the ASGI call, not counted twice."""
+    app = create_app(MockConfig())
+    for method, path in [("GET", "/v1/models"), ("GET", "/_mock/stats"), ("POST", "/_mock/reset")]:
+        assert app.respond_at_once(method, path, [], b"") is None
+    assert next(app._numbers) == 1
+    transport = feed(CountingFastPath(app), request_bytes("GET", "/v1/models"))
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert app.stats.status_counts == {200: 1}
+
+
+def test_an_exception_in_respond_at_once_gives_500_and_close():
+    """A respond_at_once that raises is answered like a failing ASGI call."""
+
+    class Broken(AsgiOnly):
+        def respond_at_once(self, method, path, headers, body):
+            raise RuntimeError("broken fast path")
+
+    transport = feed(Broken(create_app(MockConfig())), chat_request())
+    assert transport.written.startswith(b"HTTP/1.1 500 ")
+    assert transport.closed
+
+
+def responses_in(wire: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each complete Content-Length-framed response in ``wire``, in order."""
+    found = []
+    while wire:
+        head, _, rest = wire.partition(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head).group(1))
+        if len(rest) < length:  # still arriving
+            break
+        found.append((int(head.split()[1]), rest[:length]))
+        wire = rest[length:]
+    return found
+
+
+def test_pipelined_requests_mix_fast_answers_and_tasks_in_order():
+    """Queued behind an answer that suspends, requests answered at once still come in order."""
+
+    async def main() -> bytes:
+        app = CountingFastPath(create_app(MockConfig(slow_body_rate=1.0, slow_body_ms=4.0)))
+        connection = _Connection(app, asyncio.get_running_loop(), _Server(1 << 20))
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(chat_request("first"))  # a slow body: finished by a task
+        app.app._apply(MockConfig())  # the two queued behind it are answered at once
+        connection.data_received(chat_request("second") + chat_request("third"))
+        for _ in range(200):
+            if len(responses_in(bytes(transport.written))) == 3:
+                break
+            await asyncio.sleep(0.005)
+        assert app.answered == 2
+        return bytes(transport.written)
+
+    answers = responses_in(asyncio.run(main()))
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert [json.loads(body)["choices"][0]["message"]["content"] for _, body in answers] == [
+        f"Mock reply to: {word}" for word in ("first", "second", "third")
+    ]

@@ -20,11 +20,12 @@ built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
 
 from __future__ import annotations
 
+import http
 import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 import anyio
@@ -104,6 +105,27 @@ class _Plan:
     output_tokens: int
     content_type: bytes
     body: Callable[[int], bytes]
+
+
+#: A decided answer: (status, body, headers after content-type and
+#: content-length, content type).  Its status is already counted in the stats.
+_Reply = tuple[int, bytes, list[tuple[bytes, bytes]], bytes]
+
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
+    for status in http.HTTPStatus
+}
+
+
+class _Later(NamedTuple):
+    """What is left of an admitted answer that sleeps or is cut (latency, faults 3-5)."""
+
+    number: int
+    group: tuple[str, str]
+    plan: _Plan
+    reservation: Reservation | None
+    fault: int | None
+    now: float  # when it was admitted
 
 
 _trio_current_time: Callable[[], float] | None = None
@@ -198,6 +220,12 @@ class MockApp:
             "/_mock/reset": {"POST": self._reset},
             "/_mock/config": {"GET": self._get_config, "POST": self._set_config},
         }
+        # The endpoints respond_at_once answers (POST only, as in _routes):
+        # (head, key, rejection, body or None when too large, number) -> answer.
+        self._replies: dict[str, Callable[..., _Reply | _Later]] = {
+            "/v1/chat/completions": self._chat_reply,
+            "/v1/audio/transcriptions": self._transcription_reply,
+        }
         self._apply(config)
 
     def _apply(self, config: MockConfig) -> None:
@@ -221,13 +249,8 @@ class MockApp:
             number = next(self._numbers)
             methods = self._routes.get(path)
             if methods is None or method not in methods:
-                await self._send_reject(
-                    send,
-                    number,
-                    _Reject(404, f"Invalid URL ({method} {path})")
-                    if methods is None
-                    else _Reject(405, f"Method {method} is not allowed for {path}"),
-                )
+                reply = self._reject_reply(number, _route_reject(methods, method, path))
+                await _send_reply(send, reply)
                 return
             try:
                 await methods[method](scope, receive, send, number)
@@ -236,10 +259,7 @@ class MockApp:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as error:  # a bug in the mock must not look like a dropped socket
-                body = _error_body(
-                    f"mock internal error: {type(error).__name__}: {error}", "server_error"
-                )
-                await self._send(send, 500, body, [(b"x-request-id", _request_id(number))])
+                await _send_reply(send, self._internal_error(number, error))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -253,36 +273,82 @@ class MockApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    # -- the synchronous entry (servers that hold the whole request) ------------------
+
+    def respond_at_once(
+        self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[bytes, bytes] | None:
+        """Answer a complete request without suspending: ``(head, body)``, or None.
+
+        For a server that has read the whole request body before answering
+        (:mod:`engine.mock._server` calls this before building an ASGI scope):
+        ``method`` and ``path`` as in the ASGI scope (``path`` percent-decoded),
+        ``headers`` the request headers with lowercase names, ``body`` the
+        whole request body.  ``head`` is the status line and the header lines,
+        each ending in CRLF, without the blank line that ends the head: the
+        server adds its own headers (``date``, ``connection``) and the blank
+        line, then ``body`` unless the method is HEAD.
+
+        Status, headers, body, stats, quota accounting and random draws are
+        exactly those of the ASGI call for the same request; only the
+        transport differs.  Returns None, having changed nothing (no request
+        number, stats, quota or random draw used), when the ASGI call must
+        answer instead: whenever latency or any fault rate is configured (the
+        answer could suspend), and for endpoints other than chat completions
+        and transcriptions (except the 404 / 405 of an unknown path or method,
+        answered here).  Never checkpoints.
+        """
+        if self._latency_on or self._fault_thresholds is not None:
+            return None
+        methods = self._routes.get(path)
+        if methods is None or method not in methods:
+            reply = self._reject_reply(next(self._numbers), _route_reject(methods, method, path))
+        else:
+            handler = self._replies.get(path)
+            if handler is None:
+                return None
+            number = next(self._numbers)
+            try:
+                head = _scan_headers(headers)
+                key, reject = self._authorize(head)
+                limit = self.config.max_body_bytes
+                declared = head.content_length
+                within = (declared is None or declared <= limit) and len(body) <= limit
+                reply = handler(head, key, reject, body if within else None, number)
+            except Exception as error:  # as in __call__: the mock's bug is this request's 500
+                reply = self._internal_error(number, error)
+            if type(reply) is not tuple:  # an answer that suspends: excluded above
+                raise RuntimeError("respond_at_once reached an answer that suspends")
+        status, payload, extra, content_type = reply
+        head_bytes = b"%scontent-type: %s\r\ncontent-length: %d\r\n" % (
+            _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
+            content_type,
+            len(payload),
+        )
+        for name, value in extra:
+            head_bytes += b"%s: %s\r\n" % (name, value)
+        return head_bytes, payload
+
     # -- helpers -----------------------------------------------------------------
 
-    async def _send(
+    def _reply(
         self,
-        send: Send,
         status: int,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
         content_type: bytes = _JSON,
-        *,
-        count: bool = True,
-    ) -> None:
-        if count:
-            self.stats.status_counts[status] += 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", b"%d" % len(body)),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    ) -> _Reply:
+        """A counted answer: ``status`` is added to the stats here, once."""
+        self.stats.status_counts[status] += 1
+        return (status, body, headers, content_type)
 
-    async def _send_reject(self, send: Send, number: int, reject: _Reject) -> None:
+    def _reject_reply(self, number: int, reject: _Reject) -> _Reply:
         body = _error_body(reject.message, reject.type, reject.param, reject.code)
-        await self._send(send, reject.status, body, [(b"x-request-id", _request_id(number))])
+        return self._reply(reject.status, body, [(b"x-request-id", _request_id(number))])
+
+    def _internal_error(self, number: int, error: Exception) -> _Reply:
+        body = _error_body(f"mock internal error: {type(error).__name__}: {error}", "server_error")
+        return self._reply(500, body, [(b"x-request-id", _request_id(number))])
 
     async def _read_body(self, declared_length: int | None, receive: Receive) -> bytes | None:
         """The request body, or None when it exceeds ``max_body_bytes``.
@@ -356,7 +422,13 @@ class MockApp:
 
     # -- the answer pipeline shared by chat and transcription ---------------------
 
-    async def _answer(self, send: Send, number: int, key: str, plan: _Plan) -> None:
+    def _answer(self, number: int, key: str, plan: _Plan) -> _Reply | _Later:
+        """Admit ``plan`` and answer it, or what is left to do after a suspension.
+
+        Returns a reply when the answer needs no sleep (the common case, any
+        refusal, a 5xx fault); a :class:`_Later` when latency or a dropped,
+        slow or malformed body is to follow (:meth:`_answer_later`).
+        """
         config = self.config
         stats = self.stats
         group = (key, plan.model)
@@ -373,14 +445,12 @@ class MockApp:
                 None,
                 "insufficient_quota",
             )
-            await self._send(send, 429, body, [request_id, *self._limit_headers(group, now)])
-            return
+            return self._reply(429, body, [request_id, *self._limit_headers(group, now)])
         reservation: Reservation | None = None
         if self._quotas_on:
             decision = self._book.admit(group, plan.cost, now)
             if not decision.admitted:
-                await self._send_rate_limited(send, request_id, group, plan.model, decision, now)
-                return
+                return self._rate_limited(request_id, group, plan.model, decision, now)
             reservation = decision.reservation
         stats.admitted += 1
         fault = None if self._fault_thresholds is None else self._draw_fault()
@@ -392,17 +462,10 @@ class MockApp:
             stats.tokens_charged += actual
             stats.window.add(now, 1, plan.cost, actual - plan.cost)
             stats.status_counts[200] += 1
-            body = plan.body(number)
-            headers = [
-                (b"content-type", plan.content_type),
-                (b"content-length", b"%d" % len(body)),
-                request_id,
-            ]
+            headers = [request_id]
             if self._quotas_on:
                 headers += self._limit_headers(group, now)
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
+            return (200, plan.body(number), headers, plan.content_type)
         stats.window.add(now, 1, plan.cost)
 
         if fault is not None and fault < 3:
@@ -416,50 +479,40 @@ class MockApp:
                 }[status],
                 "server_error",
             )
-            await self._send(send, status, body, [request_id, *self._limit_headers(group, now)])
-            return
+            return self._reply(status, body, [request_id, *self._limit_headers(group, now)])
+        return _Later(number, group, plan, reservation, fault, now)
 
+    async def _answer_later(self, send: Send, later: _Later) -> None:
+        """The rest of :meth:`_answer`: latency, then the answer or its fault."""
+        config = self.config
+        plan = later.plan
+        fault = later.fault
+        now = later.now
         if self._latency_on:
             await anyio.sleep(self._latency(plan.output_tokens))
             now = _now()
         self._settle(
-            reservation, plan.cost, plan.actual if config.correct_to_usage else plan.cost, now
+            later.reservation,
+            plan.cost,
+            plan.actual if config.correct_to_usage else plan.cost,
+            now,
         )
 
-        body = plan.body(number)
-        headers = [request_id, *self._limit_headers(group, now)]
+        body = plan.body(later.number)
+        headers = [(b"x-request-id", _request_id(later.number))]
+        headers += self._limit_headers(later.group, now)
         if fault is None:
-            await self._send(send, 200, body, headers, plan.content_type)
+            await _send_reply(send, self._reply(200, body, headers, plan.content_type))
         elif fault == 3:  # dropped connection
             self.stats.status_counts[200] += 1
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", plan.content_type),
-                        (b"content-length", b"%d" % len(body)),
-                        *headers,
-                    ],
-                }
-            )
+            await send(_start_message(200, body, headers, plan.content_type))
             await send(
                 {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
             )
             raise DroppedConnection
         elif fault == 4:  # slow body
             self.stats.status_counts[200] += 1
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", plan.content_type),
-                        (b"content-length", b"%d" % len(body)),
-                        *headers,
-                    ],
-                }
-            )
+            await send(_start_message(200, body, headers, plan.content_type))
             pieces = 4
             step = math.ceil(len(body) / pieces)
             for index in range(pieces):
@@ -472,7 +525,8 @@ class MockApp:
                     }
                 )
         else:  # malformed JSON: a complete 200 whose body is cut in half
-            await self._send(send, 200, body[: len(body) // 2], headers, plan.content_type)
+            reply = self._reply(200, body[: len(body) // 2], headers, plan.content_type)
+            await _send_reply(send, reply)
 
     def _settle(self, reservation: Reservation | None, cost: int, actual: int, now: float) -> None:
         if reservation is not None and actual != cost:
@@ -511,15 +565,14 @@ class MockApp:
             )
         return rate_limit_headers(self._book.snapshot(group, now), include_limits=include_limits)
 
-    async def _send_rate_limited(
+    def _rate_limited(
         self,
-        send: Send,
         request_id: tuple[bytes, bytes],
         group: tuple[str, str],
         model: str,
         decision: Any,
         now: float,
-    ) -> None:
+    ) -> _Reply:
         config = self.config
         unit = {
             ("requests", "minute"): "requests per min (RPM)",
@@ -548,30 +601,29 @@ class MockApp:
                 retry_after_ms=config.retry_after_ms_header,
             )
         body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
-        await self._send(send, 429, body, headers)
+        return self._reply(429, body, headers)
 
     # -- endpoints -----------------------------------------------------------------
 
-    async def _authorized_body(
-        self, scope: Scope, receive: Receive, send: Send, number: int
-    ) -> tuple[Any, str, bytes] | None:
-        """Read the request body and check its key; None when a rejection was sent."""
+    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         head = _scan_headers(scope["headers"])
         key, reject = self._authorize(head)
         body = await self._read_body(head.content_length, receive)
+        reply = self._chat_reply(head, key, reject, body, number)
+        if type(reply) is tuple:
+            await _send_reply(send, reply)
+        else:
+            await self._answer_later(send, reply)
+
+    def _chat_reply(
+        self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
+    ) -> _Reply | _Later:
+        """Chat, once the body is read (None: too large) and the key checked."""
         if reject is None and body is None:
             reject = self._too_large()
         if reject is not None:
-            await self._send_reject(send, number, reject)
-            return None
+            return self._reject_reply(number, reject)
         assert body is not None
-        return head, key, body
-
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        read = await self._authorized_body(scope, receive, send, number)
-        if read is None:
-            return
-        _head, key, body = read
         plan = self._plans.get(body)
         if plan is None:
             plan = _plan_chat(body, self.config.default_output_tokens)
@@ -580,50 +632,64 @@ class MockApp:
                     self._plans.clear()
                 self._plans[body] = plan
         if isinstance(plan, _Reject):
-            await self._send_reject(send, number, plan)
-            return
-        await self._answer(send, number, key, plan)
+            return self._reject_reply(number, plan)
+        return self._answer(number, key, plan)
 
     async def _transcription(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        read = await self._authorized_body(scope, receive, send, number)
-        if read is None:
-            return
-        head, key, body = read
+        head = _scan_headers(scope["headers"])
+        key, reject = self._authorize(head)
+        body = await self._read_body(head.content_length, receive)
+        reply = self._transcription_reply(head, key, reject, body, number)
+        if type(reply) is tuple:
+            await _send_reply(send, reply)
+        else:
+            await self._answer_later(send, reply)
+
+    def _transcription_reply(
+        self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
+    ) -> _Reply | _Later:
+        """Transcription, once the body is read (None: too large) and the key checked."""
+        if reject is None and body is None:
+            reject = self._too_large()
+        if reject is not None:
+            return self._reject_reply(number, reject)
+        assert body is not None
         plan = _plan_transcription(body, head.content_type.decode("latin-1"))
         if isinstance(plan, _Reject):
-            await self._send_reject(send, number, plan)
-            return
-        await self._answer(send, number, key, plan)
+            return self._reject_reply(number, plan)
+        return self._answer(number, key, plan)
 
     async def _models(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         _key, reject = self._authorize(_scan_headers(scope["headers"]))
         if reject is not None:
-            await self._send_reject(send, number, reject)
+            await _send_reply(send, self._reject_reply(number, reject))
             return
         data = [
             {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "mock"}
             for model in self.config.models
         ]
         body = orjson.dumps({"object": "list", "data": data})
-        await self._send(send, 200, body, [(b"x-request-id", _request_id(number))])
+        await _send_reply(send, self._reply(200, body, [(b"x-request-id", _request_id(number))]))
+
+    # The /_mock endpoints are not counted in the stats they report.
 
     async def _get_stats(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        await self._send(send, 200, orjson.dumps(self.stats.as_dict()), [], count=False)
+        await _send_reply(send, (200, orjson.dumps(self.stats.as_dict()), [], _JSON))
 
     async def _reset(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         await self._read_body(_scan_headers(scope["headers"]).content_length, receive)
         self.stats = Stats()
         self._book.clear()
         self._rng = random.Random(self.config.seed)
-        await self._send(send, 200, b'{"reset":true}', [], count=False)
+        await _send_reply(send, (200, b'{"reset":true}', [], _JSON))
 
     async def _get_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        await self._send(send, 200, orjson.dumps(_config_dict(self.config)), [], count=False)
+        await _send_reply(send, (200, orjson.dumps(_config_dict(self.config)), [], _JSON))
 
     async def _set_config(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         body = await self._read_body(_scan_headers(scope["headers"]).content_length, receive)
         if body is None:
-            await self._send_reject(send, number, self._too_large())
+            await _send_reply(send, self._reject_reply(number, self._too_large()))
             return
         try:
             changes = orjson.loads(body) if body else {}
@@ -635,13 +701,41 @@ class MockApp:
                 raise TypeError(f"unknown config fields: {', '.join(unknown)}")
             config = attrs.evolve(self.config, **changes)
         except (orjson.JSONDecodeError, TypeError, ValueError) as error:
-            await self._send_reject(send, number, _Reject(400, f"invalid mock config: {error}"))
+            reply = self._reject_reply(number, _Reject(400, f"invalid mock config: {error}"))
+            await _send_reply(send, reply)
             return
         self._book.set_limits(config.limits, _now())
         if config.seed != self.config.seed:
             self._rng = random.Random(config.seed)
         self._apply(config)
-        await self._send(send, 200, orjson.dumps(_config_dict(config)), [], count=False)
+        await _send_reply(send, (200, orjson.dumps(_config_dict(config)), [], _JSON))
+
+
+def _route_reject(methods: dict[str, Any] | None, method: str, path: str) -> _Reject:
+    if methods is None:
+        return _Reject(404, f"Invalid URL ({method} {path})")
+    return _Reject(405, f"Method {method} is not allowed for {path}")
+
+
+def _start_message(
+    status: int, body: bytes, headers: list[tuple[bytes, bytes]], content_type: bytes
+) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", content_type),
+            (b"content-length", b"%d" % len(body)),
+            *headers,
+        ],
+    }
+
+
+async def _send_reply(send: Send, reply: _Reply) -> None:
+    """Send a decided answer as ASGI messages (head, then the whole body)."""
+    status, body, headers, content_type = reply
+    await send(_start_message(status, body, headers, content_type))
+    await send({"type": "http.response.body", "body": body})
 
 
 def _config_dict(config: MockConfig) -> dict[str, Any]:

@@ -68,6 +68,13 @@ _STATUS_LINES = {
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 App = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+#: ``app.respond_at_once(method, path, headers, body)``: (head, body) or None.
+Respond = Callable[[str, str, list[tuple[bytes, bytes]], bytes], "tuple[bytes, bytes] | None"]
+#: A parsed request waiting for its answer: (method, (path, raw_path,
+#: query_string), headers, body, keep-alive, HTTP version).
+_Request = tuple[bytes, tuple[str, bytes, bytes], list[tuple[bytes, bytes]], bytes, bool, str]
+_METHODS = {name.encode(): name for name in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS")}
+_TARGETS_MAX = 1024
 
 
 def _status_line(status: int) -> bytes:
@@ -92,6 +99,18 @@ class _Date:
 
 
 _date = _Date()
+
+
+def _parse_target(url: bytes) -> tuple[str, bytes, bytes]:
+    """(path, raw_path, query_string) of a request target, origin or absolute form."""
+    raw_path, _, query = url.partition(b"?")
+    if raw_path[:1] != b"/":  # absolute form: http://host/path
+        parsed = httptools.parse_url(url)
+        raw_path, query = parsed.path or b"/", parsed.query or b""
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    return path, raw_path, query
 
 
 def _simple_response(status: int, message: str) -> bytes:
@@ -255,6 +274,8 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, app: App, loop: asyncio.AbstractEventLoop, server: _Server) -> None:
         self._app = app
+        self._respond: Respond | None = getattr(app, "respond_at_once", None)
+        self._targets = server.targets
         self._loop = loop
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
@@ -266,7 +287,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._too_large = False
-        self._pending: collections.deque[tuple[dict[str, Any], bytes, bool]] = collections.deque()
+        self._pending: collections.deque[_Request] = collections.deque()
         self._current: _Exchange | None = None  # answered asynchronously, by a task
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -343,30 +364,22 @@ class _Connection(asyncio.Protocol):
         if self._closed:  # requests pipelined after one that closed the connection
             return
         parser = self._parser
-        method = parser.get_method().decode("ascii")
-        raw_path, _, query = self._url.partition(b"?")
-        if raw_path[:1] != b"/":  # absolute form: http://host/path
-            parsed = httptools.parse_url(self._url)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        scope = {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": parser.get_http_version(),
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": "",
-            "headers": self._headers,
-            "client": self._client,
-            "server": self._sockname,
-        }
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = (scope, body, parser.should_keep_alive())
+        body = self._body
+        targets = self._targets
+        target = targets.get(self._url)
+        if target is None:
+            target = _parse_target(self._url)
+            if len(targets) >= _TARGETS_MAX:
+                targets.clear()
+            targets[self._url] = target
+        request = (
+            parser.get_method(),
+            target,
+            self._headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            parser.should_keep_alive(),
+            parser.get_http_version(),
+        )
         self._url = b""
         self._headers = []
         self._body = []
@@ -397,25 +410,68 @@ class _Connection(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    def _start(self, request: tuple[dict[str, Any], bytes, bool]) -> None:
-        """Answer one request: step the app; hand it to a task if it suspends."""
+    def _start(self, request: _Request) -> None:
+        """Answer requests, this one and then those queued behind it, while none suspends.
+
+        Each is offered to the app's ``respond_at_once`` first (when it has
+        one), else stepped as an ASGI call; an ASGI call that suspends is
+        handed to a task, which carries on with the queue when it is done.
+        """
+        respond = self._respond
         while True:
-            scope, body, keep_alive = request
-            exchange = _Exchange(self, body, keep_alive, scope["method"] == "HEAD")
-            coroutine = self._app(scope, exchange.receive, exchange.send)
-            try:
-                waiting_on = coroutine.send(None)
-            except StopIteration:
-                pass
-            except BaseException as error:  # the app's failure is this request's 500
-                self._app_failed(exchange, error)
-                return
+            raw_method, (path, raw_path, query), headers, body, keep_alive, http_version = request
+            method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+            answer = None
+            if respond is not None:
+                try:
+                    answer = respond(method, path, headers, body)
+                except BaseException as error:  # as from an ASGI call: this request's 500
+                    self._app_failed(False, False, error)
+                    return
+            if answer is not None:
+                head, payload = answer
+                if keep_alive:
+                    ending = _date.line() + b"\r\n"
+                else:
+                    ending = _date.line() + b"connection: close\r\n\r\n"
+                self.write(head + ending if method == "HEAD" else head + ending + payload)
+                if not keep_alive:
+                    self._close()
+                    return
+                if self._closed:
+                    return
             else:
-                self._current = exchange
-                self._task = self._loop.create_task(self._carry_on(exchange, coroutine, waiting_on))
-                return
-            if not self._finish(exchange):
-                return
+                scope = {
+                    "type": "http",
+                    "asgi": _ASGI,
+                    "http_version": http_version,
+                    "method": method,
+                    "scheme": "http",
+                    "path": path,
+                    "raw_path": raw_path,
+                    "query_string": query,
+                    "root_path": "",
+                    "headers": headers,
+                    "client": self._client,
+                    "server": self._sockname,
+                }
+                exchange = _Exchange(self, body, keep_alive, method == "HEAD")
+                coroutine = self._app(scope, exchange.receive, exchange.send)
+                try:
+                    waiting_on = coroutine.send(None)
+                except StopIteration:
+                    pass
+                except BaseException as error:  # the app's failure is this request's 500
+                    self._app_failed(exchange.started, exchange.disconnected, error)
+                    return
+                else:
+                    self._current = exchange
+                    self._task = self._loop.create_task(
+                        self._carry_on(exchange, coroutine, waiting_on)
+                    )
+                    return
+                if not self._finish(exchange):
+                    return
             if not self._pending:
                 return
             request = self._pending.popleft()
@@ -428,7 +484,7 @@ class _Connection(asyncio.Protocol):
             self._close()
             raise
         except BaseException as error:
-            self._app_failed(exchange, error)
+            self._app_failed(exchange.started, exchange.disconnected, error)
             return
         finally:
             self._current = None
@@ -449,10 +505,11 @@ class _Connection(asyncio.Protocol):
             return False
         return not self._closed
 
-    def _app_failed(self, exchange: _Exchange, error: BaseException) -> None:
+    def _app_failed(self, started: bool, disconnected: bool, error: BaseException) -> None:
+        """The app raised ``error``: log it, answer 500 if nothing was sent, close."""
         if not _is_injected_drop(error):
             _logger.error("mock app failed", exc_info=error)
-        if not exchange.started and not exchange.disconnected:
+        if not started and not disconnected:
             self.write(_simple_response(500, "internal server error"))
         self._close()
         if not isinstance(error, Exception):
@@ -502,6 +559,9 @@ class _Server:
     def __init__(self, max_request_bytes: int) -> None:
         self.max_request_bytes = max_request_bytes
         self.connections: set[_Connection] = set()
+        #: request target -> (path, raw_path, query), shared by the connections
+        #: (emptied when it holds ``_TARGETS_MAX``: a mock sees few distinct targets).
+        self.targets: dict[bytes, tuple[str, bytes, bytes]] = {}
 
 
 async def serve(
