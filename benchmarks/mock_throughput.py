@@ -461,6 +461,95 @@ def app_cost_us(requests: int = 20_000, repeats: int = 3) -> float:
     return asyncio.run(timed())
 
 
+def at_once_cost_us(requests: int = 20_000, repeats: int = 3) -> float:
+    """Best-of-``repeats`` µs per chat request through ``MockApp.respond_at_once``.
+
+    The synchronous path the builtin server takes (quotas off, no faults):
+    the same request as :func:`app_cost_us`, answered as (head, body) bytes.
+    """
+    from engine._tokens import encoding_for_model
+    from engine.mock import create_app
+
+    encoding_for_model(MODEL)
+    app = create_app()
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"authorization", b"Bearer sk-bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(BODY)),
+    ]
+    respond = app.respond_at_once
+    for _ in range(200):
+        respond("POST", "/v1/chat/completions", headers, BODY)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(requests):
+            respond("POST", "/v1/chat/completions", headers, BODY)
+        best = min(best, (time.perf_counter() - start) / requests)
+    return best * 1e6
+
+
+class _NullTransport:
+    """Stands in for a socket: the server's writes are counted, not sent."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def get_extra_info(self, name: str) -> tuple[str, int]:
+        return ("127.0.0.1", 50000)
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def server_cost_us(server: str, requests: int = 20_000, repeats: int = 3) -> float:
+    """Best-of-``repeats`` µs per request for the builtin server plus app, without sockets.
+
+    ``server`` is ``builtin`` (the mock app), ``noop`` or ``noop-asgi``.  The
+    wire bytes of the benchmark's chat request are fed to one connection's
+    ``data_received`` on a uvloop loop, as the event loop would after a
+    ``read``; the answer goes to a transport that only counts writes.  The
+    Python the server runs per request, without syscalls or the event loop.
+    """
+    import uvloop
+
+    from engine._tokens import encoding_for_model
+    from engine.mock import create_app
+    from engine.mock._server import _Connection, _Server
+
+    encoding_for_model(MODEL)
+    app: Any = {"builtin": create_app, "noop": NoopApp, "noop-asgi": lambda: _noop_app}[server]()
+    request = _request("127.0.0.1", 8000)
+
+    async def timed() -> float:
+        connection = _Connection(app, asyncio.get_running_loop(), _Server(1 << 26))
+        transport = _NullTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        for _ in range(200):
+            connection.data_received(request)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(requests):
+                connection.data_received(request)
+            best = min(best, (time.perf_counter() - start) / requests)
+        if transport.writes != 200 + repeats * requests:
+            raise RuntimeError(f"{server}: {transport.writes} writes, expected one per request")
+        return best * 1e6
+
+    return uvloop.run(timed())
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per server: runs, median and best req/s and req per server CPU-second."""
     summary: dict[str, dict[str, Any]] = {}
@@ -525,6 +614,8 @@ def main() -> None:
     if args.client_cpu == args.server_cpu:
         client_cpu = None
     app_us = app_cost_us()
+    at_once_us = at_once_cost_us()
+    server_us = {name: round(server_cost_us(name), 2) for name in ("builtin", "noop", "noop-asgi")}
     results = [
         measure(
             server,
@@ -549,6 +640,8 @@ def main() -> None:
                 "quotas": args.quotas,
                 "app_in_process_us_per_request": round(app_us, 2),
                 "app_in_process_ceiling_req_per_cpu_s": round(1e6 / app_us),
+                "app_at_once_us_per_request": round(at_once_us, 2),
+                "server_in_process_us_per_request": server_us,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
                 "summary": summarize(results),
                 "results": results,

@@ -680,3 +680,11 @@ def test_respond_at_once_declines_when_the_answer_could_sleep():
         assert app.stats.as_dict()["requests"] == 0
         assert next(app._numbers) == 1
         assert app._rng.random() == create_app(MockConfig(seed=1))._rng.random()
+
+
+def test_endpoints_answered_at_once_are_the_post_routes_of_the_asgi_call():
+    """respond_at_once serves exactly the POST routes it has replies for, no other method."""
+    app = create_app()
+    assert set(app._replies) <= set(app._routes)
+    for path in app._replies:
+        assert set(app._routes[path]) == {"POST"}

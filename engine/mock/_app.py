@@ -13,6 +13,14 @@ no latency and no slow-body fault, a request whose body arrived in one
 server's ``receive`` and ``send`` do not (``engine.mock._server`` relies on
 this to answer without creating a task).
 
+Two entries, one behaviour: the ASGI call, and :meth:`MockApp.respond_at_once`
+for a server that holds the whole request (the builtin server) and wants the
+answer as bytes without the ASGI machinery.  Both run the same synchronous
+core (routing, ``_authorize``, ``_chat_reply`` / ``_transcription_reply``,
+``_answer``), which returns a decided reply (status, body, headers, content
+type; its status already counted) or, when a sleep or a cut body is to
+follow, a :class:`_Later` that only the ASGI call carries on.
+
 Per-request cost matters here (the mock must outrun the engine by 3x): one
 pass over the request headers, answers cached by body bytes, response bytes
 built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
@@ -220,7 +228,7 @@ class MockApp:
             "/_mock/reset": {"POST": self._reset},
             "/_mock/config": {"GET": self._get_config, "POST": self._set_config},
         }
-        # The endpoints respond_at_once answers (POST only, as in _routes):
+        # The endpoints respond_at_once answers (POST only: keep in step with _routes):
         # (head, key, rejection, body or None when too large, number) -> answer.
         self._replies: dict[str, Callable[..., _Reply | _Later]] = {
             "/v1/chat/completions": self._chat_reply,
@@ -300,13 +308,13 @@ class MockApp:
         """
         if self._latency_on or self._fault_thresholds is not None:
             return None
-        methods = self._routes.get(path)
-        if methods is None or method not in methods:
+        handler = self._replies.get(path)
+        if handler is None or method != "POST":
+            methods = self._routes.get(path)
+            if methods is not None and method in methods:
+                return None  # an endpoint left to the ASGI call
             reply = self._reject_reply(next(self._numbers), _route_reject(methods, method, path))
         else:
-            handler = self._replies.get(path)
-            if handler is None:
-                return None
             number = next(self._numbers)
             try:
                 head = _scan_headers(headers)

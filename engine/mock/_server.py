@@ -17,12 +17,27 @@ needs:
 * The whole request body is read before the app is called, at most
   ``max_request_bytes`` (default 64 MiB; larger: 413 and the connection is
   closed).  The app then receives it as one ``http.request`` message.
-* The app is *stepped* directly from the protocol callback instead of being
-  wrapped in a task: when it never suspends (no latency, no slow-body fault:
-  :mod:`engine.mock._app` guarantees that), the response is written in the
-  same callback with one ``transport.write``.  When it does suspend (an
-  ``anyio.sleep``, a full write buffer), the coroutine is handed, mid-flight,
-  to an asyncio task that resumes it exactly where it stopped.
+* **The synchronous path.**  When the app has a ``respond_at_once(method,
+  path, headers, body)`` method (:meth:`engine.mock.MockApp.respond_at_once`),
+  each complete request is offered to it first, before any ASGI scope is
+  built: it returns ``(head, body)`` bytes (the status line and header
+  lines) and the server appends ``date``, ``connection: close`` when
+  closing, the blank line and the body (not for HEAD), in one
+  ``transport.write``.  No scope dict, no ``receive``/``send`` coroutines,
+  no message dicts, no header-list join.  It returns None, having done
+  nothing, when the answer could suspend (latency, faults) or for endpoints
+  it leaves to ASGI; the request then takes the ASGI path below, unchanged.
+  Responses, stats and quota accounting are the same on both paths (tests
+  compare the bytes on the wire).  Other servers (uvicorn, hypercorn,
+  ``httpx.ASGITransport``) only ever use the ASGI call.
+* Otherwise the app is *stepped* directly from the protocol callback
+  instead of being wrapped in a task: when it never suspends (no latency,
+  no slow-body fault: :mod:`engine.mock._app` guarantees that), the
+  response is written in the same callback with one ``transport.write``.
+  When it does suspend (an ``anyio.sleep``, a full write buffer), the
+  coroutine is handed, mid-flight, to an asyncio task that resumes it
+  exactly where it stopped.  Requests pipelined behind it wait, then take
+  whichever path applies to them.
 * The response head and a complete body go out in one write; a streamed
   body without Content-Length uses chunked coding.  Headers added: ``date``
   (cached per second) and ``connection: close`` when the connection ends.
