@@ -98,19 +98,30 @@ def _status_line(status: int) -> bytes:
 
 
 class _Date:
-    """The ``date`` header line, rebuilt at most once a second."""
+    """The ``date`` header line, rebuilt at most once a second, and head endings with it."""
 
     def __init__(self) -> None:
         self._second = -1
         self._line = b""
+        self._endings = (b"", b"")
+
+    def _update(self, now: float) -> None:
+        self._second = int(now)
+        self._line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+        self._endings = (self._line + b"connection: close\r\n\r\n", self._line + b"\r\n")
 
     def line(self) -> bytes:
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._line = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+        if int(now) != self._second:
+            self._update(now)
         return self._line
+
+    def ending(self, keep_alive: bool) -> bytes:
+        """The date line, ``connection: close`` unless ``keep_alive``, and the blank line."""
+        now = time.time()
+        if int(now) != self._second:
+            self._update(now)
+        return self._endings[keep_alive]
 
 
 _date = _Date()
@@ -445,11 +456,13 @@ class _Connection(asyncio.Protocol):
                     return
             if answer is not None:
                 head, payload = answer
-                if keep_alive:
-                    ending = _date.line() + b"\r\n"
-                else:
-                    ending = _date.line() + b"connection: close\r\n\r\n"
-                self.write(head + ending if method == "HEAD" else head + ending + payload)
+                if not self._closed:
+                    assert self._transport is not None
+                    self._transport.write(
+                        head + _date.ending(keep_alive)
+                        if method == "HEAD"
+                        else b"".join((head, _date.ending(keep_alive), payload))
+                    )
                 if not keep_alive:
                     self._close()
                     return
