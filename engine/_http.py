@@ -35,7 +35,10 @@ What it does:
   (:class:`httpx.WriteTimeout`), ``read`` bounds each wait for response bytes
   (:class:`httpx.ReadTimeout`), ``pool`` bounds the wait for the connection
   when another task is using this transport (:class:`httpx.PoolTimeout`).
-  ``None`` means no bound.
+  ``None`` means no bound.  Read and write bounds are kept by a cancel scope
+  per exchange, or, for plain-TCP requests whose body is bytes, by a shared
+  :class:`TimeoutWatch` task when the transport has one (the engine's clients
+  do): same behaviour, without a scope's cost on every request.
 * Failures map onto httpx's exceptions: refused / unreachable / TLS failures
   -> :class:`httpx.ConnectError`; a broken socket while sending ->
   :class:`httpx.WriteError`; while receiving -> :class:`httpx.ReadError`; a
@@ -60,6 +63,7 @@ request at a time per transport (concurrent callers queue for the connection).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -73,7 +77,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["H11Transport", "RawResponse", "make_async_client", "shared_ssl_context"]
+__all__ = ["H11Transport", "RawResponse", "TimeoutWatch", "make_async_client", "shared_ssl_context"]
 
 # Bytes asked of the socket per receive: a chat completion fits in one read.
 _RECEIVE_SIZE = 65536
@@ -93,6 +97,8 @@ _valid_header_names: set[bytes] = set()
 # Request-side events fed to h11 in place of the real request, keyed by
 # (method, connection-close): see _framing_event.
 _framing_events: dict[tuple[bytes, bool], h11.Request] = {}
+# The context of an exchange whose timeouts a TimeoutWatch keeps.
+_NO_SCOPE = contextlib.nullcontext()
 
 
 @functools.cache
@@ -120,12 +126,15 @@ class _PlainConnection:
     cancellation and deadlines work as usual.
     """
 
-    __slots__ = ("origin", "poller", "sock")
+    __slots__ = ("deadline", "expired", "origin", "poller", "sock")
 
     def __init__(self, origin: tuple[bytes, str, int], sock: socket.socket) -> None:
         self.origin = origin
         self.sock = sock
         self.poller = _make_poller(sock.fileno())
+        # Kept by a TimeoutWatch: when the current wait must end, and whether it overran.
+        self.deadline = _INF
+        self.expired = False
 
     def send_now(self, data: bytes) -> bytes | memoryview:
         """Send what the socket buffer takes at once; return the rest (empty: all sent).
@@ -207,6 +216,114 @@ def _make_poller(fd: int) -> Callable[[], bool]:
     return lambda: bool(select.select([fd], [], [], 0)[0])  # pragma: no cover
 
 
+class TimeoutWatch:
+    """Read and write timeouts for many :class:`H11Transport` connections, from one task.
+
+    A cancel scope per request (enter, a deadline in trio's deadline heap,
+    exit) was the costliest single step of the engine's request path.  With a
+    watch, a plain-TCP exchange whose body is already bytes only records on its
+    connection when the current wait must end (``deadline``); this task sleeps
+    until the earliest recorded moment, and wakes a connection that overran it
+    with :func:`trio.lowlevel.notify_closing` on its socket: the wait raises
+    ``ClosedResourceError`` and the transport raises :class:`httpx.ReadTimeout`
+    or :class:`httpx.WriteTimeout`, as a cancel scope would have.  Timeouts
+    fire on time (the watch sleeps until exactly the earliest deadline); with
+    every connection using the same timeout the watch wakes about once per
+    timeout period, not once per request.
+
+    TLS connections and streamed request bodies (which may wait on something
+    other than the socket) keep a cancel scope per exchange.
+
+    Start it with ``await nursery.start(watch.run)`` and pass it to
+    :func:`make_async_client`; :meth:`close` ends :meth:`run`.  Transports
+    given a watch that is not running use cancel scopes.
+    """
+
+    def __init__(self) -> None:
+        self._connections: set[_PlainConnection] = set()
+        self._wake_at = _INF
+        self._scope: trio.CancelScope | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """True between the start of :meth:`run` and :meth:`close`."""
+        return self._scope is not None
+
+    def arm(self, connection: _PlainConnection, deadline: float) -> None:
+        """End ``connection``'s current wait at ``deadline`` (trio clock). Never checkpoints."""
+        connection.deadline = deadline
+        if deadline < self._wake_at:
+            self._connections.add(connection)
+            self._wake_at = deadline
+            if self._scope is not None:
+                self._scope.deadline = deadline
+        elif connection not in self._connections:
+            self._connections.add(connection)
+
+    def disarm(self, connection: _PlainConnection) -> None:
+        """``connection`` waits for nothing any more. Never checkpoints."""
+        connection.deadline = _INF
+
+    def forget(self, connection: _PlainConnection) -> None:
+        """``connection`` is closed: stop watching it. Never checkpoints."""
+        connection.deadline = _INF
+        self._connections.discard(connection)
+
+    def close(self) -> None:
+        """End :meth:`run`; transports fall back to cancel scopes."""
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The watch task: expire overdue waits until :meth:`close`."""
+        scope = self._scope = trio.CancelScope(deadline=self._wake_at)
+        task_status.started()
+        try:
+            while not self._closed:
+                with scope:
+                    await trio.sleep_forever()
+                if self._closed:
+                    break
+                now = trio.current_time()
+                wake_at = _INF
+                for connection in self._connections:
+                    deadline = connection.deadline
+                    if deadline <= now:
+                        connection.deadline = _INF
+                        connection.expired = True
+                        trio.lowlevel.notify_closing(connection.sock)
+                    elif deadline < wake_at:
+                        wake_at = deadline
+                self._wake_at = wake_at
+                scope = self._scope = trio.CancelScope(deadline=wake_at)
+        finally:
+            self._scope = None
+
+
+class _WatchTimer:
+    """One exchange's ``deadline``, kept by a :class:`TimeoutWatch` (stands in for a scope)."""
+
+    __slots__ = ("_connection", "_watch")
+
+    def __init__(self, watch: TimeoutWatch, connection: _PlainConnection) -> None:
+        self._watch = watch
+        self._connection = connection
+
+    @property
+    def deadline(self) -> float:
+        return self._connection.deadline
+
+    @deadline.setter
+    def deadline(self, deadline: float) -> None:
+        self._watch.arm(self._connection, deadline)
+
+
+# What an exchange moves its deadline on: a cancel scope, or a connection's watch.
+_Deadline = trio.CancelScope | _WatchTimer
+
+
 class H11Transport(httpx.AsyncBaseTransport):
     """An httpx transport holding one keep-alive HTTP/1.1 connection (h11 on trio sockets).
 
@@ -218,10 +335,16 @@ class H11Transport(httpx.AsyncBaseTransport):
     Args:
         ssl_context: TLS context for ``https`` URLs; default
             :func:`shared_ssl_context` (certificate verification on).
+        watch: a running :class:`TimeoutWatch` that keeps the read and write
+            timeouts of plain-TCP exchanges with a bytes body (default None:
+            a cancel scope per exchange).
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, watch: TimeoutWatch | None = None
+    ) -> None:
         self._ssl_context = ssl_context
+        self._watch = watch
         self._connection: _Connection | None = None
         self._turn = trio.Semaphore(1)
         self._closed = False
@@ -257,6 +380,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         connection = self._connection
         if connection is not None:
             self._connection = None
+            if self._watch is not None and type(connection) is _PlainConnection:
+                self._watch.forget(connection)
             connection.close()
 
     async def _send_with_one_retry(
@@ -342,6 +467,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         sending = True
         received_any = False
         receive = connection.receive_after_wait
+        watched: _PlainConnection | None = None
         try:
             head_bytes, method, chunked, close = _serialize_request(request)
             body = _buffered_body(request)
@@ -352,17 +478,32 @@ class H11Transport(httpx.AsyncBaseTransport):
                 unsent = connection.send_now(head_bytes + body if body else head_bytes)
             else:
                 unsent = None  # a streamed body
-            deadline = read_timeout if unsent == b"" else write_timeout
-            with trio.CancelScope(deadline=trio.current_time() + deadline) as scope:
+            deadline = trio.current_time() + (read_timeout if unsent == b"" else write_timeout)
+            watch = self._watch
+            if (
+                watch is not None
+                and watch.running
+                and unsent is not None
+                and type(connection) is _PlainConnection
+            ):
+                # Only socket waits from here on: the watch can end them.
+                watched = connection
+                connection.expired = False
+                timer: _Deadline = _WatchTimer(watch, connection)
+                timer.deadline = deadline
+                scope = None
+            else:
+                timer = scope = trio.CancelScope(deadline=deadline)
+            with scope or _NO_SCOPE:
                 if unsent is None:
                     await _write_streamed(
-                        connection, request, head_bytes, chunked, scope, write_timeout
+                        connection, request, head_bytes, chunked, timer, write_timeout
                     )
                 elif unsent:
                     await connection.send_all(unsent)
                 sending = False
                 if unsent != b"":
-                    scope.deadline = trio.current_time() + read_timeout
+                    timer.deadline = trio.current_time() + read_timeout
                 buffer = await receive()
                 if not buffer:
                     raise _PeerClosedEarly(
@@ -375,7 +516,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                 while head_end < 0:
                     if len(buffer) > _MAX_HEAD_SIZE:
                         raise h11.RemoteProtocolError("response head too long")
-                    scope.deadline = trio.current_time() + read_timeout
+                    timer.deadline = trio.current_time() + read_timeout
                     more = await receive()
                     if not more:
                         raise h11.RemoteProtocolError("server disconnected mid-response head")
@@ -385,7 +526,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                 if head is None:
                     # Chunked, close-delimited, 1xx, HTTP/1.0, or anything odd: h11 reads it.
                     head, body, keep_alive = await _read_with_h11(
-                        buffer, method, close, receive, scope, read_timeout
+                        buffer, method, close, receive, timer, read_timeout
                     )
                 else:
                     body_start = head_end + 4
@@ -393,7 +534,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     if len(buffer) < body_end:
                         body_buffer = bytearray(buffer)
                         while len(body_buffer) < body_end:
-                            scope.deadline = trio.current_time() + read_timeout
+                            timer.deadline = trio.current_time() + read_timeout
                             more = await receive()
                             if not more:
                                 raise h11.RemoteProtocolError(
@@ -404,7 +545,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     # Bytes past the body were never asked for: do not trust the connection.
                     keep_alive = head.keep_alive and not close and len(buffer) == body_end
                     body = buffer[body_start:body_end]
-            if scope.cancelled_caught:
+            if scope is not None and scope.cancelled_caught:
                 self._drop_connection()
                 if sending:
                     raise httpx.WriteTimeout("timed out sending the request", request=request)
@@ -417,6 +558,14 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._drop_connection()
+            if watched is not None and watched.expired:
+                if sending:
+                    raise httpx.WriteTimeout(
+                        "timed out sending the request", request=request
+                    ) from None
+                raise httpx.ReadTimeout(
+                    "timed out waiting for the response", request=request
+                ) from None
             if sending:
                 error: httpx.TransportError = httpx.WriteError(_describe(exc), request=request)
             else:
@@ -428,6 +577,9 @@ class H11Transport(httpx.AsyncBaseTransport):
             # Cancelled, or anything unexpected: the connection is mid-message.
             self._drop_connection()
             raise
+        finally:
+            if watched is not None:
+                watched.deadline = _INF  # TimeoutWatch.disarm, inlined
         if not keep_alive:
             self._drop_connection()
         if type(request) is _RawRequest and not head.content_encoded:
@@ -503,7 +655,7 @@ async def _read_with_h11(
     method: bytes,
     close: bool,
     receive: Callable[[], Awaitable[bytes]],
-    scope: trio.CancelScope,
+    scope: _Deadline,
     read_timeout: float,
 ) -> tuple[_Head, bytes, bool]:
     """Read a response that is not simple with h11, starting from the bytes in ``buffer``.
@@ -712,7 +864,7 @@ async def _write_streamed(
     request: httpx.Request,
     head: bytes,
     chunked: bool,
-    scope: trio.CancelScope,
+    scope: _Deadline,
     write_timeout: float,
 ) -> None:
     """Send the request head, then its body as the stream yields it (chunked or not)."""
@@ -861,6 +1013,7 @@ def make_async_client(
     headers: Mapping[str, str],
     timeout: httpx.Timeout,
     transport: httpx.AsyncBaseTransport | None = None,
+    watch: TimeoutWatch | None = None,
 ) -> httpx.AsyncClient:
     """Return an ``httpx.AsyncClient`` for one worker, on its own :class:`H11Transport`.
 
@@ -870,6 +1023,8 @@ def make_async_client(
         timeout: per-request timeouts, honoured by the transport.
         transport: use this instead of a new ``H11Transport`` (tests pass
             ``httpx.ASGITransport(app)`` or ``httpx.MockTransport``).
+        watch: the :class:`TimeoutWatch` the new ``H11Transport`` keeps its
+            timeouts with (default None: a cancel scope per exchange).
 
     The client keeps no cookies from responses and remembers how its path
     strings join ``base_url`` (both save CPU on every request; API keys, not
@@ -881,6 +1036,6 @@ def make_async_client(
         base_url=base_url,
         headers=headers,
         timeout=timeout,
-        transport=transport if transport is not None else H11Transport(),
+        transport=transport if transport is not None else H11Transport(watch=watch),
         trust_env=False,
     )

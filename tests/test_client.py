@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import asynccontextmanager
 
 import httpx
@@ -395,3 +396,34 @@ async def test_a_model_name_that_is_not_a_string_falls_back_to_the_one_asked_for
     ) as c:
         result = await c.chat("hello", model=MODEL)
     assert result.ok and result.output == "hi" and result.model == MODEL
+
+
+async def test_a_server_that_never_answers_trips_the_read_timeout(nursery, autojump_clock):
+    """Over loopback, each attempt ends at http_timeout's read bound; the item fails as timeout."""
+    attempts_seen = 0
+
+    async def silent(stream: trio.SocketStream) -> None:
+        nonlocal attempts_seen
+        attempts_seen += 1
+        await stream.receive_some(65536)
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    start = trio.current_time()
+    with trio.fail_after(120):
+        async with engine.open_client(
+            base_url=f"http://127.0.0.1:{port}/v1",
+            api_key=KEY,
+            http_timeout=httpx.Timeout(10.0, read=2.0),
+            max_attempts=2,
+            retry_base_delay=0.5,
+            retry_max_delay=0.5,
+            concurrency=1,
+        ) as c:
+            (result,) = await collect(c, requests(1))
+    elapsed = trio.current_time() - start
+    assert result.error is not None and result.error.code == "retries_exhausted"
+    assert "ReadTimeout" in result.error.message
+    assert result.attempts == 2 and attempts_seen == 2
+    assert 4.0 <= elapsed <= 4.6  # two 2 s reads and at most one 0.5 s backoff

@@ -18,7 +18,13 @@ import pytest
 import trio
 import trio.testing
 
-from engine._http import H11Transport, RawResponse, make_async_client, shared_ssl_context
+from engine._http import (
+    H11Transport,
+    RawResponse,
+    TimeoutWatch,
+    make_async_client,
+    shared_ssl_context,
+)
 
 OK_BODY = b'{"ok":true}'
 TIMEOUT = httpx.Timeout(10.0)
@@ -828,3 +834,118 @@ async def test_engine_post_with_other_options_goes_through_httpx(nursery):
     async with client_for(server) as client:
         response = await client.post("/v1/x", json={"a": 1})
     assert isinstance(response, httpx.Response)
+
+
+# -- timeouts kept by a TimeoutWatch ----------------------------------------------
+
+
+async def running_watch(nursery) -> TimeoutWatch:
+    watch = TimeoutWatch()
+    await nursery.start(watch.run)
+    return watch
+
+
+async def never_answer(peer: Peer) -> None:
+    await peer.read_request()
+    await trio.sleep_forever()
+
+
+async def test_watch_ends_a_wait_for_an_answer_at_the_read_timeout(nursery, autojump_clock):
+    """With a watch, a server that never answers trips ReadTimeout exactly on time."""
+    watch = await running_watch(nursery)
+    server = await start_server(nursery, never_answer)
+    watched_during_the_wait: list[int] = []
+
+    async def look() -> None:
+        await trio.sleep(1.0)
+        watched_during_the_wait.append(len(watch._connections))
+
+    nursery.start_soon(look)
+    async with client_for(server, watch=watch) as client:
+        start = trio.current_time()
+        with trio.fail_after(30), pytest.raises(httpx.ReadTimeout):
+            await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
+        assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+    assert watched_during_the_wait == [1]
+    assert not watch._connections  # the dropped connection is forgotten
+
+
+async def test_watch_restarts_the_read_timeout_for_every_wait(nursery, autojump_clock):
+    """With a watch, a body trickling in faster than the read timeout completes."""
+
+    async def trickle(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+        for byte in b"hello":
+            await trio.sleep(2.0)
+            await peer.send_raw(bytes([byte]))
+        await trio.sleep_forever()
+
+    watch = await running_watch(nursery)
+    server = await start_server(nursery, trickle)
+    async with client_for(server, watch=watch) as client:
+        response = await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
+    assert response.content == b"hello"
+
+
+async def test_watch_ends_a_blocked_upload_at_the_write_timeout(nursery, autojump_clock):
+    """With a watch, a bytes body larger than the socket buffers trips WriteTimeout."""
+
+    async def never_read(peer: Peer) -> None:
+        await trio.sleep_forever()
+
+    watch = await running_watch(nursery)
+    server = await start_server(nursery, never_read)
+    async with client_for(server, watch=watch) as client:
+        start = trio.current_time()
+        with trio.fail_after(30), pytest.raises(httpx.WriteTimeout):
+            await client.post(
+                "/", content=b"x" * 64_000_000, timeout=httpx.Timeout(10.0, write=2.0)
+            )
+        assert trio.current_time() - start == pytest.approx(2.0, abs=0.01)
+
+
+async def test_one_watch_times_out_one_connection_and_leaves_the_others(nursery, autojump_clock):
+    """Among clients sharing a watch, only the one whose server is silent times out."""
+
+    async def slow_answer(peer: Peer) -> None:
+        while True:
+            await peer.read_request()
+            await trio.sleep(4.0)
+            await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    watch = await running_watch(nursery)
+    silent = await start_server(nursery, never_answer)
+    slow = await start_server(nursery, slow_answer)
+    outcomes: dict[str, object] = {}
+
+    async def call(name: str, server: Server, read: float) -> None:
+        async with client_for(server, watch=watch) as client:
+            try:
+                response = await client.get("/", timeout=httpx.Timeout(10.0, read=read))
+                outcomes[name] = (response.status_code, trio.current_time())
+            except httpx.ReadTimeout:
+                outcomes[name] = ("timeout", trio.current_time())
+
+    start = trio.current_time()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call, "silent", silent, 1.0)
+            calls.start_soon(call, "slow-a", slow, 30.0)
+            calls.start_soon(call, "slow-b", slow, 5.0)
+    assert outcomes["silent"][0] == "timeout"
+    assert outcomes["silent"][1] - start == pytest.approx(1.0, abs=0.01)
+    assert outcomes["slow-a"][0] == 200 and outcomes["slow-b"][0] == 200
+    assert not watch._connections
+
+
+async def test_a_closed_watch_leaves_timeouts_to_cancel_scopes(nursery, autojump_clock):
+    """After the watch is closed, its transports still time out (with a cancel scope)."""
+    watch = await running_watch(nursery)
+    watch.close()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not watch.running
+    server = await start_server(nursery, never_answer)
+    async with client_for(server, watch=watch) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
