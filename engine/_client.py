@@ -532,7 +532,12 @@ class Client:
         attempts = 0
         failures = 0
         headers = endpoint.headers()
-        if request.id is not None and request.id.isascii() and len(request.id) <= 512:
+        if (
+            request.id is not None
+            and request.id.isascii()
+            and request.id.isprintable()
+            and len(request.id) <= 512
+        ):
             headers["x-client-request-id"] = request.id
         last: tuple[int | None, str | None] = (None, None)
         content = job.content

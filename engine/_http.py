@@ -97,6 +97,8 @@ _valid_header_names: set[bytes] = set()
 # Request-side events fed to h11 in place of the real request, keyed by
 # (method, connection-close): see _framing_event.
 _framing_events: dict[tuple[bytes, bool], h11.Request] = {}
+# Headers that change how a request is framed: the fast POST path never sends them.
+_FRAMING_HEADERS = frozenset((b"transfer-encoding", b"connection", b"content-length"))
 # The context of an exchange whose timeouts a TimeoutWatch keeps.
 _NO_SCOPE = contextlib.nullcontext()
 
@@ -402,7 +404,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         try:
             return await self._exchange(connection, request, timeouts)
         except _PeerClosedEarly as early:
-            if not reused or not isinstance(request.stream, httpx.ByteStream):
+            if not reused or not (
+                type(request) is _RawRequest or isinstance(request.stream, httpx.ByteStream)
+            ):
                 raise early.error from None
         # The classic stale keep-alive race: the server closed the idle
         # connection as the request went out, and answered nothing.
@@ -700,39 +704,43 @@ async def _read_with_h11(
     return head, b"".join(chunks), keep_alive
 
 
-class _RawHeaders:
-    """Just what the transport reads of ``httpx.Headers``: the raw pairs."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.raw = raw
-
-
 class _RawRequest:
-    """A request built by :class:`_WorkerClient` without ``httpx.Request``.
+    """A POST built by :class:`_WorkerClient` without ``httpx.Request``.
 
-    It carries exactly the attributes :class:`H11Transport` reads (url,
-    method, raw headers, bytes body, extensions), and asks the transport for a
-    :class:`RawResponse` in return.  Building ``httpx.Request`` and
-    ``httpx.Response`` objects cost more CPU than the HTTP exchange itself.
+    It carries what :class:`H11Transport` reads (url, method, bytes body,
+    extensions) plus the request head in two parts: ``prefix``, the request
+    line and the client's fixed headers, checked once per path (see
+    :meth:`_WorkerClient._fast_target`; ``framing`` says whether they ask for
+    chunked coding and connection close), and ``extra``, this request's own
+    headers, checked on every request.  The transport answers it with a
+    :class:`RawResponse`.  Building ``httpx.Request`` and ``httpx.Response``
+    objects cost more CPU than the HTTP exchange itself.
     """
 
-    __slots__ = ("content", "extensions", "headers", "method", "stream", "url")
+    __slots__ = ("content", "extensions", "extra", "framing", "prefix", "url")
+
+    method = "POST"
 
     def __init__(
         self,
         url: httpx.URL,
-        raw_headers: list[tuple[bytes, bytes]],
+        prefix: bytes,
+        framing: tuple[bool, bool],
+        extra: list[tuple[bytes, bytes]],
         content: bytes,
         extensions: dict,
     ) -> None:
         self.url = url
-        self.method = "POST"
-        self.headers = _RawHeaders(raw_headers)
+        self.prefix = prefix
+        self.framing = framing
+        self.extra = extra
         self.content = content
-        self.stream = httpx.ByteStream(content)
         self.extensions = extensions
+
+    @property
+    def stream(self) -> httpx.ByteStream:
+        """The body as httpx would stream it."""
+        return httpx.ByteStream(self.content)
 
 
 class RawResponse:
@@ -789,9 +797,34 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
     httpx has already built every header (Host, Content-Length or
     Transfer-Encoding, ...); this writes them out as they are, refusing
     header names that are not tokens and any CR, LF or NUL that would let a
-    value start a new line.
+    value start a new line.  A :class:`_RawRequest` brings its request line
+    and fixed headers already checked: only its per-request headers are.
     """
-    raw = request.headers.raw
+    if type(request) is _RawRequest:
+        block, chunked, close = _header_block(request.extra)
+        fixed_chunked, fixed_close = request.framing
+        return (
+            request.prefix + block + b"\r\n",
+            b"POST",
+            chunked or fixed_chunked,
+            close or fixed_close,
+        )
+    method = _method_bytes(request.method)
+    line = b"%s %s HTTP/1.1\r\n" % (method, request.url.raw_path)
+    if line.count(b"\n") != 1 or line.count(b"\r") != 1 or b"\0" in line:
+        raise h11.LocalProtocolError("illegal character in request line or header")
+    block, chunked, close = _header_block(request.headers.raw)
+    return line + block + b"\r\n", method, chunked, close
+
+
+def _header_block(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, bool, bool]:
+    """Return (the header lines, each ending in CRLF, body is chunked, connection closes).
+
+    Raises h11.LocalProtocolError for a name that is not a token, or CR, LF
+    or NUL in a value.
+    """
+    if not raw:
+        return b"", False, False
     names = [name for name, _ in raw]
     joined_names = b"\n".join(names)
     if joined_names not in _valid_header_names:
@@ -800,14 +833,9 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
         if len(_valid_header_names) > 1024:
             _valid_header_names.clear()
         _valid_header_names.add(joined_names)
-    method = _method_bytes(request.method)
-    head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (
-        method,
-        request.url.raw_path,
-        b"\r\n".join(map(b": ".join, raw)),
-    )
-    lines = len(raw) + 2
-    if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
+    block = b"\r\n".join(map(b": ".join, raw)) + b"\r\n"
+    lines = len(raw)
+    if block.count(b"\n") != lines or block.count(b"\r") != lines or b"\0" in block:
         raise h11.LocalProtocolError("illegal character in request line or header")
     chunked = close = False
     lowered_names = joined_names.lower()
@@ -818,7 +846,7 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
                 chunked = b"chunked" in value.lower()
             elif lowered == b"connection":
                 close = b"close" in value.lower()
-    return head, method, chunked, close
+    return block, chunked, close
 
 
 @functools.cache
@@ -850,6 +878,8 @@ def _framing_event(method: bytes, close: bool) -> h11.Request:
 
 def _buffered_body(request: httpx.Request) -> bytes | None:
     """The request body when httpx already holds all of it as bytes, else None."""
+    if type(request) is _RawRequest:
+        return request.content
     if isinstance(request.stream, httpx.ByteStream):
         try:
             # httpx reads bytes content at construction: no need to iterate.
@@ -930,7 +960,7 @@ class _WorkerClient(httpx.AsyncClient):
         self._response_cookies_ignored = _ResponseCookiesIgnored()
         self._merged_urls: dict[str, httpx.URL] = {}
         self._merged_urls_base: httpx.URL | None = None
-        self._fast_targets: dict[str, tuple[httpx.URL, list[tuple[bytes, bytes]]]] = {}
+        self._fast_targets: dict[str, tuple[httpx.URL, bytes, tuple[bool, bool]]] = {}
         self._fast_extensions = {"timeout": self.timeout.as_dict()}
         self._fast_base: httpx.URL | None = None
 
@@ -959,16 +989,22 @@ class _WorkerClient(httpx.AsyncClient):
         target = self._fast_targets.get(url)
         if target is None:
             target = self._fast_target(url)
-        merged_url, base_headers = target
-        raw_headers = list(base_headers)
+        merged_url, prefix, framing = target
+        extra = []
         if headers:
             for name, value in headers.items():
-                raw_headers.append((name.encode("ascii"), value.encode("latin-1")))
-        raw_headers.append((b"content-length", b"%d" % len(content)))
-        request = _RawRequest(merged_url, raw_headers, content, self._fast_extensions)
+                encoded = name.encode("ascii")
+                if encoded.lower() in _FRAMING_HEADERS:
+                    # Framing the caller chose: httpx's own path honours it.
+                    return await super().post(url, content=content, headers=headers)
+                extra.append((encoded, value.encode("latin-1")))
+        extra.append((b"content-length", b"%d" % len(content)))
+        request = _RawRequest(merged_url, prefix, framing, extra, content, self._fast_extensions)
         return await self._transport.handle_async_request(request)
 
-    def _fast_target(self, url: str) -> tuple[httpx.URL, list[tuple[bytes, bytes]]]:
+    def _fast_target(self, url: str) -> tuple[httpx.URL, bytes, tuple[bool, bool]]:
+        """The URL ``url`` merges to, its checked request line and fixed headers, and
+        whether those headers ask for (chunked transfer coding, connection close)."""
         merged = self._merge_url(url)
         host = merged.raw_host
         if b":" in host:
@@ -977,11 +1013,17 @@ class _WorkerClient(httpx.AsyncClient):
         host_header = host if port is None else b"%s:%d" % (host, port)
         base = [(b"host", host_header)]
         for name, value in self.headers.raw:
-            if name.lower() not in (b"host", b"accept-encoding", b"content-length"):
+            lowered = name.lower()
+            if lowered not in (b"host", b"accept-encoding", b"content-length"):
                 base.append((name, value))
+        line = b"POST %s HTTP/1.1\r\n" % merged.raw_path
+        if line.count(b"\n") != 1 or line.count(b"\r") != 1 or b"\0" in line:
+            raise h11.LocalProtocolError("illegal character in request line or header")
+        block, chunked, close = _header_block(base)
+        target = (merged, line + block, (chunked, close))
         if len(self._fast_targets) < _MERGED_URLS_KEPT:
-            self._fast_targets[url] = (merged, base)
-        return merged, base
+            self._fast_targets[url] = target
+        return target
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         if type(url) is not str:

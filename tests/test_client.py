@@ -427,3 +427,12 @@ async def test_a_server_that_never_answers_trips_the_read_timeout(nursery, autoj
     assert "ReadTimeout" in result.error.message
     assert result.attempts == 2 and attempts_seen == 2
     assert 4.0 <= elapsed <= 4.6  # two 2 s reads and at most one 0.5 s backoff
+
+
+async def test_an_id_with_a_line_break_is_not_sent_as_a_header(autojump_clock):
+    """An id that cannot be a header value still gets its answer; only the header is left out."""
+    odd = engine.ChatRequest(id="a\r\nx-injected: 1", messages="hi", model=MODEL)
+    async with mock_client(MockConfig()) as (c, app):
+        (result,) = await collect(c, [odd])
+    assert result.ok and result.id == "a\r\nx-injected: 1"
+    assert app.stats.as_dict()["client_request_ids"] == {}

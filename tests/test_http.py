@@ -527,6 +527,28 @@ async def test_header_with_newline_is_refused_before_sending(nursery):
     assert len(server.requests) == 1
 
 
+async def test_fast_post_refuses_a_header_that_would_start_a_new_line(nursery):
+    """A bytes POST with CR/LF in a per-call header value is refused before sending."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post("/chat", content=b"{}", headers={"x-id": "a\r\nx-injected: 1"})
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post("/chat", content=b"{}", headers={"x bad name": "1"})
+        assert (await client.post("/chat", content=b"{}")).status_code == 200
+    assert len(server.requests) == 1
+
+
+async def test_fast_post_with_connection_close_closes_after_the_answer(nursery):
+    """A per-call Connection: close header is honoured: the next POST opens a new connection."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        first = await client.post("/chat", content=b"{}", headers={"connection": "close"})
+        second = await client.post("/chat", content=b"{}")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert server.connections == 2
+
+
 async def test_closed_transport_refuses_requests():
     """After aclose(), a request fails instead of reconnecting."""
     transport = H11Transport()
