@@ -715,7 +715,6 @@ class Client:
             response=response,
             raw=getattr(error, "raw", None),
         )
-        result._exception = error
         return result
 
     def _input_failure(self, item: Any, index: int, error: EngineError) -> Result:
@@ -731,7 +730,6 @@ class Client:
             status_code=error.status_code,
             request_id=error.request_id,
         )
-        result._exception = error
         return result
 
 
@@ -861,7 +859,6 @@ class _ChatEndpoint(_Endpoint):
                     raw_content=exc.raw,  # the content, or the refusal text
                     input=list(request.messages),
                 )
-                result._exception = exc
                 return result, usage.total_tokens
         answered_by = body.get("model")
         result = ChatResult(

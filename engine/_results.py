@@ -37,21 +37,31 @@ class Timings(pydantic.BaseModel):
 
 
 class ErrorInfo(pydantic.BaseModel):
-    """Why a request failed: a short ``code``, a message, and the HTTP status if any."""
+    """Why a request failed: a short ``code``, a message, and the HTTP status if any.
+
+    Made by :meth:`from_exception`, it also keeps the exception itself (not
+    serialized), which the result's ``exception`` / ``raise_for_error`` use.
+    """
 
     code: str
     message: str
     status_code: int | None = None
     type: str = "EngineError"
+    # Here rather than on the results: a private attribute costs every model
+    # built a Python-level init call, and most results are successes.
+    _exception: EngineError | None = pydantic.PrivateAttr(default=None)
 
     @classmethod
     def from_exception(cls, error: EngineError) -> ErrorInfo:
-        return cls(
+        """The error info for ``error``, keeping ``error`` for re-raising."""
+        info = cls(
             code=error.code,
             message=error.message,
             status_code=error.status_code,
             type=type(error).__name__,
         )
+        info._exception = error
+        return info
 
 
 class ChatResult(pydantic.BaseModel):
@@ -92,7 +102,6 @@ class ChatResult(pydantic.BaseModel):
     raw_content: str | None = pydantic.Field(default=None, repr=False)
     # Any: stored as given, without re-validating (and copying) every message.
     input: Any = pydantic.Field(default=None, repr=False)
-    _exception: EngineError | None = pydantic.PrivateAttr(default=None)
 
     @property
     def ok(self) -> bool:
@@ -102,12 +111,13 @@ class ChatResult(pydantic.BaseModel):
     @property
     def exception(self) -> EngineError | None:
         """The exception behind :attr:`error` (for re-raising), or None."""
-        return self._exception
+        return None if self.error is None else self.error._exception
 
     def raise_for_error(self) -> None:
         """Raise the request's :class:`~engine.EngineError` if it failed."""
-        if self._exception is not None:
-            raise self._exception
+        exception = self.exception
+        if exception is not None:
+            raise exception
 
 
 class AudioUsage(pydantic.BaseModel):
@@ -168,7 +178,6 @@ class TranscriptionResult(pydantic.BaseModel):
     status_code: int | None = None
     request_id: str | None = None
     response: dict[str, Any] | None = pydantic.Field(default=None, repr=False)
-    _exception: EngineError | None = pydantic.PrivateAttr(default=None)
 
     @property
     def ok(self) -> bool:
@@ -183,9 +192,10 @@ class TranscriptionResult(pydantic.BaseModel):
     @property
     def exception(self) -> EngineError | None:
         """The exception behind :attr:`error` (for re-raising), or None."""
-        return self._exception
+        return None if self.error is None else self.error._exception
 
     def raise_for_error(self) -> None:
         """Raise the request's :class:`~engine.EngineError` if it failed."""
-        if self._exception is not None:
-            raise self._exception
+        exception = self.exception
+        if exception is not None:
+            raise exception

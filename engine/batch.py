@@ -792,5 +792,4 @@ def _stopped_result(item: Any, custom_id: str) -> ChatResult | TranscriptionResu
         timings=Timings(queued_at=0.0),
         error=ErrorInfo.from_exception(error),
     )
-    result._exception = error
     return result
