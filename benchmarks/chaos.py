@@ -182,27 +182,35 @@ class _Mock:
     def stats(self) -> dict[str, Any]:
         return self._http.get("/_mock/stats").json()
 
-    def drain(self, tokens: int) -> int:
+    def drain(self, tokens: int, *, down_to: int | None = None) -> int:
         """Spend the quota behind the engine's back, as another process on the key would.
 
         Sends requests charged ``tokens`` each (with ``correct_to_usage`` off the
-        charge stays) until the mock answers 429; returns how many were sent.
+        charge stays) until the mock answers 429; with ``down_to``, then again
+        with a tenth of the charge, and so on down to ``down_to`` tokens, so
+        that less than ``down_to`` is left.  Returns how many were sent.
         """
-        body = {
-            "model": MODEL,
-            "max_tokens": tokens,
-            "messages": [{"role": "user", "content": "drain"}],
-        }
         headers = {"Authorization": f"Bearer {SECRET}"}
-        for sent in range(1, 21):
-            try:
-                response = self._http.post("/v1/chat/completions", json=body, headers=headers)
-            except httpx.HTTPError:
-                continue  # a dropped connection: the fault injection hits us too
-            if response.status_code == 429:
-                self.drain_rejections += 1
+        sent = 0
+        size = tokens
+        while True:
+            body = {
+                "model": MODEL,
+                "max_tokens": size,
+                "messages": [{"role": "user", "content": "drain"}],
+            }
+            for _ in range(20):
+                sent += 1
+                try:
+                    response = self._http.post("/v1/chat/completions", json=body, headers=headers)
+                except httpx.HTTPError:
+                    continue  # a dropped connection: the fault injection hits us too
+                if response.status_code == 429:
+                    self.drain_rejections += 1
+                    break
+            if down_to is None or size <= down_to:
                 return sent
-        return 20
+            size = max(down_to, size // 10)
 
     def close(self) -> None:
         self._http.close()
@@ -509,10 +517,12 @@ def run_policy(*, requests: int = 400, seed: int = 2) -> ChaosReport:
         write_input(heavy, ids, max_tokens=500)
         output = work / "429.jsonl"
         command = _engine_run(heavy, output, base_url, "--max-attempts", "1", "--concurrency", "64")
-        drained = mock.drain(150_000)
+        # Less than one item's charge is left when the engine starts, and what
+        # refills is spent again every 0.3 s: its first burst meets 429s.
+        drained = mock.drain(150_000, down_to=500)
         storm = _start(command, work / "429.log")
         while storm.poll() is None:
-            drained += mock.drain(150_000)
+            drained += mock.drain(150_000, down_to=500)
             time.sleep(0.3)
         figures["draining_requests"] = drained
         stats = mock.stats()
