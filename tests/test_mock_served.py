@@ -4,6 +4,7 @@ to it, and its answers conform to OpenAI's published OpenAPI description."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -251,6 +252,45 @@ def test_other_servers_still_serve_the_mock(server):
         )
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "Mock reply to: hello"
+
+
+def _served_answers(server: str) -> tuple[list[tuple[int, set[str], object]], dict]:
+    """The same requests to a freshly served mock: (status, header names, body) each; stats."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "same on both"}]}
+    args = ["--server", server, "--rpm", "3", "--api-key", API_KEY]
+    answers = []
+    with serve_in_subprocess(args) as url:
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {API_KEY}"}) as client:
+            responses = [
+                client.post("/chat/completions", json=chat),
+                client.post("/chat/completions", content=b"{not json"),
+                client.post("/nowhere", json={}),
+                client.post("/chat/completions", json=chat, headers={"authorization": "Bearer x"}),
+                client.post("/chat/completions", json=chat),
+                client.post("/chat/completions", json=chat),
+                client.post("/chat/completions", json=chat),  # the fourth admitted: 429
+            ]
+            stats = client.get(url.removesuffix("/v1") + "/_mock/stats").json()
+    for response in responses:
+        body = response.json()
+        if "choices" in body:  # ids and times aside
+            body = {name: body[name] for name in ("object", "model", "choices", "usage")}
+        else:  # the wait in a 429's message depends on when it was sent
+            body["error"]["message"] = re.sub(
+                r"try again in [0-9.hms]+", "try again in ...", body["error"]["message"]
+            )
+        names = set(response.headers) - {"date", "server"}
+        answers.append((response.status_code, names, body))
+    return answers, stats
+
+
+def test_builtin_and_uvicorn_serve_the_same_answers_and_stats():
+    """The builtin server's synchronous path and uvicorn's ASGI call agree, stats included."""
+    builtin, builtin_stats = _served_answers("builtin")
+    uvicorn, uvicorn_stats = _served_answers("uvicorn")
+    assert [status for status, _, _ in builtin] == [200, 400, 404, 401, 200, 200, 429]
+    assert builtin == uvicorn
+    assert builtin_stats == uvicorn_stats
 
 
 def test_sigterm_stops_the_server_cleanly():
