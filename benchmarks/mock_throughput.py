@@ -9,11 +9,18 @@ request in flight.  Reported per server: req/s (wall clock), the server's CPU
 seconds (utime + stime from /proc) and requests per server CPU-second (less
 sensitive to other load on the machine), and the load generator's own CPU
 use (a generator at ~100% of its core is the bottleneck, not the server).
-Also reported: the app's in-process cost (µs per request calling the ASGI app
-directly with a fake receive/send on asyncio), the ceiling no server can beat.
+``noop`` and ``noop-asgi`` are floors: the builtin server answering a fixed
+body of the same size through ``respond_at_once`` (the mock's own path) or
+through the ASGI call.
+
+Also reported, in-process and without sockets: the app's cost through its
+ASGI call (fake receive/send on asyncio: what uvicorn and hypercorn pay for
+the app), through ``MockApp.respond_at_once`` (what the builtin server pays),
+and the builtin server plus app fed the request's wire bytes through
+``data_received`` (all the Python per request, no syscalls).
 
     .venv/bin/python benchmarks/mock_throughput.py [--seconds 5] [--connections 64]
-        [--servers builtin uvicorn hypercorn noop] [--generator auto|wrk|python]
+        [--servers builtin uvicorn hypercorn noop noop-asgi] [--generator auto|wrk|python]
         [--server-cpu 0] [--client-cpu 1] [--repeat 1] [--quotas]
 """
 
@@ -341,8 +348,9 @@ def measure(
 ) -> dict[str, Any]:
     """Serve with ``server``, warm it up, drive it for ``seconds``; one result record.
 
-    ``server`` is an ``engine mock --server`` choice, or ``noop`` for the
-    builtin server answering with a fixed body (the HTTP + kernel floor).
+    ``server`` is an ``engine mock --server`` choice, or ``noop`` /
+    ``noop-asgi`` for the builtin server answering with a fixed body through
+    ``respond_at_once`` / the ASGI call (the HTTP + kernel floors).
     ``mock_args`` (default none) are added to the ``engine mock`` command.
     """
     started = time.perf_counter()
@@ -576,7 +584,8 @@ def main() -> None:
         nargs="+",
         default=list(SERVERS),
         choices=SERVERS,
-        help="engine mock --server choices; noop: a fixed answer on the builtin server (floor)",
+        help="engine mock --server choices; noop / noop-asgi: a fixed answer on the builtin "
+        "server through respond_at_once / through the ASGI call (floors)",
     )
     parser.add_argument(
         "--repeat",
