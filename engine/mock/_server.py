@@ -55,8 +55,8 @@ bytes without sockets, the server plus the mock app run ~10 µs of Python per
 chat answer through ``respond_at_once`` (25-40 µs through the ASGI call
 before it existed), the server plus a fixed-answer app ~4 µs.  Served to
 wrk over loopback, 17,450 requests per server CPU-second median at load
-3.4-6.7 (the server got 21-55% of its core; 17,300-19,800 req/s wall clock
-when it had its core to itself), against 26,810 for the fixed answer.  The
+3.4-6.7 (the server got 21-55% of its core; 17,390 req/s wall clock in a
+run where it had 93% of it), against 26,810 for the fixed answer.  The
 kernel (one ``read`` and one ``write`` per request), httptools and uvloop
 now take about half of the CPU (perf: ~37% kernel, ~12% httptools and
 uvloop, ~48% the interpreter).
