@@ -8,8 +8,10 @@ approach makes a coroutine per input up front; aiometer needs a list).  The
 peer runs for ``--seconds`` after start, then is cut off.  The parent samples
 the child's RSS every 0.1 s (psutil) and reports the peak, next to the child's
 RSS just before the run (after imports) — the difference is what queueing N
-requests cost.  A child still alive ``--seconds + 20`` s after start is killed
-by its PID (it is then reported with the peak seen so far).
+requests cost.  A child still alive ``--seconds + 20`` s after start (``--quick``:
+``+ 10`` s) is killed by its PID (it is then reported with the peak seen so far).  Memory is not a
+timing: :data:`PARALLEL` children run at a time, free to use any CPU (the slow
+mock only holds connections), each sampled on its own.
 
     python -m benchmarks.memory [--quick] [--sizes 10000 100000 1000000]
         [--seconds 6] [--peers NAME ...] [--out bench-results/memory.json]
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from benchmarks.peers import PEERS, PeerLimits, prepare, run_peer, workload
 from benchmarks.peers._harness import (
     RESULTS_DIR,
+    Child,
     machine,
     start_child,
     start_mock,
@@ -39,6 +42,11 @@ MEMORY_PEERS = ("openai_sdk", "aiometer", "aiolimiter", "seed", "engine_known")
 SECONDS = 6.0
 QUICK_SECONDS = 3.0
 SLOW_LATENCY_MS = 120_000
+#: Seconds after a child's deadline before it is killed (``--quick``: sooner).
+KILL_AFTER = 20.0
+QUICK_KILL_AFTER = 10.0
+#: Children measured at the same time.
+PARALLEL = 2
 
 
 def _rss_bytes() -> int:
@@ -70,6 +78,28 @@ def child_main(args: argparse.Namespace) -> None:
     )
 
 
+def _row(peer: str, size: int, peak: int, result: dict) -> dict:
+    """One result row from the sampled peak and the child's own figures."""
+    peak = max(peak, result.get("ru_maxrss_bytes", 0))
+    before = result.get("rss_before_bytes")
+    row = {
+        "peer": peer,
+        "label": PEERS[peer].label,
+        "queued": size,
+        "peak_rss_mb": peak / 2**20,
+        "rss_before_mb": before / 2**20 if before else None,
+        "queue_cost_mb": (peak - before) / 2**20 if before else None,
+        "finished_cleanly": bool(result),
+    }
+    print(
+        f"{peer:15s} N={size:9,d} peak={row['peak_rss_mb']:8.1f} MB "
+        f"(+{row['queue_cost_mb'] or float('nan'):.1f} MB over start)"
+        f"{'' if result else ' KILLED'}",
+        flush=True,
+    )
+    return row
+
+
 def run(
     *,
     quick: bool = False,
@@ -78,17 +108,20 @@ def run(
     peers: Sequence[str] = MEMORY_PEERS,
     out: str = f"{RESULTS_DIR}/memory.json",
 ) -> dict:
-    """Measure every peer at every size, one at a time; write and return the results."""
+    """Measure every peer at every size, :data:`PARALLEL` at a time; write and return results."""
     import psutil
 
     sizes = sizes or (QUICK_SIZES if quick else SIZES)
     seconds = seconds or (QUICK_SECONDS if quick else SECONDS)
     started = time.time()
     rows = []
-    server = start_mock(["--latency-ms", str(SLOW_LATENCY_MS)])
+    server = start_mock(["--latency-ms", str(SLOW_LATENCY_MS)], pin_after_start=True)
+    todo = [(peer, size) for peer in peers for size in sizes]
+    running: list[tuple[str, int, Child, psutil.Process, list[int]]] = []
     try:
-        for peer in peers:
-            for size in sizes:
+        while todo or running:
+            while todo and len(running) < PARALLEL:
+                peer, size = todo.pop(0)
                 child = start_child(
                     "benchmarks.memory",
                     [
@@ -101,40 +134,27 @@ def run(
                         "--deadline",
                         str(seconds),
                     ],
-                    timeout=seconds + 20.0,
+                    timeout=seconds + (QUICK_KILL_AFTER if quick else KILL_AFTER),
+                    cpus=None,
                 )
-                peak = 0
-                handle = psutil.Process(child.process.pid)
-                try:
-                    while not child.finished():
-                        try:
-                            peak = max(peak, handle.memory_info().rss)
-                        except psutil.Error:
-                            pass
-                        time.sleep(0.1)
-                finally:
+                running.append((peer, size, child, psutil.Process(child.process.pid), [0]))
+            for peer, size, child, handle, peak in list(running):
+                if child.finished():
+                    running.remove((peer, size, child, handle, peak))
                     child.stop()
-                result = child.result() or {}
-                peak = max(peak, result.get("ru_maxrss_bytes", 0))
-                before = result.get("rss_before_bytes")
-                row = {
-                    "peer": peer,
-                    "label": PEERS[peer].label,
-                    "queued": size,
-                    "peak_rss_mb": peak / 2**20,
-                    "rss_before_mb": before / 2**20 if before else None,
-                    "queue_cost_mb": (peak - before) / 2**20 if before else None,
-                    "finished_cleanly": bool(result),
-                }
-                rows.append(row)
-                print(
-                    f"{peer:15s} N={size:9,d} peak={row['peak_rss_mb']:8.1f} MB "
-                    f"(+{row['queue_cost_mb'] or float('nan'):.1f} MB over start)"
-                    f"{'' if result else ' KILLED'}",
-                    flush=True,
-                )
+                    rows.append(_row(peer, size, peak[0], child.result() or {}))
+                    continue
+                try:
+                    peak[0] = max(peak[0], handle.memory_info().rss)
+                except psutil.Error:
+                    pass
+            time.sleep(0.1)
     finally:
+        for _peer, _size, child, _handle, _peak in running:
+            child.stop()
         server.stop()
+    order = {(peer, size): i for i, (peer, size) in enumerate((p, s) for p in peers for s in sizes)}
+    rows.sort(key=lambda row: order[(row["peer"], row["queued"])])
     result = {
         "scenario": "memory",
         "machine": machine(),

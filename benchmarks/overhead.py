@@ -1,12 +1,15 @@
 """Client overhead: requests/s with quotas off and zero latency, at 32/128/512 in flight.
 
-Each peer runs in its own process pinned to the client CPU against its own
+Each peer runs in its own process (forked from a server that imported every
+peer once, :func:`benchmarks.peers._harness.fork_child`; what it imported is
+frozen out of the garbage collector's way) pinned to the client CPU against one
 ``engine mock --server uvicorn`` (no quotas, no latency, pinned to the other
-CPU), with ``concurrency`` = 32, 128 and 512 requests in flight, for
-``--seconds`` after its first send (it is then cut off).  Reported per run:
+CPU; with no quota and no latency it keeps no state between runs), with
+``concurrency`` = 32, 128 and 512 requests in flight one after another in the
+same process, each for ``--seconds`` after its first send (it is then cut off).  Reported per run:
 requests/s (answered requests / time from first send to last answer), client
 CPU µs per request (the child's CPU time over the run per answered request,
-after a 50-request warm-up run in the same process; the
+after a 50-request warm-up run before each level; the
 measured run's own set-up — e.g. the engine's per-worker clients — is
 included), the server's CPU seconds (a server near one CPU-second
 per second is the bottleneck, not the client), and Little's law (mean in
@@ -23,16 +26,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 from benchmarks.peers import PEERS, PeerLimits, Record, prepare, run_peer, workload
 from benchmarks.peers._harness import (
     RESULTS_DIR,
+    fork_child,
     machine,
     percentile,
     process_cpu_seconds,
-    start_child,
+    start_fork_server,
     start_mock,
     stop_on_sigterm,
     wait_all,
@@ -77,35 +82,41 @@ def summarise(records: Sequence[Record]) -> dict:
 
 
 def child_main(args: argparse.Namespace) -> None:
-    """Run one peer for ``--seconds`` (child process) and write its summary."""
+    """Run one peer at each ``--concurrency`` for ``--seconds`` (child process); write summaries."""
     prepare(args.child)
-    # A short warm-up run first, so one-time costs (lazy imports, first
-    # connections' setup code paths) are not charged to the measured requests.
-    run_peer(
-        args.child,
-        args.base_url,
-        "sk-bench-overhead",
-        workload(WARMUP_REQUESTS),
-        PeerLimits(),
-        concurrency=min(args.concurrency, WARMUP_REQUESTS),
-        deadline=10.0,
-    )
-    cpu = time.process_time()
-    records = run_peer(
-        args.child,
-        args.base_url,
-        "sk-bench-overhead",
-        workload(OFFERED),
-        PeerLimits(),
-        concurrency=args.concurrency,
-        deadline=args.deadline,
-    )
-    cpu = time.process_time() - cpu
-    summary = summarise(records)
-    summary["client_cpu_s"] = cpu
-    if summary.get("answered"):
-        summary["client_cpu_us_per_request"] = cpu / summary["answered"] * 1e6
-    write_json(args.out, summary)
+    runs = []
+    for level in args.concurrency:
+        # A short warm-up run first, so one-time costs (lazy imports, first
+        # connections' setup code paths) are not charged to the measured requests.
+        run_peer(
+            args.child,
+            args.base_url,
+            "sk-bench-overhead",
+            workload(WARMUP_REQUESTS),
+            PeerLimits(),
+            concurrency=min(level, WARMUP_REQUESTS),
+            deadline=10.0,
+        )
+        server_cpu = process_cpu_seconds(args.server_pid)
+        cpu = time.process_time()
+        records = run_peer(
+            args.child,
+            args.base_url,
+            "sk-bench-overhead",
+            workload(OFFERED),
+            PeerLimits(),
+            concurrency=level,
+            deadline=args.deadline,
+        )
+        cpu = time.process_time() - cpu
+        summary = summarise(records)
+        summary["concurrency"] = level
+        summary["client_cpu_s"] = cpu
+        summary["server_cpu_s"] = process_cpu_seconds(args.server_pid) - server_cpu
+        if summary.get("answered"):
+            summary["client_cpu_us_per_request"] = cpu / summary["answered"] * 1e6
+        runs.append(summary)
+    write_json(args.out, {"runs": runs})
 
 
 def run(
@@ -116,49 +127,49 @@ def run(
     peers: Sequence[str] = OVERHEAD_PEERS,
     out: str = f"{RESULTS_DIR}/overhead.json",
 ) -> dict:
-    """Run every peer at every concurrency, one at a time; write and return the results."""
+    """Run every peer at every concurrency, one peer at a time; write and return the results."""
     seconds = seconds or (QUICK_SECONDS if quick else SECONDS)
     concurrency = concurrency or (QUICK_CONCURRENCY if quick else CONCURRENCY)
     started = time.time()
     rows = []
-    for peer in peers:
-        for level in concurrency:
-            server = start_mock([])
-            try:
-                server_cpu = process_cpu_seconds(server.pid)
-                child = start_child(
-                    "benchmarks.overhead",
-                    [
-                        "--child",
-                        peer,
-                        "--base-url",
-                        server.base_url,
-                        "--concurrency",
-                        str(level),
-                        "--deadline",
-                        str(seconds + _startup(peer)),
-                    ],
-                    timeout=seconds + STARTUP_ALLOWANCE + 30.0,
-                )
-                wait_all([child])
-                result = child.result() or {}
-                server_cpu = process_cpu_seconds(server.pid) - server_cpu
-            finally:
-                server.stop()
-            row = {
-                "peer": peer,
-                "label": PEERS[peer].label,
-                "concurrency": level,
-                "server_cpu_s": server_cpu,
-                **result,
-            }
-            rows.append(row)
-            print(
-                f"{peer:15s} c={level:4d} {row.get('requests_per_s', 0):8,.0f} req/s "
-                f"cpu={row.get('client_cpu_us_per_request', float('nan')):7.0f} µs/req "
-                f"server_cpu={server_cpu:.2f}s p50={row.get('latency_p50_ms', float('nan')):.1f}ms",
-                flush=True,
+    # The fork server imports every peer while the mock starts.
+    warm = threading.Thread(target=start_fork_server, daemon=True)
+    warm.start()
+    server = start_mock([], pin_after_start=True)
+    warm.join()
+    try:
+        for peer in peers:
+            child = fork_child(
+                "benchmarks.overhead",
+                [
+                    "--child",
+                    peer,
+                    "--base-url",
+                    server.base_url,
+                    "--server-pid",
+                    str(server.pid),
+                    "--concurrency",
+                    *map(str, concurrency),
+                    "--deadline",
+                    str(seconds + _startup(peer)),
+                ],
+                timeout=len(concurrency) * (seconds + STARTUP_ALLOWANCE + 10.0) + 30.0,
             )
+            wait_all([child])
+            result = child.result() or {}
+            for summary in result.get("runs", []):
+                row = {"peer": peer, "label": PEERS[peer].label, **summary}
+                rows.append(row)
+                print(
+                    f"{peer:15s} c={row['concurrency']:4d} "
+                    f"{row.get('requests_per_s', 0):8,.0f} req/s "
+                    f"cpu={row.get('client_cpu_us_per_request', float('nan')):7.0f} µs/req "
+                    f"server_cpu={row.get('server_cpu_s', float('nan')):.2f}s "
+                    f"p50={row.get('latency_p50_ms', float('nan')):.1f}ms",
+                    flush=True,
+                )
+    finally:
+        server.stop()
     result = {
         "scenario": "overhead",
         "machine": machine(),
@@ -186,9 +197,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--child", choices=list(PEERS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        args.concurrency = args.concurrency[0] if args.concurrency else CONCURRENCY[0]
+        args.concurrency = args.concurrency or list(CONCURRENCY)
         child_main(args)
         return
     stop_on_sigterm()

@@ -69,8 +69,9 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
         f"{config['request_cost_tokens']} tokens per request), lognormal latency "
         f"median {config['latency_median_ms']:.0f} ms sigma {config['latency_sigma']}; "
         f"{config['steady_seconds']:.0f} s of steady state after the burst. "
-        f"Peers side by side (own mocks): {config.get('side_by_side')} scenarios, "
-        "otherwise one at a time; "
+        f"Schedule: `--side-by-side {config.get('side_by_side')}` (each peer with its own "
+        "mock and quota; see `benchmarks/utilisation.py`), cut-off "
+        f"{config.get('cutoff', '1.5 x ideal + 10 s')}; "
         f"load average at start {data['machine']['loadavg_at_start']}.",
         "",
         "Columns: *util* = admitted rate in steady state / quota rate (see "
@@ -81,7 +82,11 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
         "before finishing or with failed requests; `>` shows the time it ran); "
         "*CPU* = client CPU µs per attempt (start-up included); *Little* = mean in "
         "flight vs rate x latency "
-        "in steady state.",
+        "in steady state; *steady* = requests admitted in the steady state the "
+        "utilisation covers; *side* = runs sharing the client CPU in its wave; "
+        "*busy* = client CPU used by the peers of its wave together, highest "
+        "1-second share, over the run / over its steady state (in brackets: by "
+        "every process on the machine, other work included).",
         "",
     ]
     for binding in ("rpm", "tpm"):
@@ -95,8 +100,8 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
                 f"(N = {first['count']:,}, limit {first['limit_per_min']:,.0f}/min)",
                 "",
                 "| peer | util | 429s | wall (s) | ideal (s) | ratio | p50 / p99 (s) "
-                "| CPU µs/req | Little |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| CPU µs/req | Little | steady | side | busy |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in rows:
                 little = r.get("littles_law")
@@ -119,7 +124,9 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
                     f"{_fmt(r.get('ideal_wall_s'), '.1f')} | {_fmt(ratio, '.2f')} | "
                     f"{_fmt(r.get('latency_p50_s'), '.2f')} / "
                     f"{_fmt(r.get('latency_p99_s'), '.2f')} | "
-                    f"{_fmt(r.get('client_cpu_us_per_request'), ',.0f')} | {little_text} |"
+                    f"{_fmt(r.get('client_cpu_us_per_request'), ',.0f')} | {little_text} | "
+                    f"{_fmt(r.get('steady_requests'), ',d')} | {r.get('wave_size', '—')} | "
+                    f"{_busy(r)} |"
                 )
             commits = {f"{r['label']}: `{r['commit']}`" for r in rows if r.get("commit")}
             if commits:
@@ -129,6 +136,20 @@ def utilisation_section(data: dict, img_dir: str, doc_dir: str) -> str:
             lines += [f"![{semantics} {binding}]({os.path.relpath(image, doc_dir)})", ""]
     lines += target_check(runs)
     return "\n".join(lines)
+
+
+def _busy(row: dict) -> str:
+    """Client CPU used by the wave's peers together, highest 1-second share: run / steady state.
+
+    Then, in brackets, the same for every process on the client CPU.
+    """
+    cpu = row.get("cpu") or {}
+    whole, steady = cpu.get("run") or {}, cpu.get("steady") or {}
+    return (
+        f"{_fmt(whole.get('ours_max_1s'), '.0%')} / {_fmt(steady.get('ours_max_1s'), '.0%')} "
+        f"({_fmt(whole.get('client_max_1s'), '.0%')} / "
+        f"{_fmt(steady.get('client_max_1s'), '.0%')})"
+    )
 
 
 def target_check(runs: Sequence[dict]) -> list[str]:
