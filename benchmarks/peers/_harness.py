@@ -34,14 +34,17 @@ RESULTS_DIR = "bench-results"
 CLIENT_CPUS, SERVER_CPUS = split_cpus()
 
 
-def start_mock(args: Sequence[str], *, pin_after_start: bool = False) -> ServerProcess:
-    """Serve ``engine mock --server uvicorn *args`` on a free loopback port, pinned.
+def start_mock(
+    args: Sequence[str], *, pin_after_start: bool = False, server: str = "uvicorn"
+) -> ServerProcess:
+    """Serve ``engine mock --server SERVER *args`` on a free loopback port, pinned.
 
+    ``server`` is an ``engine mock --server`` choice (default ``uvicorn``).
     ``pin_after_start=True`` (default False) lets the mock import on any CPU
     and pins it to the server CPUs once it is listening: many mocks started
     side by side before a run then use every core for their seconds of imports.
     """
-    argv = python_module("engine", "mock", "--port", "0", "--server", "uvicorn", *args)
+    argv = python_module("engine", "mock", "--port", "0", "--server", server, *args)
     if not pin_after_start:
         return start_server(argv, cpus=SERVER_CPUS)
     server = start_server(argv)
