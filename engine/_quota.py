@@ -121,6 +121,10 @@ class _Dimension:
     corrections: float = 0.0
     subwindow_seen: bool = False
     beyond_subwindow_seen: bool = False
+    # Capacity the server may have discarded (refill while its bucket, which
+    # still holds what is in flight, was full; a window's reset): a permit
+    # returned unused after that must not be added again (QuotaBook._give_back).
+    overflow: float = 0.0
     counts_tokens: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -150,11 +154,20 @@ class _Dimension:
             self.updated = now
             return
         if self.mode is RefillMode.CONTINUOUS:
+            gain = (now - self.updated) * limit / self.window
+            # The server's bucket may hold what is in flight and never reached
+            # it: it is full (and discards refill) sooner than the book.
+            discarded = self.level + self.in_flight + gain - limit
+            if discarded > 0:
+                self.overflow += discarded if discarded < gain else gain
             if self.level < limit:
-                level = self.level + (now - self.updated) * limit / self.window
+                level = self.level + gain
                 self.level = level if level < limit else limit
         elif self.full_at is not None and now >= self.full_at:
-            self.level = self.capacity
+            capacity = self.capacity
+            if capacity is not None and capacity > self.level:
+                self.overflow += capacity - self.level
+            self.level = capacity
             # The next window ends one window later unless a response says otherwise.
             span = self.window if self.mode is RefillMode.STEP else self.window / 60
             self.full_at += span * max(1, math.ceil((now - self.full_at) / span))
@@ -185,7 +198,9 @@ class Reservation:
     ``marks`` records, for requests then tokens per minute, the level right
     after this grant, the total granted so far and the corrections applied so
     far, so the response's headers can be compared with the book's state at
-    that moment.
+    that moment.  ``overflows`` records how much capacity each dimension had
+    discarded so far, so a permit returned unused gives back only what did not
+    already come back by refill or a reset.
     """
 
     group: str
@@ -193,6 +208,8 @@ class Reservation:
     granted_at: float
     seq: int
     marks: tuple[float, float, float, float, float, float]
+    #: Each dimension's ``overflow`` at the grant (in the group's dimension order).
+    overflows: tuple[float, ...] = ()
 
 
 @attrs.frozen
@@ -416,7 +433,12 @@ class QuotaBook:
         group.last_grant_at = now
         self._seq += 1
         reservation = Reservation(
-            group=group.name, cost=cost, granted_at=now, seq=self._seq, marks=marks
+            group=group.name,
+            cost=cost,
+            granted_at=now,
+            seq=self._seq,
+            marks=marks,
+            overflows=tuple([dim.overflow for dim in group.dim_list]),
         )
         self._live[reservation.seq] = reservation
         return reservation
@@ -439,11 +461,7 @@ class QuotaBook:
         if now < group.lease_expires_at:
             group.lease_requests += reservation.cost.requests
             group.lease_tokens += reservation.cost.tokens
-        for dim in group.dims.values():
-            dim.refill(now)
-            need = dim.need(reservation.cost)
-            dim.level = min(dim.limit if dim.limit is not None else math.inf, dim.level + need)
-            dim.granted_total -= need
+        self._give_back(group, reservation, now)
 
     def settle(
         self,
@@ -599,7 +617,14 @@ class QuotaBook:
                 )
                 self._correct(dim, mark, float(remaining), may_raise=may_raise)
             if reset is not None and dim.limit is not None:
+                was_continuous = dim.mode is RefillMode.CONTINUOUS
                 self._learn_mode(dim, remaining, reset, now)
+                if was_continuous and dim.mode is RefillMode.STEP and remaining is not None:
+                    # A fixed window gave nothing back since it began, whatever
+                    # the book refilled as a bucket meanwhile (e.g. while the
+                    # probe was out): start from the server's count, less what
+                    # was granted after this request.
+                    dim.level = min(dim.level, remaining - (dim.granted_total - mark[1]))
             if dim.limit is not None:
                 dim.level = min(dim.level, dim.capacity)  # also ends an infinite level
             if remaining is not None:
@@ -607,13 +632,30 @@ class QuotaBook:
         return applied
 
     def _unreserve(self, group: _Group, reservation: Reservation, now: float) -> None:
-        for dim in group.dims.values():
+        self._give_back(group, reservation, now)
+
+    @staticmethod
+    def _give_back(group: _Group, reservation: Reservation, now: float) -> None:
+        """Return a permit the server never counted, less what came back meanwhile.
+
+        Refill the level could not hold (it was at the limit) or a window's
+        reset may already have restored this permit's share: adding it again
+        would let the book run ahead of the server.  What the dimension
+        discarded since the grant is taken off what is returned (all of it,
+        conservatively, when several permits were out).
+        """
+        overflows = reservation.overflows
+        for index, dim in enumerate(group.dim_list):
             dim.refill(now)
             need = dim.need(reservation.cost)
-            dim.level += need
+            returned = need
+            if index < len(overflows):
+                returned = max(0.0, need - (dim.overflow - overflows[index]))
+            dim.level += returned
             dim.granted_total -= need
-            if dim.limit is not None:
-                dim.level = min(dim.level, dim.limit)
+            capacity = dim.capacity
+            if capacity is not None:
+                dim.level = min(dim.level, capacity)
 
     @staticmethod
     def _correct(

@@ -43,50 +43,55 @@ _limits = st.tuples(st.integers(1, 120), st.integers(50, 20_000))
 def _drive(
     book: QuotaBook,
     steps: list[tuple[str, float, int, int]],
-    refunds: list[tuple[float, float]] | None = None,
-) -> tuple[list[tuple[float, Cost]], float]:
+    refunds: list[tuple[float, float, int]] | None = None,
+) -> tuple[list[tuple[float, Cost, int]], float]:
     """Play ``steps`` against ``book``; settle what is left; return (served grants, end time).
 
     A *served* grant is one that reached the server: settled, not released and
     not answered 429 (the server did not admit those).  With ``refunds`` given,
     settles report real usage below the estimate and each refund a server would
-    make (time, tokens) is appended to it; otherwise usage equals the estimate.
+    make (time, tokens, order) is appended to it; otherwise usage equals the
+    estimate.  Served grants are (time, cost, order): ``order`` numbers the
+    events as they happened, so events at the same moment replay in that order.
     """
     now = 0.0
-    held: list[Reservation] = []
-    served: list[tuple[float, Cost]] = []
-    for kind, dt, a, b in steps:
+    held: list[tuple[Reservation, int]] = []
+    served: list[tuple[float, Cost, int]] = []
+    for order, (kind, dt, a, b) in enumerate(steps):
         now += dt
         if kind == "decide":
             decision = book.decide(GROUP, Cost(tokens=a), now)
             if isinstance(decision, Reservation):
-                held.append(decision)
+                held.append((decision, order))
             continue
         if not held:
             continue
-        reservation = held.pop(a % len(held))
+        reservation, granted = held.pop(a % len(held))
         if kind == "settle":
             used = reservation.cost.tokens
             if refunds is not None:
                 used -= b % (used + 1)
-                refunds.append((now, float(reservation.cost.tokens - used)))
+                refunds.append((now, float(reservation.cost.tokens - used), order))
             book.settle(reservation, now, used_tokens=used)
-            served.append((reservation.granted_at, reservation.cost))
+            served.append((reservation.granted_at, reservation.cost, granted))
         elif kind == "release":
             book.release(reservation, now)
         else:
             book.rate_limited(reservation, now, retry_after=b / 1000)
-    for reservation in held:
+    for reservation, granted in held:
         now += 0.01
         book.settle(reservation, now, used_tokens=reservation.cost.tokens)
-        served.append((reservation.granted_at, reservation.cost))
+        served.append((reservation.granted_at, reservation.cost, granted))
     return served, now
 
 
-def _bucket_overdraft(events: list[tuple[float, float]], capacity: float) -> float:
-    """Most a token bucket (full at 0, refilling ``capacity`` per 60 s) would be overdrawn."""
+def _bucket_overdraft(events: list[tuple[float, float, int]], capacity: float) -> float:
+    """Most a token bucket (full at 0, refilling ``capacity`` per 60 s) would be overdrawn.
+
+    ``events`` are (time, amount, order), replayed by time, then order.
+    """
     level, last, worst = capacity, 0.0, 0.0
-    for at, amount in sorted(events, key=lambda event: event[0]):
+    for at, amount, _order in sorted(events, key=lambda event: (event[0], event[2])):
         level = min(capacity, level + (at - last) * capacity / 60.0)
         last = at
         level -= amount
@@ -100,8 +105,8 @@ def test_quota_book_never_grants_beyond_what_a_token_bucket_server_admits(limits
     """Under known limits, served grants never overdraw a same-limit token bucket (rpm, tpm)."""
     rpm, tpm = limits
     served, _ = _drive(QuotaBook(Limits(rpm=rpm, tpm=tpm)), steps)
-    requests = [(at, float(cost.requests)) for at, cost in served]
-    tokens = [(at, float(cost.tokens)) for at, cost in served]
+    requests = [(at, float(cost.requests), order) for at, cost, order in served]
+    tokens = [(at, float(cost.tokens), order) for at, cost, order in served]
     assert _bucket_overdraft(requests, rpm) <= EPSILON
     assert _bucket_overdraft(tokens, tpm) <= EPSILON
 
@@ -111,10 +116,11 @@ def test_quota_book_never_grants_beyond_what_a_token_bucket_server_admits(limits
 def test_quota_book_refunds_of_unused_tokens_never_let_it_overdraw_the_server(limits, steps):
     """Usage below the estimate is refunded, as the server does: still no overdraft of tpm."""
     rpm, tpm = limits
-    refunds: list[tuple[float, float]] = []
+    refunds: list[tuple[float, float, int]] = []
     served, _ = _drive(QuotaBook(Limits(rpm=rpm, tpm=tpm)), steps, refunds)
     # The server charges the estimate on arrival and gives back the unused part at the end.
-    tokens = [(at, float(cost.tokens)) for at, cost in served] + [(at, -n) for at, n in refunds]
+    tokens = [(at, float(cost.tokens), order) for at, cost, order in served]
+    tokens += [(at, -n, order) for at, n, order in refunds]
     assert _bucket_overdraft(tokens, tpm) <= EPSILON
 
 
@@ -124,7 +130,7 @@ def test_quota_book_granted_count_in_any_60_s_window_stays_within_two_limits(lim
     """A bucket starts full and refills one limit a minute: no 60 s window holds more than 2x."""
     rpm, tpm = limits
     served, _ = _drive(QuotaBook(Limits(rpm=rpm, tpm=tpm)), steps)
-    times = sorted(at for at, _cost in served)
+    times = sorted(at for at, _cost, _order in served)
     start = 0
     for end, at in enumerate(times):
         while times[start] < at - 60.0:

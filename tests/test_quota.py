@@ -485,3 +485,19 @@ def test_headers_are_reconciled_every_time_while_a_limit_is_unknown():
     second = grant(book, 0.0)
     book.settle(second, 0.001, headers=headers(remaining_requests=20))
     assert book.snapshot("g", 0.001)["requests_per_minute"]["level"] == pytest.approx(20, abs=1)
+
+
+def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight():
+    """Known limits on a fixed window: the probe's flight time refills nothing (1,200, not 1,201)."""
+    book = QuotaBook(Limits(rpm=1200), margin=0.0)
+    probe = grant(book, 0.0)
+    book.settle(
+        probe,
+        0.37,  # as a bucket, 7.4 requests came back meanwhile; a fixed window gives none
+        headers=headers(limit_requests=1200, remaining_requests=1199, reset_requests=59.63),
+    )
+    granted = 0
+    while isinstance(book.decide("g", ONE, 0.37), Reservation):
+        granted += 1
+    assert granted == 1199
+    assert book.snapshot("g", 0.37)["requests_per_minute"]["mode"] == "step"
