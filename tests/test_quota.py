@@ -488,7 +488,7 @@ def test_headers_are_reconciled_every_time_while_a_limit_is_unknown():
 
 
 def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight():
-    """Known limits on a fixed window: the probe's flight time refills nothing (1,200, not 1,201)."""
+    """Known limits, fixed window: the probe's flight refills nothing (1,200 grants, not 1,201)."""
     book = QuotaBook(Limits(rpm=1200), margin=0.0)
     probe = grant(book, 0.0)
     book.settle(
@@ -501,3 +501,17 @@ def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight()
         granted += 1
     assert granted == 1199
     assert book.snapshot("g", 0.37)["requests_per_minute"]["mode"] == "step"
+
+
+def test_a_permit_returned_after_the_bucket_filled_up_gives_back_nothing_twice():
+    """A released permit whose share the refill already restored (bucket full) is not re-added."""
+    book = QuotaBook(Limits(rpm=1000, tpm=767), margin=0.0)
+    book.settle(grant(book, 0.0, Cost(tokens=11)), 0.0)
+    unsent = grant(book, 0.0, Cost(tokens=1))
+    grant(book, 1.0, Cost(tokens=78))  # the server's bucket was full here: it discarded refill
+    grant(book, 2.0, Cost(tokens=256))
+    book.release(unsent, 2.0)
+    grant(book, 2.0, Cost(tokens=196))
+    # A server bucket now holds 249.78 tokens: 250 must wait.
+    assert isinstance(book.decide("g", Cost(tokens=250), 2.0), Wait)
+    assert isinstance(book.decide("g", Cost(tokens=249), 2.0), Reservation)
