@@ -256,8 +256,6 @@ class _Group:
     in_flight: int = 0
     rate_limited: int = 0
     blind_rate_limits: int = 0
-    # Until then a served response's headers are not reconciled (see reconcile_interval).
-    reconcile_after: float = -math.inf
 
     def __attrs_post_init__(self) -> None:
         self.dim_list = tuple(self.dims.values())
@@ -295,13 +293,6 @@ class QuotaBook:
             quota (:meth:`add_lease`); the local dimensions still learn limits
             and semantics from headers, but are not corrected by them (the
             server's remaining counts the other processes' requests too).
-        reconcile_interval: once a group's limits are known, the headers of
-            its served responses are reconciled at most once per this many
-            seconds (default 0.005); the others settle on their usage alone.
-            At the rates quotas allow in practice every response is further
-            apart than that; at thousands of responses a second, reconciling
-            each cost more than the rest of a permit.  Headers of 429s, and of
-            every response while a limit is still unknown, are always used.
     """
 
     def __init__(
@@ -313,11 +304,9 @@ class QuotaBook:
         pace_fraction: float = 0.98,
         default_cooldown: float = 1.0,
         shared: bool = False,
-        reconcile_interval: float = 0.005,
     ) -> None:
         self._limits = limits
         self._shared = shared
-        self._reconcile_interval = reconcile_interval
         self._probe_interval = probe_interval
         self._margin = margin
         self._pace_fraction = pace_fraction
@@ -484,11 +473,7 @@ class QuotaBook:
             return
         group.seen_response = True
         group.blind_rate_limits = 0
-        if headers is not None and now < group.reconcile_after:
-            headers = None  # reconciled a moment ago: settle on usage alone
         applied = self._apply_headers(group, reservation, headers, now)
-        if applied and all(group.dims[name].limit is not None for name in applied):
-            group.reconcile_after = now + self._reconcile_interval
         if used_tokens is not None:
             delta = reservation.cost.tokens - used_tokens
             if now < group.lease_expires_at:

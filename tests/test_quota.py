@@ -462,31 +462,6 @@ def test_blind_rate_limits_back_off_exponentially_until_a_success():
     assert book.rate_limited(grant(book, 8.0), 8.0) == pytest.approx(9.0)
 
 
-def test_headers_are_reconciled_at_most_once_per_interval_once_limits_are_known():
-    """Within reconcile_interval of a reconciliation, a served response's headers are skipped."""
-    book = QuotaBook(Limits(rpm=600), margin=0.0, reconcile_interval=0.005)
-    book.settle(grant(book, 0.0), 0.0, headers=headers(limit_requests=600, remaining_requests=500))
-    level = book.snapshot("g", 0.0)["requests_per_minute"]["level"]
-    assert level == pytest.approx(500, abs=1)
-    soon = grant(book, 0.001)
-    book.settle(soon, 0.002, headers=headers(limit_requests=600, remaining_requests=100))
-    assert book.snapshot("g", 0.002)["requests_per_minute"]["level"] == pytest.approx(
-        level - 1, abs=0.1
-    )
-    later = grant(book, 0.010)
-    book.settle(later, 0.010, headers=headers(limit_requests=600, remaining_requests=100))
-    assert book.snapshot("g", 0.010)["requests_per_minute"]["level"] == pytest.approx(100, abs=1)
-
-
-def test_headers_are_reconciled_every_time_while_a_limit_is_unknown():
-    """Headers without a limit leave the limit unknown: the next ones are used at once too."""
-    book = QuotaBook(None, margin=0.0, reconcile_interval=0.005)
-    book.settle(grant(book, 0.0), 0.0, headers=headers(remaining_requests=50))
-    second = grant(book, 0.0)
-    book.settle(second, 0.001, headers=headers(remaining_requests=20))
-    assert book.snapshot("g", 0.001)["requests_per_minute"]["level"] == pytest.approx(20, abs=1)
-
-
 def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight():
     """Known limits, fixed window: the probe's flight refills nothing (1,200 grants, not 1,201)."""
     book = QuotaBook(Limits(rpm=1200), margin=0.0)
