@@ -296,11 +296,6 @@ async def test_malformed_response_raises_remote_protocol_error(nursery):
 
 async def test_read_timeout_raises_read_timeout(nursery, autojump_clock):
     """A server that never answers trips the request's read timeout."""
-
-    async def never_answer(peer: Peer) -> None:
-        await peer.read_request()
-        await trio.sleep_forever()
-
     server = await start_server(nursery, never_answer)
     async with client_for(server) as client:
         start = trio.current_time()
@@ -309,8 +304,11 @@ async def test_read_timeout_raises_read_timeout(nursery, autojump_clock):
         assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
 
 
-async def test_read_timeout_applies_to_each_wait_not_the_whole_body(nursery, autojump_clock):
-    """A body trickling in faster than the read timeout completes."""
+@pytest.mark.parametrize("watched", [False, True], ids=["cancel-scope", "timeout-watch"])
+async def test_read_timeout_applies_to_each_wait_not_the_whole_body(
+    watched, nursery, autojump_clock
+):
+    """A body trickling in faster than the read timeout completes (scope or watch)."""
 
     async def trickle(peer: Peer) -> None:
         await peer.read_request()
@@ -321,7 +319,8 @@ async def test_read_timeout_applies_to_each_wait_not_the_whole_body(nursery, aut
         await trio.sleep_forever()
 
     server = await start_server(nursery, trickle)
-    async with client_for(server) as client:
+    watch = await running_watch(nursery) if watched else None
+    async with client_for(server, watch=watch) as client:
         response = await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
     assert response.content == b"hello"
 
@@ -890,24 +889,6 @@ async def test_watch_ends_a_wait_for_an_answer_at_the_read_timeout(nursery, auto
         assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
     assert watched_during_the_wait == [1]
     assert not watch._connections  # the dropped connection is forgotten
-
-
-async def test_watch_restarts_the_read_timeout_for_every_wait(nursery, autojump_clock):
-    """With a watch, a body trickling in faster than the read timeout completes."""
-
-    async def trickle(peer: Peer) -> None:
-        await peer.read_request()
-        await peer.send_raw(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
-        for byte in b"hello":
-            await trio.sleep(2.0)
-            await peer.send_raw(bytes([byte]))
-        await trio.sleep_forever()
-
-    watch = await running_watch(nursery)
-    server = await start_server(nursery, trickle)
-    async with client_for(server, watch=watch) as client:
-        response = await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
-    assert response.content == b"hello"
 
 
 async def test_watch_ends_a_blocked_upload_at_the_write_timeout(nursery, autojump_clock):
