@@ -409,12 +409,16 @@ def test_remote_cooldown_and_learned_limits_are_adopted():
     assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(5.0))
 
 
-def test_small_surplus_in_headers_does_not_raise_the_level():
-    """A remaining one or two above the book's view is noise, not capacity."""
+@pytest.mark.parametrize("remaining", [599, 597], ids=["one-above", "one-below"])
+def test_headers_one_off_the_book_are_noise_either_way(remaining):
+    """One above or below the book's view is noise: it neither raises nor lowers the level.
+
+    Raising on it overshoots; ignoring only the upward half drifts the level low.
+    """
     book = QuotaBook(Limits(rpm=600), margin=0.0)
     seen(book)
     r = grant(book, 0.0)  # level after: 598
-    book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=599))
+    book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=remaining))
     assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(598)
 
 
@@ -440,15 +444,6 @@ def test_headers_do_not_raise_the_level_for_permits_still_in_flight():
     # the server saw 592 requests and refilled 100: it reports 108 remaining
     book.settle(first, 10.0, headers=headers(limit_requests=600, remaining_requests=108))
     assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] == pytest.approx(58)
-
-
-def test_headers_one_below_the_book_do_not_lower_it():
-    """A remaining one under the book's view is noise: ignoring only the upward half drifts low."""
-    book = QuotaBook(Limits(rpm=600), margin=0.0)
-    seen(book)
-    r = grant(book, 0.0)  # level after: 598
-    book.settle(r, 0.0, headers=headers(limit_requests=600, remaining_requests=597))
-    assert book.snapshot("g", 0.0)["requests_per_minute"]["level"] == pytest.approx(598)
 
 
 def test_blind_rate_limits_back_off_exponentially_until_a_success():
