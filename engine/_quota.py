@@ -34,7 +34,8 @@ and switches the group to *paced* sending on evenly spaced absolute deadlines.
 
 Until the first response of a group has been seen, at most one request of that
 group is in flight (a probe), so the server's semantics and limits are known
-before the burst.
+before the burst; with configured limits, up to a second's share of them (a
+60th, which fits a fresh quota under every semantics).
 """
 
 from __future__ import annotations
@@ -378,7 +379,11 @@ class QuotaBook:
                 unknowable = True
             elif at > now and at + self._margin > ready:
                 ready = at + self._margin
-        if not group.seen_response and group.in_flight > 0:
+        if (
+            not group.seen_response
+            and group.in_flight > 0
+            and not self._fits_first_second(group, cost)
+        ):
             return Wait(None)
         if unknowable:
             if group.in_flight > 0:
@@ -392,6 +397,26 @@ class QuotaBook:
         if self._shared and not self._leased(group, cost, now):
             return Wait(None, lease=True)
         return self._reserve(group, cost, now)
+
+    @staticmethod
+    def _fits_first_second(group: _Group, cost: Cost) -> bool:
+        """True if ``cost`` may join the requests out before any response.
+
+        Configured per-minute limits allow a second's share (a 60th of each,
+        the finest window servers document) in flight before the first
+        response: that much fits a fresh quota under every semantics, and a
+        token bucket does not sit full (discarding refill) for the first
+        round trip.  A dimension not configured does not restrict it; with
+        none configured the first request goes alone.
+        """
+        configured = False
+        for dim in group.minute_dims:
+            if dim.configured is None:
+                continue
+            if dim.in_flight + dim.need(cost) > dim.configured / 60:
+                return False
+            configured = True
+        return configured
 
     @staticmethod
     def _leased(group: _Group, cost: Cost, now: float) -> bool:

@@ -40,12 +40,39 @@ def test_known_rpm_grants_the_whole_burst_then_waits_for_refill():
 
 
 def test_first_request_of_a_group_is_a_lone_probe():
-    """Until a response is seen, a second request waits for the first to settle."""
-    book = QuotaBook(Limits(rpm=600))
+    """Learned limits: until a response is seen, a second request waits for the first to settle."""
+    book = QuotaBook(None)
     first = grant(book, 0.0)
     assert book.decide("g", ONE, 0.0) == Wait(None)
     book.settle(first, 0.5)
     grant(book, 0.5)
+
+
+def test_known_limits_send_a_seconds_share_before_the_first_response():
+    """600 RPM configured: 10 requests (a 60th) go before any response, the 11th waits for one."""
+    book = QuotaBook(Limits(rpm=600))
+    first = grant(book, 0.0)
+    for _ in range(9):
+        grant(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(None)
+    book.settle(first, 0.4)
+    grant(book, 0.4)
+
+
+def test_the_first_seconds_share_counts_configured_tokens_too():
+    """600 RPM and 6,000 TPM: 40-token requests, two (80 of the 100-token share) go at once."""
+    book = QuotaBook(Limits(rpm=600, tpm=6000))
+    cost = Cost(tokens=40)
+    grant(book, 0.0, cost)
+    grant(book, 0.0, cost)
+    assert book.decide("g", cost, 0.0) == Wait(None)
+
+
+def test_a_request_above_a_seconds_share_still_goes_alone():
+    """A request costing more than a 60th of the TPM limit is a lone probe."""
+    book = QuotaBook(Limits(rpm=600, tpm=6000))
+    grant(book, 0.0, Cost(tokens=150))
+    assert book.decide("g", Cost(tokens=10), 0.0) == Wait(None)
 
 
 def test_cost_above_the_limit_is_too_large_at_once():
