@@ -703,10 +703,18 @@ class QuotaBook:
             if not may_raise:
                 return  # the user chose less than the server allows: never raise
             # Requests granted after the server's snapshot but not yet arrived
-            # make both readings look a little high in steady state; raising
-            # on that noise would overshoot.  Only a clear surplus (refunds the
-            # server counted, a limit larger than known) is worth taking.
-            if dim.limit is not None and error < max(2.0, 0.01 * dim.limit):
+            # make both readings of a bucket look a little high in steady
+            # state; raising on that noise would overshoot.  Only a clear
+            # surplus (refunds the server counted, a limit larger than known)
+            # is worth taking.  A fixed window has no refill to blur the
+            # readings, and the reading now is net of everything in flight:
+            # its surplus is real (e.g. what the switch to a window held back
+            # for requests the server had in fact already counted).
+            if (
+                dim.limit is not None
+                and dim.mode is RefillMode.CONTINUOUS
+                and error < max(2.0, 0.01 * dim.limit)
+            ):
                 return
         dim.level += error
         dim.corrections += error

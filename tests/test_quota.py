@@ -500,6 +500,27 @@ def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight()
     assert book.snapshot("g", 0.37)["requests_per_minute"]["mode"] == "step"
 
 
+def test_a_fixed_window_takes_back_what_its_switch_held_for_requests_already_counted():
+    """A window learned from a reordered first answer holds back too much; later answers return it.
+
+    Twenty requests went before the first response; the first granted reached
+    the server last (remaining 1,180), so the switch to a window assumes the 19
+    granted after it are still uncounted.  Their answers show they were not:
+    the book grants more than the 1,161 the switch left, never more than 1,180.
+    """
+    book = QuotaBook(Limits(rpm=1200), margin=0.0)
+    batch = [grant(book, 0.0) for _ in range(20)]
+    window = {"limit_requests": 1200, "reset_requests": 59.6}
+    book.settle(batch[0], 0.4, headers=headers(remaining_requests=1180, **window))
+    assert book.snapshot("g", 0.4)["requests_per_minute"]["level"] == 1161
+    for arrived, reservation in enumerate(batch[1:], start=1):
+        book.settle(reservation, 0.4, headers=headers(remaining_requests=1200 - arrived, **window))
+    granted = 0
+    while isinstance(book.decide("g", ONE, 0.4), Reservation):
+        granted += 1
+    assert 1161 < granted <= 1180
+
+
 def test_a_permit_returned_after_the_bucket_filled_up_gives_back_nothing_twice():
     """A released permit whose share the refill already restored (bucket full) is not re-added."""
     book = QuotaBook(Limits(rpm=1000, tpm=767), margin=0.0)
