@@ -13,8 +13,9 @@ token-bucket scenarios one at a time, its other four in one wave whose starts
 (``HEAVY_OFFSETS``) put the second fixed window's burst and the per-second
 runs where the first fixed window waits for its next window; then every other
 peer runs side by side in one wave covering every scenario, the scenarios'
-starts staggered (``LIGHT_OFFSETS``: 15-30 s apart, fixed windows first) so
-no two bursts coincide.
+starts staggered (``LIGHT_OFFSETS``: 15-48 s apart, fixed windows first) and,
+in token-bucket scenarios, each peer 3 s after the one before
+(``TOKEN_BUCKET_PEER_STAGGER``), so no two bursts coincide.
 ``--quick`` puts ``openai_sdk`` in that wave too (``staggered_all``: the client
 CPU is then saturated while it runs, so quick figures are indicative only).
 ``--side-by-side none|fixed_window|all`` run peers one at a time, side by side
@@ -140,10 +141,19 @@ LIGHT_OFFSETS = {
     ("fixed_window", "rpm"): 0.0,
     ("fixed_window", "tpm"): 20.0,
     ("token_bucket", "rpm"): 35.0,
-    ("token_bucket", "tpm"): 65.0,
-    ("per_second", "rpm"): 85.0,
-    ("per_second", "tpm"): 87.0,
+    ("token_bucket", "tpm"): 83.0,
+    ("per_second", "rpm"): 98.0,
+    ("per_second", "tpm"): 100.0,
 }
+#: Staggered wave: seconds between one peer's token-bucket start and the next
+#: one's (in peer order), so each peer sends its burst (1-4 s of client CPU)
+#: while the others are in steady state.  The token-bucket wall time is decided
+#: by how soon the burst and the last requests go, which a burst of four other
+#: peers on the same core delays; the fixed windows' bursts wait up to a
+#: minute anyway, and the per-second runs have none.  With five light peers the
+#: RPM runs span 35-79 s: the TPM runs start after them (and after the second
+#: TPM window's burst at 80 s), the per-second runs after the TPM bursts.
+TOKEN_BUCKET_PEER_STAGGER = 3.0
 #: ``--quick`` (token bucket and per-second, RPM): the per-second runs start
 #: once the token-bucket bursts are over.
 QUICK_LIGHT_OFFSETS = {("token_bucket", "rpm"): 0.0, ("per_second", "rpm"): 15.0}
@@ -424,6 +434,7 @@ def waves(
     peers: Sequence[str],
     mode: str,
     offsets: dict[tuple[str, str], float] | None = None,
+    peer_stagger: float = 0.0,
 ) -> list[list[Slot]]:
     """The runs of ``plans`` x ``peers`` grouped into waves run one after another.
 
@@ -433,7 +444,9 @@ def waves(
     scenarios started at ``offsets`` (default :data:`LIGHT_OFFSETS`; when it
     lacks a scenario, :data:`LIGHT_OFFSETS`), fixed windows first),
     ``staggered_all`` (that
-    wave with the heavy peers in it too), ``none`` (one run per wave),
+    wave with the heavy peers in it too; in both, the ``i``-th peer of a
+    token-bucket scenario starts ``i x peer_stagger`` seconds after the first,
+    default 0), ``none`` (one run per wave),
     ``fixed_window`` (fixed-window scenarios' peers side by side, the rest one
     at a time) or ``all`` (one wave per scenario).
     """
@@ -474,7 +487,8 @@ def waves(
     start = min(offsets[k] for k in key) if plans else 0.0
     for plan in plans:
         offset = offsets[(plan.semantics, plan.binding)] - start
-        wave += [Slot(plan, peer, offset) for peer in light]
+        stagger = peer_stagger if plan.semantics == "token_bucket" else 0.0
+        wave += [Slot(plan, peer, offset + index * stagger) for index, peer in enumerate(light)]
     if wave:
         result.append(wave)
     return result
@@ -671,7 +685,10 @@ def run(
     warm.start()
     with CpuSampler() as sampler:
         offsets = QUICK_LIGHT_OFFSETS if quick else LIGHT_OFFSETS
-        rows = run_waves(waves(plans, peers, mode, offsets), sampler, ready=warm.join)
+        # --quick keeps every token-bucket start together: it has a minute.
+        stagger = 0.0 if quick else TOKEN_BUCKET_PEER_STAGGER
+        run_list = waves(plans, peers, mode, offsets, peer_stagger=stagger)
+        rows = run_waves(run_list, sampler, ready=warm.join)
     order = {(p.semantics, p.binding): i for i, p in enumerate(plans)}
     peer_order = {peer: i for i, peer in enumerate(PEERS)}
     rows.sort(key=lambda r: (order[(r["semantics"], r["binding"])], peer_order[r["peer"]]))
@@ -694,6 +711,7 @@ def run(
             "steady_seconds": steady,
             "request_cost_tokens": request_cost(),
             "side_by_side": mode,
+            "token_bucket_peer_stagger_s": 0.0 if quick else TOKEN_BUCKET_PEER_STAGGER,
             "cutoff": "1.25 x ideal + 5 s",
         },
         "runs": rows,

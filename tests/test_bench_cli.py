@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -151,3 +152,37 @@ def test_token_bucket_reserve_never_spent_has_no_steady_state():
     plan = _token_bucket_plan(utilisation, len(sends))
     row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 300}})
     assert "utilisation" not in row
+
+
+def test_staggered_schedule_keeps_token_bucket_bursts_and_ends_apart():
+    """Full run: token-bucket peers start 3 s apart, later scenarios start once those runs end."""
+    utilisation = _utilisation_module()
+    plans = [
+        utilisation.make_plan(semantics, binding, utilisation.DEFAULT_RPM, 20.0)
+        for binding in utilisation.BINDINGS
+        for semantics in utilisation.SEMANTICS
+    ]
+    light = [peer for peer in utilisation.PEERS if peer not in utilisation.HEAVY_PEERS]
+    stagger = utilisation.TOKEN_BUCKET_PEER_STAGGER
+    wave = utilisation.waves(plans, list(utilisation.PEERS), "staggered", peer_stagger=stagger)[-1]
+    starts: dict[tuple[str, str], list[float]] = {}
+    for slot in wave:
+        starts.setdefault((slot.plan.semantics, slot.plan.binding), []).append(slot.offset)
+    assert {len(offsets) for offsets in starts.values()} == {len(light)}
+    for binding in utilisation.BINDINGS:
+        bucket = starts[("token_bucket", binding)]
+        assert [b - a for a, b in itertools.pairwise(bucket)] == [stagger] * (len(light) - 1)
+    rpm_plan = next(p for p in plans if (p.semantics, p.binding) == ("token_bucket", "rpm"))
+    rpm_runs_end = max(starts[("token_bucket", "rpm")]) + rpm_plan.ideal_wall()
+    assert min(starts[("token_bucket", "tpm")]) >= rpm_runs_end
+    per_second = starts[("per_second", "rpm")] + starts[("per_second", "tpm")]
+    assert min(per_second) >= max(starts[("token_bucket", "tpm")]) + stagger
+    # every fixed window's second burst (60 s after its start) misses every token-bucket start
+    second_bursts = [
+        offset + 60.0
+        for (semantics, _), offsets in starts.items()
+        if semantics == "fixed_window"
+        for offset in offsets
+    ]
+    bucket_starts = starts[("token_bucket", "rpm")] + starts[("token_bucket", "tpm")]
+    assert all(abs(b - s) >= 2.0 for b in second_bursts for s in bucket_starts)
