@@ -94,63 +94,56 @@ def _bucket_records(send_times: list[float]) -> list:
     ]
 
 
-def _token_bucket_plan(utilisation, count: int):
-    """600 RPM (10 requests/s) binding on a token bucket, N = ``count``."""
-    return utilisation.Plan("token_bucket", "rpm", 600, None, 31, count)
-
-
-def test_token_bucket_steady_state_at_the_refill_rate_is_full_use_whatever_the_offset():
-    """Sending at the refill rate after the burst is utilisation 1.0, even 10 requests behind."""
+def _analyse_token_bucket(send_times: list[float], answered: int) -> dict:
+    """``analyse`` of 600 RPM (10 requests/s) binding on a token bucket, one send per request."""
     utilisation = _utilisation_module()
-    # 590 of the burst at t = 0, then 20 s at 10/s: the replayed bucket keeps
-    # a constant 10 requests (send stamps leading the server during the burst
-    # look exactly like this); only its level at the start would read 0.95.
-    sends = [0.0] * 590 + [i / 10 for i in range(1, 201)]
-    plan = _token_bucket_plan(utilisation, len(sends))
-    row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 790}})
+    plan = utilisation.Plan("token_bucket", "rpm", 600, None, 31, len(send_times))
+    stats = {"status_counts": {"200": answered}}
+    return utilisation.analyse(plan, _bucket_records(send_times), stats)
+
+
+@pytest.mark.parametrize(
+    "burst",
+    [
+        # the replayed bucket keeps a constant 10 requests (send stamps leading
+        # the server during the burst look exactly like this); only its level
+        # at the start would read 0.95
+        590,
+        # it levels off 30 requests above empty (5% of L): the burst still
+        # counts as spent
+        570,
+    ],
+)
+def test_token_bucket_steady_state_at_the_refill_rate_is_full_use_whatever_the_offset(burst):
+    """The burst at t = 0, then 20 s at the 10/s refill: utilisation 1.0 over those 200."""
+    sends = [0.0] * burst + [i / 10 for i in range(1, 201)]
+    row = _analyse_token_bucket(sends, burst + 200)
     assert row["steady_requests"] == 200
     assert row["utilisation"] == pytest.approx(1.0, abs=0.006)
 
 
 def test_token_bucket_steady_state_below_the_refill_rate_is_measured_as_such():
     """A peer sending at 9.5/s against a 10/s refill shows about 0.95."""
-    utilisation = _utilisation_module()
     sends = [0.0] * 590 + [i / 9.5 for i in range(1, 201)]
-    plan = _token_bucket_plan(utilisation, len(sends))
-    row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 800}})
+    row = _analyse_token_bucket(sends, 800)
     assert row["utilisation"] == pytest.approx(0.95, abs=0.006)
 
 
 def test_token_bucket_reserve_spent_in_the_steady_state_is_not_counted_as_rate():
     """Spending 10 requests kept from the burst inside the window does not lift it above 1."""
-    utilisation = _utilisation_module()
     # 590 of the burst at once (10 left: the burst counts as spent), 10/s for
     # 10 s, the 10 kept in a rush at 10.05 s, then 10/s again: 210 sent in
     # 20.1 s of 10/s refill.
     sends = [0.0] * 590 + [i / 10 for i in range(1, 101)] + [10.05] * 10
     sends += [10.1 + i / 10 for i in range(1, 101)]
-    plan = _token_bucket_plan(utilisation, len(sends))
-    row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 800}})
+    row = _analyse_token_bucket(sends, 800)
     assert row["steady_requests"] == 210
     assert 0.98 <= row["utilisation"] <= 1.0 + 1e-9
 
 
-def test_token_bucket_burst_counts_as_spent_above_zero_when_the_level_stays_flat():
-    """A replay that levels off 30 requests above empty (5% of L) still has a steady state."""
-    utilisation = _utilisation_module()
-    sends = [0.0] * 570 + [i / 10 for i in range(1, 201)]
-    plan = _token_bucket_plan(utilisation, len(sends))
-    row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 770}})
-    assert row["steady_requests"] == 200
-    assert row["utilisation"] == pytest.approx(1.0, abs=0.006)
-
-
 def test_token_bucket_reserve_never_spent_has_no_steady_state():
     """A peer pacing at the refill rate from the start (burst left unused) gets no utilisation."""
-    utilisation = _utilisation_module()
-    sends = [i / 10 for i in range(300)]
-    plan = _token_bucket_plan(utilisation, len(sends))
-    row = utilisation.analyse(plan, _bucket_records(sends), {"status_counts": {"200": 300}})
+    row = _analyse_token_bucket([i / 10 for i in range(300)], 300)
     assert "utilisation" not in row
 
 
