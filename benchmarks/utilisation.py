@@ -683,10 +683,10 @@ def run(
     # The fork server imports every peer while the first mocks start.
     warm = threading.Thread(target=start_fork_server, daemon=True)
     warm.start()
+    # --quick keeps every token-bucket start together: it has a minute.
+    stagger = 0.0 if quick else TOKEN_BUCKET_PEER_STAGGER
     with CpuSampler() as sampler:
         offsets = QUICK_LIGHT_OFFSETS if quick else LIGHT_OFFSETS
-        # --quick keeps every token-bucket start together: it has a minute.
-        stagger = 0.0 if quick else TOKEN_BUCKET_PEER_STAGGER
         run_list = waves(plans, peers, mode, offsets, peer_stagger=stagger)
         rows = run_waves(run_list, sampler, ready=warm.join)
     order = {(p.semantics, p.binding): i for i, p in enumerate(plans)}
@@ -711,7 +711,7 @@ def run(
             "steady_seconds": steady,
             "request_cost_tokens": request_cost(),
             "side_by_side": mode,
-            "token_bucket_peer_stagger_s": 0.0 if quick else TOKEN_BUCKET_PEER_STAGGER,
+            "token_bucket_peer_stagger_s": stagger,
             "cutoff": "1.25 x ideal + 5 s",
         },
         "runs": rows,
