@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.mock._headers import format_go_duration, rate_limit_headers, retry_after_headers
-from engine.mock._quotas import Snapshot
+from engine.mock._quotas import ServerSnapshot
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_go_duration_of_negative_is_zero():
     assert format_go_duration(-3.0) == "0s"
 
 
-FULL = Snapshot(
+FULL = ServerSnapshot(
     limit_requests=600,
     remaining_requests=599,
     reset_requests=0.1,
@@ -74,7 +74,7 @@ def test_rate_limit_headers_without_limits_as_azure():
 
 def test_rate_limit_headers_leave_out_unlimited_dimensions():
     """Only the limited dimension is reported."""
-    snapshot = Snapshot(limit_requests=10, remaining_requests=3, reset_requests=2.0)
+    snapshot = ServerSnapshot(limit_requests=10, remaining_requests=3, reset_requests=2.0)
     assert [name for name, _ in rate_limit_headers(snapshot)] == [
         b"x-ratelimit-limit-requests",
         b"x-ratelimit-remaining-requests",

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from engine.mock._quotas import Limits, Meter, QuotaBook, Semantics
+from engine.mock._quotas import Semantics, ServerLimits, ServerMeter, ServerQuota
 from engine.mock._stats import SlidingWindowMax
 
 GROUP = ("sk-test", "gpt-4o-mini")
 
 
-def book(**limits) -> QuotaBook:
-    return QuotaBook(Limits(**limits))
+def book(**limits) -> ServerQuota:
+    return ServerQuota(ServerLimits(**limits))
 
 
-def admit_many(quotas: QuotaBook, count: int, now: float, tokens: int = 0) -> int:
+def admit_many(quotas: ServerQuota, count: int, now: float, tokens: int = 0) -> int:
     return sum(quotas.admit(GROUP, tokens, now).admitted for _ in range(count))
 
 
@@ -213,16 +213,16 @@ def test_set_limits_keeps_usage_and_applies_new_limit():
     """Lowering RPM mid-run caps what is left; raising it adds room at once for windows."""
     quotas = book(rpm=100, semantics="fixed_window")
     admit_many(quotas, 50, now=0.0)
-    quotas.set_limits(Limits(rpm=60, semantics="fixed_window"), 1.0)
+    quotas.set_limits(ServerLimits(rpm=60, semantics="fixed_window"), 1.0)
     assert admit_many(quotas, 100, now=1.0) == 10
-    quotas.set_limits(Limits(rpm=200, semantics="fixed_window"), 2.0)
+    quotas.set_limits(ServerLimits(rpm=200, semantics="fixed_window"), 2.0)
     assert admit_many(quotas, 200, now=2.0) == 140
 
 
 def test_set_limits_caps_a_bucket_level():
     """A bucket shrunk below its level holds only the new limit."""
     quotas = book(rpm=100)
-    quotas.set_limits(Limits(rpm=10), 0.0)
+    quotas.set_limits(ServerLimits(rpm=10), 0.0)
     assert admit_many(quotas, 100, now=0.0) == 10
 
 
@@ -230,7 +230,7 @@ def test_set_limits_can_add_and_remove_dimensions():
     """A newly limited dimension starts fresh; a removed one stops refusing."""
     quotas = book(rpm=1)
     quotas.admit(GROUP, 0, 0.0)
-    quotas.set_limits(Limits(tpm=100), 0.0)
+    quotas.set_limits(ServerLimits(tpm=100), 0.0)
     assert quotas.admit(GROUP, 100, 0.0).admitted
     assert not quotas.admit(GROUP, 1, 0.0).admitted
 
@@ -246,13 +246,13 @@ def test_clear_forgets_usage():
 def test_limits_reject_negative_values():
     """A negative limit is a configuration error."""
     with pytest.raises(ValueError, match=">= 0"):
-        Limits(rpm=-1)
+        ServerLimits(rpm=-1)
 
 
 def test_meter_semantics_accepts_names():
     """Semantics can be given by name."""
-    assert Limits(semantics="per_second").semantics is Semantics.PER_SECOND
-    meter = Meter.create(10, 60.0, Semantics.FIXED_WINDOW, 0.0)
+    assert ServerLimits(semantics="per_second").semantics is Semantics.PER_SECOND
+    meter = ServerMeter.create(10, 60.0, Semantics.FIXED_WINDOW, 0.0)
     assert meter.remaining(0.0) == 10
 
 
@@ -284,7 +284,7 @@ def test_sliding_window_max_nets_refunds():
 @pytest.mark.parametrize("semantics", list(Semantics))
 def test_meter_headline_matches_remaining_and_reset_after(semantics):
     """headline(now) is (remaining(now), reset_after(now)) for every semantics."""
-    meter = Meter.create(100, 60.0, semantics, 0.0)
+    meter = ServerMeter.create(100, 60.0, semantics, 0.0)
     meter.take(37, 1.0)
     for now in (1.0, 1.5, 30.0, 61.0):
         assert meter.headline(now) == (meter.remaining(now), meter.reset_after(now))

@@ -9,15 +9,15 @@ See ``docs/mock.md``.
 from engine.mock._app import DroppedConnection, MockApp, create_app
 from engine.mock._config import MockConfig
 from engine.mock._process import serve_in_subprocess
-from engine.mock._quotas import Limits, QuotaBook, Semantics
+from engine.mock._quotas import Semantics, ServerLimits, ServerQuota
 
 __all__ = [
     "DroppedConnection",
-    "Limits",
     "MockApp",
     "MockConfig",
-    "QuotaBook",
     "Semantics",
+    "ServerLimits",
+    "ServerQuota",
     "create_app",
     "serve_in_subprocess",
 ]

@@ -46,7 +46,7 @@ from engine._tokens import chat_prompt_tokens, count_tokens, encoding_for_model,
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
 from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
 from engine.mock._headers import format_go_duration, rate_limit_headers, retry_after_headers
-from engine.mock._quotas import QuotaBook, Reservation, Semantics
+from engine.mock._quotas import Semantics, ServerQuota, ServerReservation
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
 
@@ -131,7 +131,7 @@ class _Later(NamedTuple):
     number: int
     group: tuple[str, str]
     plan: _Plan
-    reservation: Reservation | None
+    reservation: ServerReservation | None
     fault: int | None
     now: float  # when it was admitted
 
@@ -215,7 +215,7 @@ class MockApp:
     def __init__(self, config: MockConfig) -> None:
         self.config = config
         self.stats = Stats()
-        self._book = QuotaBook(config.limits)
+        self._book = ServerQuota(config.limits)
         self._rng = random.Random(config.seed)
         self._numbers = itertools.count(1)
         self._plans: dict[bytes, _Plan | _Reject] = {}
@@ -454,7 +454,7 @@ class MockApp:
                 "insufficient_quota",
             )
             return self._reply(429, body, [request_id, *self._limit_headers(group, now)])
-        reservation: Reservation | None = None
+        reservation: ServerReservation | None = None
         if self._quotas_on:
             decision = self._book.admit(group, plan.cost, now)
             if not decision.admitted:
@@ -536,7 +536,9 @@ class MockApp:
             reply = self._reply(200, body[: len(body) // 2], headers, plan.content_type)
             await _send_reply(send, reply)
 
-    def _settle(self, reservation: Reservation | None, cost: int, actual: int, now: float) -> None:
+    def _settle(
+        self, reservation: ServerReservation | None, cost: int, actual: int, now: float
+    ) -> None:
         if reservation is not None and actual != cost:
             self._book.settle(reservation, actual, now)
         self.stats.tokens_charged += actual

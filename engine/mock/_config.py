@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from engine._tokens import DEFAULT_OUTPUT_TOKENS
-from engine.mock._quotas import Limits, Semantics
+from engine.mock._quotas import Semantics, ServerLimits
 
 __all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "MockConfig"]
 
@@ -131,8 +131,8 @@ class MockConfig:
             raise ValueError(f"fault rates add up to {total:g}, more than 1")
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> ServerLimits:
         """The quota limits as the quota book takes them."""
-        return Limits(
+        return ServerLimits(
             rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, tpd=self.tpd, semantics=self.quota_semantics
         )

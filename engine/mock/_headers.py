@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 
-from engine.mock._quotas import Snapshot
+from engine.mock._quotas import ServerSnapshot
 
 __all__ = ["format_go_duration", "rate_limit_headers", "retry_after_headers"]
 
@@ -52,7 +52,7 @@ _HEADER_NAMES = {
 
 
 def rate_limit_headers(
-    snapshot: Snapshot, *, include_limits: bool = True
+    snapshot: ServerSnapshot, *, include_limits: bool = True
 ) -> list[tuple[bytes, bytes]]:
     """The ``x-ratelimit-*`` headers of ``snapshot`` (unlimited dimensions left out).
 

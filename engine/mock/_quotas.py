@@ -23,6 +23,10 @@ day.  Every meter follows one of three semantics:
 
 A request is admitted only if *every* meter of its group admits it; then all are
 charged at once, otherwise none.
+
+Every class here is named ``Server*`` (``ServerLimits``, ``ServerQuota``, ...):
+this is the *server's* book, which must never be confused with the engine's own
+estimate of it (``engine._quota``), nor share code with it.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ import math
 import attrs
 
 __all__ = [
-    "Decision",
-    "Limits",
-    "Meter",
-    "QuotaBook",
-    "Reservation",
     "Semantics",
-    "Snapshot",
+    "ServerDecision",
+    "ServerLimits",
+    "ServerMeter",
+    "ServerQuota",
+    "ServerReservation",
+    "ServerSnapshot",
 ]
 
 MINUTE = 60.0
@@ -72,7 +76,7 @@ def _optional_limit(value: int | float | None) -> int | None:
 
 
 @attrs.frozen(kw_only=True)
-class Limits:
+class ServerLimits:
     """The limits every group gets; ``None`` means that dimension is unlimited.
 
     Attributes:
@@ -96,7 +100,7 @@ class Limits:
 
 
 @attrs.define(slots=True)
-class Meter:
+class ServerMeter:
     """One limited dimension (e.g. tokens per minute) of one group.
 
     ``origin`` is the time of the group's first request; fixed and per-second
@@ -115,7 +119,7 @@ class Meter:
     used: float = 0.0
 
     @classmethod
-    def create(cls, limit: int, period: float, semantics: Semantics, now: float) -> Meter:
+    def create(cls, limit: int, period: float, semantics: Semantics, now: float) -> ServerMeter:
         """A fresh meter: a full bucket, or an empty window starting at ``now``."""
         return cls(
             limit=limit, period=period, semantics=semantics, origin=now, level=limit, last=now
@@ -235,7 +239,7 @@ class Meter:
 
 
 @attrs.frozen(kw_only=True)
-class Reservation:
+class ServerReservation:
     """What an admitted request was charged, to correct it later with real usage."""
 
     group: tuple[str, str]
@@ -244,12 +248,12 @@ class Reservation:
 
 
 @attrs.frozen(kw_only=True)
-class Decision:
-    """The answer of :meth:`QuotaBook.admit`.
+class ServerDecision:
+    """The answer of :meth:`ServerQuota.admit`.
 
     Attributes:
         admitted: True when the request was charged.
-        reservation: the charge (when admitted), for :meth:`QuotaBook.settle`.
+        reservation: the charge (when admitted), for :meth:`ServerQuota.settle`.
         kind: on refusal, ``"requests"`` or ``"tokens"``: the dimension that refused.
         window: on refusal, ``"minute"`` or ``"day"``.
         limit: on refusal, that dimension's limit.
@@ -262,7 +266,7 @@ class Decision:
     """
 
     admitted: bool
-    reservation: Reservation | None = None
+    reservation: ServerReservation | None = None
     kind: str | None = None
     window: str | None = None
     limit: int = 0
@@ -273,7 +277,7 @@ class Decision:
 
 
 @attrs.frozen(kw_only=True)
-class Snapshot:
+class ServerSnapshot:
     """The ``x-ratelimit-*`` values of a group; None for an unlimited dimension.
 
     Per-minute limits are reported when set, per-day ones otherwise.
@@ -287,7 +291,7 @@ class Snapshot:
     reset_tokens: float | None = None
 
 
-# (Limits attribute, kind, window, period)
+# (ServerLimits attribute, kind, window, period)
 _DIMENSIONS = (
     ("rpm", "requests", "minute", MINUTE),
     ("tpm", "tokens", "minute", MINUTE),
@@ -296,7 +300,7 @@ _DIMENSIONS = (
 )
 
 
-class QuotaBook:
+class ServerQuota:
     """Every group's meters, created on each group's first request.
 
     ``admit`` charges one request and its token cost or refuses with the wait;
@@ -305,12 +309,12 @@ class QuotaBook:
     time; ``clear`` forgets every group.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: ServerLimits) -> None:
         self._limits = limits
-        self._groups: dict[tuple[str, str], dict[str, Meter]] = {}
+        self._groups: dict[tuple[str, str], dict[str, ServerMeter]] = {}
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> ServerLimits:
         """The limits in force."""
         return self._limits
 
@@ -318,7 +322,7 @@ class QuotaBook:
         """Forget every group: the next requests find full quotas."""
         self._groups.clear()
 
-    def set_limits(self, limits: Limits, now: float) -> None:
+    def set_limits(self, limits: ServerLimits, now: float) -> None:
         """Apply new limits to every group, keeping what each has used.
 
         A dimension newly limited starts fresh; a dimension whose limit went
@@ -333,28 +337,28 @@ class QuotaBook:
                 if limit is None:
                     meters.pop(name, None)
                 elif meter is None or restart:
-                    meters[name] = Meter.create(limit, period, limits.semantics, now)
+                    meters[name] = ServerMeter.create(limit, period, limits.semantics, now)
                 else:
                     meter.relimit(limit, now)
 
-    def _meters(self, group: tuple[str, str], now: float) -> dict[str, Meter]:
+    def _meters(self, group: tuple[str, str], now: float) -> dict[str, ServerMeter]:
         meters = self._groups.get(group)
         if meters is None:
             meters = {}
             for name, _kind, _window, period in _DIMENSIONS:
                 limit = getattr(self._limits, name)
                 if limit is not None:
-                    meters[name] = Meter.create(limit, period, self._limits.semantics, now)
+                    meters[name] = ServerMeter.create(limit, period, self._limits.semantics, now)
             self._groups[group] = meters
         return meters
 
-    def admit(self, group: tuple[str, str], tokens: int, now: float) -> Decision:
+    def admit(self, group: tuple[str, str], tokens: int, now: float) -> ServerDecision:
         """Charge one request costing ``tokens`` to ``group``, or refuse it."""
         meters = self._meters(group, now)
         for name in ("tpm", "tpd"):
             meter = meters.get(name)
             if meter is not None and tokens > meter.limit:
-                return Decision(
+                return ServerDecision(
                     admitted=False,
                     kind="tokens",
                     window="minute" if name == "tpm" else "day",
@@ -363,7 +367,7 @@ class QuotaBook:
                     requested=tokens,
                     too_large=True,
                 )
-        worst: tuple[float, str, Meter, int] | None = None
+        worst: tuple[float, str, ServerMeter, int] | None = None
         for name, meter in meters.items():
             cost = 1 if name in ("rpm", "rpd") else tokens
             wait = meter.wait(cost, now)
@@ -371,7 +375,7 @@ class QuotaBook:
                 worst = (wait, name, meter, cost)
         if worst is not None:
             wait, name, meter, cost = worst
-            return Decision(
+            return ServerDecision(
                 admitted=False,
                 kind="requests" if name in ("rpm", "rpd") else "tokens",
                 window="minute" if name in ("rpm", "tpm") else "day",
@@ -386,12 +390,14 @@ class QuotaBook:
                 meter.take(1, now)
             else:
                 token_windows.append((name, meter.take(tokens, now)))
-        return Decision(
+        return ServerDecision(
             admitted=True,
-            reservation=Reservation(group=group, tokens=tokens, token_windows=tuple(token_windows)),
+            reservation=ServerReservation(
+                group=group, tokens=tokens, token_windows=tuple(token_windows)
+            ),
         )
 
-    def settle(self, reservation: Reservation, actual_tokens: int, now: float) -> None:
+    def settle(self, reservation: ServerReservation, actual_tokens: int, now: float) -> None:
         """Correct an admitted request's token charge to ``actual_tokens``."""
         delta = actual_tokens - reservation.tokens
         if delta == 0:
@@ -404,14 +410,14 @@ class QuotaBook:
             if meter is not None:
                 meter.adjust(delta, window, now)
 
-    def snapshot(self, group: tuple[str, str], now: float) -> Snapshot:
+    def snapshot(self, group: tuple[str, str], now: float) -> ServerSnapshot:
         """Header values for ``group`` now (its meters are created if new)."""
         meters = self._meters(group, now)
         requests = meters.get("rpm") or meters.get("rpd")
         tokens = meters.get("tpm") or meters.get("tpd")
         remaining_requests, reset_requests = requests.headline(now) if requests else (None, None)
         remaining_tokens, reset_tokens = tokens.headline(now) if tokens else (None, None)
-        return Snapshot(
+        return ServerSnapshot(
             limit_requests=requests.limit if requests else None,
             remaining_requests=remaining_requests,
             reset_requests=reset_requests,
