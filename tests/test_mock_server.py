@@ -546,6 +546,21 @@ SAME_BYTES_CASES = {
         MockConfig(rpm=1000, seed=7, missing_headers_rate=0.3, missing_limit_headers_rate=0.3),
         [chat_request(str(n)) for n in range(8)],
     ),
+    "429 bodies of other servers, headers left out or renamed": (
+        MockConfig(
+            rpm=1,
+            tpm=1_000_000,
+            rate_limit_body="azure",
+            rate_limit_headers_on_429=False,
+            reset_headers=False,
+            retry_hint_header="x-ratelimit-retry-after-seconds",
+        ),
+        [chat_request(), chat_request("other")],
+    ),
+    "429 with an empty body and no rate-limit headers anywhere": (
+        MockConfig(rpm=1, rate_limit_body="none", rate_limit_headers=False),
+        [chat_request(), chat_request("other")],
+    ),
     "no correction to usage": (
         MockConfig(tpm=100_000, correct_to_usage=False),
         [chat_request(), chat_request()],

@@ -45,8 +45,14 @@ from sniffio import thread_local as _sniffio_thread
 from engine._tokens import chat_prompt_tokens, count_tokens, encoding_for_model, output_budget
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
 from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
-from engine.mock._headers import format_go_duration, rate_limit_headers, retry_after_headers
-from engine.mock._quotas import Semantics, ServerQuota, ServerReservation
+from engine.mock._headers import (
+    format_decimal_seconds,
+    format_go_duration,
+    rate_limit_headers,
+    retry_after_headers,
+    whole_seconds,
+)
+from engine.mock._quotas import Semantics, ServerDecision, ServerQuota, ServerReservation
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
 
@@ -64,6 +70,7 @@ _KEY_CACHE_MAX = 1024
 _SNIPPET_CHARS = 200
 _AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
 _TRANSCRIPTION_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
+_AZURE_API_VERSION = "2024-10-21"
 _UNPARSABLE_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
@@ -113,6 +120,7 @@ class _Plan:
     output_tokens: int
     content_type: bytes
     body: Callable[[int], bytes]
+    operation: str  # Azure's name of the endpoint, for its 429 message
 
 
 #: A decided answer: (status, body, headers after content-type and
@@ -239,6 +247,11 @@ class MockApp:
     def _apply(self, config: MockConfig) -> None:
         self.config = config
         self._quotas_on = not config.limits.unlimited
+        # x-ratelimit-* on answers (200s, 5xx) and on 429s.
+        self._headers_on = self._quotas_on and config.rate_limit_headers
+        self._headers_on_429 = self._headers_on and config.rate_limit_headers_on_429
+        hint = config.retry_hint_header
+        self._retry_hint = None if hint is None else hint.encode("latin-1")
         thresholds = list(itertools.accumulate(getattr(config, name) for name in FAULT_RATE_FIELDS))
         self._fault_thresholds = thresholds if thresholds[-1] > 0 else None
         self._header_faults_on = (
@@ -453,12 +466,16 @@ class MockApp:
                 None,
                 "insufficient_quota",
             )
-            return self._reply(429, body, [request_id, *self._limit_headers(group, now)])
+            self.stats.rate_limited_by["insufficient_quota"] += 1
+            headers = [request_id]
+            if self._headers_on_429:
+                headers += self._limit_headers(group, now)
+            return self._reply(429, body, headers)
         reservation: ServerReservation | None = None
         if self._quotas_on:
             decision = self._book.admit(group, plan.cost, now)
             if not decision.admitted:
-                return self._rate_limited(request_id, group, plan.model, decision, now)
+                return self._rate_limited(request_id, group, plan, decision, now)
             reservation = decision.reservation
         stats.admitted += 1
         fault = None if self._fault_thresholds is None else self._draw_fault()
@@ -471,7 +488,7 @@ class MockApp:
             stats.window.add(now, 1, plan.cost, actual - plan.cost)
             stats.status_counts[200] += 1
             headers = [request_id]
-            if self._quotas_on:
+            if self._headers_on:
                 headers += self._limit_headers(group, now)
             return (200, plan.body(number), headers, plan.content_type)
         stats.window.add(now, 1, plan.cost)
@@ -563,7 +580,7 @@ class MockApp:
         return (base + config.ms_per_output_token * output_tokens) / 1000
 
     def _limit_headers(self, group: tuple[str, str], now: float) -> list[tuple[bytes, bytes]]:
-        if not self._quotas_on:
+        if not self._headers_on:
             return []
         include_limits = True
         if self._header_faults_on:
@@ -573,16 +590,21 @@ class MockApp:
             include_limits = draw >= self.config.missing_headers_rate + (
                 self.config.missing_limit_headers_rate
             )
-        return rate_limit_headers(self._book.snapshot(group, now), include_limits=include_limits)
+        return rate_limit_headers(
+            self._book.snapshot(group, now),
+            include_limits=include_limits,
+            include_resets=self.config.reset_headers,
+        )
 
     def _rate_limited(
         self,
         request_id: tuple[bytes, bytes],
         group: tuple[str, str],
-        model: str,
-        decision: Any,
+        plan: _Plan,
+        decision: ServerDecision,
         now: float,
     ) -> _Reply:
+        """The 429 of a refused request, in the configured body shape."""
         config = self.config
         unit = {
             ("requests", "minute"): "requests per min (RPM)",
@@ -590,28 +612,67 @@ class MockApp:
             ("requests", "day"): "requests per day (RPD)",
             ("tokens", "day"): "tokens per day (TPD)",
         }[(decision.kind, decision.window)]
-        headers = [request_id, *self._limit_headers(group, now)]
-        if decision.too_large:
+        headers = [request_id]
+        if self._headers_on_429:
+            headers += self._limit_headers(group, now)
+        by = self.stats.rate_limited_by
+        if decision.too_large:  # OpenAI's shape whatever the configured one: no retry helps
+            by["request_too_large"] += 1
             message = (
-                f"Request too large for {model} in organization {config.organization} on {unit}: "
-                f"Limit {decision.limit}, Requested {decision.requested}. The input or output "
-                "tokens must be reduced in order to run successfully. Visit "
+                f"Request too large for {plan.model} in organization {config.organization} on "
+                f"{unit}: Limit {decision.limit}, Requested {decision.requested}. The input or "
+                "output tokens must be reduced in order to run successfully. Visit "
                 "https://platform.openai.com/account/rate-limits to learn more."
             )
+            body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
+            return self._reply(429, body, headers)
+        if decision.subwindow:
+            by["undeclared_subwindow"] += 1
         else:
+            by["per_minute" if decision.window == "minute" else "per_day"] += 1
+        wait = decision.retry_after
+        headers += retry_after_headers(
+            wait, retry_after=config.retry_after_header, retry_after_ms=config.retry_after_ms_header
+        )
+        if self._retry_hint is not None:
+            headers.append((self._retry_hint, format_decimal_seconds(wait).encode()))
+        shape = config.rate_limit_body
+        content_type = _JSON
+        if shape == "openai":
             message = (
-                f"Rate limit reached for {model} in organization {config.organization} on {unit}: "
-                f"Limit {decision.limit}, Used {decision.used}, Requested {decision.requested}. "
-                f"Please try again in {_human_wait(decision.retry_after)}. Visit "
+                f"Rate limit reached for {plan.model} in organization {config.organization} on "
+                f"{unit}: Limit {decision.limit}, Used {decision.used}, Requested "
+                f"{decision.requested}. Please try again in {_human_wait(wait)}. Visit "
                 "https://platform.openai.com/account/rate-limits to learn more."
             )
-            headers += retry_after_headers(
-                decision.retry_after,
-                retry_after=config.retry_after_header,
-                retry_after_ms=config.retry_after_ms_header,
+            body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
+        elif shape == "azure":
+            which = "call" if decision.kind == "requests" else "token"
+            message = (
+                f"Requests to the {plan.operation} Operation under Azure OpenAI API version "
+                f"{_AZURE_API_VERSION} have exceeded {which} rate limit of your current OpenAI "
+                f"S0 pricing tier. Please retry after {whole_seconds(wait)} "
+                f"second{'' if whole_seconds(wait) == 1 else 's'}. Please go here: "
+                "https://aka.ms/oai/quotaincrease if you would like to further increase the "
+                "default rate limit."
             )
-        body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
-        return self._reply(429, body, headers)
+            body = orjson.dumps({"error": {"code": "429", "message": message}})
+        elif shape == "generic":
+            message = f"Rate limit exceeded, try again in {format_decimal_seconds(wait)}s"
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": "rate_limit_error",
+                        "code": "too_many_requests",
+                    }
+                }
+            )
+        elif shape == "bare":
+            body = b'{"error":"Too Many Requests"}'
+        else:  # "none"
+            body, content_type = b"", _TEXT
+        return self._reply(429, body, headers, content_type)
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -964,6 +1025,7 @@ def _plan_chat(body: bytes, default_output_tokens: int) -> _Plan | _Reject:
         output_tokens=choice_tokens,
         content_type=_JSON,
         body=build,
+        operation="ChatCompletions_Create",
     )
 
 
@@ -1056,6 +1118,7 @@ def _plan_transcription(body: bytes, content_type: str) -> _Plan | _Reject:
         output_tokens=count_tokens(text, "gpt-4o"),
         content_type=kind,
         body=lambda _number: payload,
+        operation="Transcriptions_Create",
     )
 
 

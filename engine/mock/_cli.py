@@ -16,7 +16,7 @@ from typing import Any
 
 from engine._tokens import encoding_for_model
 from engine.mock._app import DroppedConnection, create_app
-from engine.mock._config import DEFAULT_MODELS, MockConfig
+from engine.mock._config import DEFAULT_MODELS, RATE_LIMIT_BODIES, MockConfig
 
 __all__ = ["config_from_args", "register", "run"]
 
@@ -90,6 +90,46 @@ def register(subparsers: Any) -> None:
         "--no-retry-after-ms", action="store_true", help="omit retry-after-ms on 429"
     )
 
+    told = parser.add_argument_group(
+        "how rate limits are told (OpenAI's way by default; other servers differ)"
+    )
+    told.add_argument(
+        "--rate-limit-body",
+        choices=RATE_LIMIT_BODIES,
+        default="openai",
+        help="body of a rate_limit_exceeded 429: openai (OpenAI's sentence, type and code), "
+        'azure ({"error": {"code": "429", "message": "... Please retry after N seconds. ..."}}, '
+        'no type), generic (a gateway\'s: type rate_limit_error, "try again in 2.5s"), bare '
+        '({"error": "Too Many Requests"}), none (empty); insufficient_quota and "Request too '
+        "large\" keep OpenAI's shape",
+    )
+    told.add_argument(
+        "--rate-limit-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send x-ratelimit-* (--no-rate-limit-headers: on no answer, as many "
+        "OpenAI-compatible servers and gateways)",
+    )
+    told.add_argument(
+        "--rate-limit-headers-on-429",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send x-ratelimit-* on 429s too (--no-rate-limit-headers-on-429: 429s carry none)",
+    )
+    told.add_argument(
+        "--reset-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send x-ratelimit-reset-* (--no-reset-headers: limit and remaining only)",
+    )
+    told.add_argument(
+        "--retry-hint-header",
+        metavar="NAME",
+        help="a non-standard header carrying the wait in seconds on rate_limit_exceeded 429s "
+        "(e.g. x-ratelimit-retry-after-seconds; combine with --no-retry-after "
+        "--no-retry-after-ms for a gateway without standard retry headers)",
+    )
+
     latency = parser.add_argument_group("latency")
     latency.add_argument(
         "--latency-ms", type=float, default=0.0, help="fixed latency, or the lognormal median"
@@ -160,6 +200,11 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         organization=args.organization,
         retry_after_header=not args.no_retry_after,
         retry_after_ms_header=not args.no_retry_after_ms,
+        rate_limit_body=args.rate_limit_body,
+        rate_limit_headers=args.rate_limit_headers,
+        rate_limit_headers_on_429=args.rate_limit_headers_on_429,
+        reset_headers=args.reset_headers,
+        retry_hint_header=args.retry_hint_header,
         latency_ms=args.latency_ms,
         latency_sigma=args.latency_sigma,
         ms_per_output_token=args.ms_per_output_token,

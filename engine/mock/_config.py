@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from engine._tokens import DEFAULT_OUTPUT_TOKENS
 from engine.mock._quotas import Semantics, ServerLimits
 
-__all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "MockConfig"]
+__all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "RATE_LIMIT_BODIES", "MockConfig"]
 
 #: Models listed by ``GET /v1/models``.  Any model name is served regardless.
 DEFAULT_MODELS = (
@@ -29,6 +31,21 @@ FAULT_RATE_FIELDS = (
     "slow_body_rate",
     "malformed_json_rate",
 )
+
+
+#: Shapes of a ``rate_limit_exceeded`` 429's body (``MockConfig.rate_limit_body``).
+RATE_LIMIT_BODIES = ("openai", "azure", "generic", "bare", "none")
+
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"retry_hint_header must be an HTTP header name, got {value!r}")
+    return value.lower()
 
 
 def _rate(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -73,6 +90,37 @@ class MockConfig:
         retry_after_header: send ``retry-after`` on 429 (default True).
         retry_after_ms_header: send ``retry-after-ms`` on 429 (default True).
 
+    How rate limits are told (what a server other than OpenAI may do instead):
+        rate_limit_body: the body of a ``rate_limit_exceeded`` 429 (default
+            ``"openai"``): ``openai`` OpenAI's sentence ("Rate limit reached for
+            MODEL in organization ORG on requests per min (RPM): Limit L, Used U,
+            Requested R. Please try again in 1.5s. ...", type ``requests`` or
+            ``tokens``, code ``rate_limit_exceeded``); ``azure`` Azure OpenAI's
+            (``{"error": {"code": "429", "message": "Requests to the
+            ChatCompletions_Create Operation under Azure OpenAI API version
+            2024-10-21 have exceeded token rate limit of your current OpenAI S0
+            pricing tier. Please retry after 6 seconds. ..."}}``, no type; "call
+            rate limit" for requests; the seconds are the wait rounded up);
+            ``generic`` a gateway's (``{"error": {"message": "Rate limit
+            exceeded, try again in 2.5s", "type": "rate_limit_error", "code":
+            "too_many_requests"}}``); ``bare`` (``{"error": "Too Many
+            Requests"}``); ``none`` (an empty body).  ``insufficient_quota`` and
+            "Request too large" 429s keep OpenAI's shape whatever this says, and
+            ``retry_after_header`` / ``retry_after_ms_header`` apply to every shape.
+        rate_limit_headers: send ``x-ratelimit-*`` at all (default True; False:
+            on no answer, 200s and 429s alike, as many OpenAI-compatible
+            servers and gateways).
+        rate_limit_headers_on_429: send ``x-ratelimit-*`` on 429s (default True;
+            False: 429s carry none, other answers still do).
+        reset_headers: send ``x-ratelimit-reset-*`` (default True; False: only
+            ``limit`` and ``remaining``).
+        retry_hint_header: the name of a non-standard header that carries the
+            wait in seconds (``2.5``, rounded up to the ms) on every
+            ``rate_limit_exceeded`` 429, e.g. ``x-ratelimit-retry-after-seconds``,
+            for a gateway that sends no standard retry header (combine with
+            ``retry_after_header=False, retry_after_ms_header=False``); stored
+            lowercase (default None: none).
+
     Latency (slept with anyio before answering; default none):
         latency_ms: fixed latency, or the median when ``latency_sigma`` > 0 (default 0).
         latency_sigma: sigma of a lognormal latency around that median (default 0: fixed).
@@ -106,6 +154,13 @@ class MockConfig:
     organization: str = "org-mock"
     retry_after_header: bool = True
     retry_after_ms_header: bool = True
+    rate_limit_body: str = attrs.field(
+        default="openai", validator=attrs.validators.in_(RATE_LIMIT_BODIES)
+    )
+    rate_limit_headers: bool = True
+    rate_limit_headers_on_429: bool = True
+    reset_headers: bool = True
+    retry_hint_header: str | None = attrs.field(default=None, converter=_header_name)
 
     latency_ms: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     latency_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)

@@ -10,7 +10,13 @@ import math
 
 from engine.mock._quotas import ServerSnapshot
 
-__all__ = ["format_go_duration", "rate_limit_headers", "retry_after_headers"]
+__all__ = [
+    "format_decimal_seconds",
+    "format_go_duration",
+    "rate_limit_headers",
+    "retry_after_headers",
+    "whole_seconds",
+]
 
 
 def format_go_duration(seconds: float) -> str:
@@ -51,13 +57,31 @@ _HEADER_NAMES = {
 }
 
 
+def format_decimal_seconds(seconds: float) -> str:
+    """``seconds`` as a plain decimal number, rounded *up* to the millisecond.
+
+    ``0``, ``0.02``, ``1``, ``2.5``, ``90.001``: how gateways write a wait in
+    "try again in 2.5s" or in a header of their own.
+    """
+    millis = max(0, math.ceil(seconds * 1000 - 1e-6))
+    whole, fraction = divmod(millis, 1000)
+    return f"{whole}.{fraction:03d}".rstrip("0").rstrip(".")
+
+
+def whole_seconds(seconds: float) -> int:
+    """``seconds`` rounded up to a whole second, at least 1 (``retry-after``, Azure's text)."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
 def rate_limit_headers(
-    snapshot: ServerSnapshot, *, include_limits: bool = True
+    snapshot: ServerSnapshot, *, include_limits: bool = True, include_resets: bool = True
 ) -> list[tuple[bytes, bytes]]:
     """The ``x-ratelimit-*`` headers of ``snapshot`` (unlimited dimensions left out).
 
-    With ``include_limits=False`` the ``x-ratelimit-limit-*`` pair is left out, as
-    Azure OpenAI sometimes does.
+    With ``include_limits=False`` (default True) the ``x-ratelimit-limit-*``
+    pair is left out, as Azure OpenAI sometimes does; with
+    ``include_resets=False`` (default True) the ``x-ratelimit-reset-*`` pair,
+    as gateways that report only a limit and what remains.
     """
     headers: list[tuple[bytes, bytes]] = []
     for kind, limit, remaining, reset in (
@@ -70,7 +94,8 @@ def rate_limit_headers(
         if include_limits:
             headers.append((limit_name, b"%d" % limit))
         headers.append((remaining_name, b"%d" % remaining))
-        headers.append((reset_name, format_go_duration(reset or 0.0).encode()))
+        if include_resets:
+            headers.append((reset_name, format_go_duration(reset or 0.0).encode()))
     return headers
 
 
@@ -80,7 +105,7 @@ def retry_after_headers(
     """``retry-after`` (whole seconds, rounded up) and ``retry-after-ms`` for a 429."""
     headers: list[tuple[bytes, bytes]] = []
     if retry_after:
-        headers.append((b"retry-after", str(max(1, math.ceil(seconds - 1e-9))).encode()))
+        headers.append((b"retry-after", b"%d" % whole_seconds(seconds)))
     if retry_after_ms:
         headers.append((b"retry-after-ms", str(max(0, math.ceil(seconds * 1000 - 1e-6))).encode()))
     return headers

@@ -263,6 +263,8 @@ class ServerDecision:
             longest wait over every refusing dimension).
         too_large: True when the request alone exceeds a token limit: it can
             never be admitted.
+        subwindow: True when only an undeclared sub-window refused (every meter
+            the headers report had room); see ``ServerLimits.subwindow_seconds``.
     """
 
     admitted: bool
@@ -274,6 +276,7 @@ class ServerDecision:
     requested: int = 0
     retry_after: float = 0.0
     too_large: bool = False
+    subwindow: bool = False
 
 
 @attrs.frozen(kw_only=True)

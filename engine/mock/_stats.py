@@ -6,7 +6,21 @@ import collections
 import math
 from typing import Any
 
-__all__ = ["SlidingWindowMax", "Stats"]
+__all__ = ["RATE_LIMIT_CAUSES", "SlidingWindowMax", "Stats"]
+
+#: Why a 429 was sent, as ``GET /_mock/stats`` counts them in ``rate_limited_by``:
+#: ``per_minute`` a per-minute meter (RPM or TPM) the headers report was full;
+#: ``per_day`` the same for RPD or TPD; ``undeclared_subwindow`` every reported
+#: meter had room but a sub-window the headers do not reveal was full
+#: (``subwindow_seconds``); ``request_too_large`` one request above a token
+#: limit; ``insufficient_quota`` the ``insufficient_quota_after`` fault.
+RATE_LIMIT_CAUSES = (
+    "per_minute",
+    "per_day",
+    "undeclared_subwindow",
+    "request_too_large",
+    "insufficient_quota",
+)
 
 
 class SlidingWindowMax:
@@ -73,6 +87,8 @@ class Stats:
         tokens_charged: tokens charged to quotas, after corrections to real usage.
         window: the most requests / tokens admitted in any sliding 60 s window.
         client_request_ids: requests seen per ``X-Client-Request-Id`` value.
+        rate_limited_by: 429s per cause (:data:`RATE_LIMIT_CAUSES`): they add up
+            to the 429s in ``status_counts``.
     """
 
     def __init__(self) -> None:
@@ -81,6 +97,7 @@ class Stats:
         self.tokens_charged = 0
         self.window = SlidingWindowMax()
         self.client_request_ids: collections.Counter[str] = collections.Counter()
+        self.rate_limited_by: collections.Counter[str] = collections.Counter()
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON body of ``GET /_mock/stats``."""
@@ -92,4 +109,5 @@ class Stats:
             "max_requests_per_60s": self.window.max_requests,
             "max_tokens_per_60s": self.window.max_tokens,
             "client_request_ids": dict(self.client_request_ids),
+            "rate_limited_by": {cause: self.rate_limited_by[cause] for cause in RATE_LIMIT_CAUSES},
         }
