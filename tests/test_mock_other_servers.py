@@ -7,6 +7,7 @@ import argparse
 
 import httpx
 import pytest
+import trio
 
 from engine.mock import MockConfig, create_app
 from engine.mock._cli import config_from_args, register
@@ -60,7 +61,7 @@ async def test_azure_429_names_the_call_rate_limit_and_whole_seconds(autojump_cl
 
 
 async def test_azure_429_for_tokens_says_token_rate_limit(autojump_clock):
-    """A TPM refusal in Azure's shape is a "token rate limit", a wait under 1 s said as 1 second."""
+    """A TPM refusal in Azure's shape is a "token rate limit"; a 0.12 s wait is "1 second"."""
     app = create_app(MockConfig(tpm=1000, rate_limit_body="azure", correct_to_usage=False))
     refused = (await answers(app, 2, {**HELLO, "max_tokens": 490}))[1]
     message = refused.json()["error"]["message"]
@@ -255,3 +256,114 @@ def test_command_line_flags_set_the_config_fields():
         True,
         True,
     )
+
+
+# -- undeclared sub-windows and wall-clock windows ------------------------------------
+
+
+async def test_undeclared_subwindow_refuses_while_the_headers_show_headroom(autojump_clock):
+    """600 RPM enforced per second: the 11th request gets a 429 whose headers say 590 left."""
+    app = create_app(MockConfig(rpm=600, subwindow_seconds=1.0))
+    async with client_for(app) as client:
+        statuses = [
+            (await client.post("/v1/chat/completions", json=HELLO)).status_code for _ in range(10)
+        ]
+        refused = await client.post("/v1/chat/completions", json=HELLO)
+        await trio.sleep(1.0)
+        after = await client.post("/v1/chat/completions", json=HELLO)
+        stats = (await client.get("/_mock/stats")).json()
+    assert statuses == [200] * 10
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "600"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "590"
+    assert refused.headers["retry-after-ms"] == "1000"
+    assert after.status_code == 200
+    assert stats["rate_limited_by"]["undeclared_subwindow"] == 1
+    assert stats["rate_limited_by"]["per_minute"] == 0
+
+
+async def test_azure_ten_second_subwindow_says_the_wait_to_its_end(autojump_clock):
+    """1,200 RPM checked over 10 s: 200 per 10 s; 3 s in, Azure's 429 says retry after 7 s."""
+    app = create_app(MockConfig(rpm=1200, subwindow_seconds=10.0, rate_limit_body="azure"))
+    async with client_for(app) as client:
+        for _ in range(200):
+            assert (await client.post("/v1/chat/completions", json=HELLO)).status_code == 200
+        await trio.sleep(3.0)
+        refused = await client.post("/v1/chat/completions", json=HELLO)
+    assert refused.status_code == 429
+    assert "Please retry after 7 seconds." in refused.json()["error"]["message"]
+    # The minute's bucket: 1,000 left after 200, plus 3 s of refill at 20/s.
+    assert refused.headers["x-ratelimit-remaining-requests"] == "1060"
+
+
+async def test_a_request_counting_gateway_on_the_clock_minute(autojump_clock):
+    """Windows end at :00 (20 s after a :40 start); no reset header; the wait in its own header."""
+    config = MockConfig(
+        rpm=3,
+        quota_semantics="clock_minute",
+        wall_clock_offset=1_800_000_040.0 - trio.current_time(),
+        reset_headers=False,
+        rate_limit_body="generic",
+        retry_after_header=False,
+        retry_after_ms_header=False,
+        retry_hint_header="x-ratelimit-retry-after-seconds",
+    )
+    app = create_app(config)
+    first = await answers(app, 4)
+    await trio.sleep(20.0)
+    second = await answers(app, 4)
+    assert [r.status_code for r in first] == [200, 200, 200, 429]
+    assert [r.status_code for r in second] == [200, 200, 200, 429]
+    assert first[3].headers["x-ratelimit-retry-after-seconds"] == "20"
+    assert second[3].headers["x-ratelimit-retry-after-seconds"] == "60"
+    assert first[3].json()["error"]["message"] == "Rate limit exceeded, try again in 20s"
+    assert ratelimit_names(first[0]) == {
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+    }
+    assert "retry-after" not in first[3].headers
+
+
+async def test_clock_minute_reset_header_counts_down_to_the_minute(autojump_clock):
+    """With reset headers on, clock_minute's reset is the time to the next :00."""
+    offset = 1_800_000_040.0 - trio.current_time()
+    app = create_app(MockConfig(rpm=3, quota_semantics="clock_minute", wall_clock_offset=offset))
+    await trio.sleep(5.0)
+    response = (await answers(app, 1))[0]
+    assert response.headers["x-ratelimit-reset-requests"] == "15s"
+
+
+async def test_subwindow_and_clock_change_at_run_time(autojump_clock):
+    """POST /_mock/config sets subwindow_seconds, clock_minute and the offset of a running mock."""
+    app = create_app(MockConfig(rpm=600))
+    changes = {
+        "subwindow_seconds": 1.0,
+        "quota_semantics": "clock_minute",
+        "wall_clock_offset": 1_800_000_000.0,
+    }
+    async with client_for(app) as client:
+        assert (await client.post("/_mock/config", json=changes)).status_code == 200
+        statuses = [
+            (await client.post("/v1/chat/completions", json=HELLO)).status_code for _ in range(11)
+        ]
+        bad = await client.post("/_mock/config", json={"subwindow_seconds": 60})
+        per_second = await client.post("/_mock/config", json={"quota_semantics": "per_second"})
+    assert statuses == [200] * 10 + [429]
+    assert (bad.status_code, per_second.status_code) == (400, 400)
+
+
+def test_subwindow_and_clock_flags_set_the_config_fields():
+    """--subwindow-seconds, --quota-semantics clock_minute and --wall-clock-offset."""
+    config = parse_mock_args(
+        "--subwindow-seconds",
+        "10",
+        "--quota-semantics",
+        "clock_minute",
+        "--wall-clock-offset",
+        "12.5",
+    )
+    assert config.subwindow_seconds == 10.0
+    assert config.quota_semantics.value == "clock_minute"
+    assert config.wall_clock_offset == 12.5
+    assert parse_mock_args().subwindow_seconds is None

@@ -256,6 +256,156 @@ def test_meter_semantics_accepts_names():
     assert meter.remaining(0.0) == 10
 
 
+# -- undeclared sub-windows ----------------------------------------------------
+
+
+def test_subwindow_admits_a_share_of_the_limit_per_subwindow():
+    """600 RPM with 1 s sub-windows: 10 per second, the 11th refused until the second ends."""
+    quotas = book(rpm=600, subwindow_seconds=1.0)
+    assert admit_many(quotas, 11, now=0.0) == 10
+    decision = quotas.admit(GROUP, 0, 0.25)
+    assert not decision.admitted
+    assert decision.subwindow
+    assert (decision.kind, decision.window, decision.limit) == ("requests", "minute", 600)
+    assert decision.retry_after == pytest.approx(0.75)
+    assert admit_many(quotas, 11, now=1.0) == 10
+
+
+def test_subwindow_refusal_leaves_the_headers_at_minute_level():
+    """While the sub-window refuses, the snapshot reports the minute: 590 of 600 left."""
+    quotas = book(rpm=600, subwindow_seconds=1.0)
+    admit_many(quotas, 11, now=0.0)
+    snapshot = quotas.snapshot(GROUP, 0.0)
+    assert (snapshot.limit_requests, snapshot.remaining_requests) == (600, 590)
+    assert snapshot.reset_requests == pytest.approx(1.0)  # the bucket's 10 missing at 10/s
+
+
+def test_subwindows_are_aligned_on_the_groups_first_request():
+    """With 10 s sub-windows from a first request at 100.5, the next one opens at 110.5."""
+    quotas = book(rpm=120, semantics="fixed_window", subwindow_seconds=10.0)
+    assert admit_many(quotas, 21, now=100.5) == 20
+    assert quotas.admit(GROUP, 0, 110.4).retry_after == pytest.approx(0.1)
+    assert admit_many(quotas, 21, now=110.5) == 20
+
+
+def test_a_full_reported_meter_is_named_before_the_subwindow():
+    """When the minute and the sub-window both refuse, the minute is named, with the longer wait."""
+    quotas = book(rpm=2, semantics="fixed_window", subwindow_seconds=20.0)
+    assert quotas.admit(GROUP, 0, 0.0).admitted
+    assert quotas.admit(GROUP, 0, 20.0).admitted
+    decision = quotas.admit(GROUP, 0, 25.0)
+    assert not decision.subwindow
+    assert decision.retry_after == pytest.approx(35.0)
+
+
+def test_a_large_token_request_fits_an_empty_subwindow():
+    """6000 TPM in 1 s sub-windows allows 100 tokens a second; 1000 still fit an empty one."""
+    quotas = book(tpm=6000, subwindow_seconds=1.0)
+    assert quotas.admit(GROUP, 1000, 0.0).admitted
+    decision = quotas.admit(GROUP, 50, 0.5)
+    assert (decision.admitted, decision.subwindow, decision.kind) == (False, True, "tokens")
+    assert quotas.admit(GROUP, 50, 1.0).admitted
+
+
+def test_subwindow_token_charge_is_corrected_to_usage():
+    """A refund lands in the sub-window it was charged to, making room there."""
+    quotas = book(tpm=6000, subwindow_seconds=1.0)
+    reservation = quotas.admit(GROUP, 100, 0.0).reservation
+    assert not quotas.admit(GROUP, 30, 0.1).admitted
+    quotas.settle(reservation, 60, 0.2)
+    assert quotas.admit(GROUP, 30, 0.3).admitted
+
+
+def test_subwindows_follow_limit_changes():
+    """A new RPM changes the sub-window's share; removing subwindow_seconds removes it."""
+    quotas = book(rpm=600, subwindow_seconds=1.0)
+    admit_many(quotas, 5, now=0.0)
+    quotas.set_limits(ServerLimits(rpm=1200, subwindow_seconds=1.0), 0.0)
+    assert admit_many(quotas, 30, now=0.0) == 15
+    quotas.set_limits(ServerLimits(rpm=1200), 0.0)
+    assert admit_many(quotas, 30, now=0.0) == 30
+
+
+@pytest.mark.parametrize(
+    ("seconds", "semantics"),
+    [(0.0, "token_bucket"), (60.0, "fixed_window"), (-1.0, "token_bucket"), (1.0, "per_second")],
+)
+def test_subwindow_must_be_inside_the_minute_and_undeclared(seconds, semantics):
+    """0 < s < 60, and per_second (whose sub-windows are declared) takes none."""
+    with pytest.raises(ValueError, match="subwindow_seconds"):
+        ServerLimits(rpm=60, semantics=semantics, subwindow_seconds=seconds)
+
+
+# -- wall-clock windows -----------------------------------------------------------
+
+# 1_800_000_000 is a whole minute since the epoch (08:00:00 UTC).
+AT_40_PAST = 1_800_000_040.0  # wall clock at now = 0: 40 s past a minute
+
+
+def clock_book(**limits) -> ServerQuota:
+    return ServerQuota(
+        ServerLimits(semantics="clock_minute", **limits), wall_clock_offset=AT_40_PAST
+    )
+
+
+def test_clock_minute_windows_end_on_the_wall_clock_minute():
+    """Started 40 s past a minute, the first window holds the limit for only 20 s."""
+    quotas = clock_book(rpm=5)
+    assert admit_many(quotas, 6, now=0.0) == 5
+    assert quotas.admit(GROUP, 0, 10.0).retry_after == pytest.approx(10.0)
+    assert not quotas.admit(GROUP, 0, 19.999).admitted
+    assert admit_many(quotas, 6, now=20.0) == 5
+    assert quotas.admit(GROUP, 0, 21.0).retry_after == pytest.approx(59.0)
+
+
+def test_clock_minute_reset_is_the_time_to_the_next_minute():
+    """The reset counts down to :00 whatever was used, as gateways report it."""
+    quotas = clock_book(rpm=5, tpm=1000)
+    quotas.admit(GROUP, 10, 0.0)
+    snapshot = quotas.snapshot(GROUP, 5.0)
+    assert (snapshot.remaining_requests, snapshot.reset_requests) == (4, pytest.approx(15.0))
+    snapshot = quotas.snapshot(GROUP, 25.0)  # a new window, nothing used in it yet
+    assert (snapshot.remaining_requests, snapshot.reset_requests) == (5, pytest.approx(55.0))
+    assert snapshot.reset_tokens == pytest.approx(55.0)
+
+
+def test_clock_minute_days_end_at_midnight_utc():
+    """Per-day windows end at midnight UTC: from 08:00:40, 15 h 59 min 20 s later."""
+    quotas = clock_book(rpd=2)
+    assert admit_many(quotas, 3, now=0.0) == 2
+    assert quotas.admit(GROUP, 0, 0.0).retry_after == pytest.approx(16 * 3600 - 40.0)
+    assert admit_many(quotas, 3, now=16 * 3600 - 40.0) == 2
+
+
+def test_clock_minute_offset_is_read_from_the_wall_clock_once():
+    """Without an offset the book reads its wall clock at the first request, then never again."""
+    readings = iter([1_800_000_030.0])
+    quotas = ServerQuota(
+        ServerLimits(rpm=1, semantics="clock_minute"), wall_clock=lambda: next(readings)
+    )
+    assert quotas.admit(GROUP, 0, 5.0).admitted  # wall clock :30
+    assert quotas.admit(GROUP, 0, 6.0).retry_after == pytest.approx(29.0)
+    assert quotas.admit(("sk-other", "gpt-4o-mini"), 0, 7.0).admitted
+
+
+def test_clock_minute_subwindows_are_aligned_on_the_minute():
+    """10 s sub-windows under clock_minute end at :50, :00, ...: at :45, 5 s to wait."""
+    quotas = clock_book(rpm=60, subwindow_seconds=10.0)
+    assert admit_many(quotas, 11, now=5.0) == 10
+    decision = quotas.admit(GROUP, 0, 5.0)
+    assert decision.subwindow
+    assert decision.retry_after == pytest.approx(5.0)
+
+
+def test_changing_the_wall_clock_offset_moves_the_windows():
+    """A new offset starts clock-aligned groups afresh on the new minute."""
+    quotas = clock_book(rpm=1)
+    assert quotas.admit(GROUP, 0, 0.0).admitted
+    quotas.set_wall_clock_offset(AT_40_PAST + 10.0)
+    assert quotas.admit(GROUP, 0, 0.0).admitted
+    assert quotas.admit(GROUP, 0, 1.0).retry_after == pytest.approx(9.0)
+
+
 # -- sliding-window accounting ------------------------------------------------
 
 

@@ -223,7 +223,7 @@ class MockApp:
     def __init__(self, config: MockConfig) -> None:
         self.config = config
         self.stats = Stats()
-        self._book = ServerQuota(config.limits)
+        self._book = ServerQuota(config.limits, wall_clock_offset=config.wall_clock_offset)
         self._rng = random.Random(config.seed)
         self._numbers = itertools.count(1)
         self._plans: dict[bytes, _Plan | _Reject] = {}
@@ -775,6 +775,7 @@ class MockApp:
             reply = self._reject_reply(number, _Reject(400, f"invalid mock config: {error}"))
             await _send_reply(send, reply)
             return
+        self._book.set_wall_clock_offset(config.wall_clock_offset)
         self._book.set_limits(config.limits, _now())
         if config.seed != self.config.seed:
             self._rng = random.Random(config.seed)

@@ -60,10 +60,27 @@ def register(subparsers: Any) -> None:
     quotas.add_argument("--tpd", type=int, help="tokens per day")
     quotas.add_argument(
         "--quota-semantics",
-        choices=("token_bucket", "fixed_window", "per_second"),
+        choices=("token_bucket", "fixed_window", "per_second", "clock_minute"),
         default="token_bucket",
-        help="token_bucket: continuous refill, starts full; fixed_window: resets each period; "
-        "per_second: limit/60 per 1/60 of the period",
+        help="token_bucket: continuous refill, starts full; fixed_window: resets each period "
+        "(aligned on the first request); per_second: limit/60 per 1/60 of the period, declared "
+        "in the headers; clock_minute: fixed windows aligned on the wall-clock minute (:00) "
+        "and midnight UTC, reset = time to the next boundary",
+    )
+    quotas.add_argument(
+        "--subwindow-seconds",
+        type=float,
+        metavar="S",
+        help="undeclared sub-windows (0 < S < 60; not with per_second): each per-minute limit "
+        "also admits at most limit*S/60 per S seconds, while x-ratelimit-* keep reporting the "
+        "minute (1: OpenAI's quantized limits; 10: Azure checking RPM over 10 s)",
+    )
+    quotas.add_argument(
+        "--wall-clock-offset",
+        type=float,
+        metavar="S",
+        help="wall clock = the server's monotonic clock + S, for clock_minute windows "
+        "(default: time.time() minus that clock, taken at the first request)",
     )
     quotas.add_argument(
         "--default-output-tokens",
@@ -193,6 +210,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         rpd=args.rpd,
         tpd=args.tpd,
         quota_semantics=args.quota_semantics,
+        subwindow_seconds=args.subwindow_seconds,
+        wall_clock_offset=args.wall_clock_offset,
         default_output_tokens=args.default_output_tokens,
         correct_to_usage=not args.no_correct_to_usage,
         insufficient_quota_after=args.insufficient_quota_after,

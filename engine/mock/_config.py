@@ -7,7 +7,7 @@ import re
 import attrs
 
 from engine._tokens import DEFAULT_OUTPUT_TOKENS
-from engine.mock._quotas import Semantics, ServerLimits
+from engine.mock._quotas import Semantics, ServerLimits, check_subwindow
 
 __all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "RATE_LIMIT_BODIES", "MockConfig"]
 
@@ -58,6 +58,10 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float | N
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
 
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def _semantics(value: Semantics | str) -> Semantics:
     return value if isinstance(value, Semantics) else Semantics(value)
 
@@ -74,8 +78,26 @@ class MockConfig:
         rpm, tpm, rpd, tpd: requests / tokens per minute / per day; ``None``
             (the default) means unlimited.  With all four ``None`` the quota
             check is skipped and no ``x-ratelimit-*`` headers are sent.
-        quota_semantics: ``token_bucket`` (default), ``fixed_window`` or
-            ``per_second``; see :mod:`engine.mock._quotas`.
+        quota_semantics: ``token_bucket`` (default), ``fixed_window``,
+            ``per_second`` or ``clock_minute`` (fixed windows aligned on the
+            wall-clock minute, and per-day ones on midnight UTC, as
+            request-counting gateways do; the reset is the time to the next
+            boundary); see :mod:`engine.mock._quotas`.
+        subwindow_seconds: an undeclared sub-window, 0 < s < 60 (default None:
+            none): each per-minute meter also admits at most ``limit * s / 60``
+            per window of ``s`` seconds (aligned on the group's first request,
+            or on the wall-clock minute under ``clock_minute``), while every
+            ``x-ratelimit-*`` header keeps reporting the minute-level limit,
+            remaining and reset.  1.0 is OpenAI's "quantized" 60,000 RPM
+            enforced as 1,000 per second; 10.0 Azure checking RPM over 10 s.
+            Its refusals are ordinary ``rate_limit_exceeded`` 429s whose wait
+            is the time to the sub-window's end.  Not with ``per_second``.
+        wall_clock_offset: seconds added to the mock's clock (trio's under
+            trio, ``time.monotonic()`` on asyncio) to get the wall clock
+            (seconds since the epoch) that ``clock_minute`` windows align on
+            (default None: ``time.time()`` minus that clock, taken once, at the
+            first request that needs it).  Tests set it to place the start,
+            e.g., 40 s past a minute.
         default_output_tokens: output budget per choice charged at arrival when a
             request sets neither ``max_tokens`` nor ``max_completion_tokens``
             (default 512, as the engine assumes).
@@ -147,6 +169,8 @@ class MockConfig:
     rpd: int | None = attrs.field(**_limit)
     tpd: int | None = attrs.field(**_limit)
     quota_semantics: Semantics = attrs.field(default=Semantics.TOKEN_BUCKET, converter=_semantics)
+    subwindow_seconds: float | None = attrs.field(default=None, converter=_optional_float)
+    wall_clock_offset: float | None = attrs.field(default=None, converter=_optional_float)
     default_output_tokens: int = attrs.field(default=DEFAULT_OUTPUT_TOKENS, validator=_non_negative)
     correct_to_usage: bool = True
     insufficient_quota_after: int | None = attrs.field(default=None, validator=_non_negative)
@@ -184,10 +208,16 @@ class MockConfig:
         total = sum(getattr(self, name) for name in FAULT_RATE_FIELDS)
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault rates add up to {total:g}, more than 1")
+        check_subwindow(self.subwindow_seconds, self.quota_semantics)
 
     @property
     def limits(self) -> ServerLimits:
         """The quota limits as the quota book takes them."""
         return ServerLimits(
-            rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, tpd=self.tpd, semantics=self.quota_semantics
+            rpm=self.rpm,
+            tpm=self.tpm,
+            rpd=self.rpd,
+            tpd=self.tpd,
+            semantics=self.quota_semantics,
+            subwindow_seconds=self.subwindow_seconds,
         )

@@ -2,11 +2,12 @@
 
 Nothing here imports trio or reads a clock: every method takes ``now`` (seconds
 on any monotonic scale) so tests drive it with plain numbers.  None of these
-functions checkpoint.
+functions checkpoint.  (The one exception: under ``clock_minute`` with no
+wall-clock offset given, :class:`ServerQuota` reads ``time.time()`` once.)
 
 A *limit group* is one (API key, model) pair.  Each group has up to four
 *meters*: requests per minute, tokens per minute, requests per day, tokens per
-day.  Every meter follows one of three semantics:
+day.  Every meter follows one of four semantics:
 
 ``token_bucket``
     Capacity ``limit``, refilled continuously at ``limit / period`` per second,
@@ -20,6 +21,21 @@ day.  Every meter follows one of three semantics:
     allowing ``limit / 60``: how providers enforce 60,000 RPM as 1,000 per second.
     A single request larger than a sub-window's share is admitted when its
     sub-window is still empty, so nothing under the limit itself starves.
+    Remaining and reset describe the sub-window: the headers declare it.
+``clock_minute``
+    Fixed windows aligned on the *wall clock*: per-minute meters on the minute
+    (``:00``), per-day meters on midnight UTC, as request-counting gateways do.
+    The reset is always the time to the next boundary.  The wall clock is
+    ``now + wall_clock_offset`` (see :class:`ServerQuota`).
+
+**Undeclared sub-windows** (``ServerLimits.subwindow_seconds``, any semantics
+but ``per_second``): each per-minute meter also gets a hidden fixed-window
+meter of that length, aligned on the minute meter's windows (the group's first
+request, or the wall-clock minute), admitting at most ``limit * seconds / 60``
+per sub-window (with ``per_second``'s leniency for one large request).  The
+headers never mention it: they keep reporting the minute-level meter, so a
+refusal from the sub-window arrives while the headers show headroom (OpenAI's
+"quantized" limits, Azure checking RPM over 10 s).
 
 A request is admitted only if *every* meter of its group admits it; then all are
 charged at once, otherwise none.
@@ -33,6 +49,8 @@ from __future__ import annotations
 
 import enum
 import math
+import time
+from collections.abc import Callable
 
 import attrs
 
@@ -52,6 +70,9 @@ DAY = 86_400.0
 # Float refills (limit / period per second) are not exact; a request that fits
 # to within this many units is treated as fitting.
 _EPSILON = 1e-9
+# Window numbers are computed by float division: a time within this many
+# seconds' worth of a boundary counts as past it (0.3 / 0.1 is 2.9999999999999996).
+_BOUNDARY_EPSILON = 1e-9
 
 
 class Semantics(enum.Enum):
@@ -60,6 +81,7 @@ class Semantics(enum.Enum):
     TOKEN_BUCKET = "token_bucket"
     FIXED_WINDOW = "fixed_window"
     PER_SECOND = "per_second"
+    CLOCK_MINUTE = "clock_minute"
 
 
 def _semantics(value: Semantics | str) -> Semantics:
@@ -75,6 +97,23 @@ def _optional_limit(value: int | float | None) -> int | None:
     return number
 
 
+def _optional_seconds(value: int | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def check_subwindow(seconds: float | None, semantics: Semantics) -> None:
+    """Raise ValueError unless ``seconds`` is a valid undeclared sub-window for ``semantics``."""
+    if seconds is None:
+        return
+    if not 0.0 < seconds < MINUTE:
+        raise ValueError(f"subwindow_seconds must be between 0 and 60 (exclusive), got {seconds}")
+    if semantics is Semantics.PER_SECOND:
+        raise ValueError(
+            "subwindow_seconds cannot be combined with per_second semantics, "
+            "whose sub-windows the headers declare"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class ServerLimits:
     """The limits every group gets; ``None`` means that dimension is unlimited.
@@ -85,6 +124,9 @@ class ServerLimits:
         rpd: requests per day (default None).
         tpd: tokens per day (default None).
         semantics: how all four meters count (default ``token_bucket``).
+        subwindow_seconds: length of an undeclared sub-window enforced on the
+            per-minute meters besides their own limit, 0 < s < 60, not with
+            ``per_second`` (default None: none); see the module docstring.
     """
 
     rpm: int | None = attrs.field(default=None, converter=_optional_limit)
@@ -92,6 +134,10 @@ class ServerLimits:
     rpd: int | None = attrs.field(default=None, converter=_optional_limit)
     tpd: int | None = attrs.field(default=None, converter=_optional_limit)
     semantics: Semantics = attrs.field(default=Semantics.TOKEN_BUCKET, converter=_semantics)
+    subwindow_seconds: float | None = attrs.field(default=None, converter=_optional_seconds)
+
+    def __attrs_post_init__(self) -> None:
+        check_subwindow(self.subwindow_seconds, self.semantics)
 
     @property
     def unlimited(self) -> bool:
@@ -101,16 +147,24 @@ class ServerLimits:
 
 @attrs.define(slots=True)
 class ServerMeter:
-    """One limited dimension (e.g. tokens per minute) of one group.
+    """One limited dimension (e.g. tokens per minute) of one group, or its hidden sub-window.
 
-    ``origin`` is the time of the group's first request; fixed and per-second
-    windows are aligned on it.
+    ``period`` is the limit's period (60 s or a day); windows are ``length``
+    seconds long, numbered from ``origin`` (the group's first request, or a
+    wall-clock boundary under ``clock_minute``), and each admits
+    ``allowance = limit * length / period``.  A ``lenient`` meter (per-second
+    windows, sub-windows) admits one request above its allowance into an empty
+    window, up to ``limit``.  A ``subwindow`` meter is never reported in headers.
     """
 
     limit: int
     period: float
     semantics: Semantics
     origin: float
+    length: float
+    allowance: float
+    lenient: bool = False
+    subwindow: bool = False
     # token bucket state: level at time ``last``
     level: float = 0.0
     last: float = 0.0
@@ -119,25 +173,47 @@ class ServerMeter:
     used: float = 0.0
 
     @classmethod
-    def create(cls, limit: int, period: float, semantics: Semantics, now: float) -> ServerMeter:
-        """A fresh meter: a full bucket, or an empty window starting at ``now``."""
+    def create(
+        cls,
+        limit: int,
+        period: float,
+        semantics: Semantics,
+        now: float,
+        origin: float | None = None,
+    ) -> ServerMeter:
+        """A fresh meter: a full bucket, or an empty window.
+
+        Windows are numbered from ``origin`` (default ``now``; at most ``now``).
+        """
+        per_second = semantics is Semantics.PER_SECOND
+        length = period / 60 if per_second else period
         return cls(
-            limit=limit, period=period, semantics=semantics, origin=now, level=limit, last=now
+            limit=limit,
+            period=period,
+            semantics=semantics,
+            origin=now if origin is None else origin,
+            length=length,
+            allowance=limit * length / period,
+            lenient=per_second,
+            level=limit,
+            last=now,
+        )
+
+    @classmethod
+    def subwindow_of(cls, meter: ServerMeter, seconds: float) -> ServerMeter:
+        """The hidden sub-window meter of ``meter``: windows of ``seconds``, same origin."""
+        return cls(
+            limit=meter.limit,
+            period=meter.period,
+            semantics=Semantics.FIXED_WINDOW,
+            origin=meter.origin,
+            length=seconds,
+            allowance=meter.limit * seconds / meter.period,
+            lenient=True,
+            subwindow=True,
         )
 
     # -- windows -----------------------------------------------------------
-
-    @property
-    def _window_length(self) -> float:
-        if self.semantics is Semantics.PER_SECOND:
-            return self.period / 60
-        return self.period
-
-    @property
-    def _allowance(self) -> float:
-        if self.semantics is Semantics.PER_SECOND:
-            return self.limit / 60
-        return float(self.limit)
 
     def _roll(self, now: float) -> None:
         if self.semantics is Semantics.TOKEN_BUCKET:
@@ -146,13 +222,13 @@ class ServerMeter:
                 self.level = min(float(self.limit), self.level + (now - self.last) * rate)
                 self.last = now
             return
-        index = math.floor((now - self.origin) / self._window_length)
+        index = math.floor((now - self.origin) / self.length + _BOUNDARY_EPSILON)
         if index > self.window:
             self.window = index
             self.used = 0.0
 
     def _window_end(self) -> float:
-        return self.origin + (self.window + 1) * self._window_length
+        return self.origin + (self.window + 1) * self.length
 
     # -- queries -----------------------------------------------------------
 
@@ -164,11 +240,11 @@ class ServerMeter:
             if missing <= _EPSILON:
                 return 0.0
             return missing / (self.limit / self.period)
-        if self.used + cost <= self._allowance + _EPSILON:
+        if self.used + cost <= self.allowance + _EPSILON:
             return 0.0
-        if self.semantics is Semantics.PER_SECOND and self.used == 0 and cost <= self.limit:
+        if self.lenient and self.used == 0 and cost <= self.limit:
             return 0.0
-        return self._window_end() - now
+        return max(self._window_end() - now, 0.0) or _EPSILON
 
     def remaining(self, now: float) -> int:
         """What is left now, as ``x-ratelimit-remaining-*`` reports it (never negative)."""
@@ -176,7 +252,7 @@ class ServerMeter:
         if self.semantics is Semantics.TOKEN_BUCKET:
             left = self.level
         else:
-            left = self._allowance - self.used
+            left = self.allowance - self.used
         return max(0, math.floor(left + _EPSILON))
 
     def used_now(self, now: float) -> int:
@@ -187,14 +263,12 @@ class ServerMeter:
         return max(0, math.ceil(self.used - _EPSILON))
 
     def reset_after(self, now: float) -> float:
-        """Seconds until the meter is back to its initial state (0.0 if it is)."""
-        self._roll(now)
-        if self.semantics is Semantics.TOKEN_BUCKET:
-            missing = self.limit - self.level
-            return max(0.0, missing / (self.limit / self.period)) if missing > _EPSILON else 0.0
-        if self.used <= _EPSILON:
-            return 0.0
-        return self._window_end() - now
+        """Seconds until the meter is back to its initial state (0.0 if it is).
+
+        Under ``clock_minute``, always the time to the window's end (the next
+        wall-clock boundary), as gateways report it.
+        """
+        return self.headline(now)[1]
 
     def headline(self, now: float) -> tuple[int, float]:
         """(:meth:`remaining`, :meth:`reset_after`) together, rolling the meter once."""
@@ -204,8 +278,10 @@ class ServerMeter:
             reset = max(0.0, missing / (self.limit / self.period)) if missing > _EPSILON else 0.0
             return max(0, math.floor(self.level + _EPSILON)), reset
         used = self.used
-        remaining = max(0, math.floor(self._allowance - used + _EPSILON))
-        return remaining, (0.0 if used <= _EPSILON else self._window_end() - now)
+        remaining = max(0, math.floor(self.allowance - used + _EPSILON))
+        if used <= _EPSILON and self.semantics is not Semantics.CLOCK_MINUTE:
+            return remaining, 0.0
+        return remaining, max(0.0, self._window_end() - now)
 
     # -- changes -----------------------------------------------------------
 
@@ -234,6 +310,7 @@ class ServerMeter:
         """Change the limit, keeping what was used (a bucket keeps its level, capped)."""
         self._roll(now)
         self.limit = limit
+        self.allowance = limit * self.length / self.period
         if self.semantics is Semantics.TOKEN_BUCKET:
             self.level = min(self.level, float(limit))
 
@@ -301,6 +378,11 @@ _DIMENSIONS = (
     ("rpd", "requests", "day", DAY),
     ("tpd", "tokens", "day", DAY),
 )
+# The hidden sub-window meters, keyed by the per-minute meter they belong to.
+_SUBWINDOWS = (("rpm", "rpm_sub"), ("tpm", "tpm_sub"))
+# Meters charged one per request (the others are charged the token cost).
+_REQUEST_METERS = frozenset(("rpm", "rpd", "rpm_sub"))
+_MINUTE_METERS = frozenset(("rpm", "tpm", "rpm_sub", "tpm_sub"))
 
 
 class ServerQuota:
@@ -310,11 +392,27 @@ class ServerQuota:
     ``settle`` corrects the token charge once real usage is known;
     ``snapshot`` gives the header values; ``set_limits`` changes limits at run
     time; ``clear`` forgets every group.
+
+    Under ``clock_minute`` the wall clock is ``now + wall_clock_offset``
+    (``now`` on the caller's clock).  With ``wall_clock_offset=None`` (the
+    default) the offset is ``wall_clock() - now`` (``wall_clock`` default
+    :func:`time.time`), taken once, at the first meter that needs it, so it is
+    read on the same clock as the requests whatever clock was running when
+    the book was made.
     """
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        limits: ServerLimits,
+        *,
+        wall_clock_offset: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._limits = limits
         self._groups: dict[tuple[str, str], dict[str, ServerMeter]] = {}
+        self._configured_offset = wall_clock_offset
+        self._offset = wall_clock_offset
+        self._wall_clock = wall_clock
 
     @property
     def limits(self) -> ServerLimits:
@@ -325,24 +423,64 @@ class ServerQuota:
         """Forget every group: the next requests find full quotas."""
         self._groups.clear()
 
+    def set_wall_clock_offset(self, offset: float | None) -> None:
+        """Use ``offset`` (None: take it from the wall clock at the next need) from now on.
+
+        A change starts every group afresh under ``clock_minute`` (its windows move).
+        """
+        if offset == self._configured_offset:
+            return
+        self._configured_offset = self._offset = offset
+        if self._limits.semantics is Semantics.CLOCK_MINUTE:
+            self._groups.clear()
+
     def set_limits(self, limits: ServerLimits, now: float) -> None:
         """Apply new limits to every group, keeping what each has used.
 
         A dimension newly limited starts fresh; a dimension whose limit went
-        away is dropped; a change of semantics starts every meter fresh.
+        away is dropped; a change of semantics or of ``subwindow_seconds``
+        starts every meter fresh.
         """
-        restart = limits.semantics is not self._limits.semantics
+        restart = (
+            limits.semantics is not self._limits.semantics
+            or limits.subwindow_seconds != self._limits.subwindow_seconds
+        )
         self._limits = limits
         for meters in self._groups.values():
+            fresh = set()
             for name, _kind, _window, period in _DIMENSIONS:
                 limit = getattr(limits, name)
                 meter = meters.get(name)
                 if limit is None:
                     meters.pop(name, None)
                 elif meter is None or restart:
-                    meters[name] = ServerMeter.create(limit, period, limits.semantics, now)
+                    meters[name] = self._meter(limit, period, now)
+                    fresh.add(name)
                 else:
                     meter.relimit(limit, now)
+            self._fit_subwindows(meters, fresh, now)
+
+    def _fit_subwindows(self, meters: dict[str, ServerMeter], fresh: set[str], now: float) -> None:
+        """Give each per-minute meter its hidden sub-window (a new one if the meter is new)."""
+        seconds = self._limits.subwindow_seconds
+        for name, sub_name in _SUBWINDOWS:
+            main = meters.get(name)
+            sub = meters.get(sub_name)
+            if main is None or seconds is None:
+                meters.pop(sub_name, None)
+            elif sub is None or name in fresh:
+                meters[sub_name] = ServerMeter.subwindow_of(main, seconds)
+            else:
+                sub.relimit(main.limit, now)
+
+    def _meter(self, limit: int, period: float, now: float) -> ServerMeter:
+        semantics = self._limits.semantics
+        origin = None
+        if semantics is Semantics.CLOCK_MINUTE:
+            if self._offset is None:
+                self._offset = self._wall_clock() - now
+            origin = now - (now + self._offset) % period
+        return ServerMeter.create(limit, period, semantics, now, origin)
 
     def _meters(self, group: tuple[str, str], now: float) -> dict[str, ServerMeter]:
         meters = self._groups.get(group)
@@ -351,12 +489,19 @@ class ServerQuota:
             for name, _kind, _window, period in _DIMENSIONS:
                 limit = getattr(self._limits, name)
                 if limit is not None:
-                    meters[name] = ServerMeter.create(limit, period, self._limits.semantics, now)
+                    meters[name] = self._meter(limit, period, now)
+            if self._limits.subwindow_seconds is not None:
+                self._fit_subwindows(meters, set(meters), now)
             self._groups[group] = meters
         return meters
 
     def admit(self, group: tuple[str, str], tokens: int, now: float) -> ServerDecision:
-        """Charge one request costing ``tokens`` to ``group``, or refuse it."""
+        """Charge one request costing ``tokens`` to ``group``, or refuse it.
+
+        A refusal names the reported meter that refused with the longest wait;
+        only when none did is it the sub-window's (``subwindow=True``).  Its
+        ``retry_after`` is the longest wait over every refusing meter.
+        """
         meters = self._meters(group, now)
         for name in ("tpm", "tpd"):
             meter = meters.get(name)
@@ -371,25 +516,30 @@ class ServerQuota:
                     too_large=True,
                 )
         worst: tuple[float, str, ServerMeter, int] | None = None
+        declared: tuple[float, str, ServerMeter, int] | None = None
         for name, meter in meters.items():
-            cost = 1 if name in ("rpm", "rpd") else tokens
+            cost = 1 if name in _REQUEST_METERS else tokens
             wait = meter.wait(cost, now)
-            if wait > 0 and (worst is None or wait > worst[0]):
-                worst = (wait, name, meter, cost)
+            if wait > 0:
+                if worst is None or wait > worst[0]:
+                    worst = (wait, name, meter, cost)
+                if not meter.subwindow and (declared is None or wait > declared[0]):
+                    declared = (wait, name, meter, cost)
         if worst is not None:
-            wait, name, meter, cost = worst
+            _wait, name, meter, cost = worst if declared is None else declared
             return ServerDecision(
                 admitted=False,
-                kind="requests" if name in ("rpm", "rpd") else "tokens",
-                window="minute" if name in ("rpm", "tpm") else "day",
+                kind="requests" if name in _REQUEST_METERS else "tokens",
+                window="minute" if name in _MINUTE_METERS else "day",
                 limit=meter.limit,
                 used=meter.used_now(now),
                 requested=cost,
-                retry_after=wait,
+                retry_after=worst[0],
+                subwindow=declared is None,
             )
         token_windows = []
         for name, meter in meters.items():
-            if name in ("rpm", "rpd"):
+            if name in _REQUEST_METERS:
                 meter.take(1, now)
             else:
                 token_windows.append((name, meter.take(tokens, now)))
