@@ -61,6 +61,9 @@ __all__ = [
 
 MINUTE = 60.0
 DAY = 86_400.0
+#: The longest undeclared sub-window the burst pacing guards against (Azure
+#: checks per-minute limits over 10 s).
+PROOF_SPAN = 10.0
 
 
 def _positive_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
@@ -126,6 +129,9 @@ class _Dimension:
     # still holds what is in flight, was full; a window's reset): a permit
     # returned unused after that must not be added again (QuotaBook._give_back).
     overflow: float = 0.0
+    # The grant sequence number of the newest snapshot applied: an older one
+    # (answers come back out of order) may lower the level, never raise it.
+    applied_seq: int = 0
     counts_tokens: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -197,18 +203,19 @@ class Reservation:
     """Capacity held by one granted permit until it is settled or released.
 
     ``marks`` records, for requests then tokens per minute, the level right
-    after this grant, the total granted so far and the corrections applied so
-    far, so the response's headers can be compared with the book's state at
-    that moment.  ``overflows`` records how much capacity each dimension had
-    discarded so far, so a permit returned unused gives back only what did not
-    already come back by refill or a reset.
+    after this grant, the total granted so far, the corrections applied so
+    far and what was in flight before this grant, so the response's headers
+    can be compared with the book's state at that moment.  ``overflows``
+    records how much capacity each dimension had discarded so far, so a
+    permit returned unused gives back only what did not already come back by
+    refill or a reset.
     """
 
     group: str
     cost: Cost
     granted_at: float
     seq: int
-    marks: tuple[float, float, float, float, float, float]
+    marks: tuple[float, float, float, float, float, float, float, float]
     #: Each dimension's ``overflow`` at the grant (in the group's dimension order).
     overflows: tuple[float, ...] = ()
 
@@ -257,6 +264,25 @@ class _Group:
     in_flight: int = 0
     rate_limited: int = 0
     blind_rate_limits: int = 0
+    # Burst pacing: grants never come closer than a burst_pace-th of the
+    # sustainable spacing, so a 429 from a window finer than the headers
+    # declare stops the burst after a few requests (see decide()).
+    next_burst_slot: float = -math.inf
+    # Set once the server admitted, within PROOF_SPAN of the group's first
+    # grant, more than any window up to PROOF_SPAN long could hold: it is a
+    # token bucket or a fixed window of the declared size, and bursts go
+    # unpaced from then on.
+    proven: bool = False
+    first_grant_at: float = math.inf
+    early_admitted: list[float] = attrs.field(factory=lambda: [0.0, 0.0])
+    # Adaptive control while no request limit is known (no rate-limit headers):
+    # an in-flight window in slow start until the first 429, then a paced
+    # rate with multiplicative decrease on 429 and slow growth while in use.
+    window: float = 1.0
+    adaptive_rate: float | None = None
+    next_adaptive_slot: float = -math.inf
+    last_decrease_at: float = -math.inf
+    latency: float = 0.0
 
     def __attrs_post_init__(self) -> None:
         self.dim_list = tuple(self.dims.values())
@@ -289,6 +315,14 @@ class QuotaBook:
         default_cooldown: seconds a group cools down after a 429 that names no
             reset (default 1.0), doubled for each such 429 in a row up to 60 s
             until a request of the group succeeds.
+        burst_pace: while a group is not paced, grants come no closer than
+            the sustainable spacing divided by this (default 16): a fresh
+            quota's burst still goes within a few seconds, and a server that
+            enforces a window finer than it declares refuses only the few
+            requests sent before its first 429 comes back.
+        adaptive_growth: while no request limit is known, the paced rate
+            found after a 429 grows by this share per second of sending at
+            that rate (default 0.03).
         shared: True when several processes share the quota (default False).
             Every grant then also needs capacity *leased* from the shared
             quota (:meth:`add_lease`); the local dimensions still learn limits
@@ -305,6 +339,8 @@ class QuotaBook:
         pace_fraction: float = 0.98,
         default_cooldown: float = 1.0,
         shared: bool = False,
+        burst_pace: float = 16.0,
+        adaptive_growth: float = 0.03,
     ) -> None:
         self._limits = limits
         self._shared = shared
@@ -312,6 +348,8 @@ class QuotaBook:
         self._margin = margin
         self._pace_fraction = pace_fraction
         self._default_cooldown = default_cooldown
+        self._burst_pace = burst_pace
+        self._adaptive_growth = adaptive_growth
         self._groups: dict[str, _Group] = {}
         self._seq = 0
         self._live: dict[int, Reservation] = {}
@@ -361,8 +399,18 @@ class QuotaBook:
         """
         group = self._group(group_name, now)
         ready = now if now >= group.cooldown_until else group.cooldown_until
-        if group.paced and group.next_slot > ready:
-            ready = group.next_slot
+        if group.paced:
+            if group.next_slot > ready:
+                ready = group.next_slot
+        elif group.next_burst_slot > ready and not group.proven:
+            ready = group.next_burst_slot
+        if group.seen_response and group.minute_dims[0].limit is None:
+            # No request limit known (no rate-limit headers): adaptive control.
+            if group.adaptive_rate is None:
+                if group.in_flight >= group.window:
+                    return Wait(None)
+            elif group.next_adaptive_slot > ready:
+                ready = group.next_adaptive_slot
         unknowable = False
         for dim in group.dim_list:
             need = cost.tokens if dim.counts_tokens else cost.requests
@@ -435,12 +483,27 @@ class QuotaBook:
             rpm.level,
             rpm.granted_total,
             rpm.corrections,
+            rpm.in_flight - cost.requests,
             tpm.level,
             tpm.granted_total,
             tpm.corrections,
+            tpm.in_flight - cost.tokens,
         )
         if group.paced:
             group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
+        elif not group.proven:
+            if group.first_grant_at > now:
+                group.first_grant_at = now
+            spacing = self._pace_spacing(group, cost) * group.pace_fraction / self._burst_pace
+            if spacing:
+                group.next_burst_slot = max(group.next_burst_slot, now) + spacing
+        rate = group.adaptive_rate
+        if rate is not None:
+            if now <= group.next_adaptive_slot + 1.0 / rate:
+                # Sending as fast as the rate allows: probe upward slowly
+                # (``adaptive_growth`` of the rate per second of paced sending).
+                rate = group.adaptive_rate = rate + self._adaptive_growth
+            group.next_adaptive_slot = max(group.next_adaptive_slot, now) + cost.requests / rate
         group.lease_requests -= cost.requests
         group.lease_tokens -= cost.tokens
         group.in_flight += 1
@@ -498,6 +561,12 @@ class QuotaBook:
             return
         group.seen_response = True
         group.blind_rate_limits = 0
+        took = now - reservation.granted_at
+        group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
+        if group.adaptive_rate is None and group.minute_dims[0].limit is None:
+            group.window += 1  # slow start: the window doubles every round trip
+        if not group.proven and reservation.granted_at < group.first_grant_at + PROOF_SPAN:
+            self._count_early(group, reservation.cost)
         applied = self._apply_headers(group, reservation, headers, now)
         if used_tokens is not None:
             delta = reservation.cost.tokens - used_tokens
@@ -531,13 +600,16 @@ class QuotaBook:
             return now
         group.seen_response = True
         group.rate_limited += 1
-        self._unreserve(group, reservation, now)
+        self._give_back(group, reservation, now)
         if now < group.lease_expires_at:
             group.lease_requests += reservation.cost.requests
             group.lease_tokens += reservation.cost.tokens
         self._apply_headers(group, reservation, headers, now, served=False)
         both = ("requests", "tokens")
         kinds = (limit_type,) if limit_type in both else both
+        finer_window = self._believe_the_refusal(group, reservation, headers, limit_type)
+        if group.minute_dims[0].limit is None:
+            self._decrease_adaptive_rate(group, reservation, now)
         wait = retry_after
         if wait is None and headers is not None:
             resets = [getattr(headers, f"reset_{kind}") for kind in kinds]
@@ -551,25 +623,114 @@ class QuotaBook:
             wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
         else:
             group.blind_rate_limits = 0
-        if headers is not None and any(
-            self._headroom(group, headers, kind, getattr(reservation.cost, kind)) for kind in kinds
-        ):
+        if finer_window:
             group.paced = True
             group.next_slot = max(group.next_slot, now + wait)
         group.cooldown_until = max(group.cooldown_until, now + wait + self._margin)
         return group.cooldown_until
 
     @staticmethod
-    def _headroom(group: _Group, headers: RateLimitHeaders, kind: str, need: float) -> bool:
-        """True if the server's own headers say ``need`` of ``kind`` would have fit."""
-        remaining = getattr(headers, f"remaining_{kind}")
-        dim = group.dims.get(f"{kind}_per_minute")
-        return (
-            remaining is not None
-            and dim is not None
-            and dim.rate is not None
-            and remaining >= max(need, 1)
-        )
+    def _count_early(group: _Group, cost: Cost) -> None:
+        """Count an early admission; prove the group when it beats every sub-window."""
+        early = group.early_admitted
+        for index, dim in enumerate(group.minute_dims):
+            need = dim.need(cost)
+            early[index] += need
+            if dim.limit is not None and early[index] > dim.limit * PROOF_SPAN / MINUTE + need:
+                group.proven = True
+
+    def _believe_the_refusal(
+        self,
+        group: _Group,
+        reservation: Reservation,
+        headers: RateLimitHeaders | None,
+        limit_type: str | None,
+    ) -> bool:
+        """Take a 429 as ground truth; True if it proves a window finer than declared.
+
+        The server had less than this request needed when it refused it.  For
+        each per-minute dimension the refusal is about, the book's level is
+        brought down to what the server had then (its ``remaining`` header,
+        else nothing), net of what was granted after this request and of the
+        refill since, both of which the level already holds: the refused
+        permit, returned just before, cannot recreate the excess that drew
+        the 429.  Which dimension: the one the body names, else those whose
+        ``remaining`` was short, else (no headers) the one the book believed
+        tightest.  When the server's headers, or without headers the book's
+        own corrected level, showed room for a second's share of the limit
+        beyond this request, the refusal came from a window finer than the
+        headers describe (e.g. 60,000 RPM enforced as 1,000 per second).
+        """
+        cost = reservation.cost
+        marks = reservation.marks
+        candidates = []
+        for index, dim in enumerate(group.minute_dims):
+            kind = "tokens" if dim.counts_tokens else "requests"
+            need = dim.need(cost)
+            if dim.limit is None or need <= 0:
+                continue
+            remaining = None if headers is None else getattr(headers, f"remaining_{kind}")
+            level_after, _granted, corrections_then, _out = marks[4 * index : 4 * index + 4]
+            believed = None
+            if not math.isinf(level_after):
+                believed = level_after + need + (dim.corrections - corrections_then)
+            candidates.append((dim, kind, need, remaining, believed))
+        if not candidates:
+            return False
+        named = [c for c in candidates if c[1] == limit_type]
+        short = [c for c in candidates if c[3] is not None and c[3] < c[2]]
+        if named:
+            chosen = named
+        elif short:
+            chosen = short
+        elif any(c[3] is not None for c in candidates):
+            chosen = []  # the headers show room in every dimension
+        else:
+            chosen = [
+                min(candidates, key=lambda c: math.inf if c[4] is None else c[4] / c[0].limit)
+            ]
+        finer = not chosen
+        for dim, _kind, need, remaining, believed in chosen:
+            second = max(2.0, dim.limit / 60)
+            if remaining is not None:
+                had = float(remaining)
+                if had >= need + second:
+                    finer = True
+                    continue
+            else:
+                had = 0.0
+                if believed is not None and believed >= need + second:
+                    finer = True
+            if believed is None:
+                continue
+            error = min(had, need - 1.0) - believed
+            if error < 0 and not self._shared:
+                dim.level += error
+                dim.corrections += error
+        return finer
+
+    def _decrease_adaptive_rate(self, group: _Group, reservation: Reservation, now: float) -> None:
+        """Multiplicative decrease of the adaptive rate (no request limit known).
+
+        Once per round: a 429 for a request granted before the last decrease
+        says nothing about the rate chosen since.  The first 429 ends slow
+        start at half the rate the window was sending at; later ones halve
+        the rate while it is still searching (within 2 s of the last
+        decrease) and take a fifth off it once it has settled.
+        """
+        if reservation.granted_at <= group.last_decrease_at:
+            return
+        rate = group.adaptive_rate
+        if rate is None:
+            latency = group.latency if group.latency > 0 else 1.0
+            rate = 0.5 * max(group.window, 1.0) / latency
+        elif now - group.last_decrease_at < 2.0:
+            rate *= 0.5
+        else:
+            rate *= 0.8
+        group.adaptive_rate = max(rate, 1.0 / MINUTE)
+        group.last_decrease_at = now
+        group.next_adaptive_slot = now
 
     def _finish(self, reservation: Reservation) -> _Group | None:
         if self._live.pop(reservation.seq, None) is None:
@@ -614,17 +775,27 @@ class QuotaBook:
             dim.refill(now)
             if limit is not None and limit > 0:
                 dim.limit = float(limit) if dim.configured is None else min(dim.configured, limit)
-            offset = 3 if dim.counts_tokens else 0
-            mark = reservation.marks[offset : offset + 3]
+            offset = 4 if dim.counts_tokens else 0
+            mark = reservation.marks[offset : offset + 4]
             need = dim.need(reservation.cost)
             if not served:
                 # A 429 is not charged (the caller already returned the cost):
                 # compare as if this request had never been granted.
-                mark = (mark[0] + need, mark[1] - need, mark[2])
-            if remaining is not None and dim.mode is not RefillMode.SUBWINDOW and not self._shared:
+                mark = (mark[0] + need, mark[1] - need, mark[2], mark[3])
+            if (
+                remaining is not None
+                and dim.mode is not RefillMode.SUBWINDOW
+                and not self._shared
+                and (served or math.isinf(mark[0]))
+            ):
+                # A 429's own snapshot is taken as ground truth by rate_limited().
                 may_raise = dim.configured is None or (
                     limit is not None and limit <= dim.configured
                 )
+                if reservation.seq < dim.applied_seq:
+                    may_raise = False
+                else:
+                    dim.applied_seq = reservation.seq
                 self._correct(dim, mark, float(remaining), may_raise=may_raise)
             if reset is not None and dim.limit is not None:
                 was_continuous = dim.mode is RefillMode.CONTINUOUS
@@ -640,9 +811,6 @@ class QuotaBook:
             if remaining is not None:
                 applied.add(dim_name)
         return applied
-
-    def _unreserve(self, group: _Group, reservation: Reservation, now: float) -> None:
-        self._give_back(group, reservation, now)
 
     @staticmethod
     def _give_back(group: _Group, reservation: Reservation, now: float) -> None:
@@ -669,9 +837,13 @@ class QuotaBook:
 
     @staticmethod
     def _correct(
-        dim: _Dimension, mark: tuple[float, float, float], remaining: float, *, may_raise: bool
+        dim: _Dimension,
+        mark: tuple[float, float, float, float],
+        remaining: float,
+        *,
+        may_raise: bool,
     ) -> None:
-        level_after, granted_then, corrections_then = mark
+        level_after, granted_then, corrections_then, out_before = mark
         if math.isinf(level_after):
             if math.isinf(dim.level):
                 # First sight of this limit: the server's remaining, less what
@@ -685,6 +857,12 @@ class QuotaBook:
         # (then it should match the level now).  Only an error both readings
         # agree on is corrected, by the smaller of the two.
         error_at_grant = remaining - level_after - (dim.corrections - corrections_then)
+        if error_at_grant > 0:
+            # Permits granted before this one and still out when it was
+            # granted may reach the server after it (answers and uploads come
+            # back out of order): its snapshot does not count them yet.  Only
+            # a surplus beyond all of them is real.
+            error_at_grant = max(0.0, error_at_grant - out_before)
         error_now = remaining - dim.level
         if error_now > 0:
             # Permits still in flight may not have reached the server yet: its
@@ -862,6 +1040,9 @@ class QuotaBook:
             "cooldown_until": group.cooldown_until,
             "in_flight": group.in_flight,
             "rate_limited": group.rate_limited,
+            "proven": group.proven,
+            "window": group.window if group.adaptive_rate is None else None,
+            "adaptive_rate": group.adaptive_rate,
         }
         return view
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import pytest
 import trio
 import trio.testing
 
 from engine._errors import InsufficientQuotaError, RequestTooLargeError, RunStoppedError
 from engine._limiter import Limiter
-from engine._quota import Cost, Limits, QuotaBook
+from engine._quota import Cost, Limits
+from engine._quota import QuotaBook as PacedQuotaBook
+
+# These tests are about the limiter task, not the book's burst pacing (tested
+# in test_quota.py): they turn it off.
+QuotaBook = functools.partial(PacedQuotaBook, burst_pace=math.inf)
 
 ONE = Cost()
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, Limits, QuotaBook, RefillMode, Reservation, TooLarge, Wait
+from engine._quota import Cost, Limits, RefillMode, Reservation, TooLarge, Wait
+from engine._quota import QuotaBook as PacedQuotaBook
+
+# Most tests here are about refill, headers and 429s, not the burst pacing
+# (tested on its own, with PacedQuotaBook): they turn it off.
+QuotaBook = functools.partial(PacedQuotaBook, burst_pace=math.inf)
 
 ONE = Cost(tokens=0)
 
@@ -159,12 +165,20 @@ def test_limits_are_learned_from_headers_when_not_configured():
     assert isinstance(book.decide("g", Cost(tokens=20_000), 0.1), TooLarge)
 
 
-def test_unknown_limits_and_no_headers_grant_freely_after_the_probe():
-    """A server that sends no rate-limit headers is not throttled by the book."""
+def test_no_headers_grow_an_in_flight_window_by_one_per_answer():
+    """No limit known, no headers: a window of 2 after the probe, one more per answer."""
     book = QuotaBook(None)
     seen(book)
-    for _ in range(10_000):
-        grant(book, 0.0)
+    first, second = grant(book, 0.0), grant(book, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(None)
+    book.settle(first, 0.2)
+    grant(book, 0.2)
+    grant(book, 0.2)
+    assert book.decide("g", ONE, 0.2) == Wait(None)
+    book.settle(second, 0.2)
+    grant(book, 0.2)
+    grant(book, 0.2)
+    assert book.decide("g", ONE, 0.2) == Wait(None)
 
 
 def test_fixed_window_headers_switch_a_dimension_to_step_refill():
@@ -473,15 +487,30 @@ def test_headers_do_not_raise_the_level_for_permits_still_in_flight():
     assert book.snapshot("g", 10.0)["requests_per_minute"]["level"] == pytest.approx(58)
 
 
+def grant_when_ready(book: PacedQuotaBook, now: float) -> tuple[Reservation, float]:
+    """Grant at ``now`` or at the first moment the book allows after it."""
+    decision = book.decide("g", ONE, now)
+    while isinstance(decision, Wait):
+        assert decision.until is not None and decision.until > now, decision
+        now = decision.until
+        decision = book.decide("g", ONE, now)
+    assert isinstance(decision, Reservation), decision
+    return decision, now
+
+
 def test_blind_rate_limits_back_off_exponentially_until_a_success():
     """429s with no retry-after and no headers cool down 1, 2, 4 s; a success resets it."""
     book = QuotaBook(None, margin=0.0)
     seen(book)
     assert book.rate_limited(grant(book, 0.0), 0.0) == pytest.approx(1.0)
-    assert book.rate_limited(grant(book, 1.0), 1.0) == pytest.approx(3.0)
-    assert book.rate_limited(grant(book, 3.0), 3.0) == pytest.approx(7.0)
-    book.settle(grant(book, 7.0), 7.5)
-    assert book.rate_limited(grant(book, 8.0), 8.0) == pytest.approx(9.0)
+    reservation, at = grant_when_ready(book, 1.0)
+    assert book.rate_limited(reservation, at) == pytest.approx(at + 2.0)
+    reservation, at = grant_when_ready(book, at + 2.0)
+    assert book.rate_limited(reservation, at) == pytest.approx(at + 4.0)
+    reservation, at = grant_when_ready(book, at + 4.0)
+    book.settle(reservation, at + 0.5)
+    reservation, at = grant_when_ready(book, at + 1.0)
+    assert book.rate_limited(reservation, at) == pytest.approx(at + 1.0)
 
 
 def test_a_fixed_window_learned_after_the_probe_gets_no_refill_from_its_flight():
@@ -533,3 +562,111 @@ def test_a_permit_returned_after_the_bucket_filled_up_gives_back_nothing_twice()
     # A server bucket now holds 249.78 tokens: 250 must wait.
     assert isinstance(book.decide("g", Cost(tokens=250), 2.0), Wait)
     assert isinstance(book.decide("g", Cost(tokens=249), 2.0), Reservation)
+
+
+# -- rules that hold on servers the engine was not tuned for (docs/design.md) --
+
+
+def test_a_429_is_ground_truth_and_its_returned_permit_does_not_recreate_the_excess():
+    """The book one ahead of the server: after its 429 only one request goes per refill, not two."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    for _ in range(599):
+        grant(book, 0.0)
+    refused = grant(book, 0.1)  # the server had not refilled this one yet
+    limits = {"limit_requests": 600, "remaining_requests": 0}
+    until = book.rate_limited(refused, 0.1, headers=headers(**limits), retry_after=0.1)
+    assert until == pytest.approx(0.2)
+    grant(book, 0.2)
+    assert book.decide("g", ONE, 0.2) == Wait(pytest.approx(0.3))
+
+
+def test_an_older_snapshot_never_raises_the_level():
+    """Out of order: an earlier request's higher remaining, read after a newer one, is not taken."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    early = grant(book, 0.0)
+    for _ in range(9):
+        grant(book, 0.0)
+    late = grant(book, 1.0)
+    book.settle(late, 1.2, headers=headers(limit_requests=600, remaining_requests=599))
+    level = book.snapshot("g", 1.2)["requests_per_minute"]["level"]
+    book.settle(early, 1.3, headers=headers(limit_requests=600, remaining_requests=599))
+    assert book.snapshot("g", 1.3)["requests_per_minute"]["level"] <= level + 0.1 * 600 / 60
+
+
+def test_a_surplus_explained_by_permits_still_out_at_the_grant_is_not_raised():
+    """The last of 300 granted at once arrived first: its higher remaining is not a surplus."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    flight = [grant(book, 0.0) for _ in range(300)]
+    book.settle(flight[-1], 0.01, headers=headers(limit_requests=600, remaining_requests=598))
+    assert book.snapshot("g", 0.01)["requests_per_minute"]["level"] == pytest.approx(299.1)
+
+
+def test_an_unproven_burst_is_paced_at_a_sixteenth_of_the_sustainable_spacing():
+    """600 RPM, known limits: the burst goes 160 a second, not all at once."""
+    book = PacedQuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    grant(book, 1.0)
+    assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(1.0 + 0.1 / 16))
+
+
+def test_a_server_that_admits_more_than_any_sub_window_proves_the_burst():
+    """More than a 10 s sub-window's share admitted in the first 10 s: the burst goes unpaced."""
+    book = PacedQuotaBook(Limits(rpm=600), margin=0.0)
+    now = 0.0
+    early = []
+    for _ in range(102):
+        reservation, now = grant_when_ready(book, now)
+        early.append(reservation)
+        if len(early) == 1:
+            book.settle(early.pop(), now)
+    for reservation in early:
+        book.settle(reservation, now)
+    for _ in range(50):
+        grant(book, now)
+
+
+def test_a_429_with_headroom_in_the_headers_is_a_finer_window_and_paces_the_group():
+    """remaining 500 of 600 on a 429: paced from the retry-after on, one request every 1/9.8 s."""
+    book = PacedQuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    refused = grant(book, 0.01)
+    limits = {"limit_requests": 600, "remaining_requests": 500}
+    book.rate_limited(refused, 0.02, headers=headers(**limits), retry_after=0.5)
+    assert book.snapshot("g", 0.02)["group"]["paced"] is True
+    grant(book, 0.52)
+    assert book.decide("g", ONE, 0.52) == Wait(pytest.approx(0.52 + 1 / 9.8))
+
+
+def test_a_429_without_headers_while_the_book_saw_plenty_of_room_is_a_finer_window():
+    """No headers on the 429, the book 500 requests from empty: paced, not a bucket deficit."""
+    book = PacedQuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    book.rate_limited(grant(book, 0.01), 0.02, retry_after=0.5)
+    assert book.snapshot("g", 0.02)["group"]["paced"] is True
+
+
+def test_no_headers_the_first_429_ends_slow_start_at_half_the_window_rate():
+    """Window 4 at 0.5 s latency: the first 429 paces at 4 requests per second."""
+    book = QuotaBook(None, margin=0.0)
+    book.settle(grant(book, 0.0), 0.5)  # the probe: latency 0.5 s, window 2
+    book.settle(grant(book, 0.5), 1.0)
+    book.settle(grant(book, 0.5), 1.0)  # window 4
+    refused = grant(book, 1.0)
+    book.rate_limited(refused, 1.0, retry_after=0.0)
+    assert book.snapshot("g", 1.0)["group"]["adaptive_rate"] == pytest.approx(4.0)
+    grant(book, 1.0)
+    assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(1.25, abs=0.01))
+
+
+def test_no_headers_429s_of_one_round_decrease_the_rate_once():
+    """Two 429s for requests granted before the last decrease halve the rate once, not twice."""
+    book = QuotaBook(None, margin=0.0)
+    book.settle(grant(book, 0.0), 0.5)
+    first, second = grant(book, 0.5), grant(book, 0.5)
+    book.rate_limited(first, 0.6, retry_after=0.0)
+    rate = book.snapshot("g", 0.6)["group"]["adaptive_rate"]
+    book.rate_limited(second, 0.6, retry_after=0.0)
+    assert book.snapshot("g", 0.6)["group"]["adaptive_rate"] == rate
