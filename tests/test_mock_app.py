@@ -61,8 +61,8 @@ async def test_chat_answer_is_derived_from_the_last_user_message():
     assert "tool_calls" not in body["choices"][0]["message"]
 
 
-async def test_chat_usage_uses_the_engine_tokenizer():
-    """prompt_tokens is chat_prompt_tokens and completion_tokens is count_tokens."""
+async def test_chat_usage_agrees_with_the_engine_estimate_on_plain_text():
+    """The mock's own count equals the engine's on plain text: both follow OpenAI's rule."""
     body = (await post_chat(create_app())).json()
     assert body["usage"]["prompt_tokens"] == chat_prompt_tokens(HELLO["messages"], MODEL)
     assert body["usage"]["completion_tokens"] == count_tokens("Mock reply to: Hello, mock!", MODEL)

@@ -42,7 +42,6 @@ import httpx
 import orjson
 from sniffio import thread_local as _sniffio_thread
 
-from engine._tokens import chat_prompt_tokens, count_tokens, encoding_for_model, output_budget
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
 from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
 from engine.mock._headers import (
@@ -55,6 +54,7 @@ from engine.mock._headers import (
 from engine.mock._quotas import Semantics, ServerDecision, ServerQuota, ServerReservation
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
+from engine.mock._tokens import TokenCounter, output_budget
 
 __all__ = ["DroppedConnection", "MockApp", "create_app"]
 
@@ -246,6 +246,8 @@ class MockApp:
 
     def _apply(self, config: MockConfig) -> None:
         self.config = config
+        self._counter = TokenCounter(rule=config.token_rule, skew=config.token_skew)
+        self._plans.clear()  # answers depend on the token rule and the output budget
         self._quotas_on = not config.limits.unlimited
         # x-ratelimit-* on answers (200s, 5xx) and on 429s.
         self._headers_on = self._quotas_on and config.rate_limit_headers
@@ -697,7 +699,7 @@ class MockApp:
         assert body is not None
         plan = self._plans.get(body)
         if plan is None:
-            plan = _plan_chat(body, self.config.default_output_tokens)
+            plan = _plan_chat(body, self.config.default_output_tokens, self._counter)
             if len(body) <= _PLAN_CACHE_BODY_MAX:
                 if len(self._plans) >= _PLAN_CACHE_MAX:
                     self._plans.clear()
@@ -725,7 +727,7 @@ class MockApp:
         if reject is not None:
             return self._reject_reply(number, reject)
         assert body is not None
-        plan = _plan_transcription(body, head.content_type.decode("latin-1"))
+        plan = _plan_transcription(body, head.content_type.decode("latin-1"), self._counter)
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
@@ -919,7 +921,7 @@ def _answer_content(request: dict[str, Any], snippet: str) -> str | _Reject:
     )
 
 
-def _plan_chat(body: bytes, default_output_tokens: int) -> _Plan | _Reject:
+def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -> _Plan | _Reject:
     """Validate a chat request and build its answer (cached by the caller)."""
     try:
         request = orjson.loads(body)
@@ -969,16 +971,15 @@ def _plan_chat(body: bytes, default_output_tokens: int) -> _Plan | _Reject:
     if isinstance(content, _Reject):
         return content
     try:
-        prompt_tokens = chat_prompt_tokens(messages, model)
+        prompt_tokens = counter.prompt_tokens(messages, model)
     except (TypeError, ValueError) as error:
         return _Reject(400, f"Invalid 'messages': {error}", "messages", "invalid_value")
     n = request.get("n") or 1
     per_choice_limit = request.get("max_completion_tokens") or request.get("max_tokens")
-    choice_tokens = count_tokens(content, model)
+    choice_tokens = counter.text_tokens(content, model)
     finish_reason = "stop"
     if per_choice_limit is not None and choice_tokens > per_choice_limit:
-        encoding = encoding_for_model(model)
-        content = encoding.decode(encoding.encode_ordinary(content)[:per_choice_limit])
+        content = counter.truncate(content, model, per_choice_limit)
         choice_tokens = per_choice_limit
         finish_reason = "length"
     completion_tokens = n * choice_tokens
@@ -1033,7 +1034,7 @@ def _plan_chat(body: bytes, default_output_tokens: int) -> _Plan | _Reject:
 # -- transcriptions ------------------------------------------------------------------
 
 
-def _plan_transcription(body: bytes, content_type: str) -> _Plan | _Reject:
+def _plan_transcription(body: bytes, content_type: str, counter: TokenCounter) -> _Plan | _Reject:
     """Validate a transcription upload and build its answer."""
     try:
         fields = parse_multipart(body, content_type)
@@ -1116,7 +1117,7 @@ def _plan_transcription(body: bytes, content_type: str) -> _Plan | _Reject:
         model=model,
         cost=0,
         actual=0,
-        output_tokens=count_tokens(text, "gpt-4o"),
+        output_tokens=counter.text_tokens(text, "gpt-4o"),
         content_type=kind,
         body=lambda _number: payload,
         operation="Transcriptions_Create",

@@ -14,9 +14,9 @@ import socket
 import sys
 from typing import Any
 
-from engine._tokens import encoding_for_model
 from engine.mock._app import DroppedConnection, create_app
 from engine.mock._config import DEFAULT_MODELS, RATE_LIMIT_BODIES, MockConfig
+from engine.mock._tokens import TOKEN_RULES, preload
 
 __all__ = ["config_from_args", "register", "run"]
 
@@ -87,6 +87,22 @@ def register(subparsers: Any) -> None:
         type=int,
         default=MockConfig().default_output_tokens,
         help="output budget per choice charged at arrival when a request sets no max_tokens",
+    )
+    quotas.add_argument(
+        "--token-rule",
+        choices=TOKEN_RULES,
+        default="tiktoken",
+        help="how the mock counts tokens (its own code, not the engine's): tiktoken with "
+        "OpenAI's documented chat overhead, or chars (ceil(characters/4) of the messages' "
+        "text + 4 per message)",
+    )
+    quotas.add_argument(
+        "--token-skew",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="prompt tokens charged and reported are the rule's count x (1 + X), rounded up "
+        "(0.1: the server counts 10%% more than tiktoken)",
     )
     quotas.add_argument(
         "--no-correct-to-usage",
@@ -213,6 +229,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         subwindow_seconds=args.subwindow_seconds,
         wall_clock_offset=args.wall_clock_offset,
         default_output_tokens=args.default_output_tokens,
+        token_rule=args.token_rule,
+        token_skew=args.token_skew,
         correct_to_usage=not args.no_correct_to_usage,
         insufficient_quota_after=args.insufficient_quota_after,
         api_key=args.api_key,
@@ -270,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     for name in _SERVER_LOGGERS:
         logging.getLogger(name).addFilter(_HideInjectedDrops())
     # Load the default tokenizer now, not during the first request (about 1 s of CPU).
-    encoding_for_model("gpt-4o-mini")
+    if config.token_rule == "tiktoken":
+        preload("gpt-4o-mini")
     app = create_app(config)
     if args.server == "uvicorn":
         return _serve_uvicorn(app, args)

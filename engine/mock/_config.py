@@ -6,8 +6,8 @@ import re
 
 import attrs
 
-from engine._tokens import DEFAULT_OUTPUT_TOKENS
 from engine.mock._quotas import Semantics, ServerLimits, check_subwindow
+from engine.mock._tokens import DEFAULT_OUTPUT_TOKENS, TOKEN_RULES, TokenCounter
 
 __all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "RATE_LIMIT_BODIES", "MockConfig"]
 
@@ -100,7 +100,16 @@ class MockConfig:
             e.g., 40 s past a minute.
         default_output_tokens: output budget per choice charged at arrival when a
             request sets neither ``max_tokens`` nor ``max_completion_tokens``
-            (default 512, as the engine assumes).
+            (default 512).
+        token_rule: how the mock counts the tokens it charges and reports in
+            ``usage``, with code of its own (never the engine's estimator):
+            ``tiktoken`` (default: tiktoken with OpenAI's documented chat
+            overhead) or ``chars`` (``ceil(characters / 4)`` of the messages'
+            text plus 4 per message; answers ``ceil(characters / 4)``); see
+            :mod:`engine.mock._tokens`.
+        token_skew: the prompt tokens charged *and* reported are the rule's
+            count times ``1 + token_skew``, rounded up (default 0.0; above -1):
+            0.1 is a server counting 10% more than tiktoken.
         correct_to_usage: after answering, correct the token charge from
             prompt + n x budget to real usage (default True).
         insufficient_quota_after: after this many admitted requests every
@@ -172,6 +181,8 @@ class MockConfig:
     subwindow_seconds: float | None = attrs.field(default=None, converter=_optional_float)
     wall_clock_offset: float | None = attrs.field(default=None, converter=_optional_float)
     default_output_tokens: int = attrs.field(default=DEFAULT_OUTPUT_TOKENS, validator=_non_negative)
+    token_rule: str = attrs.field(default="tiktoken", validator=attrs.validators.in_(TOKEN_RULES))
+    token_skew: float = attrs.field(default=0.0, converter=float)
     correct_to_usage: bool = True
     insufficient_quota_after: int | None = attrs.field(default=None, validator=_non_negative)
     api_key: str | None = None
@@ -209,6 +220,7 @@ class MockConfig:
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault rates add up to {total:g}, more than 1")
         check_subwindow(self.subwindow_seconds, self.quota_semantics)
+        TokenCounter(rule=self.token_rule, skew=self.token_skew)  # validates the skew
 
     @property
     def limits(self) -> ServerLimits:
