@@ -4,6 +4,9 @@ missing or partial x-ratelimit-* headers, non-standard retry hints."""
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
+import statistics
 
 import httpx
 import pytest
@@ -367,3 +370,33 @@ def test_subwindow_and_clock_flags_set_the_config_fields():
     assert config.quota_semantics.value == "clock_minute"
     assert config.wall_clock_offset == 12.5
     assert parse_mock_args().subwindow_seconds is None
+
+
+# -- slow servers ------------------------------------------------------------------
+
+
+async def test_latencies_of_seconds_come_back_far_out_of_order(autojump_clock):
+    """Median 3 s, sigma 1: 400 concurrent answers show that median and spread, out of order."""
+    app = create_app(MockConfig(latency_ms=3000, latency_sigma=1.0, seed=11))
+    done: list[tuple[float, int]] = []
+    async with client_for(app) as client:
+
+        async def ask(index: int) -> None:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"n{index}"}]}
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            done.append((trio.current_time(), index))
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for index in range(400):
+                nursery.start_soon(ask, index)
+    latencies = sorted(finished - start for finished, _ in done)
+    logs = [math.log(latency) for latency in latencies]
+    mean = statistics.fmean(logs)
+    assert statistics.median(latencies) == pytest.approx(3.0, rel=0.1)
+    assert statistics.stdev(logs, mean) == pytest.approx(1.0, abs=0.1)
+    assert latencies[-1] > 20.0  # a wide spread: the slowest answers take many medians
+    order = [index for _, index in done]
+    inversions = sum(a > b for a, b in itertools.pairwise(order))
+    assert inversions > 100  # sent 0..399 at once, answered in no such order

@@ -3,6 +3,7 @@ to it, and its answers conform to OpenAI's published OpenAPI description."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -14,6 +15,7 @@ import attrs
 import httpx
 import openai
 import pytest
+import trio
 from audio_fixtures import make_mp3, mp3_bytes
 from pydantic import BaseModel
 
@@ -311,3 +313,37 @@ def test_sigterm_stops_the_server_cleanly():
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+SLOW_SEED_DRAWS_MS = [1811, 2429, 866, 5383, 3273, 1601, 5684, 1251]  # seed 4, median 3 s, sigma 1
+
+
+async def test_every_server_serves_latencies_of_seconds_out_of_order():
+    """Median 3 s, sigma 1: all three servers answer 8 concurrent requests, out of order."""
+    args = ["--latency-ms", "3000", "--latency-sigma", "1.0", "--seed", "4"]
+    with contextlib.ExitStack() as stack:
+        urls = {
+            server: stack.enter_context(serve_in_subprocess(["--server", server, *args]))
+            for server in ("builtin", "uvicorn", "hypercorn")
+        }
+        finished: dict[str, list[tuple[float, int, int]]] = {server: [] for server in urls}
+        start = trio.current_time()
+
+        async def ask(server: str, index: int) -> None:
+            async with httpx.AsyncClient(base_url=urls[server], timeout=30.0) as client:
+                body = {"model": MODEL, "messages": [{"role": "user", "content": f"n{index}"}]}
+                response = await client.post("/chat/completions", json=body)
+            finished[server].append((trio.current_time() - start, index, response.status_code))
+
+        async with trio.open_nursery() as nursery:
+            for server in urls:
+                for index in range(len(SLOW_SEED_DRAWS_MS)):
+                    nursery.start_soon(ask, server, index)
+    for server, answers in finished.items():
+        assert [status for _, _, status in answers] == [200] * 8, server
+        order = [index for _, index, _ in answers]
+        assert order != sorted(order), server
+        times = [elapsed for elapsed, _, _ in answers]
+        # The slowest answer took at least the longest draw; the fastest well under it.
+        assert max(times) >= max(SLOW_SEED_DRAWS_MS) / 1000, server
+        assert min(times) < 2.0, server
