@@ -9,6 +9,8 @@ hands :class:`RunProgress` snapshots to a :class:`ProgressPrinter`.
 from __future__ import annotations
 
 import collections
+import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 import attrs
@@ -17,18 +19,209 @@ if TYPE_CHECKING:
     from engine.batch import RunSummary
 
 __all__ = [
+    "Allowance",
     "ProgressPrinter",
+    "QuotaUse",
     "RateMeter",
     "RunProgress",
+    "allowance",
+    "bucket_allowance",
+    "combine_allowances",
+    "fixed_window_allowance",
     "format_duration",
     "format_progress_line",
+    "format_quota_use",
     "format_summary",
+    "windows_touched",
 ]
 
 #: Seconds between plain progress lines when stderr is not a terminal.
 DEFAULT_PLAIN_INTERVAL = 10.0
 #: Width of the bar drawn on a terminal, in characters.
 _BAR_WIDTH = 24
+#: Seconds in the window of a per-minute limit.
+_MINUTE = 60.0
+
+
+@attrs.frozen
+class Allowance:
+    """What a per-minute quota allowed over a run: its capacity at the start plus what came back.
+
+    A fresh token bucket or fixed window starts full, so a run may use the
+    whole ``burst`` at once and then what comes back: a bucket's refill
+    (``limit / 60`` per second), or a full window at each reset.
+
+    Attributes:
+        unit: ``"requests"`` or ``"tokens"``.
+        limit: the per-minute limit (summed over ``groups``).
+        burst: capacity at the start of the run.
+        added: capacity that came back during the run (a bucket's refill, or
+            the windows that began after the start).
+        kind: ``"bucket"`` (a token bucket), ``"window"`` (fixed windows) or
+            ``"mixed"`` (groups of both kinds summed).
+        windows / window: for fixed windows, how many the run touched and
+            their length in seconds (60, or 1 for per-second sub-windows).
+        groups: limit groups (models with their own quota) summed here.
+    """
+
+    unit: str
+    limit: float
+    burst: float
+    added: float
+    kind: str = "bucket"
+    windows: int | None = None
+    window: float | None = None
+    groups: int = 1
+
+    @property
+    def total(self) -> float:
+        """Everything the quota allowed over the run."""
+        return self.burst + self.added
+
+
+@attrs.frozen
+class QuotaUse:
+    """How much of what a quota allowed over the run was used.
+
+    Attributes:
+        used: requests the server admitted (sent, less those refused with a
+            429), or tokens it reported, so far.
+        elapsed: seconds since the run's first request went out.
+        allowance: what the quota allowed over those seconds.
+    """
+
+    used: float
+    elapsed: float
+    allowance: Allowance
+
+    @property
+    def share(self) -> float:
+        """``used`` as a share of the allowance (at most 1.0 in a run the server did not refuse)."""
+        total = self.allowance.total
+        return self.used / total if total > 0 else 0.0
+
+
+def bucket_allowance(unit: str, limit: float, elapsed: float) -> Allowance:
+    """What a token bucket of ``limit`` per minute allowed in ``elapsed`` seconds.
+
+    It starts full (``limit``) and refills at ``limit / 60`` per second.
+    """
+    return Allowance(unit=unit, limit=limit, burst=limit, added=limit * max(0.0, elapsed) / _MINUTE)
+
+
+def windows_touched(
+    elapsed: float, window: float, next_reset: float | None, *, first_answer: float = 0.0
+) -> int:
+    """Fixed windows of ``window`` seconds that the span ``[0, elapsed]`` touched.
+
+    ``next_reset`` is any moment (on the same clock as ``elapsed``, the run's
+    start being 0) at which a window ends; windows end every ``window``
+    seconds from there. Unknown (None): the most the span can touch whatever
+    the windows' phase, so the allowance is never understated.
+
+    ``first_answer`` is when the first answer came back. The book learns a
+    window's end from answers, late by their latency, so a reset placed
+    before that moment is most likely the start of the window the first
+    request opened (a server whose windows begin at first use), not a second
+    window: it is not counted (one at most).
+    """
+    elapsed = max(0.0, elapsed)
+    if next_reset is None:
+        return math.ceil(elapsed / window) + 1 if elapsed > 0 else 1
+    first = next_reset - window * math.floor(next_reset / window)  # first reset after 0 (or at 0)
+    if first <= 0.0:
+        first += window
+    if first <= first_answer:
+        first += window  # at most one: the window the first request opened
+    if first >= elapsed:
+        return 1
+    return 1 + math.ceil((elapsed - first) / window)
+
+
+def fixed_window_allowance(
+    unit: str,
+    limit: float,
+    elapsed: float,
+    *,
+    window: float = _MINUTE,
+    next_reset: float | None = None,
+    first_answer: float = 0.0,
+) -> Allowance:
+    """What fixed windows holding ``limit`` each allowed in ``elapsed`` seconds.
+
+    The window in progress at the start counts in full (a fresh quota), then
+    ``limit`` for every window that began before the run ended (see
+    :func:`windows_touched`).
+    """
+    windows = windows_touched(elapsed, window, next_reset, first_answer=first_answer)
+    return Allowance(
+        unit=unit,
+        limit=limit * _MINUTE / window,
+        burst=limit,
+        added=limit * (windows - 1),
+        kind="window",
+        windows=windows,
+        window=window,
+    )
+
+
+def allowance(
+    unit: str,
+    limit: float,
+    mode: str,
+    elapsed: float,
+    next_reset: float | None = None,
+    *,
+    first_answer: float = 0.0,
+) -> Allowance:
+    """What a per-minute ``limit`` in the quota book's refill ``mode`` allowed in ``elapsed`` s.
+
+    ``mode`` is the book's: ``"continuous"`` (a token bucket), ``"step"`` (a
+    fixed minute window) or ``"subwindow"`` (a one-second window holding a
+    60th of the limit); ``next_reset`` is where one of its windows ends (run
+    time), if known, and ``first_answer`` when the first answer came back
+    (see :func:`windows_touched`).
+    """
+    if mode == "step":
+        return fixed_window_allowance(
+            unit, limit, elapsed, next_reset=next_reset, first_answer=first_answer
+        )
+    if mode == "subwindow":
+        return fixed_window_allowance(
+            unit,
+            limit / _MINUTE,
+            elapsed,
+            window=1.0,
+            next_reset=next_reset,
+            first_answer=first_answer,
+        )
+    return bucket_allowance(unit, limit, elapsed)
+
+
+def combine_allowances(allowances: Sequence[Allowance]) -> Allowance | None:
+    """The sum of several limit groups' allowances of one unit (None for none).
+
+    The kind and window count are kept when every group has the same ones.
+    """
+    if not allowances:
+        return None
+    if len(allowances) == 1:
+        return allowances[0]
+    first = allowances[0]
+    same = all(
+        (item.kind, item.windows, item.window) == (first.kind, first.windows, first.window)
+        for item in allowances
+    )
+    return Allowance(
+        unit=first.unit,
+        limit=sum(item.limit for item in allowances),
+        burst=sum(item.burst for item in allowances),
+        added=sum(item.added for item in allowances),
+        kind=first.kind if same else "mixed",
+        windows=first.windows if same else None,
+        window=first.window if same else None,
+        groups=sum(item.groups for item in allowances),
+    )
 
 
 @attrs.frozen
@@ -46,6 +239,8 @@ class RunProgress:
             window (see :class:`RateMeter`); None until there is enough to measure.
         rpm_limit / tpm_limit: the quota given on the command line, None if unknown.
         stopping: True once a stop was asked for (Ctrl-C): no new requests.
+        quota: for each per-minute quota known now (configured or learned),
+            how much of what it allowed since the start was used.
     """
 
     elapsed: float
@@ -58,6 +253,7 @@ class RunProgress:
     rpm_limit: float | None = None
     tpm_limit: float | None = None
     stopping: bool = False
+    quota: tuple[QuotaUse, ...] = ()
 
     @property
     def eta_seconds(self) -> float | None:
@@ -129,13 +325,67 @@ def _count(value: float) -> str:
     return f"{value / 1_000_000:.2f}M"
 
 
-def _rate(value: float | None, limit: float | None) -> str:
-    shown = "-" if value is None else _count(value)
-    return shown if limit is None else f"{shown}/{_count(limit)}"
+def _rate(value: float | None) -> str:
+    return "-" if value is None else _count(value)
+
+
+_UNIT_ABBREVIATIONS = {"requests": ("req", "RPM"), "tokens": ("tok", "TPM")}
+
+
+def _quota_brief(uses: Iterable[QuotaUse]) -> str:
+    """``"quota used req 98% tok 12%"``: the progress line's share of what each quota allowed."""
+    shares = [
+        f"{_UNIT_ABBREVIATIONS.get(use.allowance.unit, (use.allowance.unit,))[0]} {use.share:.0%}"
+        for use in uses
+    ]
+    return "quota used " + " ".join(shares) if shares else ""
+
+
+def _how_allowed(allowance: Allowance) -> str:
+    """How the allowance is made up, e.g. ``"1,200 burst + 320 refill"``.
+
+    Or ``"1,200 in each of 2 one-minute windows"`` for fixed windows, and
+    ``"2,400 at the start + 640 since"`` for limit groups of different kinds.
+    """
+    if allowance.kind == "bucket":
+        return f"{allowance.burst:,.0f} burst + {allowance.added:,.0f} refill"
+    if allowance.kind == "window" and allowance.windows is not None and allowance.groups == 1:
+        if allowance.window == _MINUTE:
+            length = "one-minute"
+        elif allowance.window == 1.0:
+            length = "one-second"
+        else:
+            length = f"{allowance.window:g}-second"
+        if allowance.windows == 1:
+            return f"{allowance.burst:,.0f} in one {length} window"
+        return f"{allowance.burst:,.0f} in each of {allowance.windows} {length} windows"
+    return f"{allowance.burst:,.0f} at the start + {allowance.added:,.0f} since"
+
+
+def format_quota_use(use: QuotaUse) -> str:
+    """The summary's wording of one quota's use (never a rate compared with a limit).
+
+    ``"99%: 2,000 of the 2,014 that 1,200 RPM allowed over 40.7 s of sending
+    (1,200 burst + 814 refill)"``, counted from the first request sent.
+    """
+    allowance = use.allowance
+    abbreviation = _UNIT_ABBREVIATIONS.get(allowance.unit, ("", f"{allowance.unit}/min"))[1]
+    quota = f"{allowance.limit:,.0f} {abbreviation}"
+    if allowance.groups > 1:
+        quota = f"{allowance.groups} models' {quota} in all"
+    return (
+        f"{use.share:.0%}: {use.used:,.0f} of the {allowance.total:,.0f} that {quota} allowed "
+        f"over {use.elapsed:.1f} s of sending ({_how_allowed(allowance)})"
+    )
 
 
 def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
-    """One line: done/total (a bar when ``bar``), failed, in flight, rates vs quota, ETA."""
+    """One line: done/total (a bar when ``bar``), failed, in flight, rates, quota used, ETA.
+
+    The rates are over the recent window; the quota used is the share of what
+    each known quota allowed since the start, burst included (see
+    :class:`QuotaUse`), so a fresh quota's burst never reads as a violation.
+    """
     parts = []
     if progress.total is not None:
         total = progress.total
@@ -148,8 +398,10 @@ def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
         parts.append(f"{progress.done} done")
     parts.append(f"failed {progress.failed}")
     parts.append(f"in flight {progress.in_flight}")
-    parts.append(f"req/min {_rate(progress.requests_per_minute, progress.rpm_limit)}")
-    parts.append(f"tok/min {_rate(progress.tokens_per_minute, progress.tpm_limit)}")
+    parts.append(f"req/min {_rate(progress.requests_per_minute)}")
+    parts.append(f"tok/min {_rate(progress.tokens_per_minute)}")
+    if progress.quota:
+        parts.append(_quota_brief(progress.quota))
     eta = progress.eta_seconds
     parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
     parts.append(format_duration(progress.elapsed))
@@ -199,7 +451,7 @@ class ProgressPrinter:
 
 
 def format_summary(summary: RunSummary) -> str:
-    """The final table: counts by status and error code, tokens, elapsed, rates vs quota."""
+    """The final table: counts by status and error code, tokens, elapsed, rates, quota used."""
     rows: list[tuple[str, str]] = []
     rows.append(("input lines", str(summary.total_lines)))
     if summary.already_done:
@@ -223,16 +475,14 @@ def format_summary(summary: RunSummary) -> str:
     if summary.audio_seconds:
         rows.append(("audio transcribed", f"{summary.audio_seconds:.1f} s"))
     rows.append(("elapsed", f"{summary.elapsed:.1f} s"))
-    minutes = summary.elapsed / 60.0
     sent = summary.succeeded + summary.failed
-    rpm = sent / minutes if minutes > 0 else 0.0
-    tpm = tokens / minutes if minutes > 0 else 0.0
-    rows.append(("requests/min", _versus(rpm, summary.rpm_limit)))
-    rows.append(("tokens/min", _versus(tpm, summary.tpm_limit)))
-    if minutes < 1 and (summary.rpm_limit or summary.tpm_limit):
-        # Providers grant a minute's quota up front (a full bucket), so a run
-        # shorter than a minute can legitimately go above the per-minute rate.
-        rows.append(("", "(under a minute: includes the quota's initial burst)"))
+    rows.append(("requests/min", _average(sent, summary.elapsed)))
+    rows.append(("tokens/min", _average(tokens, summary.elapsed)))
+    for use in summary.quota:
+        # A share of what the quota allowed, burst included: a fresh quota
+        # grants a minute's worth up front, so the average per minute of a
+        # short run may well be above the limit without going beyond it.
+        rows.append((f"quota used ({use.allowance.unit})", format_quota_use(use)))
     rows.append(("output", summary.output_path))
     if summary.errors_path:
         rows.append(("errors copied to", summary.errors_path))
@@ -244,7 +494,15 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def _versus(value: float, limit: float | None) -> str:
-    if limit is None:
-        return f"{value:.0f}"
-    return f"{value:.0f} of {limit:.0f} ({value / limit:.0%} of quota)"
+def _average(count: float, elapsed: float) -> str:
+    """``"2947 average (49/s)"``: ``count`` over ``elapsed`` seconds, per minute and per second.
+
+    An average over the whole run: above a per-minute limit in a run shorter
+    than a minute that used a fresh quota's burst, which is why no limit is
+    shown next to it (the ``quota used`` rows say how much was allowed).
+    """
+    if elapsed <= 0:
+        return "0 average (0/s)"
+    per_second = count / elapsed
+    shown = f"{per_second:.1f}" if per_second < 10 else f"{per_second:.0f}"
+    return f"{count * 60.0 / elapsed:.0f} average ({shown}/s)"

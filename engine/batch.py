@@ -53,7 +53,14 @@ from engine._jsonl import (
     read_batch_input,
     success_record,
 )
-from engine._progress import RateMeter, RunProgress
+from engine._progress import (
+    Allowance,
+    QuotaUse,
+    RateMeter,
+    RunProgress,
+    allowance,
+    combine_allowances,
+)
 from engine._quota import Limits
 from engine._requests import TranscriptionRequest
 from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
@@ -183,6 +190,9 @@ class RunSummary:
             (``"interrupted"``, ``"terminated"``, or the fatal error's message).
         fatal_code: the fatal error's code when one stopped the run.
         rpm_limit / tpm_limit: the quota the run was given, None if learned.
+        quota: for each per-minute quota known at the end (configured or
+            learned from the server's headers), the share of what it allowed
+            over the run that the run used; empty when no limit is known.
         client_statistics: the client's counters (sends, retries, 429s, the
             limiter's in-flight count, ...) taken once the client had closed;
             None only for summaries built by hand.
@@ -207,6 +217,7 @@ class RunSummary:
     fatal_code: str | None = None
     rpm_limit: float | None = None
     tpm_limit: float | None = None
+    quota: tuple[QuotaUse, ...] = ()
     client_statistics: Any = None
 
     @property
@@ -233,6 +244,8 @@ class _Tally:
     completion_tokens: int = 0
     audio_seconds: float = 0.0
     error_codes: Counter[str] = attrs.field(factory=Counter)
+    #: When the first result came back (trio time), None before.
+    first_answer_at: float | None = None
 
     @property
     def written(self) -> int:
@@ -270,6 +283,9 @@ class _Feed:
         self._default_model = default_model
         self._can_transcribe = _transcription_supported()
         self.line_numbers: dict[str, int] = {}
+        #: When the first item went to the client (trio time): where the
+        #: quota's use is measured from. None while nothing was sent.
+        self.first_at: float | None = None
         self.exhausted = False
         self.unsupported = 0
 
@@ -299,6 +315,8 @@ class _Feed:
                     self.unsupported += 1
                     continue
             self.line_numbers[custom_id] = line.line_no
+            if self.first_at is None:
+                self.first_at = trio.current_time()
             yield {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
         self.exhausted = True
 
@@ -453,6 +471,69 @@ def _count_failed_lines(path: str) -> int:
     return failed
 
 
+#: The quota book's per-minute dimensions, by the unit the summary names.
+_MINUTE_DIMENSIONS = (("requests", "requests_per_minute"), ("tokens", "tokens_per_minute"))
+
+
+def _quota_uses(
+    client: Any, started: float | None, now: float, first_answer: float | None
+) -> tuple[QuotaUse, ...]:
+    """Each known per-minute quota's use since ``started`` (trio time), summed over limit groups.
+
+    ``started`` is when the first request went out (None: none did, and
+    nothing is said): a fixed window that ended before then held none of the
+    run, and a full bucket gains nothing by waiting. ``first_answer`` is when
+    the first result came back (see :func:`~engine._progress.windows_touched`).
+
+    The limits, their refill mode and the end of a fixed window come from the
+    quota book (:meth:`~engine._quota.QuotaBook.snapshot`, configured or
+    learned); a unit whose limit some group does not know yet is left out
+    rather than guessed. Requests used are those the server admitted (sent,
+    less 429s); tokens, those it reported. Called between the limiter's
+    steps (it never checkpoints), so the book is never seen half-updated.
+    """
+    # The client offers no accessor for its quota book's groups yet.
+    book = getattr(getattr(client, "_limiter", None), "_book", None)
+    groups = getattr(book, "_groups", None)
+    if started is None or book is None or not groups:
+        return ()
+    elapsed = now - started
+    answered = 0.0 if first_answer is None else first_answer - started
+    found: dict[str, list[Allowance]] = {unit: [] for unit, _ in _MINUTE_DIMENSIONS}
+    unknown: set[str] = set()
+    for name in list(groups):
+        view = book.snapshot(name, now)
+        for unit, key in _MINUTE_DIMENSIONS:
+            dim = view.get(key) or {}
+            limit = dim.get("limit")
+            if not isinstance(limit, int | float) or not 0 < limit < float("inf"):
+                unknown.add(unit)
+                continue
+            full_at = dim.get("full_at")
+            next_reset = full_at - started if isinstance(full_at, int | float) else None
+            found[unit].append(
+                allowance(
+                    unit,
+                    float(limit),
+                    str(dim.get("mode", "")),
+                    elapsed,
+                    next_reset,
+                    first_answer=answered,
+                )
+            )
+    statistics = client.statistics()
+    used = {
+        "requests": statistics.sent - statistics.rate_limited,
+        "tokens": statistics.prompt_tokens + statistics.completion_tokens,
+    }
+    uses = []
+    for unit, _ in _MINUTE_DIMENSIONS:
+        total = None if unit in unknown else combine_allowances(found[unit])
+        if total is not None:
+            uses.append(QuotaUse(used=used[unit], elapsed=elapsed, allowance=total))
+    return tuple(uses)
+
+
 def _limit(client_options: Mapping[str, Any], name: str) -> float | None:
     limits = client_options.get("limits")
     return getattr(limits, name, None) if isinstance(limits, Limits) else None
@@ -523,7 +604,8 @@ async def _run(
                 meter = RateMeter()
 
                 def snapshot() -> RunProgress:
-                    now = trio.current_time() - started
+                    clock = trio.current_time()
+                    now = clock - started
                     tokens = tally.prompt_tokens + tally.completion_tokens
                     meter.sample(now, tally.written, tokens)
                     rates = meter.per_minute()
@@ -538,6 +620,7 @@ async def _run(
                         rpm_limit=rpm_limit,
                         tpm_limit=tpm_limit,
                         stopping=control.stopping,
+                        quota=_quota_uses(client, feed.first_at, clock, tally.first_answer_at),
                     )
 
                 if progress is not None:
@@ -546,6 +629,8 @@ async def _run(
                     nursery.start_soon(_grace, control, client, results_scope, grace_period)
                     try:
                         async for result in client.map(feed):
+                            if tally.first_answer_at is None:
+                                tally.first_answer_at = trio.current_time()
                             _write_result(result, feed, writer, tally)
                     except FatalError as exc:
                         fatal = exc
@@ -555,6 +640,7 @@ async def _run(
     finally:
         writer.close()
 
+    ended = trio.current_time()
     not_run = max(0, pending - tally.written)
     stopped: str | None = None
     if fatal is not None:
@@ -576,11 +662,16 @@ async def _run(
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,
         audio_seconds=tally.audio_seconds,
-        elapsed=trio.current_time() - started,
+        elapsed=ended - started,
         stopped=stopped,
         fatal_code=fatal.code if fatal is not None else None,
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
+        quota=(
+            _quota_uses(client, feed.first_at, ended, tally.first_answer_at)
+            if client is not None
+            else ()
+        ),
         # After the client closed: what the limiter still counts in flight here is a leak.
         client_statistics=client.statistics() if client is not None else None,
     )
