@@ -70,7 +70,7 @@ answered 200; the workload is N chat completions, cost 1 request each):
   gateway: wall <= ideal + 8 s (the run ends within 8 s of the earliest its
   windows allow).  A judged utilisation that cannot be measured fails.
 
-    python -m benchmarks.robustness [--quick] [--parallel 10] [--rpm 600]
+    python -m benchmarks.robustness [--quick] [--parallel 12] [--rpm 600]
         [--only SUBSTRING ...] [--out bench-results/robustness.json]
 """
 
@@ -127,7 +127,8 @@ SUBWINDOW_SETTLE = 2.0
 #: No headers, burst never spent: the steady state starts this many seconds in.
 NO_HEADERS_SETTLE = 5.0
 #: Cells running at once, and the fewest seconds between two cells' starts.
-DEFAULT_PARALLEL = 10
+DEFAULT_PARALLEL = 12
+QUICK_PARALLEL = 14
 START_GAP = 1.5
 QUICK_START_GAP = 1.0
 #: Seconds between forking a cell's children and their start.
@@ -210,19 +211,19 @@ SERVERS: dict[str, Server] = {
     "token_bucket": Server("token bucket", "token_bucket", ("--quota-semantics", "token_bucket")),
     "fixed_window": Server("fixed window", "fixed_window", ("--quota-semantics", "fixed_window")),
     "sub_1s": Server(
-        "undeclared 1 s sub-windows",
+        "1 s sub-windows (undeclared)",
         "subwindow",
         ("--quota-semantics", "fixed_window", "--subwindow-seconds", "1"),
         subwindow=1.0,
     ),
     "sub_10s": Server(
-        "undeclared 10 s sub-windows",
+        "10 s sub-windows (undeclared)",
         "subwindow",
         ("--quota-semantics", "fixed_window", "--subwindow-seconds", "10"),
         subwindow=10.0,
     ),
     "no_headers": Server(
-        "no rate-limit headers (token bucket)",
+        "no headers (token bucket)",
         "no_headers",
         ("--quota-semantics", "token_bucket", "--no-rate-limit-headers"),
     ),
@@ -277,7 +278,7 @@ LIMITS = ("known", "learned")
 
 CLIENTS: dict[str, ClientKind] = {
     "engine": ClientKind("quota-engine"),
-    "engine_redis3": ClientKind("quota-engine x3 (Redis)", processes=3),
+    "engine_redis3": ClientKind("quota-engine x3, Redis", processes=3),
     "aiolimiter": ClientKind("aiolimiter", peer="aiolimiter"),
     "aiometer": ClientKind("aiometer", peer="aiometer"),
 }
@@ -1140,12 +1141,17 @@ def run(
     *,
     quick: bool = False,
     rpm: int = DEFAULT_RPM,
-    parallel: int = DEFAULT_PARALLEL,
+    parallel: int | None = None,
     only: Sequence[str] = (),
     out: str = f"{RESULTS_DIR}/robustness.json",
 ) -> dict[str, Any]:
-    """Run the matrix (``--quick``: the subset); write and return the results."""
+    """Run the matrix (``--quick``: the subset); write and return the results.
+
+    ``parallel``: cells at once (default :data:`DEFAULT_PARALLEL`, quick
+    :data:`QUICK_PARALLEL`).
+    """
     started = time.time()
+    parallel = parallel or (QUICK_PARALLEL if quick else DEFAULT_PARALLEL)
     machine_info = machine()
     steady = QUICK_STEADY_SECONDS if quick else STEADY_SECONDS
     cells = expand(QUICK_BLOCKS if quick else BLOCKS, rpm, steady)
@@ -1239,7 +1245,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the representative subset")
     parser.add_argument("--rpm", type=int, default=DEFAULT_RPM)
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        help=f"cells at once (default {DEFAULT_PARALLEL}, --quick {QUICK_PARALLEL})",
+    )
     parser.add_argument(
         "--only", nargs="+", default=(), help="run only cells whose key contains one of these"
     )

@@ -2,10 +2,12 @@
 
 Two uses:
 
-* ``engine bench [all|utilisation|overhead|memory|report] [--quick]`` runs the
-  scenarios in ``benchmarks/`` (from a checkout: the current directory must be
-  the repository root) and regenerates ``docs/benchmarks.md`` and its plots.
-  ``all`` (the default) runs every scenario, then the report.
+* ``engine bench [all|utilisation|overhead|memory|robustness|report] [--quick]``
+  runs the scenarios in ``benchmarks/`` (from a checkout: the current directory
+  must be the repository root) and regenerates ``docs/benchmarks.md`` and its
+  plots.  ``all`` (the default) runs utilisation, overhead and memory, then
+  the report; ``robustness`` (the issue-13 matrix, about 15 minutes, 3 with
+  ``--quick``) runs only when named.
 * ``engine bench --base-url URL [--model M] [--concurrency N | --rate R]
   [--duration S] [--json PATH]`` loads a server with chat completions: closed
   loop (N requests always in flight, the default with N = 32) or open loop
@@ -38,7 +40,7 @@ import attrs
 
 __all__ = ["LoadReport", "register", "run_load"]
 
-SCENARIOS = ("all", "utilisation", "overhead", "memory", "report", "chaos")
+SCENARIOS = ("all", "utilisation", "overhead", "memory", "robustness", "report", "chaos")
 DEFAULT_CONCURRENCY = 32
 DEFAULT_DURATION = 10.0
 #: Most requests in flight in open loop; arrivals beyond it are counted as ``dropped``.
@@ -161,7 +163,7 @@ def _import_benchmarks() -> dict[str, Any]:
         sys.path.insert(0, os.getcwd())
     return {
         name: importlib.import_module(f"benchmarks.{name}")
-        for name in ("utilisation", "overhead", "memory", "report")
+        for name in ("utilisation", "overhead", "memory", "robustness", "report")
     }
 
 
