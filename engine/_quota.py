@@ -64,6 +64,14 @@ DAY = 86_400.0
 #: The longest undeclared sub-window the burst pacing guards against (Azure
 #: checks per-minute limits over 10 s).
 PROOF_SPAN = 10.0
+#: A 429's wait longer than this (seconds) names a window's end rather than
+#: the refill of one request.
+LONG_WAIT = 2.0
+#: While no limit is known, the in-flight window doubles per round trip up to
+#: this many requests or this many requests a second, whichever is more, then
+#: grows by one per round trip.
+SLOW_START_LIMIT = 64
+SLOW_START_RATE = 400.0
 
 
 def _positive_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
@@ -564,7 +572,12 @@ class QuotaBook:
         took = now - reservation.granted_at
         group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
         if group.adaptive_rate is None and group.minute_dims[0].limit is None:
-            group.window += 1  # slow start: the window doubles every round trip
+            # Slow start: the window doubles every round trip until it holds
+            # SLOW_START_LIMIT requests or sends SLOW_START_RATE a second, then
+            # grows by one per round trip: what is sent before the first 429
+            # comes back, the overshoot of an unknown limit, stays small.
+            threshold = max(SLOW_START_LIMIT, SLOW_START_RATE * group.latency)
+            group.window += 1 if group.window < threshold else 1 / group.window
         if not group.proven and reservation.granted_at < group.first_grant_at + PROOF_SPAN:
             self._count_early(group, reservation.cost)
         applied = self._apply_headers(group, reservation, headers, now)
@@ -609,7 +622,7 @@ class QuotaBook:
         kinds = (limit_type,) if limit_type in both else both
         finer_window = self._believe_the_refusal(group, reservation, headers, limit_type)
         if group.minute_dims[0].limit is None:
-            self._decrease_adaptive_rate(group, reservation, now)
+            self._decrease_adaptive_rate(group, reservation, now, retry_after)
         wait = retry_after
         if wait is None and headers is not None:
             resets = [getattr(headers, f"reset_{kind}") for kind in kinds]
@@ -709,27 +722,41 @@ class QuotaBook:
                 dim.corrections += error
         return finer
 
-    def _decrease_adaptive_rate(self, group: _Group, reservation: Reservation, now: float) -> None:
+    def _decrease_adaptive_rate(
+        self, group: _Group, reservation: Reservation, now: float, retry_after: float | None
+    ) -> None:
         """Multiplicative decrease of the adaptive rate (no request limit known).
 
         Once per round: a 429 for a request granted before the last decrease
-        says nothing about the rate chosen since.  The first 429 ends slow
-        start at half the rate the window was sending at; later ones halve
-        the rate while it is still searching (within 2 s of the last
-        decrease) and take a fifth off it once it has settled.
+        says nothing about the rate chosen since.  A server's wait longer
+        than ``LONG_WAIT`` names a window's end, not a refill interval: the
+        group waits for it, then starts slow again from half its window (as
+        TCP's fast recovery does).  Otherwise the first 429 ends slow start at
+        half the rate the window was sending at, or one request per the
+        server's wait if that is slower (a token bucket just emptied refills
+        one request in about that time); later ones halve the rate while it is
+        still searching (within 2 s of the last decrease) and take a fifth off
+        it once it has settled.
         """
         if reservation.granted_at <= group.last_decrease_at:
             return
+        group.last_decrease_at = now
+        latency = group.latency if group.latency > 0 else 1.0
         rate = group.adaptive_rate
+        if retry_after is not None and retry_after > LONG_WAIT:
+            window = group.window if rate is None else rate * latency
+            group.window = max(1.0, window / 2)
+            group.adaptive_rate = None
+            return
         if rate is None:
-            latency = group.latency if group.latency > 0 else 1.0
             rate = 0.5 * max(group.window, 1.0) / latency
+            if retry_after:
+                rate = min(rate, reservation.cost.requests / retry_after)
         elif now - group.last_decrease_at < 2.0:
             rate *= 0.5
         else:
             rate *= 0.8
         group.adaptive_rate = max(rate, 1.0 / MINUTE)
-        group.last_decrease_at = now
         group.next_adaptive_slot = now
 
     def _finish(self, reservation: Reservation) -> _Group | None:

@@ -670,3 +670,17 @@ def test_no_headers_429s_of_one_round_decrease_the_rate_once():
     rate = book.snapshot("g", 0.6)["group"]["adaptive_rate"]
     book.rate_limited(second, 0.6, retry_after=0.0)
     assert book.snapshot("g", 0.6)["group"]["adaptive_rate"] == rate
+
+
+def test_no_headers_a_long_wait_is_a_window_end_and_slow_start_begins_again():
+    """retry-after 30 s is a window's end: after it the window restarts at half, unpaced."""
+    book = QuotaBook(None, margin=0.0)
+    book.settle(grant(book, 0.0), 0.5)
+    book.settle(grant(book, 0.5), 1.0)
+    book.settle(grant(book, 0.5), 1.0)  # window 4
+    assert book.rate_limited(grant(book, 1.0), 1.0, retry_after=30.0) == pytest.approx(31.0)
+    group = book.snapshot("g", 31.0)["group"]
+    assert group["adaptive_rate"] is None and group["window"] == 2.0
+    grant(book, 31.0)
+    grant(book, 31.0)
+    assert book.decide("g", ONE, 31.0) == Wait(None)
