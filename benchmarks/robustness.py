@@ -311,7 +311,7 @@ BLOCKS: tuple[Block, ...] = (
 
 QUICK_BLOCKS: tuple[Block, ...] = (
     Block(_MAIN_SERVERS, ("0.15s", "1s"), ("openai", "bare"), LIMITS, ("engine",)),
-    Block(_PEER_SERVERS, ("0.15s", "1s"), ("openai",), ("known",), ("aiolimiter", "aiometer")),
+    Block(_PEER_SERVERS, ("0.15s",), ("openai",), ("known",), ("aiolimiter", "aiometer")),
     Block(("no_headers",), ("0.15s", "1s"), ("openai",), LIMITS, ("engine",)),
     Block(("gateway",), ("0.15s",), ("generic",), LIMITS, ("engine",)),
     Block(("sub_1s",), ("0.15s",), ("openai",), ("learned",), ("engine_redis3",)),
