@@ -21,7 +21,7 @@ from engine._errors import (
 )
 from engine._export import split_results, to_csv, to_dataframe, to_jsonl, to_rows
 from engine._limiter import LimiterStatistics
-from engine._quota import Limits
+from engine._quota import DimensionState, GroupState, Limits
 from engine._requests import ChatRequest, TranscriptionRequest
 from engine._results import (
     AudioUsage,
@@ -45,9 +45,11 @@ __all__ = [
     "ChatResult",
     "Client",
     "ClientStatistics",
+    "DimensionState",
     "EngineError",
     "ErrorInfo",
     "FatalError",
+    "GroupState",
     "InputError",
     "InsufficientQuotaError",
     "LimiterStatistics",

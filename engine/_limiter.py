@@ -29,7 +29,7 @@ import trio
 
 from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, QuotaBook, Reservation, TooLarge, Wait
+from engine._quota import Cost, GroupState, QuotaBook, Reservation, TooLarge, Wait
 
 __all__ = ["Limiter", "LimiterStatistics"]
 
@@ -131,6 +131,9 @@ class LimiterStatistics:
         tokens_reserved: tokens reserved by granted permits (estimates).
         tokens_used: real tokens reported by settled responses.
         in_flight_cap: the current bound on permits in flight.
+        groups: each limit group's rate control (:class:`~engine.GroupState`:
+            limits, refill modes, pacing, cooldown, and the adaptive window
+            or rate used while no limit is known).
     """
 
     granted: int
@@ -141,6 +144,7 @@ class LimiterStatistics:
     tokens_reserved: int
     tokens_used: int
     in_flight_cap: int
+    groups: tuple[GroupState, ...] = ()
 
 
 class Limiter:
@@ -315,6 +319,7 @@ class Limiter:
             tokens_reserved=self._tokens_reserved,
             tokens_used=self._tokens_used,
             in_flight_cap=self._cap,
+            groups=self._book.group_states(trio.current_time()),
         )
 
     # -- the task -------------------------------------------------------------

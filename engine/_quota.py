@@ -51,6 +51,8 @@ from engine._headers import RateLimitHeaders
 __all__ = [
     "Cost",
     "Decision",
+    "DimensionState",
+    "GroupState",
     "Limits",
     "QuotaBook",
     "RefillMode",
@@ -229,6 +231,59 @@ class Reservation:
 
 
 @attrs.frozen
+class DimensionState:
+    """A read-only view of one limit of a group (see :class:`GroupState`).
+
+    Attributes:
+        limit: the limit per window, configured or learned (None: unknown).
+        level: what the book believes is available now (infinite while the
+            limit is unknown).
+        mode: ``"continuous"`` (token bucket), ``"step"`` (fixed window) or
+            ``"subwindow"`` (declared per-second windows).
+        full_at: when a window-mode limit is next full again (None for a bucket).
+    """
+
+    limit: float | None
+    level: float
+    mode: str
+    full_at: float | None
+
+
+@attrs.frozen
+class GroupState:
+    """A read-only view of one limit group's rate control.
+
+    Attributes:
+        name: the limit group (a model, or models sharing limits).
+        dimensions: ``requests_per_minute``, ``tokens_per_minute`` (and the
+            per-day ones when configured) -> :class:`DimensionState`.
+        paced: sending on evenly spaced deadlines (a window finer than the
+            server declares was found, or ``Limits(burst=False)``).
+        proven: the server admitted more than any sub-window could, so
+            bursts go unpaced.
+        cooldown_until: the group sends nothing before this time (the
+            limiter's clock).
+        window: while no request limit is known and no 429 has been seen
+            since the last window end, the most requests in flight (slow
+            start); None otherwise.
+        adaptive_rate: while no request limit is known, the paced rate in
+            requests per second found after a 429; None otherwise.
+        in_flight: permits granted and not yet settled or released.
+        rate_limited: 429s counted for this group.
+    """
+
+    name: str
+    dimensions: Mapping[str, DimensionState]
+    paced: bool
+    proven: bool
+    cooldown_until: float
+    window: float | None
+    adaptive_rate: float | None
+    in_flight: int
+    rate_limited: int
+
+
+@attrs.frozen
 class Wait:
     """Decision: the head request cannot go yet.
 
@@ -331,6 +386,9 @@ class QuotaBook:
         adaptive_growth: while no request limit is known, the paced rate
             found after a 429 grows by this share per second of sending at
             that rate (default 0.03).
+        wall_offset: the wall clock (Unix time) less ``now``'s clock, or None
+            (default) when unknown; lets the book guess that a fixed window
+            whose end no header names ends on the clock minute.
         shared: True when several processes share the quota (default False).
             Every grant then also needs capacity *leased* from the shared
             quota (:meth:`add_lease`); the local dimensions still learn limits
@@ -349,6 +407,7 @@ class QuotaBook:
         shared: bool = False,
         burst_pace: float = 16.0,
         adaptive_growth: float = 0.03,
+        wall_offset: float | None = None,
     ) -> None:
         self._limits = limits
         self._shared = shared
@@ -358,6 +417,7 @@ class QuotaBook:
         self._default_cooldown = default_cooldown
         self._burst_pace = burst_pace
         self._adaptive_growth = adaptive_growth
+        self._wall_offset = wall_offset
         self._groups: dict[str, _Group] = {}
         self._seq = 0
         self._live: dict[int, Reservation] = {}
@@ -620,7 +680,7 @@ class QuotaBook:
         self._apply_headers(group, reservation, headers, now, served=False)
         both = ("requests", "tokens")
         kinds = (limit_type,) if limit_type in both else both
-        finer_window = self._believe_the_refusal(group, reservation, headers, limit_type)
+        finer_window, short = self._believe_the_refusal(group, reservation, headers, limit_type)
         if group.minute_dims[0].limit is None:
             self._decrease_adaptive_rate(group, reservation, now, retry_after)
         wait = retry_after
@@ -634,8 +694,16 @@ class QuotaBook:
             # spent quota is not hit again by the whole window every second.
             group.blind_rate_limits += 1
             wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
+            blind = True
         else:
             group.blind_rate_limits = 0
+            blind = False
+        if not finer_window:
+            window_end = self._learn_window_from_refusal(
+                group, short, reservation.cost, wait, blind, now
+            )
+            if window_end is not None:
+                wait = window_end - now
         if finer_window:
             group.paced = True
             group.next_slot = max(group.next_slot, now + wait)
@@ -658,7 +726,7 @@ class QuotaBook:
         reservation: Reservation,
         headers: RateLimitHeaders | None,
         limit_type: str | None,
-    ) -> bool:
+    ) -> tuple[bool, list[_Dimension]]:
         """Take a 429 as ground truth; True if it proves a window finer than declared.
 
         The server had less than this request needed when it refused it.  For
@@ -673,6 +741,7 @@ class QuotaBook:
         own corrected level, showed room for a second's share of the limit
         beyond this request, the refusal came from a window finer than the
         headers describe (e.g. 60,000 RPM enforced as 1,000 per second).
+        Returns that verdict and the dimensions the refusal was about.
         """
         cost = reservation.cost
         marks = reservation.marks
@@ -689,7 +758,7 @@ class QuotaBook:
                 believed = level_after + need + (dim.corrections - corrections_then)
             candidates.append((dim, kind, need, remaining, believed))
         if not candidates:
-            return False
+            return False, []
         named = [c for c in candidates if c[1] == limit_type]
         short = [c for c in candidates if c[3] is not None and c[3] < c[2]]
         if named:
@@ -720,7 +789,48 @@ class QuotaBook:
             if error < 0 and not self._shared:
                 dim.level += error
                 dim.corrections += error
-        return finer
+        return finer, [c[0] for c in chosen]
+
+    def _learn_window_from_refusal(
+        self,
+        group: _Group,
+        short: list[_Dimension],
+        cost: Cost,
+        wait: float,
+        blind: bool,
+        now: float,
+    ) -> float | None:
+        """Recognise a fixed window from 429s that name no reset header; its end or None.
+
+        A bucket refills a request in ``1 / rate``: a server that makes the
+        group wait much longer than the deficit needs (its retry hint), or
+        that refuses twice in a row with nothing said although a bucket would
+        have refilled (a gateway counting requests per clock minute, with
+        ``remaining`` but no reset header), counts in windows.  Without a
+        hint the window is taken to end at the next wall-clock minute (as
+        request-counting gateways align them) when the book knows the wall
+        clock, else one window from now; a wrong guess costs one more 429.
+        """
+        end = None
+        for dim in short:
+            if dim.mode is not RefillMode.CONTINUOUS or dim.rate is None:
+                continue
+            if not blind:
+                deficit = max(0.0, dim.need(cost) - max(0.0, dim.level))
+                if wait <= deficit / dim.rate + 0.25 + 0.02 * dim.window:
+                    continue
+                at = now + wait
+            elif group.blind_rate_limits >= 2 and self._wall_offset is not None:
+                wall = now + self._wall_offset
+                at = now + (math.floor(wall / dim.window) + 1) * dim.window - wall
+            elif group.blind_rate_limits >= 2:
+                at = now + dim.window
+            else:
+                continue
+            dim.mode = RefillMode.STEP
+            dim.full_at = at
+            end = at if end is None else max(end, at)
+        return end
 
     def _decrease_adaptive_rate(
         self, group: _Group, reservation: Reservation, now: float, retry_after: float | None
@@ -1049,6 +1159,40 @@ class QuotaBook:
                 return math.inf
             total += max(0.0, dim.level)
         return total
+
+    def group_states(self, now: float) -> tuple[GroupState, ...]:
+        """A :class:`GroupState` for every group seen so far.  Changes nothing.
+
+        Safe to call from outside the limiter task between its steps: levels
+        are projected to ``now`` without refilling the book.
+        """
+        states = []
+        for group in self._groups.values():
+            dimensions = {}
+            for dim in group.dim_list:
+                level, limit = dim.level, dim.limit
+                if dim.mode is RefillMode.CONTINUOUS and limit is not None and now > dim.updated:
+                    level = min(limit, level + (now - dim.updated) * limit / dim.window)
+                elif dim.full_at is not None and now >= dim.full_at and dim.capacity is not None:
+                    level = max(level, dim.capacity)
+                dimensions[dim.name] = DimensionState(
+                    limit=dim.limit, level=level, mode=dim.mode.value, full_at=dim.full_at
+                )
+            adaptive = group.minute_dims[0].limit is None and group.seen_response
+            states.append(
+                GroupState(
+                    name=group.name,
+                    dimensions=dimensions,
+                    paced=group.paced,
+                    proven=group.proven,
+                    cooldown_until=group.cooldown_until,
+                    window=group.window if adaptive and group.adaptive_rate is None else None,
+                    adaptive_rate=group.adaptive_rate if adaptive else None,
+                    in_flight=group.in_flight,
+                    rate_limited=group.rate_limited,
+                )
+            )
+        return tuple(states)
 
     def snapshot(self, group_name: str, now: float) -> dict[str, dict[str, object]]:
         """Plain-data view of a group's dimensions (for statistics and debugging)."""

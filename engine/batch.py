@@ -486,42 +486,31 @@ def _quota_uses(
     the first result came back (see :func:`~engine._progress.windows_touched`).
 
     The limits, their refill mode and the end of a fixed window come from the
-    quota book (:meth:`~engine._quota.QuotaBook.snapshot`, configured or
-    learned); a unit whose limit some group does not know yet is left out
-    rather than guessed. Requests used are those the server admitted (sent,
-    less 429s); tokens, those it reported. Called between the limiter's
-    steps (it never checkpoints), so the book is never seen half-updated.
+    client's statistics (:class:`~engine.GroupState`, configured or learned);
+    a unit whose limit some group does not know yet is left out rather than
+    guessed. Requests used are those the server admitted (sent, less 429s);
+    tokens, those it reported. Does not checkpoint.
     """
-    # The client offers no accessor for its quota book's groups yet.
-    book = getattr(getattr(client, "_limiter", None), "_book", None)
-    groups = getattr(book, "_groups", None)
-    if started is None or book is None or not groups:
+    statistics = client.statistics()
+    groups = statistics.limiter.groups
+    if started is None or not groups:
         return ()
     elapsed = now - started
     answered = 0.0 if first_answer is None else first_answer - started
     found: dict[str, list[Allowance]] = {unit: [] for unit, _ in _MINUTE_DIMENSIONS}
     unknown: set[str] = set()
-    for name in list(groups):
-        view = book.snapshot(name, now)
+    for group in groups:
         for unit, key in _MINUTE_DIMENSIONS:
-            dim = view.get(key) or {}
-            limit = dim.get("limit")
-            if not isinstance(limit, int | float) or not 0 < limit < float("inf"):
+            dim = group.dimensions.get(key)
+            limit = None if dim is None else dim.limit
+            if limit is None or not 0 < limit < float("inf"):
                 unknown.add(unit)
                 continue
-            full_at = dim.get("full_at")
-            next_reset = full_at - started if isinstance(full_at, int | float) else None
+            assert dim is not None
+            next_reset = None if dim.full_at is None else dim.full_at - started
             found[unit].append(
-                allowance(
-                    unit,
-                    float(limit),
-                    str(dim.get("mode", "")),
-                    elapsed,
-                    next_reset,
-                    first_answer=answered,
-                )
+                allowance(unit, limit, dim.mode, elapsed, next_reset, first_answer=answered)
             )
-    statistics = client.statistics()
     used = {
         "requests": statistics.sent - statistics.rate_limited,
         "tokens": statistics.prompt_tokens + statistics.completion_tokens,

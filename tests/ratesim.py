@@ -68,7 +68,7 @@ class Server:
     sub_start: float | None = attrs.field(init=False, default=None)
     sub_used: int = attrs.field(init=False, default=0)
     admitted_at: list[float] = attrs.field(init=False, factory=list)
-    refused: int = attrs.field(init=False, default=0)
+    refused_at: list[float] = attrs.field(init=False, factory=list)
 
     def __attrs_post_init__(self) -> None:
         self.level = float(self.limit)
@@ -124,7 +124,7 @@ class Server:
             self.admitted_at.append(now)
             remaining, reset = self._minute_state(now)
         else:
-            self.refused += 1
+            self.refused_at.append(now)
         headers: dict[str, str] = {}
         if self.headers != "none" and (ok or self.headers_on_429):
             headers["x-ratelimit-limit-requests"] = str(self.limit)

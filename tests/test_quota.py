@@ -684,3 +684,26 @@ def test_no_headers_a_long_wait_is_a_window_end_and_slow_start_begins_again():
     grant(book, 31.0)
     grant(book, 31.0)
     assert book.decide("g", ONE, 31.0) == Wait(None)
+
+
+def test_group_states_show_limits_and_adaptive_control_without_changing_the_book():
+    """group_states() reports the learned window and rate and leaves the book's levels alone."""
+    book = QuotaBook(None, margin=0.0)
+    book.settle(grant(book, 0.0), 0.5)
+    (state,) = book.group_states(0.5)
+    assert state.window == 2.0 and state.adaptive_rate is None
+    assert state.dimensions["requests_per_minute"].limit is None
+    book.rate_limited(grant(book, 0.5), 0.6, retry_after=0.5)
+    (state,) = book.group_states(0.6)
+    assert state.window is None and state.adaptive_rate == pytest.approx(2.0)
+    assert state.rate_limited == 1 and state.cooldown_until == pytest.approx(1.1)
+    known = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(known)
+    for _ in range(599):
+        grant(known, 0.0)
+    (state,) = known.group_states(30.0)
+    assert state.dimensions["requests_per_minute"].level == pytest.approx(300.0)
+    assert known.group_states(30.0)[0].dimensions["requests_per_minute"].level == pytest.approx(
+        300.0
+    )
+    assert isinstance(known.decide("g", Cost(tokens=0, requests=301), 30.0), Wait)
