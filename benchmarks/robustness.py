@@ -108,7 +108,6 @@ from benchmarks.peers._harness import (
     start_fork_server,
     start_mock,
     stop_on_sigterm,
-    wait_all,
     write_json,
 )
 from benchmarks.peers.quota_engine import _chat_requests
@@ -983,6 +982,18 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _until_stopped(
+    done: Iterator[Any], stop: threading.Event, pool: concurrent.futures.Executor
+) -> Iterator[Any]:
+    """``done``'s futures; interrupted (SIGTERM, Ctrl-C), stop every cell and cancel the rest."""
+    try:
+        yield from done
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
 class StartGate:
     """Hands out start times at least ``gap`` seconds apart (thread-safe)."""
 
@@ -1010,8 +1021,33 @@ def run_cell(
     sampler: CpuSampler,
     options: dict[str, set[str] | None],
     redis: RedisServer | None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Serve the cell's mock, run its client process(es), stop the mock; return its row."""
+    """Serve the cell's mock, run its client process(es), stop the mock; return its row.
+
+    A cell whose client process died without a result (not the engine's doing:
+    e.g. the checkout failed to import) is run once more, then recorded as an
+    error, never as a failing cell.  ``stop`` set: cells not started yet are
+    not run, running ones are stopped.
+    """
+    stop = stop or threading.Event()
+    row = _run_cell_once(cell, index, gate, sampler, options, redis, stop)
+    if row.get("status") == "error" and not stop.is_set():
+        print(f"{cell.key}: {row['reason']}; running it again", flush=True)
+        row = _run_cell_once(cell, index, gate, sampler, options, redis, stop)
+    return row
+
+
+def _run_cell_once(
+    cell: Cell,
+    index: int,
+    gate: StartGate,
+    sampler: CpuSampler,
+    options: dict[str, set[str] | None],
+    redis: RedisServer | None,
+    stop: threading.Event,
+) -> dict[str, Any]:
+    """One attempt at :func:`run_cell`."""
     row: dict[str, Any] = {
         "key": cell.key,
         "server": cell.server,
@@ -1030,6 +1066,8 @@ def run_cell(
         return {**row, "status": "skipped", "reason": "engine mock lacks " + ", ".join(missing)}
     if kind.processes > 1 and redis is None:
         return {**row, "status": "skipped", "reason": "redis-server is not installed"}
+    if stop.is_set():
+        return {**row, "status": "cancelled", "reason": "the run was stopped"}
     server = _start_mock_retrying(cell.mock_args())
     try:
         start_at = gate.next_start(FORK_LEAD)
@@ -1062,12 +1100,16 @@ def run_cell(
                 child = fork_child("benchmarks.robustness", args, timeout=timeout)
             sampler.watch(child.process.pid)
             children.append(child)
-        wait_all(children)
+        _wait_or_stop(children, stop)
         results = [child.result() or {} for child in children]
         stats = mock_stats(server.base_url)
         server_cpu = process_cpu_seconds(server.pid)
     finally:
         server.stop()
+    crashed = sum(1 for result in results if not result)
+    if crashed:
+        reason = f"{crashed} of {len(results)} client process(es) ended without a result"
+        return {**row, "status": "error", "reason": reason}
     items = [Item.from_row(r) for result in results for r in result.get("items", [])]
     offset = _wall_clock_offset(cell.mock_args())
     row.update(analyse(cell, items, stats, clock_offset=offset))
@@ -1076,7 +1118,6 @@ def run_cell(
     row["client_cpu_s"] = sum(result.get("cpu_s") or 0.0 for result in results)
     row["client_wall_s"] = max((result.get("wall_s") or 0.0 for result in results), default=None)
     row["server_cpu_s"] = server_cpu
-    row["crashed_children"] = sum(1 for result in results if not result)
     row["cut_off"] = any(result.get("cut_off") for result in results)
     row["cutoff_s"] = cell.cutoff()
     row["engine_statistics"] = [result.get("statistics") for result in results]
@@ -1089,6 +1130,38 @@ def run_cell(
         row["started_at"] = t0
         row["cpu"] = sampler.summary(t0, t0 + (row.get("elapsed_s") or 0.0))
     return row
+
+
+def _wait_or_stop(children: Sequence[Any], stop: threading.Event) -> None:
+    """Wait for the children to end (or overrun their timeouts); kill them once ``stop`` is set."""
+    try:
+        while not all(child.finished() for child in children):
+            if stop.is_set():
+                raise SystemExit("stopped")
+            time.sleep(0.2)
+    except BaseException:
+        for child in children:
+            child.stop()
+        raise
+
+
+def _importable(timeout: float = 120.0) -> bool:
+    """Whether the checkout's engine and peers import cleanly, trying for up to ``timeout`` s.
+
+    Others may be editing the checkout while the matrix starts; the fork server
+    must preload a consistent engine, or every client would import it again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        check = subprocess.run(
+            python_module("benchmarks.peers._preload"), capture_output=True, timeout=120
+        )
+        if check.returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        print("-- the checkout does not import cleanly; trying again in 5 s", flush=True)
+        time.sleep(5.0)
 
 
 def _start_mock_retrying(args: Sequence[str], attempts: int = 3) -> Any:
@@ -1172,7 +1245,10 @@ def run(
     rows: list[dict[str, Any] | None] = [None] * len(cells)
     whole: dict[str, float] | None = None
     timeline: list[list[float]] = []
+    stop = threading.Event()
     try:
+        if not _importable():
+            raise RuntimeError("the checkout does not import cleanly (benchmarks.peers._preload)")
         start_fork_server()
         with CpuSampler() as sampler, concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             futures = {
@@ -1184,10 +1260,16 @@ def run(
                     sampler=sampler,
                     options=options,
                     redis=redis,
+                    stop=stop,
                 ): i
                 for i in order
             }
-            for future in concurrent.futures.as_completed(futures):
+            try:
+                done = concurrent.futures.as_completed(futures)
+            except BaseException:
+                stop.set()
+                raise
+            for future in _until_stopped(done, stop, pool):
                 index = futures[future]
                 try:
                     rows[index] = future.result()
