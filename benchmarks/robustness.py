@@ -71,7 +71,7 @@ answered 200; the workload is N chat completions, cost 1 request each):
   windows allow).  A judged utilisation that cannot be measured fails.
 
     python -m benchmarks.robustness [--quick] [--parallel 12] [--rpm 600]
-        [--only SUBSTRING ...] [--out bench-results/robustness.json]
+        [--only SUBSTRING ...] [--merge] [--out bench-results/robustness.json]
 """
 
 from __future__ import annotations
@@ -385,13 +385,22 @@ class Cell:
 
         At least 1.5 x ideal, and never before sending every item evenly
         paced at the minute-level rate could finish (a client that ignores a
-        token bucket's burst is slow, not losing items), plus room for slow
-        answers; the gateway gets its ideal + 45 s.
+        token bucket's burst is slow, not losing items), plus 15 s and the
+        slowest answer to expect (:meth:`slowest_answer`); the gateway gets
+        its ideal + 45 s.
         """
         if self.spec.kind == "clock_minute":
             return self.ideal_wall(phase=0.0) + 45.0
         paced = self.count / (self.rpm / 60.0)
-        return max(1.5 * self.ideal_wall(phase=0.0), 1.1 * paced) + 15.0 + 3.0 * self.median_s
+        return max(1.5 * self.ideal_wall(phase=0.0), 1.1 * paced) + 15.0 + self.slowest_answer()
+
+    def slowest_answer(self) -> float:
+        """Seconds the slowest of a few thousand lognormal latencies takes (3.5 sigma).
+
+        At median 3 s and sigma 0.8 that is 49 s: a request sent last may
+        still be in flight that long after the last send.
+        """
+        return self.median_s * math.exp(3.5 * LATENCIES[self.latency].sigma)
 
 
 def ideal_wall(
@@ -1217,11 +1226,13 @@ def run(
     parallel: int | None = None,
     only: Sequence[str] = (),
     out: str = f"{RESULTS_DIR}/robustness.json",
+    merge: bool = False,
 ) -> dict[str, Any]:
     """Run the matrix (``--quick``: the subset); write and return the results.
 
     ``parallel``: cells at once (default :data:`DEFAULT_PARALLEL`, quick
-    :data:`QUICK_PARALLEL`).
+    :data:`QUICK_PARALLEL`).  ``merge``: keep the cells of ``out`` not run
+    this time (the run's own figures describe the cells it ran).
     """
     started = time.time()
     parallel = parallel or (QUICK_PARALLEL if quick else DEFAULT_PARALLEL)
@@ -1310,6 +1321,21 @@ def run(
         "cells": rows,
         "duration_s": time.time() - started,
     }
+    if merge and os.path.exists(out):
+        import json
+
+        with open(out) as f:
+            previous = json.load(f)
+        again = {row["key"] for row in rows if row}
+        kept = [row for row in previous["cells"] if row and row["key"] not in again]
+        result["cells"] = kept + [row for row in rows if row]
+        result["merged"] = {
+            "previous_machine": previous.get("machine"),
+            "previous_duration_s": previous.get("duration_s"),
+            "previous_cpu": previous.get("cpu"),
+            "rerun": sorted(again),
+        }
+        rows = result["cells"]
     write_json(out, result)
     ran = [r for r in rows if r and r.get("status") == "ran"]
     print(
@@ -1336,6 +1362,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--only", nargs="+", default=(), help="run only cells whose key contains one of these"
     )
     parser.add_argument("--out", default=f"{RESULTS_DIR}/robustness.json")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the cells of --out not run this time"
+    )
     # child mode (internal)
     parser.add_argument("--child", choices=list(CLIENTS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -1352,7 +1381,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         child_main(args)
         return
     stop_on_sigterm()
-    run(quick=args.quick, rpm=args.rpm, parallel=args.parallel, only=args.only, out=args.out)
+    run(
+        quick=args.quick,
+        rpm=args.rpm,
+        parallel=args.parallel,
+        only=args.only,
+        out=args.out,
+        merge=args.merge,
+    )
 
 
 if __name__ == "__main__":

@@ -106,6 +106,16 @@ def test_cells_are_sized_for_the_steady_seconds_of_their_semantics():
     assert _cell("sub_10s/0.15s/openai/known/engine").count == 10 * 30 + 150
 
 
+def test_time_box_leaves_room_for_even_pacing_and_the_slowest_answer():
+    """At 3 s sigma 0.8 a paced client's last item may take ~49 s: the box waits for it."""
+    cell = _cell("token_bucket/3s/openai/known/aiometer")
+    paced = cell.count / (cell.rpm / 60.0)
+    assert cell.slowest_answer() == pytest.approx(3.0 * 16.44, rel=0.01)
+    assert cell.cutoff() >= paced + 3.0 * 16.0
+    fast = _cell("token_bucket/0.15s/openai/known/engine")
+    assert fast.cutoff() < paced + 20.0
+
+
 def test_mock_options_and_their_choices_are_read_from_the_help_text():
     """Flags the installed mock lacks, or values outside its choices, are named."""
     help_text = (
