@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -113,7 +114,7 @@ def test_time_box_leaves_room_for_even_pacing_and_the_slowest_answer():
     assert cell.slowest_answer() == pytest.approx(3.0 * 16.44, rel=0.01)
     assert cell.cutoff() >= paced + 3.0 * 16.0
     fast = _cell("token_bucket/0.15s/openai/known/engine")
-    assert fast.cutoff() < paced + 20.0
+    assert fast.cutoff() == pytest.approx(1.1 * paced + 15.0 + 0.15 * math.exp(1.4))
 
 
 def test_mock_options_and_their_choices_are_read_from_the_help_text():
