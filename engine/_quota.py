@@ -66,6 +66,10 @@ DAY = 86_400.0
 #: The longest undeclared sub-window the burst pacing guards against (Azure
 #: checks per-minute limits over 10 s).
 PROOF_SPAN = 10.0
+#: Burst pacing lets grants run this many seconds ahead of their slots: at
+#: high rates a wake-up per grant would cost more than the grant (trio's timers
+#: wake ~0.6 ms late anyway), and a millisecond's worth is no burst.
+BURST_SLACK = 0.001
 #: A 429's wait longer than this (seconds) names a window's end rather than
 #: the refill of one request.
 LONG_WAIT = 2.0
@@ -470,7 +474,7 @@ class QuotaBook:
         if group.paced:
             if group.next_slot > ready:
                 ready = group.next_slot
-        elif group.next_burst_slot > ready and not group.proven:
+        elif group.next_burst_slot > ready + BURST_SLACK and not group.proven:
             ready = group.next_burst_slot
         if group.seen_response and group.minute_dims[0].limit is None:
             # No request limit known (no rate-limit headers): adaptive control.
@@ -562,9 +566,15 @@ class QuotaBook:
         elif not group.proven:
             if group.first_grant_at > now:
                 group.first_grant_at = now
-            spacing = self._pace_spacing(group, cost) * group.pace_fraction / self._burst_pace
+            # A 16th of the sustainable spacing of the per-minute limits.
+            spacing = 0.0
+            if rpm.limit:
+                spacing = cost.requests * rpm.window / (rpm.limit * self._burst_pace)
+            if tpm.limit and cost.tokens:
+                spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * self._burst_pace))
             if spacing:
-                group.next_burst_slot = max(group.next_burst_slot, now) + spacing
+                slot = group.next_burst_slot
+                group.next_burst_slot = (slot if slot > now else now) + spacing
         rate = group.adaptive_rate
         if rate is not None:
             if now <= group.next_adaptive_slot + 1.0 / rate:
@@ -629,8 +639,9 @@ class QuotaBook:
             return
         group.seen_response = True
         group.blind_rate_limits = 0
-        took = now - reservation.granted_at
-        group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
+        if group.minute_dims[0].limit is None:
+            took = now - reservation.granted_at
+            group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
         if group.adaptive_rate is None and group.minute_dims[0].limit is None:
             # Slow start: the window doubles every round trip until it holds
             # SLOW_START_LIMIT requests or sends SLOW_START_RATE a second, then
@@ -714,11 +725,14 @@ class QuotaBook:
     def _count_early(group: _Group, cost: Cost) -> None:
         """Count an early admission; prove the group when it beats every sub-window."""
         early = group.early_admitted
-        for index, dim in enumerate(group.minute_dims):
-            need = dim.need(cost)
-            early[index] += need
-            if dim.limit is not None and early[index] > dim.limit * PROOF_SPAN / MINUTE + need:
-                group.proven = True
+        rpm, tpm = group.minute_dims
+        requests = early[0] = early[0] + cost.requests
+        tokens = early[1] = early[1] + cost.tokens
+        share = PROOF_SPAN / MINUTE
+        if (rpm.limit is not None and requests > rpm.limit * share + cost.requests) or (
+            tpm.limit is not None and cost.tokens and tokens > tpm.limit * share + cost.tokens
+        ):
+            group.proven = True
 
     def _believe_the_refusal(
         self,
@@ -914,8 +928,8 @@ class QuotaBook:
                 dim.limit = float(limit) if dim.configured is None else min(dim.configured, limit)
             offset = 4 if dim.counts_tokens else 0
             mark = reservation.marks[offset : offset + 4]
-            need = dim.need(reservation.cost)
             if not served:
+                need = dim.need(reservation.cost)
                 # A 429 is not charged (the caller already returned the cost):
                 # compare as if this request had never been granted.
                 mark = (mark[0] + need, mark[1] - need, mark[2], mark[3])
