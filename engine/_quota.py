@@ -70,6 +70,9 @@ PROOF_SPAN = 10.0
 #: high rates a wake-up per grant would cost more than the grant (trio's timers
 #: wake ~0.6 ms late anyway), and a millisecond's worth is no burst.
 BURST_SLACK = 0.001
+#: A blind 429 this soon (seconds) after a guessed window end means the guess
+#: was early (the server's clock runs behind): retry a second later.
+GUESS_SLACK = 5.0
 #: A 429's wait longer than this (seconds) names a window's end rather than
 #: the refill of one request.
 LONG_WAIT = 2.0
@@ -146,6 +149,9 @@ class _Dimension:
     # The grant sequence number of the newest snapshot applied: an older one
     # (answers come back out of order) may lower the level, never raise it.
     applied_seq: int = 0
+    # A fixed window whose end no header or hint named: it was guessed.
+    end_guessed: bool = False
+    unconfirmed: bool = False
     counts_tokens: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -189,6 +195,8 @@ class _Dimension:
             if capacity is not None and capacity > self.level:
                 self.overflow += capacity - self.level
             self.level = capacity
+            # A guessed end may come before the server's: one probe first.
+            self.unconfirmed = self.end_guessed
             # The next window ends one window later unless a response says otherwise.
             span = self.window if self.mode is RefillMode.STEP else self.window / 60
             self.full_at += span * max(1, math.ceil((now - self.full_at) / span))
@@ -505,6 +513,10 @@ class QuotaBook:
             and not self._fits_first_second(group, cost)
         ):
             return Wait(None)
+        if group.in_flight > 0 and (
+            group.minute_dims[0].unconfirmed or group.minute_dims[1].unconfirmed
+        ):
+            return Wait(None)  # a guessed window end: its probe goes alone
         if unknowable:
             if group.in_flight > 0:
                 return Wait(None if ready <= now else ready)
@@ -639,6 +651,7 @@ class QuotaBook:
             return
         group.seen_response = True
         group.blind_rate_limits = 0
+        group.minute_dims[0].unconfirmed = group.minute_dims[1].unconfirmed = False
         if group.minute_dims[0].limit is None:
             took = now - reservation.granted_at
             group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
@@ -823,11 +836,22 @@ class QuotaBook:
         ``remaining`` but no reset header), counts in windows.  Without a
         hint the window is taken to end at the next wall-clock minute (as
         request-counting gateways align them) when the book knows the wall
-        clock, else one window from now; a wrong guess costs one more 429.
+        clock, else one window from now.  A refusal just after a guessed end
+        (the server's clock behind ours) retries a second later.
         """
         end = None
         for dim in short:
-            if dim.mode is not RefillMode.CONTINUOUS or dim.rate is None:
+            if dim.rate is None:
+                continue
+            if dim.mode is RefillMode.STEP and dim.end_guessed and dim.full_at is not None:
+                if blind and now - (dim.full_at - dim.window) < GUESS_SLACK:
+                    # Refused just after the guessed end: the server's clock
+                    # runs behind ours.  Try again a second later, and move
+                    # the guessed ends with it.
+                    dim.full_at = now + 1.0
+                    end = dim.full_at if end is None else max(end, dim.full_at)
+                continue
+            if dim.mode is not RefillMode.CONTINUOUS:
                 continue
             if not blind:
                 deficit = max(0.0, dim.need(cost) - max(0.0, dim.level))
@@ -843,6 +867,7 @@ class QuotaBook:
                 continue
             dim.mode = RefillMode.STEP
             dim.full_at = at
+            dim.end_guessed = blind
             end = at if end is None else max(end, at)
         return end
 

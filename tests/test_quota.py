@@ -707,3 +707,53 @@ def test_group_states_show_limits_and_adaptive_control_without_changing_the_book
         300.0
     )
     assert isinstance(known.decide("g", Cost(tokens=0, requests=301), 30.0), Wait)
+
+
+def limits_only(remaining: int) -> RateLimitHeaders:
+    """A gateway's snapshot: limit and remaining, no reset."""
+    return headers(limit_requests=60, remaining_requests=remaining)
+
+
+def test_two_blind_429s_where_a_bucket_would_have_refilled_mean_a_clock_minute_window():
+    """No reset, no hint: the second blind 429 makes a window that ends on the clock minute."""
+    book = QuotaBook(Limits(rpm=60), margin=0.0, wall_offset=1_000_040.0)  # 20 s into a minute
+    seen(book)
+    for reservation in [grant(book, 0.0) for _ in range(59)]:
+        book.settle(reservation, 0.5, headers=limits_only(0))
+    assert book.rate_limited(grant(book, 1.0), 1.0, headers=limits_only(0)) == pytest.approx(2.0)
+    refused, at = grant_when_ready(book, 2.0)
+    assert book.rate_limited(refused, at, headers=limits_only(0)) == pytest.approx(40.0)
+    assert book.snapshot("g", at)["requests_per_minute"]["mode"] == "step"
+    first = grant(book, 40.0)  # the guessed end: one probe goes alone
+    assert book.decide("g", ONE, 40.0) == Wait(None)
+    book.settle(first, 40.2, headers=limits_only(59))
+    for _ in range(59):
+        grant(book, 40.2)
+
+
+def test_a_refusal_just_after_a_guessed_window_end_retries_a_second_later():
+    """The server's clock behind ours: the probe at the guessed :00 is refused, then +1 s."""
+    book = QuotaBook(Limits(rpm=60), margin=0.0, wall_offset=1_000_040.0)
+    seen(book)
+    for reservation in [grant(book, 0.0) for _ in range(59)]:
+        book.settle(reservation, 0.5, headers=limits_only(0))
+    book.rate_limited(grant(book, 1.0), 1.0, headers=limits_only(0))
+    refused, at = grant_when_ready(book, 2.0)
+    book.rate_limited(refused, at, headers=limits_only(0))
+    early = grant(book, 40.0)
+    assert book.rate_limited(early, 40.01, headers=limits_only(0)) >= 41.0
+    probe, at = grant_when_ready(book, 40.01)
+    assert 41.0 <= at <= 45.0
+    book.settle(probe, at + 0.1, headers=limits_only(59))
+
+
+def test_a_retry_hint_far_longer_than_a_bucket_needs_means_a_fixed_window():
+    """remaining 0 and 'retry in 35 s' at 60 RPM (a bucket needs 1 s): a window ending then."""
+    book = QuotaBook(Limits(rpm=60), margin=0.0)
+    seen(book)
+    for _ in range(59):
+        grant(book, 0.0)
+    until = book.rate_limited(grant(book, 1.0), 1.0, headers=limits_only(0), retry_after=35.0)
+    assert until == pytest.approx(36.0)
+    view = book.snapshot("g", 1.0)["requests_per_minute"]
+    assert view["mode"] == "step" and view["full_at"] == pytest.approx(36.0)
