@@ -100,6 +100,12 @@ class _CoolDown:
 
 
 @attrs.frozen
+class _Share:
+    group: str
+    share: float
+
+
+@attrs.frozen
 class _LearnLimits:
     group: str
     rpm: float | None
@@ -262,6 +268,10 @@ class Limiter:
         """Hold ``group`` until ``until`` (trio clock): a cooldown seen elsewhere."""
         self._report(_CoolDown(group, until))
 
+    def share_nowait(self, group: str, share: float) -> None:
+        """Pace ``group`` at ``share`` of its limits (1 / the processes sharing the quota)."""
+        self._report(_Share(group, share))
+
     def learn_limits_nowait(self, group: str, *, rpm: float | None, tpm: float | None) -> None:
         """Adopt per-minute limits another process learned (configured ones win)."""
         self._report(_LearnLimits(group, rpm, tpm))
@@ -408,6 +418,8 @@ class Limiter:
             )
         elif isinstance(message, _CoolDown):
             book.cool_down(message.group, message.until, now)
+        elif isinstance(message, _Share):
+            book.set_share(message.group, message.share, now)
         elif isinstance(message, _LearnLimits):
             book.learn_limits(message.group, now, rpm=message.rpm, tpm=message.tpm)
             self._known_limits[message.group] = book.learned_limits(message.group, now)

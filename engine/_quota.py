@@ -70,6 +70,8 @@ PROOF_SPAN = 10.0
 #: high rates a wake-up per grant would cost more than the grant (trio's timers
 #: wake ~0.6 ms late anyway), and a millisecond's worth is no burst.
 BURST_SLACK = 0.001
+#: What processes that share a quota keep of their share when paced.
+SHARED_PACE_FRACTION = 0.95
 #: A blind 429 this soon (seconds) after a guessed window end means the guess
 #: was early (the server's clock runs behind): retry a second later.
 GUESS_SLACK = 5.0
@@ -328,6 +330,9 @@ class _Group:
     minute_dims: tuple[_Dimension, _Dimension] = attrs.field(init=False)
     paced: bool
     pace_fraction: float
+    # This process's share of a quota shared with others (1 alone): pacing
+    # spreads only this share over the server's windows.
+    share: float = 1.0
     cooldown_until: float = -math.inf
     # Capacity leased from a shared quota (infinite when the book is not shared).
     lease_requests: float = math.inf
@@ -580,10 +585,11 @@ class QuotaBook:
                 group.first_grant_at = now
             # A 16th of the sustainable spacing of the per-minute limits.
             spacing = 0.0
+            pace = self._burst_pace
             if rpm.limit:
-                spacing = cost.requests * rpm.window / (rpm.limit * self._burst_pace)
+                spacing = cost.requests * rpm.window / (rpm.limit * pace)
             if tpm.limit and cost.tokens:
-                spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * self._burst_pace))
+                spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * pace))
             if spacing:
                 slot = group.next_burst_slot
                 group.next_burst_slot = (slot if slot > now else now) + spacing
@@ -616,6 +622,10 @@ class QuotaBook:
             rate = dim.rate
             if rate:
                 spacing = max(spacing, dim.need(cost) / (rate * group.pace_fraction))
+        if group.share < 1:
+            # Processes pacing independently fall into the same server window
+            # now and then: leave them room for one request more each.
+            return spacing / (group.share * SHARED_PACE_FRACTION)
         return spacing
 
     # -- outcomes -------------------------------------------------------------
@@ -810,6 +820,7 @@ class QuotaBook:
                 had = 0.0
                 if believed is not None and believed >= need + second:
                     finer = True
+                    continue  # the minute's level was not what ran out
             if believed is None:
                 continue
             error = min(had, need - 1.0) - believed
@@ -840,6 +851,8 @@ class QuotaBook:
         (the server's clock behind ours) retries a second later.
         """
         end = None
+        if group.paced:
+            return None  # a finer window than declared: its refusals say nothing of the minute's
         for dim in short:
             if dim.rate is None:
                 continue
@@ -1138,6 +1151,12 @@ class QuotaBook:
         if now >= group.lease_expires_at:
             return (0.0, 0.0, group.lease_expires_at)
         return (group.lease_requests, group.lease_tokens, group.lease_expires_at)
+
+    def set_share(self, group_name: str, share: float, now: float) -> None:
+        """Pace the group at ``share`` (0 < share <= 1) of its limits (processes sharing them)."""
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
+        self._group(group_name, now).share = share
 
     def cool_down(self, group_name: str, until: float, now: float) -> None:
         """Hold the group until ``until`` (a cooldown another process observed)."""

@@ -880,6 +880,11 @@ class LeaseManager:
             )
             group.publish_limits = False
             group.seen_bucket = True
+            if reply.clients != group.clients and reply.clients >= 1:
+                # A paced group spreads only this process's share over the
+                # server's windows (several processes pacing at the full
+                # rate would together overrun a per-second window).
+                limiter.share_nowait(group.name, 1 / reply.clients)
             group.clients = reply.clients
             group.max_clients = max(group.max_clients, reply.clients)
             granted = (reply.requests, reply.tokens)
