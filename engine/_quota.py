@@ -344,6 +344,7 @@ class _Group:
     in_flight: int = 0
     rate_limited: int = 0
     blind_rate_limits: int = 0
+    last_blind_at: float = -math.inf
     # Burst pacing: grants never come closer than a burst_pace-th of the
     # sustainable spacing, so a 429 from a window finer than the headers
     # declare stops the burst after a few requests (see decide()).
@@ -360,6 +361,8 @@ class _Group:
     # rate with multiplicative decrease on 429 and slow growth while in use.
     window: float = 1.0
     adaptive_rate: float | None = None
+    loss_rate: float = 0.0  # the adaptive rate when the last 429 came
+    admitted_since_decrease: int = 0
     next_adaptive_slot: float = -math.inf
     last_decrease_at: float = -math.inf
     latency: float = 0.0
@@ -597,8 +600,13 @@ class QuotaBook:
         if rate is not None:
             if now <= group.next_adaptive_slot + 1.0 / rate:
                 # Sending as fast as the rate allows: probe upward slowly
-                # (``adaptive_growth`` of the rate per second of paced sending).
-                rate = group.adaptive_rate = rate + self._adaptive_growth
+                # (``adaptive_growth`` of the rate per second of paced
+                # sending), six times slower near the rate of the last 429, so
+                # a low rate is not refused every few seconds.
+                step = self._adaptive_growth
+                if 0.95 * group.loss_rate <= rate <= 1.05 * group.loss_rate:
+                    step /= 6
+                rate = group.adaptive_rate = rate + step
             group.next_adaptive_slot = max(group.next_adaptive_slot, now) + cost.requests / rate
         group.lease_requests -= cost.requests
         group.lease_tokens -= cost.tokens
@@ -663,6 +671,7 @@ class QuotaBook:
         group.blind_rate_limits = 0
         group.minute_dims[0].unconfirmed = group.minute_dims[1].unconfirmed = False
         if group.minute_dims[0].limit is None:
+            group.admitted_since_decrease += 1
             took = now - reservation.granted_at
             group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
         if group.adaptive_rate is None and group.minute_dims[0].limit is None:
@@ -726,7 +735,11 @@ class QuotaBook:
             # Nothing says when capacity returns: back off exponentially on
             # consecutive blind 429s (1 s, 2 s, 4 s, ... up to 60 s) so a
             # spent quota is not hit again by the whole window every second.
-            group.blind_rate_limits += 1
+            # Refusals of requests sent before the last blind one are the
+            # same round: they do not back off further.
+            if reservation.granted_at > group.last_blind_at:
+                group.blind_rate_limits += 1
+                group.last_blind_at = now
             wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
             blind = True
         else:
@@ -896,13 +909,18 @@ class QuotaBook:
         TCP's fast recovery does).  Otherwise the first 429 ends slow start at
         half the rate the window was sending at, or one request per the
         server's wait if that is slower (a token bucket just emptied refills
-        one request in about that time); later ones halve the rate while it is
-        still searching (within 2 s of the last decrease) and take a fifth off
-        it once it has settled.
+        one request in about that time).  Later ones halve the rate while it
+        is still searching (within 2 s of the last decrease) and take a fifth
+        off it once it has settled, and never leave it above what the server
+        admitted since the last decrease (cooldown included): that is what a
+        token bucket refills.
         """
         if reservation.granted_at <= group.last_decrease_at:
             return
+        since = now - group.last_decrease_at
+        admitted = group.admitted_since_decrease
         group.last_decrease_at = now
+        group.admitted_since_decrease = 0
         latency = group.latency if group.latency > 0 else 1.0
         rate = group.adaptive_rate
         if retry_after is not None and retry_after > LONG_WAIT:
@@ -910,14 +928,19 @@ class QuotaBook:
             group.window = max(1.0, window / 2)
             group.adaptive_rate = None
             return
+        if rate is not None:
+            group.loss_rate = rate
         if rate is None:
             rate = 0.5 * max(group.window, 1.0) / latency
             if retry_after:
                 rate = min(rate, reservation.cost.requests / retry_after)
-        elif now - group.last_decrease_at < 2.0:
-            rate *= 0.5
         else:
-            rate *= 0.8
+            rate *= 0.5 if since < 2.0 else 0.8
+            if since < math.inf and admitted / since < rate:
+                # What the server admitted since the last decrease, cooldown
+                # included, is what it can take: a token bucket refills at
+                # that rate.  Straight there, not by halving step after step.
+                rate = admitted / since
         group.adaptive_rate = max(rate, 1.0 / MINUTE)
         group.next_adaptive_slot = now
 

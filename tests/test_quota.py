@@ -757,3 +757,26 @@ def test_a_retry_hint_far_longer_than_a_bucket_needs_means_a_fixed_window():
     assert until == pytest.approx(36.0)
     view = book.snapshot("g", 1.0)["requests_per_minute"]
     assert view["mode"] == "step" and view["full_at"] == pytest.approx(36.0)
+
+
+def test_blind_429s_of_one_flight_back_off_once():
+    """Six requests of one flight refused with nothing said: a 1 s cooldown, not 32 s."""
+    book = QuotaBook(None, margin=0.0)
+    seen(book)
+    flight = [grant(book, 0.0), grant(book, 0.0)]
+    for reservation in flight:
+        assert book.rate_limited(reservation, 0.01) == pytest.approx(1.01)
+
+
+def test_no_headers_the_rate_never_stays_above_what_the_server_admitted():
+    """The rate drops straight to the admissions since the last decrease, not by halving."""
+    book = QuotaBook(None, margin=0.0)
+    book.settle(grant(book, 0.0), 0.5)  # latency 0.5 s, window 2
+    book.rate_limited(grant(book, 0.5), 0.5, retry_after=0.01)  # rate 2/s
+    now = 0.51
+    for _ in range(3):  # three admitted in the 4 s after the first decrease
+        reservation, now = grant_when_ready(book, now)
+        book.settle(reservation, now + 0.1)
+    refused, _ = grant_when_ready(book, 4.0)
+    book.rate_limited(refused, 4.5, retry_after=0.01)
+    assert book.snapshot("g", 4.5)["group"]["adaptive_rate"] == pytest.approx(3 / 4.0)
