@@ -66,7 +66,10 @@ answered 200; the workload is N chat completions, cost 1 request each):
   <= 5% without rate-limit headers, <= 3% on the clock-minute gateway; steady
   utilisation >= 0.95, >= 0.9 on undeclared sub-windows, >= 0.8 without
   headers (not judged on the gateway: its target is the end time); a fresh
-  token bucket with known limits: wall <= 1.05 x ideal + m; the clock-minute
+  token bucket with known limits: the last admitted send + m <= 1.05 x
+  ideal + m (the last answer also waits for the slowest of hundreds of
+  lognormal latencies, which no client controls: reported as wall, not
+  judged); the clock-minute
   gateway: wall <= ideal + 8 s (the run ends within 8 s of the earliest its
   windows allow).  A judged utilisation that cannot be measured fails.
 
@@ -738,6 +741,13 @@ def judge(cell: Cell, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
     wall, ideal = row.get("wall_s"), row.get("ideal_wall_s")
     complete = lost == 0 and failed == 0
     if goal.wall_factor is not None:
+        # Judged on the quota work's end: the last admitted send plus one
+        # median latency, the earliest its answer can typically come (as the
+        # ideal counts it).  The last answer itself also waits for the slowest
+        # of hundreds of lognormal latencies (median x e^(3 sigma) and more),
+        # which no client controls: ``wall_s`` keeps that figure.
+        end = row.get("admitted_end_s")
+        wall = None if end is None else end + cell.median_s
         bound = None if ideal is None else goal.wall_factor * ideal + cell.median_s
         checks["wall"] = {
             "value": wall,
@@ -794,6 +804,7 @@ def analyse(
             utilisation=steady["utilisation"],
             utilisation_basis=steady["basis"],
         )
+        row["admitted_end_s"] = max(admitted) if admitted else None
         wall = max(item.finished for item in items) - t0
         row["elapsed_s"] = wall
         complete = row["lost"] == 0 and row["failed"] == 0

@@ -301,11 +301,13 @@ def test_utilisation_floor_depends_on_the_server(key, utilisation, passed):
 
 
 def test_known_token_bucket_wall_bound_is_five_percent_over_ideal_plus_a_median():
-    """Ideal 30.15 s at 0.15 s median: 31.81 s passes, 31.9 s does not; other cells unbound."""
+    """Ideal 30.15 s at 0.15 s median: last admission 31.6 s passes, 31.7 s does not."""
     cell = _cell("token_bucket/0.15s/openai/known/engine")
     ideal = cell.ideal_wall()
-    assert robustness.judge(cell, _row(wall_s=31.8, ideal_wall_s=ideal))["wall"]["passed"]
-    assert not robustness.judge(cell, _row(wall_s=31.9, ideal_wall_s=ideal))["wall"]["passed"]
+    on_time = _row(wall_s=45.0, admitted_end_s=31.6, ideal_wall_s=ideal)
+    late = _row(wall_s=31.9, admitted_end_s=31.7, ideal_wall_s=ideal)
+    assert robustness.judge(cell, on_time)["wall"]["passed"]
+    assert not robustness.judge(cell, late)["wall"]["passed"]
     learned = _cell("token_bucket/0.15s/openai/learned/engine")
     assert "wall" not in robustness.judge(learned, _row(wall_s=99.0, ideal_wall_s=ideal))
 
@@ -322,7 +324,9 @@ def test_gateway_must_end_within_eight_seconds_of_its_earliest_and_utilisation_i
 def test_a_lost_item_fails_the_cell_and_its_wall_checks():
     """One item lost fails the items check, and a wall time under the bound does not save it."""
     cell = _cell("token_bucket/0.15s/openai/known/engine")
-    checks = robustness.judge(cell, _row(lost=1, wall_s=30.0, ideal_wall_s=30.15))
+    checks = robustness.judge(
+        cell, _row(lost=1, wall_s=30.0, admitted_end_s=29.8, ideal_wall_s=30.15)
+    )
     assert not checks["items"]["passed"]
     assert not checks["wall"]["passed"]
 
