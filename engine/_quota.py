@@ -36,6 +36,16 @@ Until the first response of a group has been seen, at most one request of that
 group is in flight (a probe), so the server's semantics and limits are known
 before the burst; with configured limits, up to a second's share of them (a
 60th, which fits a fresh quota under every semantics).
+
+Servers the engine was not tuned for (docs/design.md, "Rules that hold on
+servers we have never seen"): a 429 is ground truth (:meth:`QuotaBook.rate_limited`
+brings the level down to what the server had); snapshots older than one
+applied, or explained by permits still out at their grant, never raise the
+level; bursts are paced at ``burst_pace`` times the sustainable rate until the
+server has admitted more than any 10 s sub-window could hold; with no limit
+known (no headers) an in-flight window in slow start, then a paced rate with
+multiplicative decrease, governs the group; a window that names no reset is
+recognised from its refusals and its end guessed on the clock minute.
 """
 
 from __future__ import annotations
