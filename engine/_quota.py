@@ -751,6 +751,11 @@ class QuotaBook:
                 group.blind_rate_limits += 1
                 group.last_blind_at = now
             wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
+            if group.paced or finer_window:
+                # A window finer than declared (10 s at most, in practice)
+                # ends soon: probing every 2 s wastes less of the next one
+                # than a doubling wait.
+                wait = min(wait, 2 * self._default_cooldown)
             blind = True
         else:
             group.blind_rate_limits = 0

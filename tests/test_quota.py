@@ -780,3 +780,14 @@ def test_no_headers_the_rate_never_stays_above_what_the_server_admitted():
     refused, _ = grant_when_ready(book, 4.0)
     book.rate_limited(refused, 4.5, retry_after=0.01)
     assert book.snapshot("g", 4.5)["group"]["adaptive_rate"] == pytest.approx(3 / 4.0)
+
+
+def test_a_paced_group_probes_a_finer_window_every_two_seconds_at_most():
+    """Bare 429s from an undeclared window: cooldowns of 1, 2, 2 s, not 1, 2, 4 s."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    assert book.rate_limited(grant(book, 0.01), 0.01) == pytest.approx(1.01)  # paced now
+    reservation, at = grant_when_ready(book, 1.01)
+    assert book.rate_limited(reservation, at) == pytest.approx(at + 2.0)
+    reservation, at = grant_when_ready(book, at + 2.0)
+    assert book.rate_limited(reservation, at) == pytest.approx(at + 2.0)
