@@ -82,6 +82,9 @@ PROOF_SPAN = 10.0
 BURST_SLACK = 0.001
 #: What processes that share a quota keep of their share when paced.
 SHARED_PACE_FRACTION = 0.95
+#: A paced group refused by its finer window again paces at 85% of its rate,
+#: and gets this share of the full rate back per request sent.
+PACE_RECOVERY = 0.005
 #: A blind 429 this soon (seconds) after a guessed window end means the guess
 #: was early (the server's clock runs behind): retry a second later.
 GUESS_SLACK = 5.0
@@ -343,6 +346,9 @@ class _Group:
     # This process's share of a quota shared with others (1 alone): pacing
     # spreads only this share over the server's windows.
     share: float = 1.0
+    # Cut by 429s from a finer window while paced, grown back while sending.
+    pace_backoff: float = 1.0
+    last_pace_cut_at: float = -math.inf
     cooldown_until: float = -math.inf
     # Capacity leased from a shared quota (infinite when the book is not shared).
     lease_requests: float = math.inf
@@ -593,6 +599,8 @@ class QuotaBook:
         )
         if group.paced:
             group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
+            if group.pace_backoff < 1.0:
+                group.pace_backoff = min(1.0, group.pace_backoff + PACE_RECOVERY)
         elif not group.proven:
             if group.first_grant_at > now:
                 group.first_grant_at = now
@@ -643,8 +651,8 @@ class QuotaBook:
         if group.share < 1:
             # Processes pacing independently fall into the same server window
             # now and then: leave them room for one request more each.
-            return spacing / (group.share * SHARED_PACE_FRACTION)
-        return spacing
+            spacing /= group.share * SHARED_PACE_FRACTION
+        return spacing / group.pace_backoff
 
     # -- outcomes -------------------------------------------------------------
 
@@ -767,6 +775,12 @@ class QuotaBook:
             if window_end is not None:
                 wait = window_end - now
         if finer_window:
+            if group.paced and reservation.granted_at > group.last_pace_cut_at:
+                # Refused while already paced: other clients share the server's
+                # windows (or the pace was too fast).  Pace slower, once a
+                # round, and grow back slowly (see _reserve).
+                group.pace_backoff = max(0.1, group.pace_backoff * 0.85)
+                group.last_pace_cut_at = now
             group.paced = True
             group.next_slot = max(group.next_slot, now + wait)
         group.cooldown_until = max(group.cooldown_until, now + wait + self._margin)
@@ -1200,6 +1214,13 @@ class QuotaBook:
         """Hold the group until ``until`` (a cooldown another process observed)."""
         group = self._group(group_name, now)
         group.cooldown_until = max(group.cooldown_until, until)
+        if not group.proven and not group.paced:
+            # Another process was refused before this one saw the server admit
+            # more than a sub-window could: it may be a finer window than
+            # declared, which the other found first.  Pace (at this
+            # process's share) rather than burst into it again.
+            group.paced = True
+            group.next_slot = max(group.next_slot, until)
 
     def learned_limits(self, group_name: str, now: float) -> tuple[float | None, float | None]:
         """The (requests, tokens) per-minute limits the group knows now."""

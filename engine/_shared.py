@@ -789,6 +789,7 @@ class LeaseManager:
             group.publish_limits = group.publish_limits or changed
 
     async def _step(self, redis: Any, group: _Group, now: float) -> None:
+        refresh = False
         if redis is None:
             group.cooldown_to_publish = None  # nobody to tell; the local book has it
         elif group.cooldown_to_publish is not None:
@@ -800,9 +801,12 @@ class LeaseManager:
                     [group.keys[2], group.keys[0]],
                     [math.ceil((until - now) * 1e6)],
                 )
+                # A 429 may have switched the group to pacing, which spreads
+                # only this process's share: learn how many processes share.
+                refresh = True
         if group.need is not None and now >= group.next_ask_at:
             await self._lease(redis, group, group.need)
-        elif redis is not None and group.publish_limits:
+        elif redis is not None and (group.publish_limits or refresh):
             await self._lease(redis, group, Cost(tokens=0, requests=0))
         if now >= group.idle_check_at:
             await self._idle_check(redis, group, now)
@@ -880,10 +884,12 @@ class LeaseManager:
             )
             group.publish_limits = False
             group.seen_bucket = True
-            if reply.clients != group.clients and reply.clients >= 1:
+            if reply.clients > group.max_clients:
                 # A paced group spreads only this process's share over the
                 # server's windows (several processes pacing at the full
-                # rate would together overrun a per-second window).
+                # rate would together overrun a per-second window).  The most
+                # processes seen: a count that dips while one holds no lease
+                # must not let the others pace at the whole rate.
                 limiter.share_nowait(group.name, 1 / reply.clients)
             group.clients = reply.clients
             group.max_clients = max(group.max_clients, reply.clients)

@@ -791,3 +791,29 @@ def test_a_paced_group_probes_a_finer_window_every_two_seconds_at_most():
     assert book.rate_limited(reservation, at) == pytest.approx(at + 2.0)
     reservation, at = grant_when_ready(book, at + 2.0)
     assert book.rate_limited(reservation, at) == pytest.approx(at + 2.0)
+
+
+def test_a_shared_group_paces_at_its_share_and_slower_after_a_refusal_while_paced():
+    """Share 1/3: spacing triples (and 1/0.95); refused again while paced: 85% of that rate."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    book.set_share("g", 1 / 3, 0.0)
+    book.rate_limited(grant(book, 0.01), 0.02, headers=headers(remaining_requests=500))
+    reservation, at = grant_when_ready(book, 1.0)
+    spacing = 0.1 / 0.98 * 3 / 0.95
+    assert book.decide("g", ONE, at) == Wait(pytest.approx(at + spacing))
+    book.rate_limited(reservation, at + 0.01, headers=headers(remaining_requests=500))
+    _second, later = grant_when_ready(book, at + 1.0)
+    assert book.decide("g", ONE, later) == Wait(
+        pytest.approx(later + spacing / (0.85 + 0.005), rel=1e-3)
+    )
+
+
+def test_a_cooldown_from_another_process_paces_a_group_not_yet_proven():
+    """Another process was refused before this one proved the burst: pace, don't burst into it."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    book.cool_down("g", 0.5, 0.1)
+    assert book.snapshot("g", 0.1)["group"]["paced"] is True
+    grant(book, 0.5)
+    assert isinstance(book.decide("g", ONE, 0.5), Wait)
