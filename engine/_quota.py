@@ -349,6 +349,8 @@ class _Group:
     # Cut by 429s from a finer window while paced, grown back while sending.
     pace_backoff: float = 1.0
     last_pace_cut_at: float = -math.inf
+    last_refusal_at: float = -math.inf
+    admitted_since_refusal: bool = False
     cooldown_until: float = -math.inf
     # Capacity leased from a shared quota (infinite when the book is not shared).
     lease_requests: float = math.inf
@@ -688,6 +690,8 @@ class QuotaBook:
         group.seen_response = True
         group.blind_rate_limits = 0
         group.minute_dims[0].unconfirmed = group.minute_dims[1].unconfirmed = False
+        if reservation.granted_at > group.last_refusal_at:
+            group.admitted_since_refusal = True
         if group.minute_dims[0].limit is None:
             group.admitted_since_decrease += 1
             took = now - reservation.granted_at
@@ -775,12 +779,19 @@ class QuotaBook:
             if window_end is not None:
                 wait = window_end - now
         if finer_window:
-            if group.paced and reservation.granted_at > group.last_pace_cut_at:
-                # Refused while already paced: other clients share the server's
-                # windows (or the pace was too fast).  Pace slower, once a
-                # round, and grow back slowly (see _reserve).
+            if (
+                group.paced
+                and group.admitted_since_refusal
+                and reservation.granted_at > group.last_pace_cut_at
+            ):
+                # Refused while paced, after the pace had been admitted: other
+                # clients share the server's windows (or the pace was too
+                # fast).  Pace slower, once a round, and grow back slowly (see
+                # _reserve).  Probes into a window still full say nothing of it.
                 group.pace_backoff = max(0.1, group.pace_backoff * 0.85)
                 group.last_pace_cut_at = now
+            group.admitted_since_refusal = False
+            group.last_refusal_at = now
             group.paced = True
             group.next_slot = max(group.next_slot, now + wait)
         group.cooldown_until = max(group.cooldown_until, now + wait + self._margin)

@@ -799,14 +799,28 @@ def test_a_shared_group_paces_at_its_share_and_slower_after_a_refusal_while_pace
     seen(book)
     book.set_share("g", 1 / 3, 0.0)
     book.rate_limited(grant(book, 0.01), 0.02, headers=headers(remaining_requests=500))
-    reservation, at = grant_when_ready(book, 1.0)
+    admitted, at = grant_when_ready(book, 1.0)
     spacing = 0.1 / 0.98 * 3 / 0.95
     assert book.decide("g", ONE, at) == Wait(pytest.approx(at + spacing))
+    book.settle(admitted, at + 0.005)  # the pace was admitted, then refused
+    reservation, at = grant_when_ready(book, at)
     book.rate_limited(reservation, at + 0.01, headers=headers(remaining_requests=500))
     _second, later = grant_when_ready(book, at + 1.0)
     assert book.decide("g", ONE, later) == Wait(
         pytest.approx(later + spacing / (0.85 + 0.005), rel=1e-3)
     )
+
+
+def test_probes_into_a_window_still_full_do_not_slow_the_pace():
+    """Refused again while paced with nothing admitted in between: the pace stays at 0.98."""
+    book = QuotaBook(Limits(rpm=600), margin=0.0)
+    seen(book)
+    book.rate_limited(grant(book, 0.01), 0.02)  # bare 429 with room: paced, 1 s
+    for _ in range(3):
+        reservation, at = grant_when_ready(book, 0.02)
+        book.rate_limited(reservation, at)
+    _admitted, at = grant_when_ready(book, at)
+    assert book.decide("g", ONE, at) == Wait(pytest.approx(at + 0.1 / 0.98))
 
 
 def test_a_cooldown_from_another_process_paces_a_group_not_yet_proven():
