@@ -884,12 +884,12 @@ class LeaseManager:
             )
             group.publish_limits = False
             group.seen_bucket = True
-            if reply.clients > group.max_clients:
+            if reply.clients != group.clients and reply.clients >= 1:
                 # A paced group spreads only this process's share over the
                 # server's windows (several processes pacing at the full
-                # rate would together overrun a per-second window).  The most
-                # processes seen: a count that dips while one holds no lease
-                # must not let the others pace at the whole rate.
+                # rate would together overrun a per-second window).  Every
+                # lease reply and every published 429 refreshes the count, so
+                # the share grows back when another process is done.
                 limiter.share_nowait(group.name, 1 / reply.clients)
             group.clients = reply.clients
             group.max_clients = max(group.max_clients, reply.clients)
