@@ -80,6 +80,8 @@ PROOF_SPAN = 10.0
 #: high rates a wake-up per grant would cost more than the grant (trio's timers
 #: wake ~0.6 ms late anyway), and a millisecond's worth is no burst.
 BURST_SLACK = 0.001
+#: A burst spacing below this (seconds) is shorter than a grant takes.
+NEGLIGIBLE_SPACING = 1e-6
 #: What processes that share a quota keep of their share when paced.
 SHARED_PACE_FRACTION = 0.95
 #: A paced group refused by its finer window again paces at 85% of its rate,
@@ -613,9 +615,13 @@ class QuotaBook:
                 spacing = cost.requests * rpm.window / (rpm.limit * pace)
             if tpm.limit and cost.tokens:
                 spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * pace))
-            if spacing:
+            if spacing > NEGLIGIBLE_SPACING:
                 slot = group.next_burst_slot
                 group.next_burst_slot = (slot if slot > now else now) + spacing
+            elif spacing:
+                # Limits so high that the pace is shorter than a grant takes:
+                # nothing to pace, nothing to prove.
+                group.proven = True
         rate = group.adaptive_rate
         if rate is not None:
             if now <= group.next_adaptive_slot + 1.0 / rate:
@@ -1006,16 +1012,16 @@ class QuotaBook:
         applied: set[str] = set()
         if headers is None:
             return applied
-        dims = group.dims
+        rpm, tpm = group.minute_dims
         for dim, limit, remaining, reset in (
             (
-                dims["requests_per_minute"],
+                rpm,
                 headers.limit_requests,
                 headers.remaining_requests,
                 headers.reset_requests,
             ),
             (
-                dims["tokens_per_minute"],
+                tpm,
                 headers.limit_tokens,
                 headers.remaining_tokens,
                 headers.reset_tokens,
@@ -1059,7 +1065,9 @@ class QuotaBook:
                     # was granted after this request.
                     dim.level = min(dim.level, remaining - (dim.granted_total - mark[1]))
             if dim.limit is not None:
-                dim.level = min(dim.level, dim.capacity)  # also ends an infinite level
+                capacity = dim.limit if dim.mode is not RefillMode.SUBWINDOW else dim.limit / 60
+                if dim.level > capacity:
+                    dim.level = capacity  # also ends an infinite level
             if remaining is not None:
                 applied.add(dim_name)
         return applied

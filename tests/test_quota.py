@@ -831,3 +831,12 @@ def test_a_cooldown_from_another_process_paces_a_group_not_yet_proven():
     assert book.snapshot("g", 0.1)["group"]["paced"] is True
     grant(book, 0.5)
     assert isinstance(book.decide("g", ONE, 0.5), Wait)
+
+
+def test_limits_too_high_to_pace_leave_the_burst_unpaced():
+    """A pace shorter than a microsecond is no pace: the group counts as proven at once."""
+    book = PacedQuotaBook(Limits(rpm=10**12), margin=0.0)
+    seen(book)
+    for _ in range(1000):
+        grant(book, 0.0)
+    assert book.snapshot("g", 0.0)["group"]["proven"] is True
