@@ -12,6 +12,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -150,3 +151,35 @@ def _drain_in_background(process: subprocess.Popen) -> None:
 def python_module(module: str, *args: str) -> list[str]:
     """``[sys.executable, "-m", module, *args]``."""
     return [sys.executable, "-m", module, *args]
+
+
+def start_redis(directory: str, *, timeout: float = 10.0) -> tuple[subprocess.Popen, int]:
+    """Start a throwaway ``redis-server`` on a free loopback port; return (process, port).
+
+    No persistence (its files, if any, go to ``directory``).  Blocks until the
+    server answers PING, at most ``timeout`` seconds; raises RuntimeError
+    (after killing it) if it does not.  The caller stops it by its PID.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", directory, "--loglevel", "warning"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError("redis-server did not start")

@@ -85,7 +85,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -98,7 +97,7 @@ from typing import Any
 import attrs
 
 import engine
-from benchmarks._procs import python_module
+from benchmarks._procs import python_module, start_redis
 from benchmarks.peers import PeerLimits, Record, prepare, run_peer, workload
 from benchmarks.peers._harness import (
     RESULTS_DIR,
@@ -955,39 +954,11 @@ class RedisServer:
 
     def __init__(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="bench-robustness-redis-")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.directory,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
+        try:
+            self.process, self.port = start_redis(self.directory)
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
 
     @property
     def url(self) -> str:

@@ -47,7 +47,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from benchmarks._procs import start_redis
 
 RESULTS = Path("bench-results")
 STEADY_FROM = 30.0
@@ -122,40 +123,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # -- the driver ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(directory: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        if redis_cli(port, "PING").strip() == "PONG":
-            return process, port
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def redis_cli(port: int, *command: str) -> str:
