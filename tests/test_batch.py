@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 from audio_fixtures import make_mp3
+from run_summaries import make_summary
 
 import engine
 from engine import batch
@@ -472,28 +473,6 @@ def test_printer_prints_plain_lines_at_its_interval_when_not_a_terminal():
     assert "\r" not in stream.getvalue()
 
 
-def _summary(**changes) -> batch.RunSummary:
-    values = dict(
-        input_path="in.jsonl",
-        output_path="out.jsonl",
-        errors_path=None,
-        total_lines=10,
-        already_done=0,
-        succeeded=10,
-        failed=0,
-        error_codes={},
-        skipped=0,
-        not_run=0,
-        previously_failed=0,
-        prompt_tokens=100,
-        completion_tokens=50,
-        audio_seconds=0.0,
-        elapsed=60.0,
-    )
-    values.update(changes)
-    return batch.RunSummary(**values)
-
-
 @pytest.mark.parametrize(
     ("changes", "status"),
     [
@@ -507,13 +486,13 @@ def _summary(**changes) -> batch.RunSummary:
 )
 def test_exit_status(changes, status):
     """0 all ok, 1 error lines, 3 fatal, 130/143 stopped by a signal."""
-    assert _summary(**changes).exit_status == status
+    assert make_summary(**changes).exit_status == status
 
 
 def test_summary_table_lists_error_codes_tokens_rates_and_output():
     """The summary names each error code, the tokens, the average rates and the output."""
     text = format_summary(
-        _summary(
+        make_summary(
             succeeded=7,
             failed=3,
             error_codes={"invalid_input": 2, "retries_exhausted": 1},

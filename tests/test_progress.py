@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+from run_summaries import make_summary
 
 from engine import batch
 from engine._progress import (
@@ -133,7 +134,9 @@ def test_summary_wording_names_fixed_windows():
 def test_summary_shows_rates_as_averages_and_never_against_the_limit():
     """A 16 s burst reads as 96% of what was allowed, not as 478% of a per-minute quota."""
     use = QuotaUse(used=1459, elapsed=16.0, allowance=bucket_allowance("requests", 1200, 16.0))
-    text = format_summary(_summary(succeeded=1459, elapsed=16.0, rpm_limit=1200.0, quota=(use,)))
+    text = format_summary(
+        make_summary(succeeded=1459, elapsed=16.0, rpm_limit=1200.0, quota=(use,))
+    )
     assert "requests/min              5471 average (91/s)" in text
     assert "quota used (requests)     96%: 1,459 of the 1,520" in text
     assert "of quota" not in text and "478%" not in text
@@ -141,7 +144,7 @@ def test_summary_shows_rates_as_averages_and_never_against_the_limit():
 
 def test_summary_says_nothing_about_utilisation_without_a_known_limit():
     """No limit configured or learned: rates only, no share."""
-    text = format_summary(_summary(succeeded=10, elapsed=5.0))
+    text = format_summary(make_summary(succeeded=10, elapsed=5.0))
     assert "requests/min" in text and "quota" not in text and "%" not in text
 
 
@@ -173,28 +176,6 @@ def test_progress_line_without_a_known_limit_has_no_quota_part():
         elapsed=3.0, total=10, done=2, failed=0, in_flight=1, requests_per_minute=40.0
     )
     assert "quota" not in format_progress_line(progress, bar=True)
-
-
-def _summary(**changes) -> batch.RunSummary:
-    values = dict(
-        input_path="in.jsonl",
-        output_path="out.jsonl",
-        errors_path=None,
-        total_lines=10,
-        already_done=0,
-        succeeded=10,
-        failed=0,
-        error_codes={},
-        skipped=0,
-        not_run=0,
-        previously_failed=0,
-        prompt_tokens=100,
-        completion_tokens=50,
-        audio_seconds=0.0,
-        elapsed=60.0,
-    )
-    values.update(changes)
-    return batch.RunSummary(**values)
 
 
 # --------------------------------------------------------------------------- real runs
