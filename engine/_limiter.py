@@ -153,6 +153,14 @@ class LimiterStatistics:
     groups: tuple[GroupState, ...] = ()
 
 
+def _now_or_none() -> float | None:
+    """The trio clock, or None outside a trio run (statistics read after it ended)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return None
+
+
 class Limiter:
     """Grants permits from a :class:`~engine._quota.QuotaBook` to worker tasks.
 
@@ -329,7 +337,7 @@ class Limiter:
             tokens_reserved=self._tokens_reserved,
             tokens_used=self._tokens_used,
             in_flight_cap=self._cap,
-            groups=self._book.group_states(trio.current_time()),
+            groups=self._book.group_states(_now_or_none()),
         )
 
     # -- the task -------------------------------------------------------------

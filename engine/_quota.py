@@ -1296,18 +1296,21 @@ class QuotaBook:
             total += max(0.0, dim.level)
         return total
 
-    def group_states(self, now: float) -> tuple[GroupState, ...]:
+    def group_states(self, now: float | None) -> tuple[GroupState, ...]:
         """A :class:`GroupState` for every group seen so far.  Changes nothing.
 
         Safe to call from outside the limiter task between its steps: levels
-        are projected to ``now`` without refilling the book.
+        are projected to ``now`` without refilling the book (``None``: as last
+        brought up to date).
         """
         states = []
         for group in self._groups.values():
             dimensions = {}
             for dim in group.dim_list:
                 level, limit = dim.level, dim.limit
-                if dim.mode is RefillMode.CONTINUOUS and limit is not None and now > dim.updated:
+                if now is None:
+                    pass
+                elif dim.mode is RefillMode.CONTINUOUS and limit is not None and now > dim.updated:
                     level = min(limit, level + (now - dim.updated) * limit / dim.window)
                 elif dim.full_at is not None and now >= dim.full_at and dim.capacity is not None:
                     level = max(level, dim.capacity)

@@ -244,3 +244,19 @@ async def test_auto_in_flight_bound_lets_a_fresh_burst_go_at_once(autojump_clock
                 burst.start_soon(one)
         assert granted_at == [0.0] * 300
         limiter.close()
+
+
+def test_statistics_can_be_read_after_the_trio_run_ended():
+    """statistics() outside trio still reports each group, without projecting its levels."""
+
+    async def run() -> Limiter:
+        limiter = Limiter(QuotaBook(Limits(rpm=600), margin=0.0))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(limiter.run)
+            limiter.settle_nowait(await limiter.acquire("m", Cost(tokens=0)))
+            limiter.close()
+        return limiter
+
+    limiter = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    (group,) = limiter.statistics().groups
+    assert group.name == "m" and group.dimensions["requests_per_minute"].limit == 600
