@@ -8,18 +8,17 @@ import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+from run_summaries import make_summary
 
 import engine
 from engine import _client
 from engine._cli_run import _write_stats_json
 from engine._errors import EngineError
 from engine._jsonl import OutputWriter, error_record, success_record
-from engine.batch import RunSummary
 from engine.mock import MockConfig, create_app
 
 SECRET = "sk-proj-SecurityTestSecret0123456789abcdefXYZ"
@@ -50,26 +49,6 @@ def _umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
-
-
-def _summary(output: Path) -> RunSummary:
-    return RunSummary(
-        input_path="in.jsonl",
-        output_path=str(output),
-        errors_path=None,
-        total_lines=0,
-        already_done=0,
-        succeeded=0,
-        failed=0,
-        error_codes={},
-        skipped=0,
-        not_run=0,
-        previously_failed=0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        audio_seconds=0.0,
-        elapsed=0.0,
-    )
 
 
 async def test_client_and_statistics_reprs_never_show_the_api_key():
@@ -162,6 +141,16 @@ def test_stats_json_file_is_never_world_writable_even_under_umask_zero(tmp_path)
     """--stats-json writes its file like OUTPUT: umask applies, never world-writable."""
     target = tmp_path / "stats.json"
     with _umask(0):
-        _write_stats_json(str(target), _summary(tmp_path / "out.jsonl"))
+        _write_stats_json(
+            str(target),
+            make_summary(
+                output_path=str(tmp_path / "out.jsonl"),
+                total_lines=0,
+                succeeded=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                elapsed=0.0,
+            ),
+        )
     assert not os.stat(target).st_mode & stat.S_IWOTH
     assert orjson.loads(target.read_bytes())["exit_status"] == 0
