@@ -7,6 +7,7 @@ from engine._audio import MAX_UPLOAD_BYTES
 from engine._client import Client, ClientStatistics, open_client
 from engine._errors import (
     AuthenticationError,
+    BackgroundTaskError,
     BadRequestError,
     EngineError,
     FatalError,
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_UPLOAD_BYTES",
     "AudioUsage",
     "AuthenticationError",
+    "BackgroundTaskError",
     "BadRequestError",
     "ChatRequest",
     "ChatResult",

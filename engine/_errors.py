@@ -3,6 +3,7 @@
 ::
 
     EngineError                      anything quota-engine raises on purpose
+    ├── BackgroundTaskError          a task the engine runs in the background failed
     ├── RequestError                 one request failed; other work goes on
     │   ├── RequestTooLargeError     its cost exceeds a limit; never sent (or 429 "too large")
     │   ├── BadRequestError          400 / 404 / 422 / other non-retryable 4xx from the server
@@ -26,6 +27,7 @@ import re
 
 __all__ = [
     "AuthenticationError",
+    "BackgroundTaskError",
     "BadRequestError",
     "EngineError",
     "FatalError",
@@ -84,6 +86,26 @@ class EngineError(Exception):
 
     def __reduce__(self):  # keep every attribute (code, raw, ...) through pickling
         return (type(self), (self.message,), self.__dict__.copy())
+
+
+class BackgroundTaskError(EngineError):
+    """A task the engine runs in the background failed (a bug, or a broken dependency).
+
+    Raised by the engine's public context managers and functions that run
+    tasks of their own (``open_client``, ``run_batch``, ...) instead of an
+    exception group: the group of what failed is the ``__cause__``.  An
+    exception raised in the caller's own ``async with`` body leaves as it
+    was; it ends up in that group only when a background task failed too.
+
+    Attributes:
+        owner: the entry point whose background task failed, e.g. ``"open_client"``.
+    """
+
+    default_code = "background_task_failed"
+
+    def __init__(self, message: str, *, owner: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.owner = owner
 
 
 class RequestError(EngineError):
