@@ -98,6 +98,12 @@ LONG_WAIT = 2.0
 #: grows by one per round trip.
 SLOW_START_LIMIT = 64
 SLOW_START_RATE = 400.0
+#: With no per-minute limit configured, this many requests may be out before
+#: the first response (and the slow-start window starts here): the first
+#: answer is then the fastest of several, not one whole round trip of a
+#: lone probe (TCP starts with a window of 4 to 10 segments, RFC 3390 and
+#: 6928), while a quota smaller than that refuses only a few.
+INITIAL_FLIGHT = 4
 
 
 def _positive_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
@@ -379,7 +385,7 @@ class _Group:
     # Adaptive control while no request limit is known (no rate-limit headers):
     # an in-flight window in slow start until the first 429, then a paced
     # rate with multiplicative decrease on 429 and slow growth while in use.
-    window: float = 1.0
+    window: float = float(INITIAL_FLIGHT)
     adaptive_rate: float | None = None
     loss_rate: float = 0.0  # the adaptive rate when the last 429 came
     admitted_since_decrease: int = 0
@@ -567,7 +573,7 @@ class QuotaBook:
         response: that much fits a fresh quota under every semantics, and a
         token bucket does not sit full (discarding refill) for the first
         round trip.  A dimension not configured does not restrict it; with
-        none configured the first request goes alone.
+        none configured, :data:`INITIAL_FLIGHT` requests may be out.
         """
         configured = False
         for dim in group.minute_dims:
@@ -576,7 +582,7 @@ class QuotaBook:
             if dim.in_flight + dim.need(cost) > dim.configured / 60:
                 return False
             configured = True
-        return configured
+        return configured or group.in_flight < INITIAL_FLIGHT
 
     @staticmethod
     def _leased(group: _Group, cost: Cost, now: float) -> bool:
@@ -755,6 +761,7 @@ class QuotaBook:
         if group.minute_dims[0].limit is None:
             self._decrease_adaptive_rate(group, reservation, now, retry_after)
         wait = retry_after
+        new_round = True
         if wait is None and headers is not None:
             resets = [getattr(headers, f"reset_{kind}") for kind in kinds]
             known = [r for r in resets if r is not None]
@@ -765,7 +772,8 @@ class QuotaBook:
             # spent quota is not hit again by the whole window every second.
             # Refusals of requests sent before the last blind one are the
             # same round: they do not back off further.
-            if reservation.granted_at > group.last_blind_at:
+            new_round = reservation.granted_at > group.last_blind_at
+            if new_round:
                 group.blind_rate_limits += 1
                 group.last_blind_at = now
             wait = min(60.0, self._default_cooldown * 2 ** (group.blind_rate_limits - 1))
@@ -780,7 +788,7 @@ class QuotaBook:
             blind = False
         if not finer_window:
             window_end = self._learn_window_from_refusal(
-                group, short, reservation.cost, wait, blind, now
+                group, short, reservation.cost, wait, blind, new_round, now
             )
             if window_end is not None:
                 wait = window_end - now
@@ -895,6 +903,7 @@ class QuotaBook:
         cost: Cost,
         wait: float,
         blind: bool,
+        new_round: bool,
         now: float,
     ) -> float | None:
         """Recognise a fixed window from 429s that name no reset header; its end or None.
@@ -907,7 +916,9 @@ class QuotaBook:
         hint the window is taken to end at the next wall-clock minute (as
         request-counting gateways align them) when the book knows the wall
         clock, else one window from now.  A refusal just after a guessed end
-        (the server's clock behind ours) retries a second later.
+        (the server's clock behind ours) retries a second later, unless the
+        request went before the guess (``new_round`` False: it was sent with
+        the one whose refusal made the guess).
         """
         end = None
         if group.paced:
@@ -916,7 +927,7 @@ class QuotaBook:
             if dim.rate is None:
                 continue
             if dim.mode is RefillMode.STEP and dim.end_guessed and dim.full_at is not None:
-                if blind and now - (dim.full_at - dim.window) < GUESS_SLACK:
+                if blind and new_round and now - (dim.full_at - dim.window) < GUESS_SLACK:
                     # Refused just after the guessed end: the server's clock
                     # runs behind ours.  Try again a second later, and move
                     # the guessed ends with it.

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, Limits, RefillMode, Reservation, TooLarge, Wait
+from engine._quota import INITIAL_FLIGHT, Cost, Limits, RefillMode, Reservation, TooLarge, Wait
 from engine._quota import QuotaBook as PacedQuotaBook
 
 # Most tests here are about refill, headers and 429s, not the burst pacing
@@ -45,10 +45,12 @@ def test_known_rpm_grants_the_whole_burst_then_waits_for_refill():
     grant(book, 0.1)
 
 
-def test_first_request_of_a_group_is_a_lone_probe():
-    """Learned limits: until a response is seen, a second request waits for the first to settle."""
+def test_learned_limits_send_a_small_first_flight_before_any_response():
+    """Learned limits: INITIAL_FLIGHT requests go before any response; the next waits for one."""
     book = QuotaBook(None)
     first = grant(book, 0.0)
+    for _ in range(INITIAL_FLIGHT - 1):
+        grant(book, 0.0)
     assert book.decide("g", ONE, 0.0) == Wait(None)
     book.settle(first, 0.5)
     grant(book, 0.5)
@@ -166,10 +168,12 @@ def test_limits_are_learned_from_headers_when_not_configured():
 
 
 def test_no_headers_grow_an_in_flight_window_by_one_per_answer():
-    """No limit known, no headers: a window of 2 after the probe, one more per answer."""
+    """No limit known, no headers: INITIAL_FLIGHT + 1 after the first answer, one more per answer."""
     book = QuotaBook(None)
     seen(book)
     first, second = grant(book, 0.0), grant(book, 0.0)
+    for _ in range(INITIAL_FLIGHT - 1):
+        grant(book, 0.0)
     assert book.decide("g", ONE, 0.0) == Wait(None)
     book.settle(first, 0.2)
     grant(book, 0.2)
@@ -649,16 +653,16 @@ def test_a_429_without_headers_while_the_book_saw_plenty_of_room_is_a_finer_wind
 
 
 def test_no_headers_the_first_429_ends_slow_start_at_half_the_window_rate():
-    """Window 4 at 0.5 s latency: the first 429 paces at 4 requests per second."""
+    """Window 8 at 0.5 s latency: the first 429 paces at 8 requests per second."""
     book = QuotaBook(None, margin=0.0)
-    book.settle(grant(book, 0.0), 0.5)  # the probe: latency 0.5 s, window 2
-    book.settle(grant(book, 0.5), 1.0)
-    book.settle(grant(book, 0.5), 1.0)  # window 4
-    refused = grant(book, 1.0)
-    book.rate_limited(refused, 1.0, retry_after=0.0)
-    assert book.snapshot("g", 1.0)["group"]["adaptive_rate"] == pytest.approx(4.0)
-    grant(book, 1.0)
-    assert book.decide("g", ONE, 1.0) == Wait(pytest.approx(1.25, abs=0.01))
+    for _ in range(8 - INITIAL_FLIGHT):
+        book.settle(grant(book, 0.0), 0.5)  # latency 0.5 s, one more per answer
+    assert book.snapshot("g", 0.5)["group"]["window"] == 8.0
+    refused = grant(book, 0.5)
+    book.rate_limited(refused, 0.5, retry_after=0.0)
+    assert book.snapshot("g", 0.5)["group"]["adaptive_rate"] == pytest.approx(8.0)
+    grant(book, 0.5)
+    assert book.decide("g", ONE, 0.5) == Wait(pytest.approx(0.625, abs=0.01))
 
 
 def test_no_headers_429s_of_one_round_decrease_the_rate_once():
@@ -675,14 +679,13 @@ def test_no_headers_429s_of_one_round_decrease_the_rate_once():
 def test_no_headers_a_long_wait_is_a_window_end_and_slow_start_begins_again():
     """retry-after 30 s is a window's end: after it the window restarts at half, unpaced."""
     book = QuotaBook(None, margin=0.0)
-    book.settle(grant(book, 0.0), 0.5)
-    book.settle(grant(book, 0.5), 1.0)
-    book.settle(grant(book, 0.5), 1.0)  # window 4
+    for _ in range(8 - INITIAL_FLIGHT):
+        book.settle(grant(book, 0.0), 0.5)  # window 8
     assert book.rate_limited(grant(book, 1.0), 1.0, retry_after=30.0) == pytest.approx(31.0)
     group = book.snapshot("g", 31.0)["group"]
-    assert group["adaptive_rate"] is None and group["window"] == 2.0
-    grant(book, 31.0)
-    grant(book, 31.0)
+    assert group["adaptive_rate"] is None and group["window"] == 4.0
+    for _ in range(4):
+        grant(book, 31.0)
     assert book.decide("g", ONE, 31.0) == Wait(None)
 
 
@@ -691,7 +694,7 @@ def test_group_states_show_limits_and_adaptive_control_without_changing_the_book
     book = QuotaBook(None, margin=0.0)
     book.settle(grant(book, 0.0), 0.5)
     (state,) = book.group_states(0.5)
-    assert state.window == 2.0 and state.adaptive_rate is None
+    assert state.window == INITIAL_FLIGHT + 1 and state.adaptive_rate is None
     assert state.dimensions["requests_per_minute"].limit is None
     book.rate_limited(grant(book, 0.5), 0.6, retry_after=0.5)
     (state,) = book.group_states(0.6)
@@ -745,6 +748,21 @@ def test_a_refusal_just_after_a_guessed_window_end_retries_a_second_later():
     probe, at = grant_when_ready(book, 40.01)
     assert 41.0 <= at <= 45.0
     book.settle(probe, at + 0.1, headers=limits_only(59))
+
+def test_a_refusal_sent_before_the_window_guess_leaves_the_guessed_end_alone():
+    """Two requests of one round refused: the second does not pull the guessed :00 end to now+1 s."""
+    book = QuotaBook(None, margin=0.0, wall_offset=0.0)  # the run starts on a clock minute
+    book.settle(grant(book, 0.0), 0.1, headers=limits_only(0))
+    refused, at = grant_when_ready(book, 1.0)
+    book.rate_limited(refused, at + 0.01, headers=limits_only(0))
+    first, at = grant_when_ready(book, at + 0.01)
+    second, at = grant_when_ready(book, at)
+    assert book.rate_limited(first, at + 0.01, headers=limits_only(0)) == pytest.approx(60.0)
+    assert book.rate_limited(second, at + 0.02, headers=limits_only(0)) == pytest.approx(60.0)
+    (state,) = book.group_states(at + 0.02)
+    view = state.dimensions["requests_per_minute"]
+    assert view.mode == "step" and view.full_at == pytest.approx(60.0)
+
 
 
 def test_a_retry_hint_far_longer_than_a_bucket_needs_means_a_fixed_window():
