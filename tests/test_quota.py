@@ -168,7 +168,7 @@ def test_limits_are_learned_from_headers_when_not_configured():
 
 
 def test_no_headers_grow_an_in_flight_window_by_one_per_answer():
-    """No limit known, no headers: INITIAL_FLIGHT + 1 after the first answer, one more per answer."""
+    """No limit known, no headers: INITIAL_FLIGHT + 1 after the first answer, then one more each."""
     book = QuotaBook(None)
     seen(book)
     first, second = grant(book, 0.0), grant(book, 0.0)
@@ -749,8 +749,9 @@ def test_a_refusal_just_after_a_guessed_window_end_retries_a_second_later():
     assert 41.0 <= at <= 45.0
     book.settle(probe, at + 0.1, headers=limits_only(59))
 
+
 def test_a_refusal_sent_before_the_window_guess_leaves_the_guessed_end_alone():
-    """Two requests of one round refused: the second does not pull the guessed :00 end to now+1 s."""
+    """Two refusals of one round: the second does not pull the guessed :00 end to now + 1 s."""
     book = QuotaBook(None, margin=0.0, wall_offset=0.0)  # the run starts on a clock minute
     book.settle(grant(book, 0.0), 0.1, headers=limits_only(0))
     refused, at = grant_when_ready(book, 1.0)
@@ -762,7 +763,6 @@ def test_a_refusal_sent_before_the_window_guess_leaves_the_guessed_end_alone():
     (state,) = book.group_states(at + 0.02)
     view = state.dimensions["requests_per_minute"]
     assert view.mode == "step" and view.full_at == pytest.approx(60.0)
-
 
 
 def test_a_retry_hint_far_longer_than_a_bucket_needs_means_a_fixed_window():
