@@ -39,6 +39,7 @@ from engine._errors import (
 from engine._headers import parse_rate_limit_headers
 from engine._http import TimeoutWatch, make_async_client
 from engine._limiter import Limiter, LimiterStatistics
+from engine._nurseries import open_service_nursery
 from engine._quota import Cost, Limits, QuotaBook, Reservation
 from engine._requests import (
     CHAT_PATH,
@@ -1114,6 +1115,19 @@ async def open_client(
         shared: an :class:`~engine.RedisQuota` to share the quota with other
             processes through Redis (default None: this process alone).
             See docs/shared-quota.md.
+
+    Entering checkpoints (it starts the client's tasks); leaving waits for
+    the work in flight.  Exceptions leave one at a time, never as an
+    exception group: whatever the body raises (``client.chat``'s
+    :class:`~engine.EngineError`, your own) comes out unchanged, the same
+    object with its ``__cause__`` and ``__context__``; ``trio.Cancelled``
+    from an enclosing cancel scope and ``KeyboardInterrupt`` pass through.
+
+    Raises:
+        ValueError: an option is out of range (before anything starts).
+        BackgroundTaskError: one of the client's own tasks (limiter,
+            workers, timeout watch, shared-quota leases) failed — a bug or a
+            broken dependency; the exception group is its ``__cause__``.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -1136,7 +1150,9 @@ async def open_client(
     )
     jobs_send, jobs_receive = trio.open_memory_channel[_Job](0)
     watch = TimeoutWatch()
-    async with trio.open_nursery() as nursery:
+    # Service nurseries: what the caller's body raises leaves unchanged, not
+    # wrapped in an exception group by each of the two nurseries.
+    async with open_service_nursery("open_client") as nursery:
         await nursery.start(limiter.run)
         if transport is None:
             await nursery.start(watch.run)
@@ -1144,7 +1160,7 @@ async def open_client(
             leases.attach(limiter)
             await nursery.start(leases.run)
         try:
-            async with trio.open_nursery() as work:
+            async with open_service_nursery("open_client") as work:
                 client = Client(
                     nursery=work,
                     limiter=limiter,
