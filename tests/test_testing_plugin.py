@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -112,3 +118,33 @@ async def test_a_configured_api_key_is_used_and_a_wrong_one_refused(autojump_clo
         async with mock.open_client(api_key="sk-a-wrong-key-456") as client:
             await client.chat("hi", model=MODEL)
     assert mock.stats().status_counts == {200: 1, 401: 1}
+
+
+def test_the_plugin_is_registered_through_a_pytest11_entry_point():
+    """The installed package names engine.testing as a pytest plugin (no conftest needed)."""
+    plugins = importlib.metadata.entry_points(group="pytest11")
+    assert "engine.testing" in {entry.value for entry in plugins}
+
+
+def test_the_engine_mock_fixture_gives_a_fresh_mock(engine_mock):
+    """The fixture arrives with the plugin: an EngineMock with nothing received and no limits."""
+    assert isinstance(engine_mock, EngineMock)
+    assert engine_mock.stats().requests == 0 and engine_mock.config.rpm is None
+
+
+def test_a_users_test_file_outside_the_project_passes(tmp_path):
+    """tests/plugin_user/test_reviews.py, run alone in an empty directory, passes in under 5 s."""
+    example = Path(__file__).parent / "plugin_user" / "test_reviews.py"
+    shutil.copy(example, tmp_path / example.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    finished = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", example.name],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    assert "2 passed" in output and "1000 calls:" in output
