@@ -8,15 +8,16 @@ twice, so ``except engine.EngineError:`` around ``client.chat`` never ran.
 :func:`open_service_nursery` turns what leaves the nursery back into one
 exception, by these rules, first match wins:
 
-1. A ``KeyboardInterrupt`` anywhere: ``KeyboardInterrupt`` — the body's own
-   object if the body raised it, else a new one caused by the group.
+1. ``KeyboardInterrupt``: the body's own, unchanged, if the body raised one;
+   else, if a background task got one, a new one caused by the group.
 2. A background task failed with anything but ``trio.Cancelled``:
    :class:`~engine.BackgroundTaskError` naming the owner, caused by the group
    (``Cancelled`` leaves removed; the body's exception, if any, stays in it).
    The engine's own failure is the root cause: a caller's handler for its own
    exception must not swallow it.
 3. The body raised: that exception, the same object, its ``__cause__`` and
-   ``__context__`` as they were.
+   ``__context__`` as they were — an exception group too, when the caller's
+   own nursery in the body raised one.
 4. Only cancellation: one ``trio.Cancelled`` (the body's, else the first), so
    the enclosing cancel scope that was cancelled catches it as usual.
 
@@ -82,16 +83,17 @@ def _raise_one(owner: str, error: BaseException, body_error: BaseException | Non
     if error is body_error:
         # Non-strict exception groups collapse a lone exception: nothing to unwrap.
         _reraise(error)
-    if isinstance(error, BaseExceptionGroup):
-        members = [member for member in error.exceptions if member is not body_error]
-    else:
-        members = [error]
-    others = [leaf for member in members for leaf in _leaves(member)]
+    # What came from the body is told apart by its leaves, not by the object
+    # the body raised: a group raised by the body (the caller's own nursery)
+    # reaches ``error`` as a copy, because cancel scopes split groups on the
+    # way out; the leaves inside stay the same objects.
+    from_body = {id(leaf) for leaf in _leaves(body_error)} if body_error is not None else set()
+    background = [leaf for leaf in _leaves(error) if id(leaf) not in from_body]
     if isinstance(body_error, KeyboardInterrupt):
         _reraise(body_error)
-    if any(isinstance(leaf, KeyboardInterrupt) for leaf in others):
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in background):
         raise KeyboardInterrupt from error
-    failures = [leaf for leaf in others if not isinstance(leaf, trio.Cancelled)]
+    failures = [leaf for leaf in background if not isinstance(leaf, trio.Cancelled)]
     if failures:
         cause = _without_cancelled(error)
         first = failures[0]
@@ -102,7 +104,7 @@ def _raise_one(owner: str, error: BaseException, body_error: BaseException | Non
         ) from cause
     if body_error is not None:
         _reraise(body_error)
-    _reraise(others[0])  # only Cancelled left the nursery
+    _reraise(background[0])  # only Cancelled left the nursery
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:

@@ -17,6 +17,10 @@ class AppError(Exception):
     """An exception of the caller's own."""
 
 
+async def _fail_now(error: BaseException) -> None:
+    raise error  # before any checkpoint: a sibling's failure cannot cancel it first
+
+
 async def _fail_soon(error: BaseException, delay: float = 0.0) -> None:
     await trio.sleep(delay)
     raise error
@@ -55,6 +59,23 @@ async def test_nested_service_nurseries_unwrap_a_body_exception_once_each(autoju
             inner.start_soon(trio.sleep_forever)
             raise error
     assert caught.value is error
+
+
+async def test_a_group_from_the_callers_own_nursery_leaves_as_that_group(autojump_clock):
+    """A body's own nursery failing is the body's exception: its group leaves unchanged."""
+    raised: list[BaseException] = []
+    with pytest.raises(ExceptionGroup) as caught:
+        async with open_service_nursery("owner") as service:
+            service.start_soon(trio.sleep_forever)
+            try:
+                async with trio.open_nursery() as mine:
+                    mine.start_soon(_fail_now, AppError("first"))
+                    mine.start_soon(_fail_now, AppError("second"))
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+    assert caught.value is raised[0]
+    assert sorted(str(leaf) for leaf in caught.value.exceptions) == ["first", "second"]
 
 
 async def test_a_background_failure_is_one_background_task_error_caused_by_the_group(

@@ -97,6 +97,24 @@ async def test_a_fatal_error_from_map_is_caught_by_its_type(autojump_clock):
                 pass
 
 
+async def test_failures_in_the_callers_own_nursery_reach_except_star(autojump_clock):
+    """open_client does not take the caller's nursery group for its own failure."""
+    mock = EngineMock()
+    mock.configure(error_503_rate=1.0)
+
+    async def ask(client, prompt):
+        await client.chat(prompt, model=MODEL)
+
+    refused = []
+    try:
+        async with mock.open_client(max_attempts=1) as client, trio.open_nursery() as nursery:
+            nursery.start_soon(ask, client, "first")
+            nursery.start_soon(ask, client, "second")
+    except* engine.RetriesExhaustedError as group:
+        refused = list(group.exceptions)
+    assert len(refused) == 2
+
+
 class _BrokenTransport(httpx.AsyncBaseTransport):
     """A transport with a bug: not a network failure, so no retry can help."""
 
