@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from engine.mock import serve_in_subprocess
 
 GUIDE = Path(__file__).parent.parent / "docs" / "guide.md"
@@ -51,8 +49,7 @@ def test_the_embedding_examples_run_against_the_mock(tmp_path):
             assert "Traceback" not in finished.stderr
 
 
-@pytest.mark.parametrize("expected", ["2 passed"])
-def test_the_testing_example_passes_as_a_users_test_file(tmp_path, expected):
+def test_the_testing_example_passes_as_a_users_test_file(tmp_path):
     """The test file of "Testing your app", alone in an empty directory, passes with pytest."""
     (example,) = _examples("Testing your app")
     (tmp_path / "test_app.py").write_text(example, encoding="utf-8")
@@ -65,4 +62,4 @@ def test_the_testing_example_passes_as_a_users_test_file(tmp_path, expected):
         timeout=300,
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert expected in finished.stdout
+    assert "2 passed" in finished.stdout
