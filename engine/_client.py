@@ -1143,7 +1143,12 @@ async def open_client(
     workers = concurrency or AUTO_MAX_CONCURRENCY
     leases = LeaseManager(shared, limits) if shared is not None else None
     limiter = Limiter(
-        QuotaBook(limits, shared=leases is not None, wall_offset=time.time() - trio.current_time()),
+        QuotaBook(
+            limits,
+            shared=leases is not None,
+            shared_pace=leases is not None,
+            wall_offset=time.time() - trio.current_time(),
+        ),
         max_in_flight=workers,
         auto_in_flight=concurrency is None,
         **(leases.callbacks() if leases is not None else {}),

@@ -100,6 +100,13 @@ class _CoolDown:
 
 
 @attrs.frozen
+class _PaceClaim:
+    group: str
+    start: float
+    end: float
+
+
+@attrs.frozen
 class _Share:
     group: str
     share: float
@@ -180,7 +187,10 @@ class Limiter:
       capacity (answer later with :meth:`lease_nowait`);
     * ``on_cooldown(group, until)``: a 429 put ``group`` in cooldown until
       ``until`` (trio clock), worth telling the other processes;
-    * ``on_limits_learned(group, rpm, tpm)``: headers taught new limits.
+    * ``on_limits_learned(group, rpm, tpm)``: headers taught new limits;
+    * ``on_pace_needed(group, seconds)``: a waiter of ``group`` needs a
+      stretch of the shared pace schedule (answer later with
+      :meth:`pace_nowait`; only asked of a ``QuotaBook(shared_pace=True)``).
 
     Call :meth:`run` in a nursery (``await nursery.start(limiter.run)``); it
     returns after :meth:`close`.
@@ -195,8 +205,10 @@ class Limiter:
         on_lease_needed: Callable[[str, Cost], None] | None = None,
         on_cooldown: Callable[[str, float], None] | None = None,
         on_limits_learned: Callable[[str, float | None, float | None], None] | None = None,
+        on_pace_needed: Callable[[str, float], None] | None = None,
     ) -> None:
         self._book = book
+        self._on_pace_needed = on_pace_needed
         self._on_lease_needed = on_lease_needed
         self._on_cooldown = on_cooldown
         self._on_limits_learned = on_limits_learned
@@ -275,6 +287,10 @@ class Limiter:
     def cool_down_nowait(self, group: str, until: float) -> None:
         """Hold ``group`` until ``until`` (trio clock): a cooldown seen elsewhere."""
         self._report(_CoolDown(group, until))
+
+    def pace_nowait(self, group: str, start: float, end: float) -> None:
+        """Pace ``group`` within ``[start, end)`` (trio clock) of the shared schedule."""
+        self._report(_PaceClaim(group, start, end))
 
     def share_nowait(self, group: str, share: float) -> None:
         """Pace ``group`` at ``share`` of its limits (1 / the processes sharing the quota)."""
@@ -428,6 +444,8 @@ class Limiter:
             book.cool_down(message.group, message.until, now)
         elif isinstance(message, _Share):
             book.set_share(message.group, message.share, now)
+        elif isinstance(message, _PaceClaim):
+            book.add_pace_claim(message.group, message.start, message.end, now)
         elif isinstance(message, _LearnLimits):
             book.learn_limits(message.group, now, rpm=message.rpm, tpm=message.tpm)
             self._known_limits[message.group] = book.learned_limits(message.group, now)
@@ -472,6 +490,8 @@ class Limiter:
                         wake = min(wake, decision.until)
                     if decision.lease and self._on_lease_needed is not None:
                         self._on_lease_needed(waiter.group, waiter.cost)
+                    if decision.pace and self._on_pace_needed is not None:
+                        self._on_pace_needed(waiter.group, decision.pace)
                     break
                 queue.popleft()
                 if isinstance(decision, TooLarge):

@@ -84,6 +84,13 @@ BURST_SLACK = 0.001
 NEGLIGIBLE_SPACING = 1e-6
 #: What processes that share a quota keep of their share when paced.
 SHARED_PACE_FRACTION = 0.95
+#: A claim on a shared pace schedule covers about this many seconds of it:
+#: one Redis call per claim, and what a process leaves unused of its last
+#: claim (its work done) is at most this much of everyone's time.
+PACE_CLAIM_SECONDS = 0.2
+#: The same for a burst pace: short, so that a process still holding a stretch
+#: when another is refused by a finer window sends little more into it.
+BURST_CLAIM_SECONDS = 0.05
 #: A paced group refused by its finer window again paces at 85% of its rate,
 #: and gets this share of the full rate back per request sent.
 PACE_RECOVERY = 0.005
@@ -325,11 +332,14 @@ class Wait:
     ``until`` is the absolute time worth re-checking at, or None when only a
     response (a settle) or a new lease can change the answer.  ``lease`` is
     True when a shared quota's lease is what is missing (see
-    :meth:`QuotaBook.add_lease`).
+    :meth:`QuotaBook.add_lease`).  ``pace`` is the seconds of a shared pace
+    schedule to claim when a claim is what is missing (0: none; see
+    :meth:`QuotaBook.add_pace_claim`).
     """
 
     until: float | None
     lease: bool = False
+    pace: float = 0.0
 
 
 @attrs.frozen
@@ -365,6 +375,10 @@ class _Group:
     lease_tokens: float = math.inf
     lease_expires_at: float = math.inf
     next_slot: float = -math.inf
+    # The part of a shared pace schedule this process claimed (shared_pace):
+    # its paced and burst-paced grants go at claim_next or later, within it.
+    claim_next: float = -math.inf
+    claim_end: float = -math.inf
     seen_response: bool = False
     last_grant_at: float = -math.inf
     in_flight: int = 0
@@ -440,6 +454,11 @@ class QuotaBook:
             quota (:meth:`add_lease`); the local dimensions still learn limits
             and semantics from headers, but are not corrected by them (the
             server's remaining counts the other processes' requests too).
+        shared_pace: with ``shared``, True (default False) paces on one
+            schedule shared by every process instead of this process's
+            share of the rate: paced and burst-paced grants go within
+            stretches of it claimed with ``Wait.pace`` and added with
+            :meth:`add_pace_claim`.
     """
 
     def __init__(
@@ -451,12 +470,14 @@ class QuotaBook:
         pace_fraction: float = 0.98,
         default_cooldown: float = 1.0,
         shared: bool = False,
+        shared_pace: bool = False,
         burst_pace: float = 16.0,
         adaptive_growth: float = 0.03,
         wall_offset: float | None = None,
     ) -> None:
         self._limits = limits
         self._shared = shared
+        self._shared_pace = shared and shared_pace
         self._probe_interval = probe_interval
         self._margin = margin
         self._pace_fraction = pace_fraction
@@ -513,7 +534,9 @@ class QuotaBook:
         """
         group = self._group(group_name, now)
         ready = now if now >= group.cooldown_until else group.cooldown_until
-        if group.paced:
+        if self._shared_pace:
+            pass  # the shared schedule paces (_claimed_slot)
+        elif group.paced:
             if group.next_slot > ready:
                 ready = group.next_slot
         elif group.next_burst_slot > ready + BURST_SLACK and not group.proven:
@@ -562,7 +585,61 @@ class QuotaBook:
             return Wait(ready, lease=self._shared and not self._leased(group, cost, now))
         if self._shared and not self._leased(group, cost, now):
             return Wait(None, lease=True)
+        if self._shared_pace:
+            wait = self._claimed_slot(group, cost, now)
+            if wait is not None:
+                return wait
         return self._reserve(group, cost, now)
+
+    def _claimed_slot(self, group: _Group, cost: Cost, now: float) -> Wait | None:
+        """Where a paced grant of a shared pace schedule stands: None to grant now.
+
+        Processes that share a quota pace on one schedule (Redis hands out
+        consecutive stretches of it, :meth:`add_pace_claim`), so together
+        they send at the pace one process would, never two into the same
+        slot of a finer window.  A group without a stretch that fits the
+        request asks for one (``Wait.pace``); one whose next slot is still
+        ahead waits for it.  A slot up to half a spacing past is still used
+        (a stretch starting "now" arrives a little late); one further past
+        is gone, or late grants would bunch up.
+        """
+        spacing = self._shared_spacing(group, cost)
+        if spacing <= NEGLIGIBLE_SPACING:
+            return None
+        slot = group.claim_next
+        if slot < now - spacing / 2:
+            slot = now
+        if slot + spacing > group.claim_end + BURST_SLACK:
+            span = PACE_CLAIM_SECONDS if group.paced else BURST_CLAIM_SECONDS
+            return Wait(None, pace=spacing * max(1, round(span / spacing)))
+        if slot > now + BURST_SLACK:
+            return Wait(slot)
+        return None
+
+    def _shared_spacing(self, group: _Group, cost: Cost) -> float:
+        """The spacing of ``cost`` on a shared pace schedule (0: not paced).
+
+        Paced groups, and groups whose first response has not come yet (a
+        second's share in flight from every process would overrun a
+        per-second window together), space requests at the sustainable
+        rate; groups not yet proven at the burst pace.
+        """
+        if group.paced or (not group.proven and not group.seen_response):
+            return self._pace_spacing(group, cost, alone=True)
+        if not group.proven:
+            return self._burst_spacing(group, cost)
+        return 0.0
+
+    def _burst_spacing(self, group: _Group, cost: Cost) -> float:
+        """A ``burst_pace``-th of the sustainable spacing of the per-minute limits."""
+        rpm, tpm = group.minute_dims
+        spacing = 0.0
+        pace = self._burst_pace
+        if rpm.limit:
+            spacing = cost.requests * rpm.window / (rpm.limit * pace)
+        if tpm.limit and cost.tokens:
+            spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * pace))
+        return spacing
 
     @staticmethod
     def _fits_first_second(group: _Group, cost: Cost) -> bool:
@@ -573,16 +650,17 @@ class QuotaBook:
         response: that much fits a fresh quota under every semantics, and a
         token bucket does not sit full (discarding refill) for the first
         round trip.  A dimension not configured does not restrict it; with
-        none configured, :data:`INITIAL_FLIGHT` requests may be out.
+        none configured, :data:`INITIAL_FLIGHT` requests may be out.  A
+        process sharing the quota keeps to its share of either.
         """
         configured = False
         for dim in group.minute_dims:
             if dim.configured is None:
                 continue
-            if dim.in_flight + dim.need(cost) > dim.configured / 60:
+            if dim.in_flight + dim.need(cost) > dim.configured / 60 * group.share:
                 return False
             configured = True
-        return configured or group.in_flight < INITIAL_FLIGHT
+        return configured or group.in_flight < max(1.0, INITIAL_FLIGHT * group.share)
 
     @staticmethod
     def _leased(group: _Group, cost: Cost, now: float) -> bool:
@@ -607,20 +685,20 @@ class QuotaBook:
             tpm.corrections,
             tpm.in_flight - cost.tokens,
         )
+        if self._shared_pace:
+            spacing = self._shared_spacing(group, cost)
+            if spacing > NEGLIGIBLE_SPACING:
+                slot = group.claim_next
+                group.claim_next = (now if slot < now - spacing / 2 else slot) + spacing
         if group.paced:
-            group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
+            if not self._shared_pace:
+                group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)
             if group.pace_backoff < 1.0:
                 group.pace_backoff = min(1.0, group.pace_backoff + PACE_RECOVERY)
         elif not group.proven:
             if group.first_grant_at > now:
                 group.first_grant_at = now
-            # A 16th of the sustainable spacing of the per-minute limits.
-            spacing = 0.0
-            pace = self._burst_pace
-            if rpm.limit:
-                spacing = cost.requests * rpm.window / (rpm.limit * pace)
-            if tpm.limit and cost.tokens:
-                spacing = max(spacing, cost.tokens * tpm.window / (tpm.limit * pace))
+            spacing = self._burst_spacing(group, cost)
             if spacing > NEGLIGIBLE_SPACING:
                 slot = group.next_burst_slot
                 group.next_burst_slot = (slot if slot > now else now) + spacing
@@ -656,13 +734,14 @@ class QuotaBook:
         self._live[reservation.seq] = reservation
         return reservation
 
-    def _pace_spacing(self, group: _Group, cost: Cost) -> float:
+    def _pace_spacing(self, group: _Group, cost: Cost, *, alone: bool = False) -> float:
+        """Seconds a paced ``cost`` takes of the group's rate (``alone``: all of it)."""
         spacing = 0.0
         for dim in group.dims.values():
             rate = dim.rate
             if rate:
                 spacing = max(spacing, dim.need(cost) / (rate * group.pace_fraction))
-        if group.share < 1:
+        if group.share < 1 and not alone:
             # Processes pacing independently fall into the same server window
             # now and then: leave them room for one request more each.
             spacing /= group.share * SHARED_PACE_FRACTION
@@ -1212,6 +1291,16 @@ class QuotaBook:
         group.lease_requests += requests
         group.lease_tokens += tokens
         group.lease_expires_at = max(group.lease_expires_at, expires_at)
+
+    def add_pace_claim(self, group_name: str, start: float, end: float, now: float) -> None:
+        """Pace the group's next grants within ``[start, end)`` of a shared schedule.
+
+        The stretch replaces what was left of the last one (a group asks for
+        a new stretch only when the last has no room left).
+        """
+        group = self._group(group_name, now)
+        group.claim_next = start
+        group.claim_end = end
 
     def take_back_lease(self, group_name: str, now: float) -> tuple[float, float]:
         """Empty the group's lease pool; return the unused (requests, tokens).

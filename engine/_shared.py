@@ -34,6 +34,11 @@ task that leases it, Doorman-style:
   learned from headers are stored with the bucket.  Every lease call returns
   both, and the manager hands them to its limiter (``cool_down_nowait``,
   ``learn_limits_nowait``).
+* **One pace.**  Paced groups (and the burst pace of unproven ones) send on
+  one schedule per group kept in Redis (``PACE_SCRIPT``): the limiter asks
+  for a stretch (``on_pace_needed``), the manager claims the next one after
+  everything handed out and after any published cooldown, and the book
+  sends within it at the whole rate (``QuotaBook(shared_pace=True)``).
 * **Redis unavailable.**  The first failed call logs one warning on the
   ``engine.shared`` logger naming the URL (without credentials) and what each
   process now does: it falls back to a local share of every known limit
@@ -60,7 +65,7 @@ from typing import Any
 import attrs
 import trio
 
-from engine._quota import Cost, Limits
+from engine._quota import SHARED_PACE_FRACTION, Cost, Limits
 
 __all__ = ["RedisQuota", "SharedQuotaStatistics"]
 
@@ -312,6 +317,31 @@ return string.format('%.0f', current)
 """
 
 
+# KEYS: pace key, cooldown key.  ARGV: length of the stretch wanted (us), key
+# expiry beyond the stretch's end (ms).
+# The shared pace schedule: one cursor per group, the end of the last stretch
+# handed out.  A stretch starts at the latest of now, the cursor and a
+# published cooldown's end, so processes pacing on it never send into the same
+# slot, and none sends before a cooldown another saw is over.
+# Returns: start (us), Redis time (us), cooldown end (us, or "").
+PACE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cursor = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cooldown = redis.call('GET', KEYS[2]) or ''
+local start = math.max(now, cursor, tonumber(cooldown) or 0)
+local ends = start + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX',
+  math.ceil((ends - now) / 1000) + tonumber(ARGV[2]))
+return {string.format('%.0f', start), string.format('%.0f', now), cooldown}
+"""
+
+
+def pace_key(namespace: str, group: str) -> str:
+    """The shared pace schedule's cursor of one limit group (same slot as :func:`group_keys`)."""
+    return f"{{{namespace}:{group}}}:pace"
+
+
 def group_keys(namespace: str, group: str) -> tuple[str, str, str]:
     """(state hash, leases hash, cooldown key) of one limit group.
 
@@ -495,6 +525,12 @@ class _Group:
     cooldown_to_publish: float | None = None
     publish_limits: bool = False
     fallback: FallbackBucket | None = None
+    # The shared pace schedule: seconds of it the limiter asked for (0: none),
+    # whether that ask is still on its way to the manager, and (Redis down)
+    # where this process's own schedule stands.
+    pace_wanted: float = 0.0
+    pace_flagged: bool = False
+    local_pace_at: float = -math.inf
 
 
 @attrs.frozen
@@ -507,6 +543,12 @@ class _Need:
 class _Cooldown:
     group: str
     until: float
+
+
+@attrs.frozen
+class _PaceNeed:
+    group: str
+    seconds: float
 
 
 @attrs.frozen
@@ -565,6 +607,7 @@ class LeaseManager:
             "on_lease_needed": self._on_lease_needed,
             "on_cooldown": self._on_cooldown,
             "on_limits_learned": self._on_limits_learned,
+            "on_pace_needed": self._on_pace_needed,
         }
 
     def attach(self, limiter: Any) -> None:
@@ -596,6 +639,13 @@ class LeaseManager:
 
     def _on_cooldown(self, group: str, until: float) -> None:
         self._post(_Cooldown(group, until))
+
+    def _on_pace_needed(self, group: str, seconds: float) -> None:
+        state = self._group(group)
+        if state.pace_flagged:
+            return  # the manager has not seen the last one yet
+        state.pace_flagged = True
+        self._post(_PaceNeed(group, seconds))
 
     def _on_limits_learned(self, group: str, rpm: float | None, tpm: float | None) -> None:
         self._post(_Learned(group, rpm, tpm))
@@ -648,6 +698,7 @@ class LeaseManager:
                         "lease": redis.register_script(LEASE_SCRIPT),
                         "return": redis.register_script(RETURN_SCRIPT),
                         "cooldown": redis.register_script(COOLDOWN_SCRIPT),
+                        "pace": redis.register_script(PACE_SCRIPT),
                     }
                     await self._ping(redis)
                     self._note_connected()
@@ -752,6 +803,8 @@ class LeaseManager:
     def _timers(self, *, connected: bool) -> list[float]:
         times = []
         for group in self._groups.values():
+            if group.pace_wanted:
+                times.append(-math.inf)
             if group.need is not None:
                 times.append(group.next_ask_at)
             if group.idle_check_at != math.inf:
@@ -772,6 +825,10 @@ class LeaseManager:
                     if not group.tokens_per_request
                     else 0.8 * group.tokens_per_request + 0.2 * per_request
                 )
+        elif isinstance(message, _PaceNeed):
+            group = self._group(message.group)
+            group.pace_flagged = False
+            group.pace_wanted = message.seconds
         elif isinstance(message, _Cooldown):
             group = self._group(message.group)
             group.cooldown_to_publish = max(group.cooldown_to_publish or -math.inf, message.until)
@@ -804,6 +861,8 @@ class LeaseManager:
                 # A 429 may have switched the group to pacing, which spreads
                 # only this process's share: learn how many processes share.
                 refresh = True
+        if group.pace_wanted:
+            await self._claim_pace(redis, group, now)
         if group.need is not None and now >= group.next_ask_at:
             await self._lease(redis, group, group.need)
         elif redis is not None and (group.publish_limits or refresh):
@@ -935,6 +994,40 @@ class LeaseManager:
                 group.next_ask_at,
                 started + fair_pace(granted, rates=rates, clients=group.clients),  # type: ignore[arg-type]
             )
+
+    async def _claim_pace(self, redis: Any, group: _Group, now: float) -> None:
+        """Claim the stretch of the shared pace schedule the limiter asked for.
+
+        Without Redis the process paces on its own at its fallback share of
+        the rate: the stretch it gets is followed by the others' part.
+        """
+        seconds, group.pace_wanted = group.pace_wanted, 0.0
+        if redis is None:
+            share = self._config.fallback_share or 1 / max(
+                group.max_clients or self._config.fallback_clients, 1
+            )
+            start = max(now, group.local_pace_at)
+            group.local_pace_at = start + seconds / (share * SHARED_PACE_FRACTION)
+            self._limiter.pace_nowait(group.name, start, start + seconds)
+            return
+        started = trio.current_time()
+        raw = await self._call(
+            redis,
+            "pace",
+            [pace_key(self._config.namespace, group.name), group.keys[2]],
+            [math.ceil(seconds * 1e6), math.ceil(self._config.lease_seconds * 1000)],
+        )
+        start_us, redis_now_us, cooldown = (
+            value.decode() if isinstance(value, bytes) else str(value) for value in raw
+        )
+        # Redis's clock to ours: the call's start stands for Redis's now (the
+        # stretch starts at most one round trip later than it could).
+        start = started + (float(start_us) - float(redis_now_us)) / 1e6
+        if cooldown and float(cooldown) > float(redis_now_us):
+            # Another process was refused: its cooldown holds this one too.
+            until = started + (float(cooldown) - float(redis_now_us)) / 1e6
+            self._limiter.cool_down_nowait(group.name, until)
+        self._limiter.pace_nowait(group.name, start, start + seconds)
 
     def _adopt(self, group: _Group, reply: LeaseReply, started: float) -> None:
         """Apply what other processes published: limits, cooldowns."""

@@ -445,6 +445,73 @@ def test_unused_lease_is_taken_back_and_released_permits_refill_it():
     assert book.decide("g", ONE, 0.0) == Wait(None, lease=True)
 
 
+def shared_paced_book(rpm: float = 600) -> PacedQuotaBook:
+    """A shared, shared-paced book of ``rpm`` with a big lease, paced (Limits(burst=False))."""
+    book = PacedQuotaBook(Limits(rpm=rpm, burst=False), margin=0.0, shared=True, shared_pace=True)
+    book.add_lease("g", requests=1_000, tokens=0, expires_at=1_000.0, now=0.0)
+    return book
+
+
+def test_shared_pace_asks_for_a_stretch_and_paces_at_the_whole_rate_within_it():
+    """600 RPM at 1/3 share: a 0.2 s stretch holds 2 grants 0.102 s apart (not 3x that)."""
+    book = shared_paced_book()
+    book.set_share("g", 1 / 3, 0.0)
+    spacing = 60 / (600 * 0.98)
+    wait = book.decide("g", ONE, 0.0)
+    assert isinstance(wait, Wait) and wait.until is None
+    assert wait.pace == pytest.approx(2 * spacing)
+    book.add_pace_claim("g", 0.5, 0.5 + wait.pace, 0.0)
+    assert book.decide("g", ONE, 0.0) == Wait(pytest.approx(0.5))
+    grant(book, 0.5)
+    assert book.decide("g", ONE, 0.5) == Wait(pytest.approx(0.5 + spacing))
+    grant(book, 0.5 + spacing)
+    assert book.decide("g", ONE, 0.5 + spacing).pace == pytest.approx(2 * spacing)
+
+
+def test_shared_pace_uses_a_slot_a_little_late_and_drops_one_long_gone():
+    """A slot under half a spacing late is used from its own time; one later is skipped."""
+    book = shared_paced_book()
+    spacing = 60 / (600 * 0.98)
+    book.add_pace_claim("g", 1.0, 1.0 + 4 * spacing, 0.0)
+    grant(book, 1.0 + 0.4 * spacing)  # late, but the slot was 1.0
+    grant(book, 1.0 + spacing)  # the second slot, on time
+    late = 1.0 + 2.6 * spacing  # the third slot (2 spacings in) is more than half gone
+    grant(book, late)
+    assert book.decide("g", ONE, late) == Wait(None, pace=pytest.approx(2 * spacing))
+
+
+def test_shared_pace_bursts_in_short_stretches_once_a_response_is_seen():
+    """Unproven: sustainable spacing before any response, then 1/16 of it, 0.05 s per stretch."""
+    book = PacedQuotaBook(Limits(rpm=600), margin=0.0, shared=True, shared_pace=True)
+    book.add_lease("g", requests=1_000, tokens=0, expires_at=1_000.0, now=0.0)
+    assert book.decide("g", ONE, 0.0).pace == pytest.approx(60 / (600 * 0.98))  # one slot
+    book.add_pace_claim("g", 0.0, 60 / (600 * 0.98), 0.0)
+    book.settle(grant(book, 0.0), 0.1)
+    burst = 60 / (600 * 16)
+    wait = book.decide("g", ONE, 0.1)
+    assert wait.pace == pytest.approx(8 * burst)  # 0.05 s of slots 6.25 ms apart
+    book.add_pace_claim("g", 0.1, 0.1 + wait.pace, 0.1)
+    for index in range(8):
+        grant(book, 0.1 + index * burst)
+    assert book.decide("g", ONE, 0.1 + 8 * burst).pace == pytest.approx(8 * burst)
+
+
+def test_a_shared_book_keeps_the_first_flight_to_its_share():
+    """Before any response a process at 1/2 share keeps 5 of 600 RPM's 10 out; unknown: 2 of 4."""
+    known = QuotaBook(Limits(rpm=600), margin=0.0, shared=True)
+    known.add_lease("g", requests=100, tokens=0, expires_at=100.0, now=0.0)
+    known.set_share("g", 0.5, 0.0)
+    for _ in range(5):
+        grant(known, 0.0)
+    assert known.decide("g", ONE, 0.0) == Wait(None)
+    learned = QuotaBook(None, shared=True)
+    learned.add_lease("g", requests=100, tokens=100, expires_at=100.0, now=0.0)
+    learned.set_share("g", 0.5, 0.0)
+    grant(learned, 0.0)
+    grant(learned, 0.0)
+    assert learned.decide("g", ONE, 0.0) == Wait(None)
+
+
 def test_remote_cooldown_and_learned_limits_are_adopted():
     """cool_down holds the group; learn_limits fills unknown limits only."""
     book = QuotaBook({"g": Limits(tpm=1000)})

@@ -29,6 +29,7 @@ from engine._quota import Cost, Limits, QuotaBook
 from engine._shared import (
     COOLDOWN_SCRIPT,
     LEASE_SCRIPT,
+    PACE_SCRIPT,
     RETURN_SCRIPT,
     FallbackBucket,
     LeaseManager,
@@ -37,6 +38,7 @@ from engine._shared import (
     ask_size,
     fair_pace,
     group_keys,
+    pace_key,
     retry_delay,
 )
 from engine.mock import MockConfig, create_app, serve_in_subprocess
@@ -167,10 +169,11 @@ async def redis_client(url: str):
 
 
 class Scripts:
-    """Direct calls of the three scripts, as one named client."""
+    """Direct calls of the lease, return and cooldown scripts, as one named client."""
 
     def __init__(self, redis, namespace: str, group: str = "g") -> None:
         self.redis = redis
+        self.namespace = namespace
         self.keys = group_keys(namespace, group)
         self.lease_script = redis.register_script(LEASE_SCRIPT)
         self.return_script = redis.register_script(RETURN_SCRIPT)
@@ -304,6 +307,28 @@ async def test_cooldown_is_published_and_drains_the_buckets(scripts):
     assert 0 < ends - reply.redis_now_us <= 500_000
 
 
+async def test_pace_stretches_of_two_clients_follow_each_other(scripts):
+    """The pace script hands out consecutive stretches: B's starts where A's ends."""
+    pace = scripts.redis.register_script(PACE_SCRIPT)
+    key = pace_key(scripts.namespace, "g")
+    a_start, a_now, cooldown = await pace(keys=[key, scripts.keys[2]], args=[200_000, 10_000])
+    b_start, _b_now, _ = await pace(keys=[key, scripts.keys[2]], args=[100_000, 10_000])
+    assert cooldown == "" and 0 <= float(a_start) - float(a_now) < 1_000
+    assert float(b_start) == float(a_start) + 200_000
+
+
+async def test_pace_stretches_start_after_a_published_cooldown(scripts):
+    """A stretch claimed during a cooldown starts when it ends, and names it."""
+    pace = scripts.redis.register_script(PACE_SCRIPT)
+    ends = float(
+        await scripts.cooldown_script(keys=[scripts.keys[2], scripts.keys[0]], args=[500_000])
+    )
+    start, _now, cooldown = await pace(
+        keys=[pace_key(scripts.namespace, "g"), scripts.keys[2]], args=[100_000, 10_000]
+    )
+    assert float(start) == ends and float(cooldown) == ends
+
+
 async def test_learned_limits_are_stored_for_others(scripts):
     """A limit one client passes is returned to a client that knows none."""
     await scripts.lease("a", (1, 0), limits=(600, 90_000, 0, 0))
@@ -316,10 +341,11 @@ async def test_learned_limits_are_stored_for_others(scripts):
 
 
 @asynccontextmanager
-async def managed_limiter(config: RedisQuota, limits: Limits | None):
+async def managed_limiter(config: RedisQuota, limits: Limits | None, *, shared_pace: bool = False):
     """A limiter in shared mode with its lease manager running."""
     manager = LeaseManager(config, limits)
-    limiter = Limiter(QuotaBook(limits, margin=0.0, shared=True), **manager.callbacks())
+    book = QuotaBook(limits, margin=0.0, shared=True, shared_pace=shared_pace)
+    limiter = Limiter(book, **manager.callbacks())
     manager.attach(limiter)
     async with trio.open_nursery() as nursery:
         await nursery.start(limiter.run)
@@ -362,6 +388,32 @@ async def test_cooldown_seen_by_one_process_reaches_another(redis_server):
         assert b._book.snapshot("g", trio.current_time())["group"]["cooldown_until"] > (
             trio.current_time() + 25
         )
+
+
+async def test_a_cooldown_reaches_a_process_still_holding_a_lease(redis_server):
+    """B holds leased capacity when A is refused for 1 s: B's next stretch starts after it."""
+    namespace = fresh_namespace()
+    paced = Limits(rpm=600, burst=False)
+    async with (
+        managed_limiter(
+            RedisQuota(redis_server.url, namespace=namespace, client_id="a"),
+            paced,
+            shared_pace=True,
+        ) as (a, _),
+        managed_limiter(
+            RedisQuota(redis_server.url, namespace=namespace, client_id="b", min_ask_requests=20),
+            paced,
+            shared_pace=True,
+        ) as (b, _),
+    ):
+        with trio.fail_after(5):
+            b.settle_nowait(await b.acquire("g", Cost()))
+            assert (await b.lease_state("g"))[0] >= 1  # B needs no new lease to send again
+            a.rate_limited_nowait(await a.acquire("g", Cost()), retry_after=1.0)
+            await eventually(lambda: _redis_has(redis_server, group_keys(namespace, "g")[2]))
+            published = trio.current_time()
+            b.settle_nowait(await b.acquire("g", Cost()))
+            assert trio.current_time() - published >= 0.8
 
 
 async def test_limits_learned_by_one_process_reach_another(redis_server):
