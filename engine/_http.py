@@ -2,16 +2,20 @@
 
 Why: httpx's default transport (httpcore's pool) rescans every pooled connection
 whenever one is added or closed, so one shared ``AsyncClient`` collapses at high
-concurrency under trio (DESIGN.md §8). The engine gives each worker its own
-client whose transport is an :class:`H11Transport`: one connection, one request
-at a time, no pool, and as little per-request CPU as the httpx interface allows.
+concurrency under trio (docs/design.md, "HTTP"; figures in docs/benchmarks.md).
+The engine gives each worker its own client whose transport is an
+:class:`H11Transport`: one connection, one request at a time, no pool, and as
+little per-request CPU as the httpx interface allows.
 
-How: the request is written straight from httpx's headers (after checking
-that no header can start a new line), and the common response (HTTP/1.1, a
-final status, one Content-Length) is read by a strict parser of its own; every
-other response (chunked, close-delimited, 1xx, HTTP/1.0, anything irregular)
-is read by h11, which stays the authority on the protocol's corners. h11 reads
-a response in ~70 µs of CPU on the dev machine, the simple path in ~5 µs.
+How: the wire format lives in :mod:`engine._wire` (sans-IO: bytes in, bytes
+out); this module is the trio driver around it.  The request is written
+straight from httpx's headers (after checking that no header can start a new
+line), and the common response (HTTP/1.1, a final status, a body framed by one
+Content-Length or by chunked coding) is read by ``_wire``'s own parser; every
+other response (close-delimited, 1xx, HTTP/1.0, anything irregular) is read by
+h11, which stays the authority on the protocol's corners (``tests/test_wire.py``
+holds the two to the same answers).  h11 reads a response in ~70 µs of CPU on
+the dev machine, the plain path in ~5 µs.
 
 What it does:
 
@@ -28,7 +32,7 @@ What it does:
   A request is never re-sent after any byte of a response arrived, nor when it
   failed on a fresh connection. (Strictly, a server could have read the request
   and closed without answering; the engine's own retry policy treats that case
-  the same way, DESIGN.md §4.)
+  the same way: docs/design.md, "Failure policy".)
 * Per-request timeouts from ``request.extensions["timeout"]`` (what httpx puts
   there from ``httpx.Timeout``): ``connect`` bounds TCP connect plus TLS
   handshake (:class:`httpx.ConnectTimeout`), ``write`` bounds each send
@@ -66,16 +70,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
-import attrs
-import h11
 import httpx
 import trio
+
+from engine import _wire
 
 __all__ = ["H11Transport", "RawResponse", "TimeoutWatch", "make_async_client", "shared_ssl_context"]
 
@@ -87,16 +90,6 @@ _SEND_BATCH = 65536
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HTTP_VERSION_EXTENSION = b"HTTP/1.1"
 _INF = math.inf
-_END_OF_MESSAGE = h11.EndOfMessage()
-# An HTTP token (RFC 9110 §5.6.2): what a method or header name may be made of.
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-_TOKEN_LINES = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+(?:\n[-!#$%&'*+.^_`|~0-9a-zA-Z]+)*")
-# Lists of header names (joined by newlines) already checked against
-# _TOKEN_LINES: a worker sends the same names on every request.
-_valid_header_names: set[bytes] = set()
-# Request-side events fed to h11 in place of the real request, keyed by
-# (method, connection-close): see _framing_event.
-_framing_events: dict[tuple[bytes, bool], h11.Request] = {}
 # Headers that change how a request is framed: the fast POST path never sends them.
 _FRAMING_HEADERS = frozenset((b"transfer-encoding", b"connection", b"content-length"))
 # The context of an exchange whose timeouts a TimeoutWatch keeps.
@@ -460,121 +453,60 @@ class H11Transport(httpx.AsyncBaseTransport):
         connection: _Connection,
         request: httpx.Request,
         timeouts: Mapping[str, float | None],
-    ) -> httpx.Response:
-        """Write ``request`` and read its whole response on ``connection``."""
-        write_timeout = timeouts.get("write")
-        read_timeout = timeouts.get("read")
-        if write_timeout is None:
-            write_timeout = _INF
-        if read_timeout is None:
-            read_timeout = _INF
+    ) -> httpx.Response | RawResponse:
+        """Write ``request`` and read its whole response on ``connection``. Checkpoints.
+
+        Failures are raised as httpx's exceptions (see the module docstring);
+        a peer that closed before sending any byte of the answer raises
+        :class:`_PeerClosedEarly`, so the caller can decide to send again.
+        """
+        write_timeout = _forever_if_none(timeouts.get("write"))
+        read_timeout = _forever_if_none(timeouts.get("read"))
         sending = True
-        received_any = False
-        receive = connection.receive_after_wait
+        reader: _wire.ResponseReader | None = None
         watched: _PlainConnection | None = None
         try:
-            head_bytes, method, chunked, close = _serialize_request(request)
+            head, method, chunked, close = _serialize_request(request)
             body = _buffered_body(request)
             if body is not None and not chunked:
-                # Most requests fit the socket buffer: sent here, the scope
-                # below starts with the read deadline and needs no second
-                # deadline (each costs a registration in trio's deadline heap).
-                unsent = connection.send_now(head_bytes + body if body else head_bytes)
+                # Most requests fit the socket buffer: sent here, the exchange
+                # starts with the read deadline and needs no second deadline
+                # (each costs a registration in trio's deadline heap).
+                unsent = connection.send_now(head + body if body else head)
             else:
                 unsent = None  # a streamed body
             deadline = trio.current_time() + (read_timeout if unsent == b"" else write_timeout)
-            watch = self._watch
-            if (
-                watch is not None
-                and watch.running
-                and unsent is not None
-                and type(connection) is _PlainConnection
-            ):
-                # Only socket waits from here on: the watch can end them.
+            timer, scope = self._deadline_keeper(connection, deadline, streamed=unsent is None)
+            if scope is None:  # the watch keeps the deadlines: it may expire the socket
+                assert type(connection) is _PlainConnection
                 watched = connection
-                connection.expired = False
-                timer: _Deadline = _WatchTimer(watch, connection)
-                timer.deadline = deadline
-                scope = None
-            else:
-                timer = scope = trio.CancelScope(deadline=deadline)
+            reader = _wire.ResponseReader(method, close)
             with scope or _NO_SCOPE:
                 if unsent is None:
-                    await _write_streamed(
-                        connection, request, head_bytes, chunked, timer, write_timeout
-                    )
+                    await _write_streamed(connection, request, head, chunked, timer, write_timeout)
                 elif unsent:
                     await connection.send_all(unsent)
                 sending = False
                 if unsent != b"":
                     timer.deadline = trio.current_time() + read_timeout
-                buffer = await receive()
-                if not buffer:
-                    raise _PeerClosedEarly(
-                        httpx.RemoteProtocolError(
-                            "server disconnected without sending a response", request=request
-                        )
-                    )
-                received_any = True
-                head_end = buffer.find(b"\r\n\r\n")
-                while head_end < 0:
-                    if len(buffer) > _MAX_HEAD_SIZE:
-                        raise h11.RemoteProtocolError("response head too long")
-                    timer.deadline = trio.current_time() + read_timeout
-                    more = await receive()
-                    if not more:
-                        raise h11.RemoteProtocolError("server disconnected mid-response head")
-                    buffer += more
-                    head_end = buffer.find(b"\r\n\r\n", max(0, len(buffer) - len(more) - 3))
-                head = _parse_simple_head(buffer, head_end, method)
-                if head is None:
-                    # Chunked, close-delimited, 1xx, HTTP/1.0, or anything odd: h11 reads it.
-                    head, body, keep_alive = await _read_with_h11(
-                        buffer, method, close, receive, timer, read_timeout
-                    )
-                else:
-                    body_start = head_end + 4
-                    body_end = body_start + head.content_length
-                    if len(buffer) < body_end:
-                        body_buffer = bytearray(buffer)
-                        while len(body_buffer) < body_end:
-                            timer.deadline = trio.current_time() + read_timeout
-                            more = await receive()
-                            if not more:
-                                raise h11.RemoteProtocolError(
-                                    "peer closed connection without sending complete message body"
-                                )
-                            body_buffer += more
-                        buffer = bytes(body_buffer)
-                    # Bytes past the body were never asked for: do not trust the connection.
-                    keep_alive = head.keep_alive and not close and len(buffer) == body_end
-                    body = buffer[body_start:body_end]
+                message = await _read_response(
+                    connection.receive_after_wait, reader, timer, read_timeout, request
+                )
             if scope is not None and scope.cancelled_caught:
                 self._drop_connection()
-                if sending:
-                    raise httpx.WriteTimeout("timed out sending the request", request=request)
-                raise httpx.ReadTimeout("timed out waiting for the response", request=request)
-        except h11.RemoteProtocolError as exc:
+                raise _timeout_error(request, sending)
+        except _wire.RemoteProtocolError as exc:
             self._drop_connection()
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        except h11.LocalProtocolError as exc:
+        except _wire.LocalProtocolError as exc:
             self._drop_connection()
             raise httpx.LocalProtocolError(str(exc), request=request) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._drop_connection()
             if watched is not None and watched.expired:
-                if sending:
-                    raise httpx.WriteTimeout(
-                        "timed out sending the request", request=request
-                    ) from None
-                raise httpx.ReadTimeout(
-                    "timed out waiting for the response", request=request
-                ) from None
-            if sending:
-                error: httpx.TransportError = httpx.WriteError(_describe(exc), request=request)
-            else:
-                error = httpx.ReadError(_describe(exc), request=request)
-            if not received_any:
+                raise _timeout_error(request, sending) from None
+            error = _broken_connection_error(exc, request, sending)
+            if reader is None or not reader.received_any:
                 raise _PeerClosedEarly(error) from exc
             raise error from exc
         except BaseException:
@@ -584,124 +516,84 @@ class H11Transport(httpx.AsyncBaseTransport):
         finally:
             if watched is not None:
                 watched.deadline = _INF  # TimeoutWatch.disarm, inlined
-        if not keep_alive:
+        if not message.keep_alive:
             self._drop_connection()
-        if type(request) is _RawRequest and not head.content_encoded:
-            return RawResponse(head.status_code, head.headers, body)
-        return _build_response(head, body)
+        if type(request) is _RawRequest and not message.content_encoded:
+            return RawResponse(message.status_code, message.headers, message.body)
+        return _httpx_response(message)
+
+    def _deadline_keeper(
+        self, connection: _Connection, deadline: float, *, streamed: bool
+    ) -> tuple[_Deadline, trio.CancelScope | None]:
+        """What keeps this exchange's read and write deadlines, starting at ``deadline``.
+
+        Returns (the object whose ``deadline`` the exchange moves, the cancel
+        scope to run the exchange in or None).  A running :class:`TimeoutWatch`
+        keeps them for a plain-TCP connection whose body is already bytes: only
+        socket waits follow, which the watch can end.  Otherwise a cancel scope.
+        Never checkpoints.
+        """
+        watch = self._watch
+        if (
+            watch is not None
+            and watch.running
+            and not streamed
+            and type(connection) is _PlainConnection
+        ):
+            connection.expired = False
+            timer = _WatchTimer(watch, connection)
+            timer.deadline = deadline
+            return timer, None
+        scope = trio.CancelScope(deadline=deadline)
+        return scope, scope
 
 
-@attrs.frozen(slots=True)
-class _Head:
-    """A response's status line and headers, as the transport hands them to httpx."""
-
-    status_code: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    content_length: int
-    keep_alive: bool
-    content_encoded: bool
-
-
-# Status line and header lines of an HTTP/1.1 response in the shape nearly
-# every server sends: what _parse_simple_head reads without h11.
-_SIMPLE_HEAD = re.compile(
-    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
-    rb"((?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*)"
-)
-_MAX_HEAD_SIZE = 65536
-_NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def _parse_simple_head(buffer: bytes, head_end: int, method: bytes) -> _Head | None:
-    """Read the response head in ``buffer[:head_end]`` if it is the common, simple kind.
-
-    Simple means: HTTP/1.1, a final status (>= 200), well-formed header lines,
-    and a body framed by exactly one Content-Length (or no body at all, for
-    HEAD / 204 / 304), without Transfer-Encoding. Anything else returns None
-    and h11 reads the response instead: h11 stays the authority on the
-    protocol's corners while this path saves most of its per-response CPU.
-    """
-    match = _SIMPLE_HEAD.fullmatch(buffer, 0, head_end + 2)
-    if match is None:
-        return None
-    status_code = int(match[1])
-    if status_code < 200:
-        return None
-    headers = []
-    content_length = None
-    keep_alive = True
-    content_encoded = False
-    for line in match[3].split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        lowered = name.lower()
-        if lowered == b"content-length":
-            if content_length is not None or not value.isdigit():
-                return None
-            content_length = int(value)
-        elif lowered == b"transfer-encoding":
-            return None
-        elif lowered == b"connection":
-            keep_alive = b"close" not in value.lower()
-        elif lowered == b"content-encoding":
-            content_encoded = True
-    if method == b"HEAD" or status_code in _NO_BODY_STATUSES:
-        content_length = 0
-    elif content_length is None:
-        return None
-    return _Head(status_code, match[2] or b"", headers, content_length, keep_alive, content_encoded)
-
-
-async def _read_with_h11(
-    buffer: bytes,
-    method: bytes,
-    close: bool,
+async def _read_response(
     receive: Callable[[], Awaitable[bytes]],
-    scope: _Deadline,
+    reader: _wire.ResponseReader,
+    timer: _Deadline,
     read_timeout: float,
-) -> tuple[_Head, bytes, bool]:
-    """Read a response that is not simple with h11, starting from the bytes in ``buffer``.
+    request: httpx.Request,
+) -> _wire.ResponseMessage:
+    """Feed ``reader`` what ``receive`` returns until the response is whole. Checkpoints.
 
-    Returns (head, body, whether the connection may be reused).
+    The first wait runs to the deadline already set on ``timer``; each later
+    one gets ``read_timeout`` from its start.  Raises :class:`_PeerClosedEarly`
+    when the peer closes before the first byte.
     """
-    state = h11.Connection(h11.CLIENT)
-    state.send(_framing_event(method, close))
-    state.send(_END_OF_MESSAGE)
-    state.receive_data(buffer)
-    chunks: list[bytes] = []
-    response = None
-    while True:
-        event = state.next_event()
-        if event is h11.NEED_DATA:
-            scope.deadline = trio.current_time() + read_timeout
-            state.receive_data(await receive())
-            continue
-        event_type = type(event)
-        if event_type is h11.Data:
-            chunks.append(event.data)
-        elif event_type is h11.Response:
-            response = event
-        elif event_type is h11.EndOfMessage:
-            break
-        elif event is h11.PAUSED or event_type is h11.ConnectionClosed:
-            # Cannot happen before EndOfMessage; guard against spinning if it did.
-            raise h11.RemoteProtocolError("connection ended before the response did")
-        # InformationalResponse (1xx) is skipped: the final response follows.
-    keep_alive = (
-        state.our_state is h11.DONE and state.their_state is h11.DONE and not state.trailing_data[0]
-    )
-    content_encoded = any(name == b"content-encoding" for name, _ in response.headers)
-    head = _Head(
-        response.status_code,
-        response.reason,
-        response.headers.raw_items(),
-        0,
-        keep_alive,
-        content_encoded,
-    )
-    return head, b"".join(chunks), keep_alive
+    data = await receive()
+    if not data:
+        raise _PeerClosedEarly(
+            httpx.RemoteProtocolError(
+                "server disconnected without sending a response", request=request
+            )
+        )
+    message = reader.feed(data)
+    while message is None:
+        timer.deadline = trio.current_time() + read_timeout
+        message = reader.feed(await receive())
+    return message
+
+
+def _forever_if_none(timeout: float | None) -> float:
+    """A timeout in seconds, with None (no bound) as infinity."""
+    return _INF if timeout is None else timeout
+
+
+def _timeout_error(request: httpx.Request, sending: bool) -> httpx.TimeoutException:
+    """The httpx timeout for an exchange whose deadline passed while ``sending`` or not."""
+    if sending:
+        return httpx.WriteTimeout("timed out sending the request", request=request)
+    return httpx.ReadTimeout("timed out waiting for the response", request=request)
+
+
+def _broken_connection_error(
+    exc: BaseException, request: httpx.Request, sending: bool
+) -> httpx.TransportError:
+    """The httpx error for a connection that broke while ``sending`` or receiving."""
+    if sending:
+        return httpx.WriteError(_describe(exc), request=request)
+    return httpx.ReadError(_describe(exc), request=request)
 
 
 class _RawRequest:
@@ -774,20 +666,15 @@ class RawResponse:
         return f"<RawResponse [{self.status_code}]>"
 
 
-def _build_response(head: _Head, content: bytes) -> httpx.Response:
+def _httpx_response(message: _wire.ResponseMessage) -> httpx.Response:
+    """``message`` as an ``httpx.Response``, already read (gzip and the like decoded)."""
     response = httpx.Response(
-        head.status_code,
-        headers=head.headers,
-        stream=httpx.ByteStream(content),
-        extensions={"http_version": _HTTP_VERSION_EXTENSION, "reason_phrase": head.reason},
+        message.status_code,
+        headers=message.headers,
+        stream=httpx.ByteStream(message.body),
+        extensions={"http_version": _HTTP_VERSION_EXTENSION, "reason_phrase": message.reason},
     )
-    if head.content_encoded:
-        # Decodes gzip/deflate/... and marks the body read.
-        response.read()
-    else:
-        # The body as received is the content: skip httpx's chain of decoder
-        # and chunker generators. ``aread()`` and ``.content`` see it as read.
-        response._content = content
+    response.read()
     return response
 
 
@@ -795,13 +682,13 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
     """Return (request head bytes, method, body is chunked, connection closes after).
 
     httpx has already built every header (Host, Content-Length or
-    Transfer-Encoding, ...); this writes them out as they are, refusing
-    header names that are not tokens and any CR, LF or NUL that would let a
-    value start a new line.  A :class:`_RawRequest` brings its request line
+    Transfer-Encoding, ...); they are written out as they are, through
+    :mod:`engine._wire`'s checks (:class:`_wire.LocalProtocolError` for what
+    could start a new line).  A :class:`_RawRequest` brings its request line
     and fixed headers already checked: only its per-request headers are.
     """
     if type(request) is _RawRequest:
-        block, chunked, close = _header_block(request.extra)
+        block, chunked, close = _wire.header_block(request.extra)
         fixed_chunked, fixed_close = request.framing
         return (
             request.prefix + block + b"\r\n",
@@ -809,71 +696,10 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
             chunked or fixed_chunked,
             close or fixed_close,
         )
-    method = _method_bytes(request.method)
-    line = b"%s %s HTTP/1.1\r\n" % (method, request.url.raw_path)
-    if line.count(b"\n") != 1 or line.count(b"\r") != 1 or b"\0" in line:
-        raise h11.LocalProtocolError("illegal character in request line or header")
-    block, chunked, close = _header_block(request.headers.raw)
+    method = _wire.method_token(request.method)
+    line = _wire.request_line(method, request.url.raw_path)
+    block, chunked, close = _wire.header_block(request.headers.raw)
     return line + block + b"\r\n", method, chunked, close
-
-
-def _header_block(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, bool, bool]:
-    """Return (the header lines, each ending in CRLF, body is chunked, connection closes).
-
-    Raises h11.LocalProtocolError for a name that is not a token, or CR, LF
-    or NUL in a value.
-    """
-    if not raw:
-        return b"", False, False
-    names = [name for name, _ in raw]
-    joined_names = b"\n".join(names)
-    if joined_names not in _valid_header_names:
-        if _TOKEN_LINES.fullmatch(joined_names) is None:
-            raise h11.LocalProtocolError(f"illegal header name in {names!r}")
-        if len(_valid_header_names) > 1024:
-            _valid_header_names.clear()
-        _valid_header_names.add(joined_names)
-    block = b"\r\n".join(map(b": ".join, raw)) + b"\r\n"
-    lines = len(raw)
-    if block.count(b"\n") != lines or block.count(b"\r") != lines or b"\0" in block:
-        raise h11.LocalProtocolError("illegal character in request line or header")
-    chunked = close = False
-    lowered_names = joined_names.lower()
-    if b"transfer-encoding" in lowered_names or b"connection" in lowered_names:
-        for name, value in raw:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lowered == b"connection":
-                close = b"close" in value.lower()
-    return block, chunked, close
-
-
-@functools.cache
-def _method_bytes(method: str) -> bytes:
-    """``"POST"`` -> ``b"POST"``, refusing anything that is not a token."""
-    encoded = method.encode("ascii", "replace")
-    if _TOKEN.fullmatch(encoded) is None:
-        raise h11.LocalProtocolError(f"illegal method {method!r}")
-    return encoded
-
-
-def _framing_event(method: bytes, close: bool) -> h11.Request:
-    """The h11 event that stands for a request of ``method`` in h11's state machine.
-
-    The transport writes request bytes itself (h11's per-header validation
-    is the costliest step of a request) and tells h11 only what matters for
-    reading the response: the method (HEAD answers have no body) and whether
-    the connection closes after.
-    """
-    key = (method, close)
-    event = _framing_events.get(key)
-    if event is None:
-        headers = [(b"host", b"_")]
-        if close:
-            headers.append((b"connection", b"close"))
-        event = _framing_events[key] = h11.Request(method=method, target=b"/", headers=headers)
-    return event
 
 
 def _buffered_body(request: httpx.Request) -> bytes | None:
@@ -904,12 +730,7 @@ async def _write_streamed(
     async for chunk in request.stream:
         if not chunk:
             continue
-        if chunked:
-            pending.append(b"%x\r\n" % len(chunk))
-            pending.append(chunk)
-            pending.append(b"\r\n")
-        else:
-            pending.append(chunk)
+        pending.append(_wire.chunk(chunk) if chunked else chunk)
         pending_size += len(chunk)
         if pending_size >= _SEND_BATCH:
             scope.deadline = trio.current_time() + write_timeout
@@ -917,7 +738,7 @@ async def _write_streamed(
             pending.clear()
             pending_size = 0
     if chunked:
-        pending.append(b"0\r\n\r\n")
+        pending.append(_wire.LAST_CHUNK)
     if pending:
         scope.deadline = trio.current_time() + write_timeout
         await send(b"".join(pending))
@@ -953,10 +774,17 @@ class _WorkerClient(httpx.AsyncClient):
     * It remembers the URL each path string merges to with ``base_url`` (up
       to 64 strings): httpx otherwise parses and joins the URL on every
       request, a quarter of its per-request CPU.
+
+    It uses httpx's public interface only (``build_request`` is overridden
+    to pass httpx the merged URL), so any httpx release with that interface
+    works.
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
+        transport = kwargs.get("transport")
+        # The transport the fast POST path hands its requests to (None: no fast path).
+        self._fast_transport = transport if type(transport) is H11Transport else None
         self._response_cookies_ignored = _ResponseCookiesIgnored()
         self._merged_urls: dict[str, httpx.URL] = {}
         self._merged_urls_base: httpx.URL | None = None
@@ -980,7 +808,7 @@ class _WorkerClient(httpx.AsyncClient):
             kwargs
             or type(content) is not bytes
             or type(url) is not str
-            or type(self._transport) is not H11Transport
+            or self._fast_transport is None
         ):
             return await super().post(url, content=content, headers=headers, **kwargs)
         if self._fast_base is not self.base_url:
@@ -1000,12 +828,12 @@ class _WorkerClient(httpx.AsyncClient):
                 extra.append((encoded, value.encode("latin-1")))
         extra.append((b"content-length", b"%d" % len(content)))
         request = _RawRequest(merged_url, prefix, framing, extra, content, self._fast_extensions)
-        return await self._transport.handle_async_request(request)
+        return await self._fast_transport.handle_async_request(request)
 
     def _fast_target(self, url: str) -> tuple[httpx.URL, bytes, tuple[bool, bool]]:
         """The URL ``url`` merges to, its checked request line and fixed headers, and
         whether those headers ask for (chunked transfer coding, connection close)."""
-        merged = self._merge_url(url)
+        merged = self._merged_url(url)
         host = merged.raw_host
         if b":" in host:
             host = b"[%s]" % host  # an IPv6 literal
@@ -1016,25 +844,33 @@ class _WorkerClient(httpx.AsyncClient):
             lowered = name.lower()
             if lowered not in (b"host", b"accept-encoding", b"content-length"):
                 base.append((name, value))
-        line = b"POST %s HTTP/1.1\r\n" % merged.raw_path
-        if line.count(b"\n") != 1 or line.count(b"\r") != 1 or b"\0" in line:
-            raise h11.LocalProtocolError("illegal character in request line or header")
-        block, chunked, close = _header_block(base)
+        line = _wire.request_line(b"POST", merged.raw_path)
+        block, chunked, close = _wire.header_block(base)
         target = (merged, line + block, (chunked, close))
         if len(self._fast_targets) < _MERGED_URLS_KEPT:
             self._fast_targets[url] = target
         return target
 
-    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
-        if type(url) is not str:
-            return super()._merge_url(url)
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs) -> httpx.Request:  # type: ignore[override]
+        """``httpx.AsyncClient.build_request``, given the merged URL for a path string."""
+        if type(url) is str:
+            url = self._merged_url(url)
+        return super().build_request(method, url, **kwargs)
+
+    def _merged_url(self, url: str) -> httpx.URL:
+        """``url`` joined to ``base_url`` as httpx joins them, remembered per string."""
         if self._merged_urls_base is not self.base_url:
             # base_url was set since: what was merged with the old one is stale.
             self._merged_urls.clear()
             self._merged_urls_base = self.base_url
         merged = self._merged_urls.get(url)
         if merged is None:
-            merged = super()._merge_url(url)
+            merged = httpx.URL(url)
+            if merged.is_relative_url:
+                # httpx keeps base_url ending in "/" and appends the path without
+                # its leading "/": a base path prefixes every request path.
+                base = self.base_url
+                merged = base.copy_with(raw_path=base.raw_path + merged.raw_path.lstrip(b"/"))
             if len(self._merged_urls) < _MERGED_URLS_KEPT:
                 self._merged_urls[url] = merged
         return merged
@@ -1045,7 +881,7 @@ class _WorkerClient(httpx.AsyncClient):
         return self._response_cookies_ignored
 
     @cookies.setter
-    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+    def cookies(self, cookies: object) -> None:
         raise AttributeError("worker clients keep no cookies; pass cookies= per request")
 
 
