@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench chaos lint clean redis-server
+.PHONY: venv test test-packaging demo bench chaos lint clean redis-server
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ test: venv redis-server
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# The wheel installed without extras in a fresh venv: engine mock, a request, engine run
+# (tests/test_packaging.py, also part of make test; its wheels are kept in
+# .pytest_cache/d/wheelhouse, downloaded once).
+test-packaging: venv
+	$(BIN)/python -m pytest -q -m packaging tests/test_packaging.py
+
 demo: venv
 	$(BIN)/python -m engine.demo
 
@@ -42,4 +48,4 @@ lint: venv
 	$(BIN)/ruff format --check engine tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,11 +3,20 @@
 Prints ``mock listening on http://HOST:PORT/v1`` on stdout once the socket
 accepts connections (``--port 0`` picks a free port and prints it), and stops
 cleanly on SIGINT or SIGTERM (exit status 0).
+
+Which server: the builtin one and uvicorn need the ``fast-mock`` extra
+(httptools, uvloop, uvicorn); hypercorn is a core dependency, so a plain
+``pip install quota-engine`` can always serve the mock.  ``--server auto``
+(the default) takes the builtin server when httptools is installed and
+otherwise hypercorn, saying so in one line on stderr.  Hypercorn is the
+fallback rather than a second hand-written server: it is pure Python, already
+a supported ``--server``, and adds no HTTP parser of our own to keep correct.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import signal
 import socket
@@ -21,6 +30,9 @@ from engine.mock._tokens import TOKEN_RULES, preload
 __all__ = ["config_from_args", "register", "run"]
 
 _SERVER_LOGGERS = ("hypercorn.error", "uvicorn.error")
+# The modules each --server choice cannot run without (uvloop is optional everywhere).
+_SERVER_NEEDS = {"builtin": ("httptools",), "uvicorn": ("uvicorn",), "hypercorn": ("hypercorn",)}
+_FAST_MOCK_INSTALL = "pip install 'quota-engine[fast-mock]'"
 
 
 def register(subparsers: Any) -> None:
@@ -41,13 +53,14 @@ def register(subparsers: Any) -> None:
     serving.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
     serving.add_argument(
         "--server",
-        choices=("builtin", "uvicorn", "hypercorn"),
-        default="builtin",
-        help="builtin: the mock's own HTTP/1.1 server on uvloop + httptools (fastest, "
+        choices=("auto", "builtin", "uvicorn", "hypercorn"),
+        default="auto",
+        help="auto: builtin when the fast-mock extra is installed, else hypercorn (with a note "
+        "on stderr); builtin: the mock's own HTTP/1.1 server on uvloop + httptools (fastest, "
         "~2.5x uvicorn per CPU-second: answers chat and transcriptions without the ASGI "
-        "machinery when no latency or fault is configured); uvicorn: uvicorn with uvloop and "
-        "httptools; hypercorn: hypercorn's trio worker (slowest: ~1 ms of CPU per request in "
-        "hypercorn itself)",
+        "machinery when no latency or fault is configured; fast-mock extra); uvicorn: uvicorn "
+        "with uvloop and httptools (fast-mock extra); hypercorn: hypercorn's trio worker "
+        "(always installed; slowest: ~1 ms of CPU per request in hypercorn itself)",
     )
     serving.add_argument(
         "--log-level", default="warning", help="server log level (debug, info, warning, error)"
@@ -284,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"engine mock: {error}", file=sys.stderr)
         return 2
+    server = choose_server(args.server)
+    if server is None:
+        return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     for name in _SERVER_LOGGERS:
         logging.getLogger(name).addFilter(_HideInjectedDrops())
@@ -291,11 +307,41 @@ def run(args: argparse.Namespace) -> int:
     if config.token_rule == "tiktoken":
         preload("gpt-4o-mini")
     app = create_app(config)
-    if args.server == "uvicorn":
+    if server == "uvicorn":
         return _serve_uvicorn(app, args)
-    if args.server == "hypercorn":
+    if server == "hypercorn":
         return _serve_hypercorn(app, args)
     return _serve_builtin(app, args)
+
+
+def choose_server(requested: str) -> str | None:
+    """The server ``--server requested`` runs on: builtin, uvicorn or hypercorn.
+
+    ``auto`` is builtin when httptools is installed, else hypercorn (after one
+    line on stderr saying so).  An explicit choice whose modules are missing
+    gives None, after a line on stderr naming the extra to install.
+    """
+    if requested == "auto":
+        if _installed("httptools"):
+            return "builtin"
+        print(
+            "engine mock: serving with hypercorn (slower); for the fast builtin server: "
+            + _FAST_MOCK_INSTALL,
+            file=sys.stderr,
+        )
+        return "hypercorn"
+    missing = [module for module in _SERVER_NEEDS[requested] if not _installed(module)]
+    if missing:
+        print(
+            f"engine mock: --server {requested} needs {', '.join(missing)}: {_FAST_MOCK_INSTALL}",
+            file=sys.stderr,
+        )
+        return None
+    return requested
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
@@ -324,7 +370,7 @@ def _serve_builtin(app: Any, args: argparse.Namespace) -> int:
 
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
+    except ImportError:  # uvloop is optional: the plain asyncio loop works, slower
         asyncio.run(main())
     else:
         uvloop.run(main())

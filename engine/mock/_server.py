@@ -62,6 +62,9 @@ now take about half of the CPU (perf: ~37% kernel, ~12% httptools and
 uvloop, ~48% the interpreter).
 
 :func:`serve` is the entry point; it runs until its ``stop`` event is set.
+It needs httptools (uvloop is optional), both in the ``fast-mock`` extra;
+without them ``engine mock`` serves with hypercorn instead
+(:func:`engine.mock._cli.choose_server`).
 """
 
 from __future__ import annotations
