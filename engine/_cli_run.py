@@ -14,12 +14,13 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine._progress import ProgressPrinter, RunProgress, format_summary
+from engine._progress import ProgressPrinter, format_summary
 
 if TYPE_CHECKING:
     from engine.batch import RunControl, RunSummary
@@ -79,6 +80,11 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="at the end, write the run's summary and the client's counters (sends, "
         "retries, 429s, the limiter's in-flight count) to FILE as JSON (default: none)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback behind an error message (default: the message only)",
     )
     parser.add_argument(
         "--grace-period",
@@ -198,19 +204,20 @@ def _run_command(args: argparse.Namespace) -> int:
     if args.model:
         resume += ["--model", args.model]
 
-    def start(control: RunControl, progress: Callable[[RunProgress], None]) -> Awaitable[Any]:
+    def start(control: RunControl, printer: ProgressPrinter) -> Awaitable[Any]:
         return run_file(
             args.input,
             args.output,
             client_options=_client_options(args),
             errors_to=args.errors_to,
             default_model=args.model,
-            progress=progress,
+            progress=printer.update,
+            notify=printer.notice,
             control=control,
             grace_period=args.grace_period,
         )
 
-    return _execute("run", start, resume, args.grace_period, args.stats_json)
+    return _execute("run", start, resume, args.grace_period, args.stats_json, debug=args.debug)
 
 
 def _transcribe_command(args: argparse.Namespace) -> int:
@@ -228,7 +235,7 @@ def _transcribe_command(args: argparse.Namespace) -> int:
     if args.response_format != "json":
         resume += ["--response-format", args.response_format]
 
-    def start(control: RunControl, progress: Callable[[RunProgress], None]) -> Awaitable[Any]:
+    def start(control: RunControl, printer: ProgressPrinter) -> Awaitable[Any]:
         return run_audio(
             args.paths,
             args.output,
@@ -236,12 +243,15 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             transcription_options=options,
             client_options=_client_options(args),
             errors_to=args.errors_to,
-            progress=progress,
+            progress=printer.update,
+            notify=printer.notice,
             control=control,
             grace_period=args.grace_period,
         )
 
-    return _execute("transcribe", start, resume, args.grace_period, args.stats_json)
+    return _execute(
+        "transcribe", start, resume, args.grace_period, args.stats_json, debug=args.debug
+    )
 
 
 def _write_stats_json(path: str, summary: RunSummary) -> None:
@@ -288,46 +298,89 @@ async def _watch_signals(
 
 def _execute(
     command: str,
-    start: Callable[[RunControl, Callable[[RunProgress], None]], Awaitable[Any]],
+    start: Callable[[RunControl, ProgressPrinter], Awaitable[Any]],
     resume: list[str],
     grace_period: float,
     stats_json: str | None = None,
+    *,
+    debug: bool = False,
 ) -> int:
-    from engine._errors import EngineError
+    from engine._errors import EngineError, OutputError
+    from engine._nurseries import open_service_nursery
     from engine.batch import EXIT_REFUSED, RunControl
 
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())
 
-    async def main() -> RunSummary | Exception:
+    async def main() -> RunSummary:
         control = RunControl()
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery(f"engine {command}") as nursery:
             await nursery.start(_watch_signals, control, printer, stream, grace_period)
             try:
-                return await start(control, printer.update)
-            except (EngineError, OSError, ValueError) as exc:
-                # Returned, not raised: the nursery would wrap it in an ExceptionGroup.
-                return exc
+                return await start(control, printer)
             finally:
                 nursery.cancel_scope.cancel()
 
-    summary = trio.run(main)
-    if isinstance(summary, Exception):
+    try:
+        summary = trio.run(main)
+    except OutputError as exc:
+        printer.finish()
+        if debug:
+            traceback.print_exception(exc, file=stream)
+        if exc.summary is None:
+            # OUTPUT (or the errors file) could not be opened: nothing was sent.
+            print(f"engine {command}: {exc.message}", file=stream)
+            return EXIT_REFUSED
+        summary = exc.summary
+    except (EngineError, OSError, ValueError) as exc:
         # Duplicate ids, OUTPUT in use by another run, unreadable input, a bad
         # --base-url or limit: refused before anything was sent.
         printer.finish()
-        message = summary.message if isinstance(summary, EngineError) else str(summary)
-        print(f"engine {command}: {message}", file=stream)
+        if debug:
+            traceback.print_exception(exc, file=stream)
+        print(f"engine {command}: {_refusal(exc)}", file=stream)
         return EXIT_REFUSED
     printer.finish()
     print(format_summary(summary), file=stream)
+    if summary.io_error is not None:
+        print(f"engine {command}: {summary.io_error}", file=stream)
     if stats_json is not None:
-        _write_stats_json(stats_json, summary)
-    if summary.not_run:
+        try:
+            _write_stats_json(stats_json, summary)
+        except OSError as exc:
+            print(
+                f"engine {command}: cannot write --stats-json {stats_json}: "
+                f"{exc.strerror or exc}; the run itself is not affected.",
+                file=stream,
+            )
+    if summary.not_run or summary.held_saved:
+        held = (
+            f" (it first writes the {summary.held_saved} answers held in {summary.sidecar_path})"
+            if summary.held_saved
+            else ""
+        )
         print(
-            f"{summary.not_run} item(s) have no output line yet; resume with:\n  "
+            f"{summary.not_run} item(s) have no output line yet; resume with{held}:\n  "
             + shlex.join(resume),
             file=stream,
         )
     stream.flush()
     return summary.exit_status
+
+
+def _refusal(exc: Exception) -> str:
+    """The paragraph for an error that refused the run before anything was sent."""
+    from engine._errors import EngineError
+    from engine._output import describe_os_error
+
+    if isinstance(exc, EngineError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # Only files are read before the run starts: the input (or recordings).
+        return describe_os_error(
+            exc,
+            role="INPUT",
+            path=os.fsdecode(exc.filename),
+            action="Nothing was sent. Check the path and that this user may read it.",
+        )
+    return str(exc)

@@ -4,6 +4,7 @@
 
     EngineError                      anything quota-engine raises on purpose
     ├── BackgroundTaskError          a task the engine runs in the background failed
+    ├── OutputError                  a batch run's OUTPUT could not be opened or written
     ├── RequestError                 one request failed; other work goes on
     │   ├── RequestTooLargeError     its cost exceeds a limit; never sent (or 429 "too large")
     │   ├── BadRequestError          400 / 404 / 422 / other non-retryable 4xx from the server
@@ -33,6 +34,7 @@ __all__ = [
     "FatalError",
     "InputError",
     "InsufficientQuotaError",
+    "OutputError",
     "RateLimitWaitExceeded",
     "RequestError",
     "RequestTooLargeError",
@@ -106,6 +108,55 @@ class BackgroundTaskError(EngineError):
     def __init__(self, message: str, *, owner: str = "", **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.owner = owner
+
+
+class OutputError(EngineError):
+    """A batch run's OUTPUT could not be opened, or the run stopped while it could not be written.
+
+    Raised by ``engine.batch.run_file`` / ``run_audio`` (``engine run``).
+    A write that fails mid-run does not raise: the run stops sending, holds
+    the answers in flight and waits for OUTPUT. This is raised when the run
+    is stopped during that wait (or OUTPUT cannot be saved to disk at the
+    end), after the held answers were saved next to OUTPUT where possible.
+    ``message`` says what happened to every item and what to do.
+
+    Attributes:
+        path: the file that failed (OUTPUT, the errors file, the sidecar).
+        errno: the error number (``errno.ENOSPC``, ``errno.EIO``, ...), None if unknown.
+        written: lines this run wrote to OUTPUT.
+        kept: answers saved in ``sidecar``: the next run writes them, never resends them.
+        lost: answers received but neither written nor saved: sent again.
+        not_run: items with no answer kept anywhere (``lost`` included): sent again.
+        sidecar: the file the ``kept`` answers are in; None when there are none.
+        summary: the run's ``RunSummary``; None when OUTPUT could not be
+            opened (nothing was sent).
+    """
+
+    default_code = "output_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        errno: int | None = None,
+        written: int = 0,
+        kept: int = 0,
+        lost: int = 0,
+        not_run: int = 0,
+        sidecar: str | None = None,
+        summary: object = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.path = path
+        self.errno = errno
+        self.written = written
+        self.kept = kept
+        self.lost = lost
+        self.not_run = not_run
+        self.sidecar = sidecar
+        self.summary = summary
 
 
 class RequestError(EngineError):

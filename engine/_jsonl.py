@@ -73,6 +73,7 @@ __all__ = [
     "InputLine",
     "OutputInUseError",
     "OutputWriter",
+    "PendingLine",
     "TailRepair",
     "error_record",
     "find_duplicate_audio_ids",
@@ -111,6 +112,8 @@ _BAD_LINE_ID_PREFIX = "__bad_line_"
 # New output files: rw for user and group at most, never world-writable; the
 # user's umask narrows this further (0o022 gives 0o644, 0o077 gives 0o600).
 _NEW_FILE_MODE = 0o664
+# Bytes copied per read when a deleted output is put back (see _AppendFile.recreate).
+_COPY_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- input
@@ -388,6 +391,8 @@ class _AppendFile:
         self._fsync_each_line = fsync_each_line
         # A new file's directory entry must reach the disk too for it to survive a power loss.
         self._created = not os.path.exists(self.path)
+        # Set when a failed write could not be cut back (see _write_all).
+        self._torn_tail = False
         self._fd: int | None = os.open(
             self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _NEW_FILE_MODE
         )
@@ -445,13 +450,22 @@ class _AppendFile:
             yield from reader
 
     def append(self, line: bytes) -> None:
-        """Append ``line`` (which ends in ``\\n``) with a single ``os.write``."""
+        """Append ``line`` (which ends in ``\\n``) with a single ``os.write``.
+
+        Raises ``OSError`` (its ``filename`` set to this file) if the write
+        fails; the file then still ends with its last whole line.
+        """
         self._write_all(line, self.size)
         self.size += len(line)
 
     def _write_all(self, data: bytes, size_before: int) -> None:
         fd = self._require_open()
         try:
+            if self._torn_tail:
+                # An earlier failed write could not be cut back: do it now, or
+                # this line would be glued to half of that one.
+                os.ftruncate(fd, size_before)
+                self._torn_tail = False
             written = os.write(fd, data)
             # A regular file takes a short write only when the disk fills or a
             # signal lands mid-copy; finish it, or undo it below.
@@ -459,14 +473,76 @@ class _AppendFile:
                 written += os.write(fd, data[written:])
             if self._fsync_each_line:
                 os.fsync(fd)
-        except BaseException:
+        except BaseException as exc:
             # Never leave half a line followed by later lines: cut back to the
             # last whole line before the error goes up.
             try:
                 os.ftruncate(fd, size_before)
             except OSError:
-                pass
+                self._torn_tail = True
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = self.path  # os.write names no file; the user needs it
             raise
+
+    def removed(self) -> bool:
+        """True if the file was deleted (no name links to it) while open.
+
+        Lines written since then went to a file nobody can reach; they are
+        still readable through the open descriptor (see :meth:`recreate`).
+        """
+        return os.fstat(self._require_open()).st_nlink == 0
+
+    def recreate(self) -> None:
+        """Put a deleted file back at its path with every line written so far.
+
+        Creates the missing directories, creates the file anew (never over a
+        file someone else put there since), copies the whole content of the
+        open, deleted file into it, ``fsync``s and locks it, and from then on
+        writes there. Raises ``OSError`` (``filename`` set) if any step fails;
+        nothing changes then and the deleted file stays open for a later try.
+        """
+        old = self._require_open()
+        try:
+            # The error names the directory in the way, if that is what failed.
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            new = os.open(
+                self.path,
+                os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                _NEW_FILE_MODE,
+            )
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = self.path
+            raise
+        try:
+            fcntl.flock(new, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            position = 0
+            while position < self.size:
+                chunk = os.pread(old, min(_COPY_CHUNK, self.size - position), position)
+                if not chunk:
+                    break  # cannot happen for a file only we write; never loop forever
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(new, view) :]
+                position += len(chunk)
+            os.fsync(new)
+        except BaseException as exc:
+            os.close(new)
+            try:
+                os.unlink(self.path)  # ours, half copied: the next try starts clean
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and exc.filename is None:
+                exc.filename = self.path
+            raise
+        self._fd = new
+        self._torn_tail = False
+        self._created = True  # its directory entry is new: fsync the directory at close
+        os.close(old)
+
+    def sync(self) -> None:
+        """``fsync`` the file: its lines survive a power loss from now on."""
+        os.fsync(self._require_open())
 
     def _require_open(self) -> int:
         if self._fd is None:
@@ -517,6 +593,23 @@ def _custom_id_and_failed(line: bytes) -> tuple[str, bool] | None:
     if not isinstance(custom_id, str):
         return None
     return custom_id, record.get("error") is not None
+
+
+@attrs.define
+class PendingLine:
+    """One output line on its way to OUTPUT (and, if failed, to the errors file).
+
+    Attributes:
+        custom_id: the line's id.
+        data: the JSON line, newline included.
+        failed: its ``error`` is not null: it is copied to the errors file too.
+        in_output: OUTPUT already has it (only the errors copy may be missing).
+    """
+
+    custom_id: str
+    data: bytes
+    failed: bool
+    in_output: bool = False
 
 
 class OutputWriter:
@@ -649,6 +742,16 @@ class OutputWriter:
         """Failed lines of OUTPUT copied to the errors file on open (a crash had cut them)."""
         return self._copied_to_errors
 
+    @property
+    def path(self) -> str:
+        """The OUTPUT file's path, as given."""
+        return self._output.path
+
+    @property
+    def errors_path(self) -> str | None:
+        """The errors file's path, None without one."""
+        return self._errors.path if self._errors is not None else None
+
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one JSON line, handed to the kernel at once.
 
@@ -656,19 +759,94 @@ class OutputWriter:
         already in OUTPUT, or if the writer is closed; ``TypeError`` if it is
         not JSON-serialisable. A failed record is copied to the errors file
         after it is in OUTPUT. If the write fails (e.g. disk full) the partial
-        line is cut away before the ``OSError`` goes up.
+        line is cut away before the ``OSError`` goes up. The same as
+        :meth:`append` of :meth:`encode`, which callers that keep a line to
+        try again later use instead.
+        """
+        self.append(self.encode(record))
+
+    def encode(self, record: dict[str, Any]) -> PendingLine:
+        """Check ``record`` and turn it into the line :meth:`append` writes.
+
+        Raises like :meth:`write` (a ``custom_id`` not a string or already in
+        OUTPUT, a record that is not JSON-serialisable); writes nothing.
         """
         custom_id = record.get("custom_id")
         if not isinstance(custom_id, str):
             raise ValueError(f"record custom_id must be a string, got {custom_id!r}")
         if custom_id in self._done:
             raise ValueError(f"custom_id {custom_id!r} already has an output line")
-        line = orjson.dumps(record) + b"\n"
-        self._output.append(line)
-        if self._remember_written:
-            self._done.add(custom_id)
-        if self._errors is not None and record.get("error") is not None:
-            self._errors.append(line)
+        return PendingLine(
+            custom_id=custom_id,
+            data=orjson.dumps(record) + b"\n",
+            failed=record.get("error") is not None,
+        )
+
+    def adopt(self, line: bytes) -> PendingLine | None:
+        """Take a line written elsewhere (a saved sidecar) to be appended to OUTPUT.
+
+        Returns None for a line that is not a complete output line (no
+        newline, not JSON, no string ``custom_id``) or whose id OUTPUT (or an
+        earlier adopted line) already has. Otherwise its id joins
+        :attr:`done_ids` at once, whatever ``remember_written`` says, so that
+        nothing sends it again while the line waits to be appended.
+        """
+        if not line.endswith(b"\n"):
+            return None
+        parsed = _custom_id_and_failed(line)
+        if parsed is None or parsed[0] in self._done:
+            return None
+        self._done.add(parsed[0])
+        return PendingLine(custom_id=parsed[0], data=line, failed=parsed[1])
+
+    def append(self, pending: PendingLine) -> None:
+        """Write ``pending`` to OUTPUT, then (a failed line) to the errors file.
+
+        Each file is written once: a line whose OUTPUT write succeeded but
+        whose errors copy failed goes only to the errors file when appended
+        again (``pending.in_output`` says where it got). Raises ``OSError``
+        with ``filename`` naming the file that failed; the file still ends
+        with its last whole line. Does not check for a duplicate id: that was
+        :meth:`encode`'s job.
+        """
+        if not pending.in_output:
+            self._output.append(pending.data)
+            pending.in_output = True
+            if self._remember_written:
+                self._done.add(pending.custom_id)
+        if self._errors is not None and pending.failed:
+            self._errors.append(pending.data)
+
+    def restore_removed(self) -> list[str]:
+        """Put back OUTPUT and the errors file if someone deleted them while open.
+
+        Does nothing (returns ``[]``) in the usual case: one ``fstat`` per
+        file. A deleted file (its directory removed, ``rm``) is recreated at
+        its path, directories included, with every line written so far (see
+        ``_AppendFile.recreate``); the paths put back are returned. Raises
+        ``OSError`` (``filename`` set) when a deleted file cannot be put back;
+        call again later.
+        """
+        restored = []
+        for file in (self._output, self._errors):
+            if file is not None and file.removed():
+                file.recreate()
+                restored.append(file.path)
+        return restored
+
+    def output_removed(self) -> bool:
+        """True if OUTPUT was deleted while open and not put back (see :meth:`restore_removed`)."""
+        return self._output.removed()
+
+    def iter_output_lines(self) -> Iterator[bytes]:
+        """OUTPUT's lines, read through the open file (so also after it was deleted)."""
+        return self._output.iter_lines()
+
+    def sync(self) -> None:
+        """``fsync`` OUTPUT and the errors file. Raises ``OSError`` (``filename`` unset)."""
+        self._output.sync()
+        if self._errors is not None:
+            self._errors.sync()
 
     def close(self) -> None:
         """``fsync`` and close both files; a second call does nothing."""

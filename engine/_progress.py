@@ -241,6 +241,9 @@ class RunProgress:
         stopping: True once a stop was asked for (Ctrl-C): no new requests.
         quota: for each per-minute quota known now (configured or learned),
             how much of what it allowed since the start was used.
+        output_waiting: while OUTPUT cannot be written and answers are held,
+            a few words saying so (``"waiting for space on out.jsonl: 1.2 MB
+            needed; 231 answers held"``); None while it takes lines.
     """
 
     elapsed: float
@@ -254,6 +257,7 @@ class RunProgress:
     tpm_limit: float | None = None
     stopping: bool = False
     quota: tuple[QuotaUse, ...] = ()
+    output_waiting: str | None = None
 
     @property
     def eta_seconds(self) -> float | None:
@@ -405,7 +409,9 @@ def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
     eta = progress.eta_seconds
     parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
     parts.append(format_duration(progress.elapsed))
-    if progress.stopping:
+    if progress.output_waiting is not None:
+        parts.append(progress.output_waiting)
+    elif progress.stopping:
         parts.append("stopping: waiting for requests in flight")
     return "  ".join(parts)
 
@@ -416,7 +422,9 @@ class ProgressPrinter:
     On a terminal (``tty=True``) every :meth:`update` redraws one line in place
     (carriage return, erase to end of line). Otherwise it prints a plain line
     at most every ``plain_interval`` seconds of run time (default 10), so logs
-    stay short. :meth:`finish` ends the live line so the summary starts clean.
+    stay short, and one when the run starts waiting for its output.
+    :meth:`finish` ends the live line so the summary starts clean;
+    :meth:`notice` prints a paragraph between progress lines.
     """
 
     def __init__(
@@ -427,14 +435,25 @@ class ProgressPrinter:
         self._plain_interval = plain_interval
         self._last_plain: float | None = None
         self._drawn = False
+        # The last update's progress was waiting for OUTPUT.
+        self._waiting = False
 
     def update(self, progress: RunProgress) -> None:
-        """Show ``progress`` (a redraw on a terminal, else a line when one is due)."""
+        """Show ``progress`` (a redraw on a terminal, else a line when one is due).
+
+        Off a terminal a line is due every ``plain_interval`` seconds, and at
+        once when the run starts waiting for its output (a log then shows
+        when, and how much was held).
+        """
+        started_waiting = progress.output_waiting is not None and not self._waiting
+        self._waiting = progress.output_waiting is not None
         if self._tty:
             self._stream.write("\r" + format_progress_line(progress, bar=True) + "\x1b[K")
             self._drawn = True
-        elif self._last_plain is None or progress.elapsed - self._last_plain >= (
-            self._plain_interval
+        elif (
+            started_waiting
+            or self._last_plain is None
+            or progress.elapsed - self._last_plain >= self._plain_interval
         ):
             self._last_plain = progress.elapsed
             self._stream.write("progress: " + format_progress_line(progress, bar=False) + "\n")
@@ -449,6 +468,12 @@ class ProgressPrinter:
             self._stream.flush()
             self._drawn = False
 
+    def notice(self, paragraph: str) -> None:
+        """Print ``paragraph`` on its own, prefixed ``engine: ``, below the live line."""
+        self.finish()
+        self._stream.write(f"engine: {paragraph}\n")
+        self._stream.flush()
+
 
 def format_summary(summary: RunSummary) -> str:
     """The final table: counts by status and error code, tokens, elapsed, rates, quota used."""
@@ -462,7 +487,13 @@ def format_summary(summary: RunSummary) -> str:
         rows.append((f"  {code}", str(count)))
     if summary.skipped:
         rows.append(("skipped (too short)", str(summary.skipped)))
+    if summary.held_saved:
+        rows.append(
+            (f"held in {summary.sidecar_path}", f"{summary.held_saved} (the next run writes them)")
+        )
     rows.append(("not run (resume to send)", str(summary.not_run)))
+    if summary.held_lost:
+        rows.append(("  answered but lost", f"{summary.held_lost} (could not be saved)"))
     if summary.previously_failed:
         rows.append(("failed in earlier runs", str(summary.previously_failed)))
     tokens = summary.prompt_tokens + summary.completion_tokens

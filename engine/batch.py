@@ -21,6 +21,17 @@ How a run goes (:func:`run_file`, :func:`run_audio`):
    so a crash never tears a line). Items that never ran because the run
    stopped (error code ``run_stopped``) are *not* written: a rerun sends them.
 
+When OUTPUT cannot take a line (disk full, EIO, its directory removed, see
+:mod:`engine._output`), no new request is sent from that moment: the client's
+remaining permits are refused, the answers of requests already in flight are
+held in memory, and the run waits, writing them as soon as OUTPUT takes them
+(retrying with backoff), then sends the rest with a new client: a *round* of
+sending per stretch of working output. Stopped while it waits (Ctrl-C), it
+saves the held answers to ``OUTPUT.held``, which the next run writes into
+OUTPUT before sending anything, and raises :class:`~engine.OutputError` with
+the counts (the summary on it). An input that cannot be read any more ends
+the run the same way, without raising: the summary's ``io_error`` says so.
+
 Stopping (:class:`RunControl`, wired to SIGINT/SIGTERM by the CLI): the first
 stop stops sending new requests and waits at most ``grace_period`` seconds
 (default :data:`DEFAULT_GRACE_PERIOD`, 10 s) for the requests in flight, and
@@ -31,6 +42,7 @@ Either way every line written is whole.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from collections import Counter
@@ -41,8 +53,8 @@ import attrs
 import orjson
 import trio
 
-from engine._client import open_client
-from engine._errors import EngineError, FatalError, InputError, RunStoppedError
+from engine._client import ClientStatistics, open_client
+from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
 from engine._jsonl import (
     TRANSCRIPTIONS_URL,
     InputLine,
@@ -52,6 +64,15 @@ from engine._jsonl import (
     iter_audio_inputs,
     read_batch_input,
     success_record,
+)
+from engine._nurseries import open_service_nursery
+from engine._output import (
+    HeldOutput,
+    SaveOutcome,
+    WriteFailure,
+    describe_os_error,
+    retry_delay,
+    sidecar_path,
 )
 from engine._progress import (
     Allowance,
@@ -70,6 +91,7 @@ __all__ = [
     "EXIT_FAILED_ITEMS",
     "EXIT_FATAL",
     "EXIT_INTERRUPTED",
+    "EXIT_IO_ERROR",
     "EXIT_OK",
     "EXIT_REFUSED",
     "EXIT_TERMINATED",
@@ -93,12 +115,17 @@ EXIT_OK = 0  #: every input id has a success line in OUTPUT
 EXIT_FAILED_ITEMS = 1  #: the run finished, but some items have error lines
 EXIT_REFUSED = 2  #: nothing was sent: bad arguments, duplicate ids, unreadable input, OUTPUT in use
 EXIT_FATAL = 3  #: stopped by a fatal error (401/403, insufficient_quota)
+EXIT_IO_ERROR = 4  #: stopped by an I/O error: OUTPUT could not be written, or INPUT read
 EXIT_INTERRUPTED = 130  #: stopped by SIGINT (Ctrl-C): 128 + 2
 EXIT_TERMINATED = 143  #: stopped by SIGTERM: 128 + 15
 
 _STOP_EXIT = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}
 # How often the grace period checks whether anything is still in flight.
 _GRACE_POLL = 0.05
+# How often a run between rounds checks whether OUTPUT took the held answers.
+_OUTPUT_POLL = 0.1
+# Seconds between checks that OUTPUT was not deleted under the run (one fstat each).
+_REMOVAL_CHECK_INTERVAL = 1.0
 _TRANSCRIPTION_URLS = (TRANSCRIPTIONS_URL, TRANSCRIPTIONS_URL.removeprefix("/v1"))
 # Error code of items the client never finished because it stopped.
 _RUN_STOPPED = RunStoppedError.default_code
@@ -181,7 +208,8 @@ class RunSummary:
         succeeded / failed: lines this run wrote, ok and with an error.
         error_codes: this run's failed lines per ``error.code``.
         skipped: recordings not sent because they are shorter than ``--min-seconds``.
-        not_run: items with no line yet (stopped early): the next run sends them.
+        not_run: items with no line yet (stopped early), and no answer saved in
+            the sidecar: the next run sends them.
         previously_failed: error lines OUTPUT held before this run.
         prompt_tokens / completion_tokens: tokens the server reported.
         audio_seconds: audio transcribed, as the server reported it.
@@ -194,8 +222,17 @@ class RunSummary:
             learned from the server's headers), the share of what it allowed
             over the run that the run used; empty when no limit is known.
         client_statistics: the client's counters (sends, retries, 429s, the
-            limiter's in-flight count, ...) taken once the client had closed;
+            limiter's in-flight count, ...) taken once the client had closed
+            (added up over the clients of a run that waited for its output);
             None only for summaries built by hand.
+        held_saved: answers the run received but could not write to OUTPUT,
+            saved in ``sidecar_path``: the next run writes them, never sends them.
+        held_lost: answers the run received but could neither write nor
+            save; counted in ``not_run`` (sent again).
+        sidecar_path: where ``held_saved`` answers are; None when there are none.
+        io_error: when an I/O error stopped the run (OUTPUT not writable, the
+            input unreadable), the paragraph that says what happened to every
+            item and what to do; None otherwise.
     """
 
     input_path: str
@@ -219,10 +256,16 @@ class RunSummary:
     tpm_limit: float | None = None
     quota: tuple[QuotaUse, ...] = ()
     client_statistics: Any = None
+    held_saved: int = 0
+    held_lost: int = 0
+    sidecar_path: str | None = None
+    io_error: str | None = None
 
     @property
     def exit_status(self) -> int:
-        """0 all ok; 1 some error lines; 3 fatal stop; 130/143 stopped by a signal."""
+        """0 all ok; 1 some error lines; 3 fatal stop; 4 I/O error; 130/143 stopped by a signal."""
+        if self.io_error is not None:
+            return EXIT_IO_ERROR
         if self.fatal_code is not None:
             return EXIT_FATAL
         if self.stopped is not None:
@@ -261,38 +304,69 @@ def _transcription_supported() -> bool:
 class _Feed:
     """Turns input items into ``client.map`` inputs; writes bad lines at once.
 
-    Iterated (synchronously) by the client's feeder task. Remembers the line
-    number of each item handed to the client until its result comes back, so
-    errors found by the client can name the line too; that map holds only the
-    items in flight.
+    Iterated (synchronously) by the client's feeder task, once per round of
+    sending (see :func:`_run`): each iteration picks up where the last one
+    stopped. It stops yielding as soon as a stop is asked for or OUTPUT holds
+    answers it could not write, *before* taking the next input line, so no
+    line is skipped. Remembers each item handed to the client (its line
+    number and request) until its result comes back, so errors found by the
+    client can name the line, and an item the client gave back unsent
+    (``run_stopped``) can be sent in the next round; that map holds only the
+    items in flight. An input that cannot be read any more ends the feed
+    (:attr:`read_error`).
     """
 
     def __init__(
         self,
         items: Iterable[InputLine],
-        writer: OutputWriter,
+        output: HeldOutput,
         tally: _Tally,
         control: RunControl,
         *,
         default_model: str | None,
     ) -> None:
-        self._items = items
-        self._writer = writer
+        self._items = iter(items)
+        self._output = output
         self._tally = tally
         self._control = control
         self._default_model = default_model
         self._can_transcribe = _transcription_supported()
-        self.line_numbers: dict[str, int] = {}
+        #: ``custom_id`` -> (line number, request) of each item the client has now.
+        self.in_client: dict[str, tuple[int, dict[str, Any]]] = {}
+        # Items the client gave back unsent: yielded again before the next input line.
+        self._requeued: collections.deque[dict[str, Any]] = collections.deque()
         #: When the first item went to the client (trio time): where the
         #: quota's use is measured from. None while nothing was sent.
         self.first_at: float | None = None
         self.exhausted = False
+        #: Why the input could not be read to its end, None while it can.
+        self.read_error: OSError | None = None
         self.unsupported = 0
+        #: Called when writing a bad line's error fails: sending must stop at once.
+        self.on_hold: Callable[[], None] = _ignore_hold
+
+    @property
+    def has_more(self) -> bool:
+        """Items may be left to send: given back unsent, or not read yet."""
+        return bool(self._requeued) or not (self.exhausted or self.read_error is not None)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        done = self._writer.done_ids
-        for line in self._items:
-            if self._control.stopping:
+        done = self._output.done_ids
+        while not (self._control.stopping or self._output.holding):
+            if self._requeued:
+                yield self._requeued.popleft()
+                continue
+            if self.exhausted or self.read_error is not None:
+                return
+            try:
+                line = next(self._items)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except OSError as exc:
+                # The input went away mid-run (EIO, a network file system):
+                # nothing more can be sent; what is in flight still finishes.
+                self.read_error = exc
                 return
             custom_id = line.output_id
             if custom_id in done:
@@ -314,16 +388,32 @@ class _Feed:
                     # Not written: once the client transcribes, a rerun sends these.
                     self.unsupported += 1
                     continue
-            self.line_numbers[custom_id] = line.line_no
+            request = {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
+            self.in_client[custom_id] = (line.line_no, request)
             if self.first_at is None:
                 self.first_at = trio.current_time()
-            yield {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
-        self.exhausted = True
+            yield request
+
+    def give_back(self, custom_id: str) -> None:
+        """The client returned this item unsent (``run_stopped``): send it in the next round."""
+        entry = self.in_client.get(custom_id)
+        if entry is not None:
+            self._requeued.append(entry[1])
+
+    def answered(self, custom_id: str) -> int | None:
+        """Forget an item whose result came back; return its line number (None if unknown)."""
+        entry = self.in_client.pop(custom_id, None)
+        return entry[0] if entry is not None else None
 
     def _fail(self, custom_id: str, code: str, message: str) -> None:
-        self._writer.write(error_record(custom_id, code=code, message=message))
+        if not self._output.write(error_record(custom_id, code=code, message=message)):
+            self.on_hold()
         self._tally.failed += 1
         self._tally.error_codes[code] += 1
+
+
+def _ignore_hold() -> None:
+    """The ``on_hold`` of a feed whose run has not wired it yet."""
 
 
 def _unreadable(path: str) -> str | None:
@@ -338,10 +428,17 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
-def _write_result(result: Any, feed: _Feed, writer: OutputWriter, tally: _Tally) -> bool:
-    """Write ``result`` as one output line; False (nothing written) for ``run_stopped``."""
-    line_no = feed.line_numbers.pop(result.id, None)
+def _write_result(result: Any, feed: _Feed, output: HeldOutput, tally: _Tally) -> bool:
+    """Write ``result`` as one output line (or hold it); False (no line) for ``run_stopped``.
+
+    A ``run_stopped`` result is an item the client never sent (it stopped
+    sending): it goes back to the feed, for the next round if there is one.
+    """
     error = result.error
+    if error is not None and error.code == _RUN_STOPPED:
+        feed.give_back(result.id)
+        return False
+    line_no = feed.answered(result.id)
     usage = getattr(result, "usage", None)
     if usage is not None:
         # chat usage names prompt/completion tokens; transcription usage input/output
@@ -354,11 +451,11 @@ def _write_result(result: Any, feed: _Feed, writer: OutputWriter, tally: _Tally)
         )
         tally.audio_seconds += getattr(usage, "seconds", 0.0)
     if getattr(result, "skipped", False):
-        writer.write(_skipped_record(result))
+        output.write(_skipped_record(result))
         tally.skipped += 1
         return True
     if error is None:
-        writer.write(
+        output.write(
             success_record(
                 result.id,
                 status_code=result.status_code or 200,
@@ -368,12 +465,10 @@ def _write_result(result: Any, feed: _Feed, writer: OutputWriter, tally: _Tally)
         )
         tally.succeeded += 1
         return True
-    if error.code == _RUN_STOPPED:
-        return False
     message = error.message
     if line_no is not None and not message.startswith("line "):
         message = f"line {line_no}: {message}"
-    writer.write(
+    output.write(
         error_record(
             result.id,
             code=error.code,
@@ -476,7 +571,10 @@ _MINUTE_DIMENSIONS = (("requests", "requests_per_minute"), ("tokens", "tokens_pe
 
 
 def _quota_uses(
-    client: Any, started: float | None, now: float, first_answer: float | None
+    statistics: ClientStatistics | None,
+    started: float | None,
+    now: float,
+    first_answer: float | None,
 ) -> tuple[QuotaUse, ...]:
     """Each known per-minute quota's use since ``started`` (trio time), summed over limit groups.
 
@@ -486,12 +584,14 @@ def _quota_uses(
     the first result came back (see :func:`~engine._progress.windows_touched`).
 
     The limits, their refill mode and the end of a fixed window come from the
-    client's statistics (:class:`~engine.GroupState`, configured or learned);
+    client's ``statistics`` (:class:`~engine.GroupState`, configured or learned;
+    None: no client yet, nothing is said);
     a unit whose limit some group does not know yet is left out rather than
     guessed. Requests used are those the server admitted (sent, less 429s);
     tokens, those it reported. Does not checkpoint.
     """
-    statistics = client.statistics()
+    if statistics is None:
+        return ()
     groups = statistics.limiter.groups
     if started is None or not groups:
         return ()
@@ -528,6 +628,212 @@ def _limit(client_options: Mapping[str, Any], name: str) -> float | None:
     return getattr(limits, name, None) if isinstance(limits, Limits) else None
 
 
+def _combined_statistics(
+    closed: Sequence[ClientStatistics], current: ClientStatistics | None
+) -> ClientStatistics | None:
+    """One client's worth of counters for every round of a run (None before the first).
+
+    A run that waited for its output sends with a new client afterwards (see
+    :func:`_run`): counts are added up over the clients; the limit groups,
+    modes and in-flight bound are the latest client's. Does not checkpoint.
+    """
+    rounds = [*closed, *([current] if current is not None else [])]
+    if not rounds:
+        return None
+    if len(rounds) == 1:
+        return rounds[0]
+    last = rounds[-1]
+
+    def total(name: str) -> Any:
+        return sum(getattr(item, name) for item in rounds)
+
+    def limiter_total(name: str) -> int:
+        return sum(getattr(item.limiter, name) for item in rounds)
+
+    limiter = attrs.evolve(
+        last.limiter,
+        **{
+            name: limiter_total(name)
+            for name in (
+                "granted",
+                "waiting",
+                "in_flight",
+                "rate_limited",
+                "too_large",
+                "tokens_reserved",
+                "tokens_used",
+            )
+        },
+    )
+    return attrs.evolve(
+        last,
+        limiter=limiter,
+        **{
+            name: total(name)
+            for name in (
+                "sent",
+                "succeeded",
+                "failed",
+                "retries",
+                "rate_limited",
+                "prompt_tokens",
+                "completion_tokens",
+                "skipped",
+                "audio_seconds",
+            )
+        },
+    )
+
+
+@attrs.define
+class _Rounds:
+    """The rounds of sending of one run: the client of the one in progress, and the counts.
+
+    Sending stops when OUTPUT cannot take an answer; once it takes the held
+    answers, a new round starts with a new client (the stopped one cannot send
+    again). Mutated by the run's tasks; nothing here checkpoints.
+    """
+
+    output: HeldOutput
+    notify: Callable[[str], None]
+    #: The client of the round in progress; None between rounds.
+    client: Any = None
+    #: The statistics of each finished round's client, taken once it had closed.
+    closed: list[ClientStatistics] = attrs.field(factory=list)
+    #: The round in progress has stopped sending (its client's limiter is stopped).
+    sending_stopped: bool = False
+    #: The failure the user was last told about (a new one gets its own paragraph).
+    announced: WriteFailure | None = None
+
+    def statistics(self) -> ClientStatistics | None:
+        current = self.client.statistics() if self.client is not None else None
+        return _combined_statistics(self.closed, current)
+
+    def on_hold(self) -> None:
+        """OUTPUT holds answers now: stop sending at once, and say so (once per failure)."""
+        failure = self.output.failure
+        if failure is None:
+            return
+        if self.client is not None and not self.sending_stopped:
+            _stop_sending(self.client, f"{failure.path} cannot be written: {failure.reason}")
+            self.sending_stopped = True
+        if self.announced is None or (failure.path, failure.errno, failure.removed) != (
+            self.announced.path,
+            self.announced.errno,
+            self.announced.removed,
+        ):
+            self.announced = failure
+            paragraph = self.output.paragraph()
+            if paragraph is not None:
+                self.notify(paragraph)
+
+    def on_flushed(self, written: int, more_to_send: bool) -> None:
+        """OUTPUT took the held answers: say so."""
+        if self.announced is None:
+            return
+        then = " Sending goes on." if more_to_send else ""
+        self.notify(
+            f"{self.output.path} takes lines again: the {written} held answer"
+            f"{'' if written == 1 else 's'} are written.{then}"
+        )
+        self.announced = None
+
+    def check_removed(self) -> None:
+        """Put back an OUTPUT deleted under the run (see HeldOutput.check_removed); say so."""
+        for path in self.output.check_removed():
+            self.notify(
+                f"{path} was deleted while the run was writing it; it is back, with every "
+                "line written so far, and the run goes on."
+            )
+        self.on_hold()
+
+
+def _stop_sending(client: Any, why: str) -> None:
+    """Send no more requests with ``client``; those in flight run on to their answers.
+
+    Requests waiting for a permit, and retries of those in flight, come back
+    as ``run_stopped`` results without being sent (the feed sends them in the
+    next round). Does not checkpoint.
+    """
+    # The client has no public "stop sending, keep what is in flight" (its
+    # fatal-error path does exactly that inside): its limiter's stop refuses
+    # every waiting and future permit and leaves granted ones alone. Cancelling
+    # the map instead would throw away answers already paid for.
+    client._limiter.stop_nowait(FatalError(why, code=OutputError.default_code))
+
+
+async def _keep_output(rounds: _Rounds, feed: _Feed, control: RunControl) -> None:
+    """The run's OUTPUT keeper: write held answers when OUTPUT takes them; notice deletions.
+
+    While nothing is held, checks every :data:`_REMOVAL_CHECK_INTERVAL`
+    seconds (1 s) that OUTPUT was not deleted under the run. While answers
+    are held, tries to write them after :func:`~engine._output.retry_delay`
+    (0.5 s doubling to 5 s). Runs until cancelled; checkpoints.
+    """
+    output = rounds.output
+    attempt = 0
+    while True:
+        if not output.holding:
+            attempt = 0
+            await trio.sleep(_REMOVAL_CHECK_INTERVAL)
+            rounds.check_removed()
+            continue
+        await trio.sleep(retry_delay(attempt))
+        attempt += 1
+        held = output.held
+        if output.flush():
+            rounds.on_flushed(held, feed.has_more and not control.stopping)
+        else:
+            rounds.on_hold()  # a different failure gets its own paragraph
+
+
+async def _wait_for_output(output: HeldOutput, control: RunControl) -> None:
+    """Return once OUTPUT holds nothing, or a stop was asked for. Checkpoints."""
+    # The keeper writes the held answers; HeldOutput has no event to wait on: poll, briefly.
+    while output.holding and not control.stopping:  # noqa: ASYNC110
+        await trio.sleep(_OUTPUT_POLL)
+
+
+async def _send_round(
+    *,
+    client_options: Mapping[str, Any],
+    feed: _Feed,
+    output: HeldOutput,
+    tally: _Tally,
+    control: RunControl,
+    grace_period: float,
+    rounds: _Rounds,
+) -> FatalError | None:
+    """Send with a new client until the feed pauses or ends; write every answer that comes back.
+
+    Returns the fatal error that stopped the client, if one did. The client's
+    statistics join ``rounds.closed`` once it has closed. Checkpoints.
+    """
+    fatal: FatalError | None = None
+    async with open_client(**client_options) as client:
+        rounds.client = client
+        rounds.sending_stopped = False
+        try:
+            async with open_service_nursery("run_file") as nursery:
+                with trio.CancelScope() as results_scope:
+                    nursery.start_soon(_grace, control, client, results_scope, grace_period)
+                    try:
+                        async for result in client.map(feed):
+                            if tally.first_answer_at is None:
+                                tally.first_answer_at = trio.current_time()
+                            _write_result(result, feed, output, tally)
+                            if output.holding:
+                                rounds.on_hold()
+                    except FatalError as exc:
+                        fatal = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            rounds.client = None
+    # After the client closed: what the limiter still counts in flight here is a leak.
+    rounds.closed.append(client.statistics())
+    return fatal
+
+
 async def _run(
     *,
     input_label: str,
@@ -538,6 +844,7 @@ async def _run(
     errors_to: str | os.PathLike[str] | None,
     default_model: str | None,
     progress: Callable[[RunProgress], None] | None,
+    notify: Callable[[str], None] | None,
     control: RunControl | None,
     grace_period: float,
     progress_interval: float,
@@ -555,12 +862,12 @@ async def _run(
     # Opening reads the whole of an existing OUTPUT (the resume set): off the loop too.
     # The duplicate check made every id unique, so the writer need not remember
     # the ids it writes: memory stays at the ids OUTPUT held when the run began.
-    writer = await trio.to_thread.run_sync(
-        lambda: OutputWriter(output_path, errors_path=errors_path, remember_written=False)
-    )
-    existed = writer.repair.lines > 0
+    output = await trio.to_thread.run_sync(lambda: _open_output(output_path, errors_path))
+    existed = output.writer.repair.lines > 0 or bool(output.absorbed)
+    notify = notify or _ignore
+    saved: SaveOutcome | None = None
     try:
-        done_at_start = writer.done_ids  # nothing writes until the count is over
+        done_at_start = output.done_ids  # nothing writes until the count is over
 
         def count() -> tuple[int, int]:
             total = pending = 0
@@ -575,68 +882,125 @@ async def _run(
             await trio.to_thread.run_sync(_count_failed_lines, output_path) if existed else 0
         )
         tally = _Tally()
-        feed = _Feed(
-            make_items(),
-            writer,
-            tally,
-            control,
-            default_model=default_model,
-        )
+        feed = _Feed(make_items(), output, tally, control, default_model=default_model)
+        rounds = _Rounds(output, notify)
+        feed.on_hold = rounds.on_hold
         rpm_limit = _limit(client_options, "rpm")
         tpm_limit = _limit(client_options, "tpm")
         started = trio.current_time()
         fatal: FatalError | None = None
-        client: Any = None
+        meter = RateMeter()
+
+        def snapshot() -> RunProgress:
+            clock = trio.current_time()
+            now = clock - started
+            tokens = tally.prompt_tokens + tally.completion_tokens
+            meter.sample(now, tally.written, tokens)
+            rates = meter.per_minute()
+            statistics = rounds.statistics()
+            client = rounds.client
+            return RunProgress(
+                elapsed=now,
+                total=pending,
+                done=tally.written,
+                failed=tally.failed,
+                in_flight=client.statistics().limiter.in_flight if client is not None else 0,
+                requests_per_minute=rates[0] if rates else None,
+                tokens_per_minute=rates[1] if rates else None,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
+                stopping=control.stopping,
+                quota=_quota_uses(statistics, feed.first_at, clock, tally.first_answer_at),
+                output_waiting=output.waiting_line(),
+            )
 
         with control._now_scope:
-            async with open_client(**client_options) as client, trio.open_nursery() as nursery:
-                meter = RateMeter()
-
-                def snapshot() -> RunProgress:
-                    clock = trio.current_time()
-                    now = clock - started
-                    tokens = tally.prompt_tokens + tally.completion_tokens
-                    meter.sample(now, tally.written, tokens)
-                    rates = meter.per_minute()
-                    return RunProgress(
-                        elapsed=now,
-                        total=pending,
-                        done=tally.written,
-                        failed=tally.failed,
-                        in_flight=client.statistics().limiter.in_flight,
-                        requests_per_minute=rates[0] if rates else None,
-                        tokens_per_minute=rates[1] if rates else None,
-                        rpm_limit=rpm_limit,
-                        tpm_limit=tpm_limit,
-                        stopping=control.stopping,
-                        quota=_quota_uses(client, feed.first_at, clock, tally.first_answer_at),
-                    )
-
+            async with open_service_nursery("run_file") as nursery:
                 if progress is not None:
                     nursery.start_soon(_report_progress, progress, snapshot, progress_interval)
-                with trio.CancelScope() as results_scope:
-                    nursery.start_soon(_grace, control, client, results_scope, grace_period)
-                    try:
-                        async for result in client.map(feed):
-                            if tally.first_answer_at is None:
-                                tally.first_answer_at = trio.current_time()
-                            _write_result(result, feed, writer, tally)
-                    except FatalError as exc:
-                        fatal = exc
+                nursery.start_soon(_keep_output, rounds, feed, control)
+                if output.absorbed and not output.holding:
+                    notify(
+                        f"wrote into {output.path} the {output.absorbed} answers an earlier run "
+                        f"saved in {output.sidecar}; they are not sent again."
+                    )
+                rounds.on_hold()  # a sidecar OUTPUT could not take yet: say so
+                while True:
+                    if feed.has_more and not output.holding and not control.stopping:
+                        fatal = await _send_round(
+                            client_options=client_options,
+                            feed=feed,
+                            output=output,
+                            tally=tally,
+                            control=control,
+                            grace_period=grace_period,
+                            rounds=rounds,
+                        )
+                    # A deletion since the keeper last looked must not go unnoticed at the end.
+                    rounds.check_removed()
+                    if output.holding:
+                        await _wait_for_output(output, control)
+                    more = feed.has_more and fatal is None and feed.read_error is None
+                    if output.holding or not more or control.stopping:
+                        break
+                if output.holding:
+                    # Stopped while waiting: one last try, in case room came back just now.
+                    held = output.held
+                    if output.flush():
+                        rounds.on_flushed(held, more_to_send=False)
                 if progress is not None:
                     progress(snapshot())
                 nursery.cancel_scope.cancel()
-    finally:
-        writer.close()
+    except BaseException:
+        # Cancelled, a second Ctrl-C, a bug: what is held must still not be lost.
+        _save_and_close_quietly(output, notify)
+        raise
+    if output.holding:
+        saved = output.save()
+    close_error: OSError | None = None
+    try:
+        output.close()
+    except OSError as exc:
+        close_error = exc
 
     ended = trio.current_time()
-    not_run = max(0, pending - tally.written)
+    kept = saved.kept if saved is not None else 0
+    lost = saved.lost if saved is not None else 0
+    # Lines a deleted OUTPUT held that could be saved nowhere: their ids are sent again too.
+    lines_lost = saved.written_lost if saved is not None else 0
+    not_run = max(0, pending - tally.written + lost + lines_lost)
     stopped: str | None = None
-    if fatal is not None:
+    io_error: str | None = None
+    failure = output.failure
+    if failure is not None:
+        io_error = _output_error_paragraph(failure, saved, not_run)
+        stopped = f"{failure.path}: {failure.reason}"
+    elif close_error is not None:
+        failure = WriteFailure.from_os_error(close_error, default_path=output_path)
+        io_error = (
+            f"{output_path} could not be saved to disk when the run ended ({failure.reason}): "
+            "its last lines may be missing. Run the same command again once the disk is "
+            "sound: it sends only what OUTPUT lacks."
+        )
+        stopped = f"{failure.path}: {failure.reason}"
+    elif feed.read_error is not None:
+        io_error = describe_os_error(
+            feed.read_error,
+            role="INPUT",
+            path=input_label,
+            action=(
+                "No new requests were sent after that; the answers of those in flight are "
+                f"written. Resume once {input_label} can be read: only what has no output "
+                "line is sent."
+            ),
+        )
+        stopped = f"cannot read {input_label}: {_reason_of(feed.read_error)}"
+    elif fatal is not None:
         stopped = fatal.message
     elif control.stopping and not_run:
         stopped = control.reason
-    return RunSummary(
+    statistics = rounds.statistics()
+    summary = RunSummary(
         input_path=input_label,
         output_path=output_path,
         errors_path=errors_path,
@@ -657,13 +1021,136 @@ async def _run(
         rpm_limit=rpm_limit,
         tpm_limit=tpm_limit,
         quota=(
-            _quota_uses(client, feed.first_at, ended, tally.first_answer_at)
-            if client is not None
+            _quota_uses(statistics, feed.first_at, ended, tally.first_answer_at)
+            if statistics is not None
             else ()
         ),
-        # After the client closed: what the limiter still counts in flight here is a leak.
-        client_statistics=client.statistics() if client is not None else None,
+        client_statistics=statistics,
+        held_saved=kept,
+        held_lost=lost,
+        sidecar_path=output.sidecar if kept else None,
+        io_error=io_error,
     )
+    if failure is not None:
+        raise OutputError(
+            io_error or stopped or "OUTPUT could not be written",
+            path=failure.path,
+            errno=failure.errno,
+            written=output.lines_written,
+            kept=kept,
+            lost=lost,
+            not_run=not_run,
+            sidecar=output.sidecar if kept else None,
+            summary=summary,
+        )
+    return summary
+
+
+def _ignore(_message: str) -> None:
+    """The ``notify`` of a run nobody listens to."""
+
+
+def _reason_of(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _open_output(output_path: str, errors_path: str | None) -> HeldOutput:
+    """Open OUTPUT for a run: the writer, its held lines, and any sidecar a stopped run left.
+
+    Blocking (reads OUTPUT and the sidecar). Raises :class:`OutputError`
+    (nothing sent yet, ``summary`` None) when OUTPUT, the errors file or the
+    sidecar cannot be opened or read; :class:`~engine._jsonl.OutputInUseError`
+    when another run holds OUTPUT.
+    """
+    try:
+        writer = OutputWriter(output_path, errors_path=errors_path, remember_written=False)
+    except OSError as exc:
+        raise _refused(exc, output_path, errors_path) from exc
+    try:
+        output = HeldOutput(writer)
+        output.absorb_sidecar()
+    except OSError as exc:
+        writer.close()
+        raise _refused(exc, sidecar_path(output_path), errors_path) from exc
+    return output
+
+
+def _refused(exc: OSError, path: str, errors_path: str | None) -> OutputError:
+    """The error of a run that could not open its output: nothing was sent."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else path
+    role = "the errors file" if errors_path is not None and name == errors_path else "OUTPUT"
+    if isinstance(exc, IsADirectoryError):
+        action = "Nothing was sent. Give -o the path of a file (it is created if missing)."
+    else:
+        action = (
+            "Nothing was sent. Check that the path exists and that this user may write "
+            "there, or choose another file."
+        )
+    return OutputError(
+        describe_os_error(exc, role=role, path=name, action=action),
+        path=name,
+        errno=exc.errno,
+    )
+
+
+def _output_error_paragraph(failure: WriteFailure, saved: SaveOutcome | None, not_run: int) -> str:
+    """What happened to every answer of a run that stopped while OUTPUT could not be written."""
+    what = "was deleted and could not be put back" if failure.removed else "could not be written"
+    parts = [f"The run stopped while {failure.path} {what} ({failure.reason})."]
+    if saved is not None:
+        if saved.kept:
+            parts.append(
+                f"{saved.kept} answer{'s' if saved.kept != 1 else ''} it held "
+                f"{'are' if saved.kept != 1 else 'is'} saved in {saved.path}: the next run "
+                "writes them into the output and does not send them again."
+            )
+        if saved.lost:
+            reason = f" ({saved.error.reason})" if saved.error is not None else ""
+            parts.append(
+                f"{saved.lost} answer{'s' if saved.lost != 1 else ''} could not be saved "
+                f"anywhere{reason} and will be sent again."
+            )
+        if saved.written_kept or saved.written_lost:
+            parts.append(
+                f"Of the {saved.written_kept + saved.written_lost} lines the deleted file "
+                f"held, {saved.written_kept} are saved in {saved.path} and "
+                f"{saved.written_lost} are lost (their ids will be sent again)."
+            )
+    parts.append(
+        f"{not_run} item{'s have' if not_run != 1 else ' has'} no answer yet. "
+        f"{_action_sentence(failure)} then run the same command again."
+    )
+    return " ".join(parts)
+
+
+def _action_sentence(failure: WriteFailure) -> str:
+    """The start of the closing sentence: what to fix before running again."""
+    if failure.no_space:
+        return "Free some space,"
+    if failure.removed and failure.where == failure.path:
+        return f"Move the other file now at {failure.path} away,"
+    if failure.removed:
+        return f"Make {os.path.dirname(os.path.abspath(failure.path))} a writable directory again,"
+    return "Fix the error,"
+
+
+def _save_and_close_quietly(output: HeldOutput, notify: Callable[[str], None]) -> None:
+    """On the way out of a run that is raising: save held answers, close; never raise."""
+    try:
+        if output.holding:
+            saved = output.save()
+            if saved.kept or saved.lost:
+                notify(
+                    f"{saved.kept} held answers saved in {saved.path}; {saved.lost} lost "
+                    "(they will be sent again)."
+                )
+    except Exception:
+        pass  # the exception going up matters more
+    try:
+        output.close()
+    except Exception:
+        pass
 
 
 async def _report_progress(
@@ -697,6 +1184,7 @@ async def run_file(
     errors_to: str | os.PathLike[str] | None = None,
     default_model: str | None = None,
     progress: Callable[[RunProgress], None] | None = None,
+    notify: Callable[[str], None] | None = None,
     control: RunControl | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
@@ -713,6 +1201,11 @@ async def run_file(
         default_model: ``body.model`` for lines that set none. Default None.
         progress: called with a :class:`~engine._progress.RunProgress` every
             ``progress_interval`` seconds (default 0.5) and once at the end.
+        notify: called with a paragraph for the user when something happens
+            to OUTPUT: a write failed and the run waits (what, and what to do),
+            OUTPUT takes lines again, OUTPUT was deleted and put back.
+            Default None: not told (``RunProgress.output_waiting`` still says
+            it while the run waits).
         control: a :class:`RunControl` to stop the run from outside.
         grace_period: seconds a graceful stop waits for requests in flight
             (default 10).
@@ -720,10 +1213,16 @@ async def run_file(
     Raises:
         DuplicateIdsError: the input repeats a ``custom_id`` (nothing sent).
         OutputInUseError: another run holds OUTPUT.
-        OSError: the input cannot be read.
+        OutputError: OUTPUT could not be opened (nothing sent; ``summary``
+            None), or the run was stopped while OUTPUT could not be written:
+            the held answers are saved in the sidecar when possible; the
+            counts and the summary are on the error.
+        OSError: the input cannot be read at the start (nothing sent).
 
     Checkpoints. A fatal error (401/403, insufficient_quota) does not raise:
-    it stops the run and shows in the summary (``fatal_code``).
+    it stops the run and shows in the summary (``fatal_code``); nor does an
+    input that cannot be read any more mid-run (``io_error``, exit status 4).
+    A write that fails does not raise either: the run waits for OUTPUT.
     """
     return await _run(
         input_label=os.fspath(input_path),
@@ -734,6 +1233,7 @@ async def run_file(
         errors_to=errors_to,
         default_model=default_model,
         progress=progress,
+        notify=notify,
         control=control,
         grace_period=grace_period,
         progress_interval=progress_interval,
@@ -749,6 +1249,7 @@ async def run_audio(
     client_options: Mapping[str, Any] | None = None,
     errors_to: str | os.PathLike[str] | None = None,
     progress: Callable[[RunProgress], None] | None = None,
+    notify: Callable[[str], None] | None = None,
     control: RunControl | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
@@ -783,6 +1284,7 @@ async def run_audio(
         errors_to=errors_to,
         default_model=None,
         progress=progress,
+        notify=notify,
         control=control,
         grace_period=grace_period,
         progress_interval=progress_interval,
