@@ -857,6 +857,24 @@ async def test_engine_post_with_other_options_goes_through_httpx(nursery):
     assert isinstance(response, httpx.Response)
 
 
+async def test_httpx_path_response_reads_like_any_httpx_response(nursery):
+    """content, text, json(), iteration and streamed reads all see the body once read."""
+    server = await start_server(nursery, keep_answering)
+    async with client_for(server) as client:
+        response = await client.get("/v1/x")
+        assert isinstance(response, httpx.Response)
+        assert response.content == OK_BODY and response.text == OK_BODY.decode()
+        assert response.json() == {"ok": True}
+        assert b"".join(response.iter_bytes()) == OK_BODY
+        assert await response.aread() == OK_BODY
+        assert response.raise_for_status() is response
+        async with client.stream("GET", "/v1/y") as streamed:
+            assert b"".join([chunk async for chunk in streamed.aiter_bytes()]) == OK_BODY
+        async with client.stream("GET", "/v1/z") as streamed:
+            assert await streamed.aread() == OK_BODY
+            assert streamed.headers["content-length"] == str(len(OK_BODY))
+
+
 # -- timeouts kept by a TimeoutWatch ----------------------------------------------
 
 
