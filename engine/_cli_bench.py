@@ -34,6 +34,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -128,7 +129,8 @@ def _run_scenarios(scenario: str, *, quick: bool) -> int:
 
     if scenario == "chaos":  # checks, not timings: not part of ``all``; see benchmarks/chaos.py
         sys.path.insert(0, os.getcwd())
-        return importlib.import_module("benchmarks.chaos").main(["--quick"] if quick else [])
+        chaos_main: Callable[[list[str]], int] = importlib.import_module("benchmarks.chaos").main
+        return chaos_main(["--quick"] if quick else [])
 
     try:
         modules = _import_benchmarks()

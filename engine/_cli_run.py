@@ -298,7 +298,7 @@ async def _watch_signals(
 
 def _execute(
     command: str,
-    start: Callable[[RunControl, ProgressPrinter], Awaitable[Any]],
+    start: Callable[[RunControl, ProgressPrinter], Awaitable[RunSummary]],
     resume: list[str],
     grace_period: float,
     stats_json: str | None = None,
@@ -307,7 +307,7 @@ def _execute(
 ) -> int:
     from engine._errors import EngineError, OutputError
     from engine._nurseries import open_service_nursery
-    from engine.batch import EXIT_REFUSED, RunControl
+    from engine.batch import EXIT_REFUSED, RunControl, RunSummary
 
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())
@@ -327,8 +327,8 @@ def _execute(
         printer.finish()
         if debug:
             traceback.print_exception(exc, file=stream)
-        if exc.summary is None:
-            # OUTPUT (or the errors file) could not be opened: nothing was sent.
+        if not isinstance(exc.summary, RunSummary):
+            # None: OUTPUT (or the errors file) could not be opened: nothing was sent.
             print(f"engine {command}: {exc.message}", file=stream)
             return EXIT_REFUSED
         summary = exc.summary

@@ -17,7 +17,8 @@ import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar, overload
 
 import attrs
 import httpx
@@ -82,6 +83,50 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 #: What ``chat``, ``transcribe`` and ``map`` hand back.
 Result = ChatResult | TranscriptionResult
+_Value = TypeVar("_Value")
+
+
+class ResponseLike(Protocol):
+    """What the engine reads of an HTTP response.
+
+    Both kinds of response a worker gets satisfy it: an ``httpx.Response``
+    (uploads, injected transports) and the fast path's
+    :class:`engine._http.RawResponse` (the engine's own chat requests).
+    """
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+
+
+class _WorkerHTTP(Protocol):
+    """What a worker needs of its HTTP client: any ``httpx.AsyncClient`` has it, and so
+    does :func:`engine._http.make_async_client`'s, whose ``post`` may answer with a
+    :class:`engine._http.RawResponse`."""
+
+    async def post(
+        self,
+        url: str,
+        *,
+        content: bytes | None = None,
+        data: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ResponseLike: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
 
 
 @attrs.frozen
@@ -113,7 +158,7 @@ class ClientStatistics:
     audio_seconds: float = 0.0
 
 
-async def _send_soon(channel: trio.MemorySendChannel, value: Any) -> None:
+async def _send_soon(channel: trio.MemorySendChannel[_Value], value: _Value) -> None:
     """Send ``value``; checkpoints only when it has to wait for room.
 
     ``MemorySendChannel.send`` yields to the scheduler even when the value goes
@@ -128,7 +173,7 @@ async def _send_soon(channel: trio.MemorySendChannel, value: Any) -> None:
         await channel.send(value)
 
 
-async def _receive_soon(channel: trio.MemoryReceiveChannel) -> Any:
+async def _receive_soon(channel: trio.MemoryReceiveChannel[_Value]) -> _Value:
     """Receive the next value; checkpoints only when it has to wait for one.
 
     See :func:`_send_soon`: a buffered value is taken without a task switch.
@@ -143,7 +188,8 @@ async def _receive_soon(channel: trio.MemoryReceiveChannel) -> Any:
 class _Run:
     """One ``chat`` call or one ``map`` iteration: its jobs can be cancelled together."""
 
-    results: trio.MemorySendChannel
+    #: Results, and None: a map's feeder waking the consumer (see ``Client._feed``).
+    results: trio.MemorySendChannel[Result | None]
     scopes: set[trio.CancelScope] = attrs.field(factory=set)
     cancelled: bool = False
 
@@ -186,7 +232,7 @@ class Client:
         *,
         nursery: trio.Nursery,
         limiter: Limiter,
-        jobs: trio.MemorySendChannel,
+        jobs: trio.MemorySendChannel[_Job],
         groups: Mapping[str, str],
         max_attempts: int,
         retry_base_delay: float,
@@ -300,8 +346,12 @@ class Client:
         )
         return await self._call(request)
 
-    async def _call(self, request: ChatRequest | TranscriptionRequest) -> Any:
-        send, receive = trio.open_memory_channel[Result](1)
+    @overload
+    async def _call(self, request: ChatRequest) -> ChatResult: ...
+    @overload
+    async def _call(self, request: TranscriptionRequest) -> TranscriptionResult: ...
+    async def _call(self, request: ChatRequest | TranscriptionRequest) -> Result:
+        send, receive = trio.open_memory_channel[Result | None](1)
         run = _Run(send)
         try:
             job = self._job(request, run)
@@ -309,6 +359,7 @@ class Client:
             result = await receive.receive()
         finally:
             run.cancel()
+        assert result is not None, "only a map's feeder sends None"
         result.raise_for_error()
         return result
 
@@ -331,7 +382,7 @@ class Client:
             FatalError: after yielding the results already finished, if the
                 client stopped (401/403, insufficient_quota).
         """
-        send, receive = trio.open_memory_channel[Result](64)
+        send, receive = trio.open_memory_channel[Result | None](64)
         run = _Run(send)
         feeder = _Feeder()
         self._feeders.add(feeder)
@@ -467,7 +518,7 @@ class Client:
 
     # -- workers --------------------------------------------------------------
 
-    async def _worker(self, jobs: trio.MemoryReceiveChannel, http: httpx.AsyncClient) -> None:
+    async def _worker(self, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP) -> None:
         async with jobs, http:
             job: _Job | None = None
             while True:
@@ -493,7 +544,7 @@ class Client:
                     job = None  # the run was cancelled; its result is not wanted
 
     async def _streak(
-        self, job: _Job, jobs: trio.MemoryReceiveChannel, http: httpx.AsyncClient
+        self, job: _Job, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP
     ) -> _Job | None:
         """Run ``job`` and the next ones of the same run; return the first of another run.
 
@@ -518,7 +569,7 @@ class Client:
             if run.cancelled:
                 return None
 
-    async def _execute(self, job: _Job, http: httpx.AsyncClient) -> Result:
+    async def _execute(self, job: _Job, http: _WorkerHTTP) -> Result:
         """Run one job to its result: local checks, permits, attempts, retries."""
         endpoint = job.endpoint
         if job.cost is None:
@@ -593,8 +644,8 @@ class Client:
             status = response.status_code
             request_id = response.headers.get("x-request-id")
             last = (status, request_id)
-            limits = parse_rate_limit_headers(response.headers)
-            limits = None if limits.is_empty else limits
+            parsed = parse_rate_limit_headers(response.headers)
+            limits = None if parsed.is_empty else parsed
             verdict = classify_response(status, response.headers, response.content)
             action = verdict.action
             if action is Action.SUCCESS:
@@ -610,7 +661,7 @@ class Client:
                     limit_type=verdict.limit_type,
                 )
                 if trio.current_time() - started > self._wait_budget:
-                    error = RateLimitWaitExceeded(
+                    error: EngineError = RateLimitWaitExceeded(
                         f"still rate limited after waiting {self._wait_budget:g} s: "
                         f"{verdict.message}",
                         status_code=status,
@@ -664,7 +715,7 @@ class Client:
     def _success(
         self,
         job: _Job,
-        response: httpx.Response,
+        response: ResponseLike,
         reservation: Reservation,
         limits: Any,
         attempts: int,
@@ -765,7 +816,7 @@ class _Endpoint:
         self,
         client: Client,
         job: _Job,
-        response: httpx.Response,
+        response: ResponseLike,
         attempts: int,
         sent_wall: float,
         latency: float,
@@ -798,7 +849,7 @@ class _ChatEndpoint(_Endpoint):
         self,
         client: Client,
         job: _Job,
-        response: httpx.Response,
+        response: ResponseLike,
         attempts: int,
         sent_wall: float,
         latency: float,
@@ -880,14 +931,15 @@ class _ChatEndpoint(_Endpoint):
     def result(
         self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
     ) -> ChatResult:
-        messages = None if job is None else list(job.request.messages)  # type: ignore[union-attr]
+        request = None if job is None else job.request
+        messages = list(request.messages) if isinstance(request, ChatRequest) else None
         return ChatResult(id=id, model=model, raw_content=raw, input=messages, **fields)
 
 
 class _TranscriptionEndpoint(_Endpoint):
     path = TRANSCRIPTION_PATH
 
-    async def prepare(self, client: Client, job: _Job) -> TranscriptionResult | None:
+    async def prepare(self, client: Client, job: _Job) -> Result | None:
         request = job.request
         assert isinstance(request, TranscriptionRequest)
         try:
@@ -929,7 +981,7 @@ class _TranscriptionEndpoint(_Endpoint):
         self,
         client: Client,
         job: _Job,
-        response: httpx.Response,
+        response: ResponseLike,
         attempts: int,
         sent_wall: float,
         latency: float,
@@ -1028,7 +1080,7 @@ def _input_id(item: Any, index: int) -> str:
     return str(index)
 
 
-def _malformed(response: Any, what: str, exc: Exception) -> ResponseValidationError:
+def _malformed(response: ResponseLike, what: str, exc: Exception) -> ResponseValidationError:
     """The error for a 2xx body that cannot be used, raw text kept for debugging."""
     return ResponseValidationError(
         f"{what} ({type(exc).__name__}: {redact(str(exc))[:200]})",

@@ -25,6 +25,7 @@ error text, which is scrubbed of anything that looks like a key.
 from __future__ import annotations
 
 import re
+from typing import Any, Self, TypedDict, Unpack
 
 __all__ = [
     "AuthenticationError",
@@ -54,6 +55,14 @@ def redact(text: str, *secrets: str | None) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return _KEY_PATTERN.sub("***", text)
+
+
+class _ErrorDetails(TypedDict, total=False):
+    """The keyword arguments every subclass passes on to ``EngineError.__init__``."""
+
+    code: str | None
+    status_code: int | None
+    request_id: str | None
 
 
 class EngineError(Exception):
@@ -86,7 +95,8 @@ class EngineError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
 
-    def __reduce__(self):  # keep every attribute (code, raw, ...) through pickling
+    def __reduce__(self) -> tuple[type[Self], tuple[str], dict[str, Any]]:
+        # keep every attribute (code, raw, ...) through pickling
         return (type(self), (self.message,), self.__dict__.copy())
 
 
@@ -105,7 +115,7 @@ class BackgroundTaskError(EngineError):
 
     default_code = "background_task_failed"
 
-    def __init__(self, message: str, *, owner: str = "", **kwargs) -> None:
+    def __init__(self, message: str, *, owner: str = "", **kwargs: Unpack[_ErrorDetails]) -> None:
         super().__init__(message, **kwargs)
         self.owner = owner
 
@@ -146,7 +156,7 @@ class OutputError(EngineError):
         not_run: int = 0,
         sidecar: str | None = None,
         summary: object = None,
-        **kwargs,
+        **kwargs: Unpack[_ErrorDetails],
     ) -> None:
         super().__init__(message, **kwargs)
         self.path = path
@@ -202,7 +212,9 @@ class ResponseValidationError(RequestError):
 
     default_code = "invalid_response"
 
-    def __init__(self, message: str, *, raw: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, message: str, *, raw: str | None = None, **kwargs: Unpack[_ErrorDetails]
+    ) -> None:
         super().__init__(message, **kwargs)
         self.raw = raw
 

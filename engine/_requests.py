@@ -3,7 +3,7 @@ Batch-API input lines."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -23,7 +23,7 @@ DEFAULT_MIN_SECONDS = 5.0
 TRANSCRIPTION_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
 
 
-def _as_messages(value: str | Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+def _as_messages(value: str | Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
     if isinstance(value, str):
         return ({"role": "user", "content": value},)
     messages = tuple(value)
@@ -64,19 +64,19 @@ class ChatRequest:
         return body
 
 
-def _check_format(_instance: object, _attribute: attrs.Attribute, value: str) -> None:
+def _check_format(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
     if value not in TRANSCRIPTION_FORMATS:
         raise ValueError(
             f"response_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}, got {value!r}"
         )
 
 
-def _check_model(_instance: object, _attribute: attrs.Attribute, value: str) -> None:
+def _check_model(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"model must be a non-empty string, got {value!r}")
 
 
-def _check_min_seconds(_instance: object, _attribute: attrs.Attribute, value: float) -> None:
+def _check_min_seconds(_instance: object, _attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"min_seconds must be >= 0, got {value!r}")
 

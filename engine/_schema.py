@@ -172,7 +172,8 @@ def strict_json_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
             raise TypeError(f"response_model must be a pydantic model class, got {model!r}")
         cached = orjson.dumps(_StrictSchemaBuilder(model).build())
         _schema_cache[model] = cached
-    return orjson.loads(cached)
+    schema: dict[str, Any] = orjson.loads(cached)  # a fresh copy the caller may change
+    return schema
 
 
 def schema_name_for(model: type[pydantic.BaseModel]) -> str:
@@ -430,7 +431,7 @@ def _json_type_of_values(values: list[Any]) -> str | list[str]:
 def _reachable_defs(root: dict[str, Any], defs: dict[str, Any]) -> set[str]:
     """Names of the definitions that ``root`` references, directly or through others."""
     seen: set[str] = set()
-    pending = [root]
+    pending: list[Any] = [root]  # any JSON value of the schema
     while pending:
         node = pending.pop()
         if isinstance(node, dict):

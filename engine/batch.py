@@ -644,44 +644,29 @@ def _combined_statistics(
         return rounds[0]
     last = rounds[-1]
 
-    def total(name: str) -> Any:
-        return sum(getattr(item, name) for item in rounds)
-
-    def limiter_total(name: str) -> int:
-        return sum(getattr(item.limiter, name) for item in rounds)
-
+    # Each field named, not a dict of names: the type checker then checks every field's type.
     limiter = attrs.evolve(
         last.limiter,
-        **{
-            name: limiter_total(name)
-            for name in (
-                "granted",
-                "waiting",
-                "in_flight",
-                "rate_limited",
-                "too_large",
-                "tokens_reserved",
-                "tokens_used",
-            )
-        },
+        granted=sum(item.limiter.granted for item in rounds),
+        waiting=sum(item.limiter.waiting for item in rounds),
+        in_flight=sum(item.limiter.in_flight for item in rounds),
+        rate_limited=sum(item.limiter.rate_limited for item in rounds),
+        too_large=sum(item.limiter.too_large for item in rounds),
+        tokens_reserved=sum(item.limiter.tokens_reserved for item in rounds),
+        tokens_used=sum(item.limiter.tokens_used for item in rounds),
     )
     return attrs.evolve(
         last,
         limiter=limiter,
-        **{
-            name: total(name)
-            for name in (
-                "sent",
-                "succeeded",
-                "failed",
-                "retries",
-                "rate_limited",
-                "prompt_tokens",
-                "completion_tokens",
-                "skipped",
-                "audio_seconds",
-            )
-        },
+        sent=sum(item.sent for item in rounds),
+        succeeded=sum(item.succeeded for item in rounds),
+        failed=sum(item.failed for item in rounds),
+        retries=sum(item.retries for item in rounds),
+        rate_limited=sum(item.rate_limited for item in rounds),
+        prompt_tokens=sum(item.prompt_tokens for item in rounds),
+        completion_tokens=sum(item.completion_tokens for item in rounds),
+        skipped=sum(item.skipped for item in rounds),
+        audio_seconds=sum(item.audio_seconds for item in rounds),
     )
 
 

@@ -324,6 +324,7 @@ class MockApp:
         if self._latency_on or self._fault_thresholds is not None:
             return None
         handler = self._replies.get(path)
+        reply: _Reply | _Later
         if handler is None or method != "POST":
             methods = self._routes.get(path)
             if methods is not None and method in methods:
@@ -340,7 +341,7 @@ class MockApp:
                 reply = handler(head, key, reject, body if within else None, number)
             except Exception as error:  # as in __call__: the mock's bug is this request's 500
                 reply = self._internal_error(number, error)
-            if type(reply) is not tuple:  # an answer that suspends: excluded above
+            if isinstance(reply, _Later):  # an answer that suspends: excluded above
                 raise RuntimeError("respond_at_once reached an answer that suspends")
         status, payload, extra, content_type = reply
         head_bytes = b"%scontent-type: %s\r\ncontent-length: %d\r\n" % (
@@ -607,13 +608,15 @@ class MockApp:
         now: float,
     ) -> _Reply:
         """The 429 of a refused request, in the configured body shape."""
+        kind, window = decision.kind, decision.window
+        assert kind is not None and window is not None, "a refusal names its dimension"
         config = self.config
         unit = {
             ("requests", "minute"): "requests per min (RPM)",
             ("tokens", "minute"): "tokens per min (TPM)",
             ("requests", "day"): "requests per day (RPD)",
             ("tokens", "day"): "tokens per day (TPD)",
-        }[(decision.kind, decision.window)]
+        }[(kind, window)]
         headers = [request_id]
         if self._headers_on_429:
             headers += self._limit_headers(group, now)
@@ -626,12 +629,12 @@ class MockApp:
                 "output tokens must be reduced in order to run successfully. Visit "
                 "https://platform.openai.com/account/rate-limits to learn more."
             )
-            body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
+            body = _error_body(message, kind, None, "rate_limit_exceeded")
             return self._reply(429, body, headers)
         if decision.subwindow:
             by["undeclared_subwindow"] += 1
         else:
-            by["per_minute" if decision.window == "minute" else "per_day"] += 1
+            by["per_minute" if window == "minute" else "per_day"] += 1
         wait = decision.retry_after
         headers += retry_after_headers(
             wait, retry_after=config.retry_after_header, retry_after_ms=config.retry_after_ms_header
@@ -647,9 +650,9 @@ class MockApp:
                 f"{decision.requested}. Please try again in {_human_wait(wait)}. Visit "
                 "https://platform.openai.com/account/rate-limits to learn more."
             )
-            body = _error_body(message, decision.kind, None, "rate_limit_exceeded")
+            body = _error_body(message, kind, None, "rate_limit_exceeded")
         elif shape == "azure":
-            which = "call" if decision.kind == "requests" else "token"
+            which = "call" if kind == "requests" else "token"
             message = (
                 f"Requests to the {plan.operation} Operation under Azure OpenAI API version "
                 f"{_AZURE_API_VERSION} have exceeded {which} rate limit of your current OpenAI "
@@ -683,10 +686,10 @@ class MockApp:
         key, reject = self._authorize(head)
         body = await self._read_body(head.content_length, receive)
         reply = self._chat_reply(head, key, reject, body, number)
-        if type(reply) is tuple:
-            await _send_reply(send, reply)
-        else:
+        if isinstance(reply, _Later):
             await self._answer_later(send, reply)
+        else:
+            await _send_reply(send, reply)
 
     def _chat_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
@@ -713,10 +716,10 @@ class MockApp:
         key, reject = self._authorize(head)
         body = await self._read_body(head.content_length, receive)
         reply = self._transcription_reply(head, key, reject, body, number)
-        if type(reply) is tuple:
-            await _send_reply(send, reply)
-        else:
+        if isinstance(reply, _Later):
             await self._answer_later(send, reply)
+        else:
+            await _send_reply(send, reply)
 
     def _transcription_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int

@@ -21,6 +21,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from engine.mock._app import DroppedConnection, create_app
@@ -420,13 +421,13 @@ def _serve_uvicorn(app: Any, args: argparse.Namespace) -> int:
     sock = _listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
 
+    run_server: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
-
-        loop = "uvloop"
     except ImportError:
-        uvloop = None
-        loop = "asyncio"
+        loop, run_server = "asyncio", asyncio.run
+    else:
+        loop, run_server = "uvloop", uvloop.run
     try:
         import httptools  # noqa: F401
 
@@ -447,7 +448,7 @@ def _serve_uvicorn(app: Any, args: argparse.Namespace) -> int:
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[override]
+        def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises the signal after shutdown; we exit 0 instead.
             previous = {
                 sig: signal.signal(sig, lambda *_: setattr(self, "should_exit", True))
@@ -465,9 +466,6 @@ def _serve_uvicorn(app: Any, args: argparse.Namespace) -> int:
                 _ready(args.host, port)
 
     server = Server(config)
-    if uvloop is not None:
-        uvloop.run(server.serve(sockets=[sock]))
-    else:
-        asyncio.run(server.serve(sockets=[sock]))
+    run_server(server.serve(sockets=[sock]))
     sock.close()
     return 0 if server.started else 1

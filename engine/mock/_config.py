@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -48,12 +50,12 @@ def _header_name(value: str | None) -> str | None:
     return value.lower()
 
 
-def _rate(instance: object, attribute: attrs.Attribute, value: float) -> None:
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name} must be between 0 and 1, got {value}")
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
@@ -62,12 +64,12 @@ def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _models(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _semantics(value: Semantics | str) -> Semantics:
     return value if isinstance(value, Semantics) else Semantics(value)
-
-
-_limit = {"default": None, "validator": _non_negative}
-_rate_field = {"default": 0.0, "converter": float, "validator": _rate}
 
 
 @attrs.frozen(kw_only=True)
@@ -173,10 +175,10 @@ class MockConfig:
         max_body_bytes: larger request bodies get 413 (default 26 MiB).
     """
 
-    rpm: int | None = attrs.field(**_limit)
-    tpm: int | None = attrs.field(**_limit)
-    rpd: int | None = attrs.field(**_limit)
-    tpd: int | None = attrs.field(**_limit)
+    rpm: int | None = attrs.field(default=None, validator=_non_negative)
+    tpm: int | None = attrs.field(default=None, validator=_non_negative)
+    rpd: int | None = attrs.field(default=None, validator=_non_negative)
+    tpd: int | None = attrs.field(default=None, validator=_non_negative)
     quota_semantics: Semantics = attrs.field(default=Semantics.TOKEN_BUCKET, converter=_semantics)
     subwindow_seconds: float | None = attrs.field(default=None, converter=_optional_float)
     wall_clock_offset: float | None = attrs.field(default=None, converter=_optional_float)
@@ -202,17 +204,17 @@ class MockConfig:
     ms_per_output_token: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     seed: int | None = None
 
-    error_500_rate: float = attrs.field(**_rate_field)
-    error_502_rate: float = attrs.field(**_rate_field)
-    error_503_rate: float = attrs.field(**_rate_field)
-    drop_rate: float = attrs.field(**_rate_field)
-    slow_body_rate: float = attrs.field(**_rate_field)
+    error_500_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    error_502_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    error_503_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    drop_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    slow_body_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
     slow_body_ms: float = attrs.field(default=2000.0, converter=float, validator=_non_negative)
-    malformed_json_rate: float = attrs.field(**_rate_field)
-    missing_headers_rate: float = attrs.field(**_rate_field)
-    missing_limit_headers_rate: float = attrs.field(**_rate_field)
+    malformed_json_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    missing_headers_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    missing_limit_headers_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
 
-    models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=tuple)
+    models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=_models)
     max_body_bytes: int = attrs.field(default=26 * 1024 * 1024, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:

@@ -88,7 +88,7 @@ def rate_limit_headers(
         ("requests", snapshot.limit_requests, snapshot.remaining_requests, snapshot.reset_requests),
         ("tokens", snapshot.limit_tokens, snapshot.remaining_tokens, snapshot.reset_tokens),
     ):
-        if limit is None:
+        if limit is None or remaining is None:  # a snapshot sets both or neither
             continue
         limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
         if include_limits:

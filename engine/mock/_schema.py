@@ -52,7 +52,7 @@ class _Builder:
     def _resolve(self, ref: str) -> Mapping[str, Any]:
         if not ref.startswith("#"):
             raise ValueError(f"only local $ref is supported: {ref!r}")
-        node: Any = self._root
+        node = self._root  # each step into the document: another object (or a schema)
         for part in ref[1:].split("/"):
             if part:
                 node = node[part.replace("~1", "/").replace("~0", "~")]

@@ -76,7 +76,7 @@ import http
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Callable, Coroutine, Generator, MutableMapping
 from typing import Any, cast
 
 import httptools
@@ -97,7 +97,7 @@ _STATUS_LINES = {
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-App = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+App = Callable[[MutableMapping[str, Any], Any, Any], Coroutine[Any, Any, None]]
 #: ``app.respond_at_once(method, path, headers, body)``: (head, body) or None.
 Respond = Callable[[str, str, list[tuple[bytes, bytes]], bytes], "tuple[bytes, bytes] | None"]
 #: A parsed request waiting for its answer: (method, (path, raw_path,
