@@ -25,6 +25,7 @@ redis-server:
 
 test: venv redis-server
 	$(BIN)/ruff check engine tests benchmarks
+	$(BIN)/ruff format --check engine tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # The wheel installed without extras in a fresh venv: engine mock, a request, engine run
