@@ -16,7 +16,7 @@ What it does (each phase drives ``engine run`` as a subprocess, as a user would)
   ``engine run`` is SIGKILLed at random moments ``kills`` times in a row and
   resumed each time, then stopped once with SIGTERM (graceful stop measured
   against the grace period), then resumed to the end with ``--stats-json``.
-* **policy** — DESIGN.md §4 checked per id: with only 5xx faults, no id is
+* **policy** — the failure policy (docs/design.md) checked per id: with only 5xx faults, no id is
   sent more than ``--max-attempts`` times and those that failed were sent
   exactly that many times; with only 429s and ``--max-attempts 1``, every
   id still succeeds (429 never counts as a failed attempt).
@@ -465,7 +465,8 @@ def run_chaos(
 
 
 def run_policy(*, requests: int = 400, seed: int = 2) -> ChaosReport:
-    """DESIGN.md §4 per id: 5xx retried at most ``MAX_ATTEMPTS`` times; 429 never a failure.
+    """The failure policy (docs/design.md) per id: 5xx retried at most ``MAX_ATTEMPTS``
+    times; 429 never a failure.
 
     Two runs of ``requests`` ids (default 400) against a served mock seeded
     with ``seed`` (default 2): one with 30% 5xx and no quota, one with a

@@ -1,10 +1,11 @@
 """The client: ``open_client``, workers, the request loop and the failure policy.
 
-Shape (DESIGN.md §1): ``open_client`` owns a nursery holding the limiter task
-and a pool of worker tasks.  Callers hand *jobs* to the workers over a bounded
-channel (backpressure: a slow API slows the producer, memory stays flat); each
-worker asks the limiter for a permit, sends the request on its own HTTP
-connection, reports the outcome to the limiter and hands the result back.
+Shape (docs/design.md: the diagram, "The limiter"): ``open_client`` owns a
+nursery holding the limiter task and a pool of worker tasks.  Callers hand
+*jobs* to the workers over a bounded channel (backpressure: a slow API slows
+the producer, memory stays flat); each worker asks the limiter for a permit,
+sends the request on its own HTTP connection, reports the outcome to the
+limiter and hands the result back.
 """
 
 from __future__ import annotations

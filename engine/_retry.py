@@ -2,7 +2,7 @@
 
 Pure and synchronous (sans-IO): no trio or httpx import.  The client feeds in
 what it received and gets back a :class:`Verdict`; the limiter and the worker
-loop act on ``verdict.action``.  The policy (DESIGN.md §4):
+loop act on ``verdict.action``.  The policy (docs/design.md, "Failure policy"):
 
 ==========================================  ======================================
 server says                                 action
