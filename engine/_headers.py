@@ -37,7 +37,6 @@ import attrs
 
 __all__ = [
     "RateLimitHeaders",
-    "format_go_duration",
     "parse_go_duration",
     "parse_rate_limit_headers",
     "parse_retry_after",
@@ -63,12 +62,6 @@ _UNIT = r"(?:ns|us|µs|μs|ms|s|m|h)"
 _GO_DURATION = re.compile(rf"([+-]?)((?:{_NUMBER}{_UNIT})+)")
 _GO_COMPONENT = re.compile(rf"({_NUMBER})({_UNIT})")
 _BARE_NUMBER = re.compile(rf"[+-]?{_NUMBER}")
-
-_NS_PER_US = 1_000
-_NS_PER_MS = 1_000_000
-_NS_PER_S = 1_000_000_000
-_NS_PER_M = 60 * _NS_PER_S
-_NS_PER_H = 60 * _NS_PER_M
 
 
 def parse_go_duration(text: str) -> float:
@@ -112,50 +105,6 @@ def _parse_go_duration(text: str) -> float:
 
 def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def format_go_duration(seconds: float) -> str:
-    """Write ``seconds`` the way Go's ``Duration.String`` (and so OpenAI) does.
-
-    The value is rounded to whole nanoseconds, then written with the largest
-    fitting units and no trailing zeros: ``"0s"``, ``"20ms"``, ``"1.5s"``,
-    ``"6m0s"``, ``"2m59.56s"``, ``"1h2m3s"``, ``"-1.5s"``.  Microseconds are
-    written ``us`` (ASCII, safe in any HTTP header) where Go writes ``µs``;
-    :func:`parse_go_duration` reads both.
-
-    Raises:
-        ValueError: if ``seconds`` is not finite.
-    """
-    if not math.isfinite(seconds):
-        raise ValueError(f"cannot format a non-finite duration: {seconds!r}")
-    nanoseconds = round(seconds * _NS_PER_S)
-    if nanoseconds == 0:
-        return "0s"
-    sign = "-" if nanoseconds < 0 else ""
-    nanoseconds = abs(nanoseconds)
-    if nanoseconds < _NS_PER_US:
-        return f"{sign}{nanoseconds}ns"
-    if nanoseconds < _NS_PER_MS:
-        return f"{sign}{_decimal(nanoseconds, _NS_PER_US)}us"
-    if nanoseconds < _NS_PER_S:
-        return f"{sign}{_decimal(nanoseconds, _NS_PER_MS)}ms"
-    hours, rest = divmod(nanoseconds, _NS_PER_H)
-    minutes, rest = divmod(rest, _NS_PER_M)
-    text = f"{_decimal(rest, _NS_PER_S)}s"
-    if hours:
-        return f"{sign}{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{sign}{minutes}m{text}"
-    return f"{sign}{text}"
-
-
-def _decimal(count: int, per_unit: int) -> str:
-    """``count / per_unit`` as an exact decimal without trailing zeros."""
-    whole, fraction = divmod(count, per_unit)
-    if not fraction:
-        return str(whole)
-    width = len(str(per_unit)) - 1
-    return f"{whole}.{str(fraction).rjust(width, '0').rstrip('0')}"
 
 
 @attrs.frozen
