@@ -20,17 +20,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine._progress import ProgressPrinter, format_summary
+from engine._progress import ProgressPrinter
+from engine._summary import DEFAULT_GRACE_PERIOD, EXIT_REFUSED, RunSummary, format_summary
 
 if TYPE_CHECKING:
-    from engine.batch import RunControl, RunSummary
+    from engine.batch import RunControl
 
 __all__ = ["register"]
-
-# Kept equal to engine.batch.DEFAULT_GRACE_PERIOD (a test checks it): the batch
-# module (and the client under it) is imported only when a run starts, so that
-# ``engine mock`` does not load the client.
-DEFAULT_GRACE_PERIOD = 10.0
 
 _SIGNAL_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
@@ -307,7 +303,7 @@ def _execute(
 ) -> int:
     from engine._errors import EngineError, OutputError
     from engine._nurseries import open_service_nursery
-    from engine.batch import EXIT_REFUSED, RunControl, RunSummary
+    from engine.batch import RunControl
 
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())

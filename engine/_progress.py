@@ -1,4 +1,4 @@
-"""Progress of a batch run: rate meter, one-line bar, periodic lines, final summary table.
+"""Progress of a batch run: rate meter, one-line bar, periodic lines, quota use.
 
 Pure and synchronous: no trio import, nothing checkpoints. Time comes in as
 plain numbers (``elapsed`` seconds since the run started), so every function
@@ -11,12 +11,9 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 import attrs
-
-if TYPE_CHECKING:
-    from engine.batch import RunSummary
 
 __all__ = [
     "Allowance",
@@ -31,7 +28,6 @@ __all__ = [
     "format_duration",
     "format_progress_line",
     "format_quota_use",
-    "format_summary",
     "windows_touched",
 ]
 
@@ -473,67 +469,3 @@ class ProgressPrinter:
         self.finish()
         self._stream.write(f"engine: {paragraph}\n")
         self._stream.flush()
-
-
-def format_summary(summary: RunSummary) -> str:
-    """The final table: counts by status and error code, tokens, elapsed, rates, quota used."""
-    rows: list[tuple[str, str]] = []
-    rows.append(("input lines", str(summary.total_lines)))
-    if summary.already_done:
-        rows.append(("already in output (skipped)", str(summary.already_done)))
-    rows.append(("succeeded", str(summary.succeeded)))
-    rows.append(("failed", str(summary.failed)))
-    for code, count in sorted(summary.error_codes.items(), key=lambda item: (-item[1], item[0])):
-        rows.append((f"  {code}", str(count)))
-    if summary.skipped:
-        rows.append(("skipped (too short)", str(summary.skipped)))
-    if summary.held_saved:
-        rows.append(
-            (f"held in {summary.sidecar_path}", f"{summary.held_saved} (the next run writes them)")
-        )
-    rows.append(("not run (resume to send)", str(summary.not_run)))
-    if summary.held_lost:
-        rows.append(("  answered but lost", f"{summary.held_lost} (could not be saved)"))
-    if summary.previously_failed:
-        rows.append(("failed in earlier runs", str(summary.previously_failed)))
-    tokens = summary.prompt_tokens + summary.completion_tokens
-    rows.append(
-        (
-            "tokens used",
-            f"{tokens} (prompt {summary.prompt_tokens}, completion {summary.completion_tokens})",
-        )
-    )
-    if summary.audio_seconds:
-        rows.append(("audio transcribed", f"{summary.audio_seconds:.1f} s"))
-    rows.append(("elapsed", f"{summary.elapsed:.1f} s"))
-    sent = summary.succeeded + summary.failed
-    rows.append(("requests/min", _average(sent, summary.elapsed)))
-    rows.append(("tokens/min", _average(tokens, summary.elapsed)))
-    for use in summary.quota:
-        # A share of what the quota allowed, burst included: a fresh quota
-        # grants a minute's worth up front, so the average per minute of a
-        # short run may well be above the limit without going beyond it.
-        rows.append((f"quota used ({use.allowance.unit})", format_quota_use(use)))
-    rows.append(("output", summary.output_path))
-    if summary.errors_path:
-        rows.append(("errors copied to", summary.errors_path))
-    width = max(len(label) for label, _ in rows)
-    lines = ["summary:"]
-    lines.extend(f"  {label.ljust(width)}  {value}" for label, value in rows)
-    if summary.stopped:
-        lines.append(f"stopped early: {summary.stopped}")
-    return "\n".join(lines)
-
-
-def _average(count: float, elapsed: float) -> str:
-    """``"2947 average (49/s)"``: ``count`` over ``elapsed`` seconds, per minute and per second.
-
-    An average over the whole run: above a per-minute limit in a run shorter
-    than a minute that used a fresh quota's burst, which is why no limit is
-    shown next to it (the ``quota used`` rows say how much was allowed).
-    """
-    if elapsed <= 0:
-        return "0 average (0/s)"
-    per_second = count / elapsed
-    shown = f"{per_second:.1f}" if per_second < 10 else f"{per_second:.0f}"
-    return f"{count * 60.0 / elapsed:.0f} average ({shown}/s)"

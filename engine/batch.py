@@ -85,6 +85,17 @@ from engine._progress import (
 from engine._quota import Limits
 from engine._requests import TranscriptionRequest
 from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
+from engine._summary import (
+    DEFAULT_GRACE_PERIOD,
+    EXIT_FAILED_ITEMS,
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_IO_ERROR,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TERMINATED,
+    RunSummary,
+)
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -104,22 +115,9 @@ __all__ = [
     "run_file",
 ]
 
-#: Seconds the first Ctrl-C (or SIGTERM) waits for requests in flight before
-#: cancelling them. They are not written, so the next run sends them again.
-DEFAULT_GRACE_PERIOD = 10.0
 #: Seconds between progress snapshots handed to the ``progress`` callback.
 DEFAULT_PROGRESS_INTERVAL = 0.5
 
-# Exit statuses of ``engine run`` / ``engine transcribe`` (documented in docs/cli.md).
-EXIT_OK = 0  #: every input id has a success line in OUTPUT
-EXIT_FAILED_ITEMS = 1  #: the run finished, but some items have error lines
-EXIT_REFUSED = 2  #: nothing was sent: bad arguments, duplicate ids, unreadable input, OUTPUT in use
-EXIT_FATAL = 3  #: stopped by a fatal error (401/403, insufficient_quota)
-EXIT_IO_ERROR = 4  #: stopped by an I/O error: OUTPUT could not be written, or INPUT read
-EXIT_INTERRUPTED = 130  #: stopped by SIGINT (Ctrl-C): 128 + 2
-EXIT_TERMINATED = 143  #: stopped by SIGTERM: 128 + 15
-
-_STOP_EXIT = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}
 # How often the grace period checks whether anything is still in flight.
 _GRACE_POLL = 0.05
 # How often a run between rounds checks whether OUTPUT took the held answers.
@@ -196,85 +194,6 @@ class RunControl:
         self._now_scope.cancel()
 
 
-@attrs.frozen
-class RunSummary:
-    """What a batch run did.
-
-    Attributes:
-        input_path: the input file, or the recordings given (``engine transcribe``).
-        output_path / errors_path: where lines went (errors_path None without ``--errors-to``).
-        total_lines: input items (non-blank lines, or recordings found).
-        already_done: items skipped because OUTPUT already had their line.
-        succeeded / failed: lines this run wrote, ok and with an error.
-        error_codes: this run's failed lines per ``error.code``.
-        skipped: recordings not sent because they are shorter than ``--min-seconds``.
-        not_run: items with no line yet (stopped early), and no answer saved in
-            the sidecar: the next run sends them.
-        previously_failed: error lines OUTPUT held before this run.
-        prompt_tokens / completion_tokens: tokens the server reported.
-        audio_seconds: audio transcribed, as the server reported it.
-        elapsed: seconds from start to the last line written.
-        stopped: None if the run went to the end, else why it stopped
-            (``"interrupted"``, ``"terminated"``, or the fatal error's message).
-        fatal_code: the fatal error's code when one stopped the run.
-        rpm_limit / tpm_limit: the quota the run was given, None if learned.
-        quota: for each per-minute quota known at the end (configured or
-            learned from the server's headers), the share of what it allowed
-            over the run that the run used; empty when no limit is known.
-        client_statistics: the client's counters (sends, retries, 429s, the
-            limiter's in-flight count, ...) taken once the client had closed
-            (added up over the clients of a run that waited for its output);
-            None only for summaries built by hand.
-        held_saved: answers the run received but could not write to OUTPUT,
-            saved in ``sidecar_path``: the next run writes them, never sends them.
-        held_lost: answers the run received but could neither write nor
-            save; counted in ``not_run`` (sent again).
-        sidecar_path: where ``held_saved`` answers are; None when there are none.
-        io_error: when an I/O error stopped the run (OUTPUT not writable, the
-            input unreadable), the paragraph that says what happened to every
-            item and what to do; None otherwise.
-    """
-
-    input_path: str
-    output_path: str
-    errors_path: str | None
-    total_lines: int
-    already_done: int
-    succeeded: int
-    failed: int
-    error_codes: Mapping[str, int]
-    skipped: int
-    not_run: int
-    previously_failed: int
-    prompt_tokens: int
-    completion_tokens: int
-    audio_seconds: float
-    elapsed: float
-    stopped: str | None = None
-    fatal_code: str | None = None
-    rpm_limit: float | None = None
-    tpm_limit: float | None = None
-    quota: tuple[QuotaUse, ...] = ()
-    client_statistics: Any = None
-    held_saved: int = 0
-    held_lost: int = 0
-    sidecar_path: str | None = None
-    io_error: str | None = None
-
-    @property
-    def exit_status(self) -> int:
-        """0 all ok; 1 some error lines; 3 fatal stop; 4 I/O error; 130/143 stopped by a signal."""
-        if self.io_error is not None:
-            return EXIT_IO_ERROR
-        if self.fatal_code is not None:
-            return EXIT_FATAL
-        if self.stopped is not None:
-            return _STOP_EXIT.get(self.stopped, EXIT_FAILED_ITEMS)
-        if self.failed or self.previously_failed or self.not_run:
-            return EXIT_FAILED_ITEMS
-        return EXIT_OK
-
-
 @attrs.define
 class _Tally:
     """Counters of the run in progress (mutable; one task writes them)."""
@@ -293,12 +212,6 @@ class _Tally:
     @property
     def written(self) -> int:
         return self.succeeded + self.failed + self.skipped
-
-
-def _transcription_supported() -> bool:
-    import engine
-
-    return hasattr(engine, "TranscriptionRequest")
 
 
 class _Feed:
@@ -330,7 +243,6 @@ class _Feed:
         self._tally = tally
         self._control = control
         self._default_model = default_model
-        self._can_transcribe = _transcription_supported()
         #: ``custom_id`` -> (line number, request) of each item the client has now.
         self.in_client: dict[str, tuple[int, dict[str, Any]]] = {}
         # Items the client gave back unsent: yielded again before the next input line.
@@ -341,7 +253,6 @@ class _Feed:
         self.exhausted = False
         #: Why the input could not be read to its end, None while it can.
         self.read_error: OSError | None = None
-        self.unsupported = 0
         #: Called when writing a bad line's error fails: sending must stop at once.
         self.on_hold: Callable[[], None] = _ignore_hold
 
@@ -383,10 +294,6 @@ class _Feed:
                 problem = _unreadable(body["file"])
                 if problem is not None:
                     self._fail(custom_id, "invalid_input", f"line {line.line_no}: {problem}")
-                    continue
-                if not self._can_transcribe:
-                    # Not written: once the client transcribes, a rerun sends these.
-                    self.unsupported += 1
                     continue
             request = {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
             self.in_client[custom_id] = (line.line_no, request)

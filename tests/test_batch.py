@@ -22,8 +22,8 @@ from engine._progress import (
     RunProgress,
     format_duration,
     format_progress_line,
-    format_summary,
 )
+from engine._summary import format_summary
 from engine.mock import MockConfig, create_app
 
 MODEL = "gpt-4o-mini"
@@ -375,13 +375,6 @@ def test_run_batch_marks_unfinished_requests_run_stopped_after_a_fatal_error():
     assert len(results) == 10 and all(not r.ok for r in results)
     assert results[0].error.code == "invalid_api_key"
     assert {r.error.code for r in results[1:]} <= {"invalid_api_key", "run_stopped"}
-
-
-def test_cli_grace_default_matches_the_batch_default():
-    """The CLI's help and default use the library's grace period."""
-    from engine import _cli_run
-
-    assert batch.DEFAULT_GRACE_PERIOD == _cli_run.DEFAULT_GRACE_PERIOD
 
 
 # --------------------------------------------------------------------------- progress (pure)

@@ -26,7 +26,8 @@ from engine._output import (
     retry_delay,
     waiting_line,
 )
-from engine._progress import ProgressPrinter, RunProgress, format_progress_line, format_summary
+from engine._progress import ProgressPrinter, RunProgress, format_progress_line
+from engine._summary import format_summary
 
 
 def ok(custom_id: str) -> dict:

@@ -17,9 +17,9 @@ from engine._progress import (
     fixed_window_allowance,
     format_progress_line,
     format_quota_use,
-    format_summary,
     windows_touched,
 )
+from engine._summary import format_summary
 from engine.mock import MockConfig, create_app
 
 MODEL = "gpt-4o-mini"
