@@ -53,6 +53,7 @@ import attrs
 import orjson
 import trio
 
+from engine._audio_inputs import find_duplicate_audio_ids, iter_audio_inputs
 from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
 from engine._jsonl import (
@@ -60,8 +61,6 @@ from engine._jsonl import (
     InputLine,
     OutputWriter,
     error_record,
-    find_duplicate_audio_ids,
-    iter_audio_inputs,
     read_batch_input,
     success_record,
 )
