@@ -91,6 +91,11 @@ PACE_CLAIM_SECONDS = 0.2
 #: The same for a burst pace: short, so that a process still holding a stretch
 #: when another is refused by a finer window sends little more into it.
 BURST_CLAIM_SECONDS = 0.05
+#: A slot of a shared pace schedule is still used this late (seconds, or half
+#: a spacing if less): a stretch that starts "now" arrives a Redis round trip
+#: late.  Later than that it is skipped: sent late, it could land in the next
+#: second of a per-second window beside that second's own slots.
+LATE_SLOT = 0.005
 #: A paced group refused by its finer window again paces at 85% of its rate,
 #: and gets this share of the full rate back per request sent.
 PACE_RECOVERY = 0.005
@@ -599,15 +604,15 @@ class QuotaBook:
         they send at the pace one process would, never two into the same
         slot of a finer window.  A group without a stretch that fits the
         request asks for one (``Wait.pace``); one whose next slot is still
-        ahead waits for it.  A slot up to half a spacing past is still used
-        (a stretch starting "now" arrives a little late); one further past
-        is gone, or late grants would bunch up.
+        ahead waits for it.  A slot up to :data:`LATE_SLOT` past is still
+        used (a stretch starting "now" arrives a little late); one further
+        past is gone, or late grants would bunch up.
         """
         spacing = self._shared_spacing(group, cost)
         if spacing <= NEGLIGIBLE_SPACING:
             return None
         slot = group.claim_next
-        if slot < now - spacing / 2:
+        if slot < now - min(LATE_SLOT, spacing / 2):
             slot = now
         if slot + spacing > group.claim_end + BURST_SLACK:
             span = PACE_CLAIM_SECONDS if group.paced else BURST_CLAIM_SECONDS
@@ -689,7 +694,8 @@ class QuotaBook:
             spacing = self._shared_spacing(group, cost)
             if spacing > NEGLIGIBLE_SPACING:
                 slot = group.claim_next
-                group.claim_next = (now if slot < now - spacing / 2 else slot) + spacing
+                late = slot < now - min(LATE_SLOT, spacing / 2)
+                group.claim_next = (now if late else slot) + spacing
         if group.paced:
             if not self._shared_pace:
                 group.next_slot = max(group.next_slot, now) + self._pace_spacing(group, cost)

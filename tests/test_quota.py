@@ -469,13 +469,13 @@ def test_shared_pace_asks_for_a_stretch_and_paces_at_the_whole_rate_within_it():
 
 
 def test_shared_pace_uses_a_slot_a_little_late_and_drops_one_long_gone():
-    """A slot under half a spacing late is used from its own time; one later is skipped."""
+    """A slot up to 5 ms late is used from its own time; one 30 ms late is skipped."""
     book = shared_paced_book()
     spacing = 60 / (600 * 0.98)
     book.add_pace_claim("g", 1.0, 1.0 + 4 * spacing, 0.0)
-    grant(book, 1.0 + 0.4 * spacing)  # late, but the slot was 1.0
+    grant(book, 1.004)  # late, but the slot was 1.0
     grant(book, 1.0 + spacing)  # the second slot, on time
-    late = 1.0 + 2.6 * spacing  # the third slot (2 spacings in) is more than half gone
+    late = 1.0 + 2 * spacing + 0.03  # the third slot is gone: the grant takes a new one
     grant(book, late)
     assert book.decide("g", ONE, late) == Wait(None, pace=pytest.approx(2 * spacing))
 
