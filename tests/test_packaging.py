@@ -7,10 +7,11 @@ without the ``fast-mock`` extra, serves with hypercorn and says so in one line
 on stderr), one request to it, and ``engine run`` on a 10-line file against it.
 
 Every install is ``--no-index`` from a wheelhouse of the core dependencies and
-the build backend: ``.pytest_cache/d/wheelhouse`` (or ``$QE_WHEELHOUSE``),
-filled by ``pip download`` the first time and again only when pyproject.toml's
-requirements change, so later runs need no network.  Marked ``packaging``
-(``pytest -m packaging`` runs it alone); ``make test`` runs it with the rest.
+the build backend: ``.pytest_cache/d/wheelhouse`` (``$QE_WHEELHOUSE`` if set;
+the system temp directory when pytest's cache is off), filled by ``pip
+download`` the first time and again only when pyproject.toml's requirements
+change, so later runs need no network.  Marked ``packaging`` (``pytest -m
+packaging`` runs it alone); ``make test`` runs it with the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.request
@@ -62,7 +64,13 @@ def core_requirements() -> list[str]:
 def wheelhouse(pytestconfig: pytest.Config) -> Path:
     """A directory of wheels for every core requirement, downloaded once per requirement list."""
     override = os.environ.get("QE_WHEELHOUSE")
-    directory = Path(override) if override else pytestconfig.cache.mkdir("wheelhouse")
+    cache = getattr(pytestconfig, "cache", None)  # None under -p no:cacheprovider
+    if override:
+        directory = Path(override)
+    elif cache is not None:
+        directory = cache.mkdir("wheelhouse")
+    else:
+        directory = Path(tempfile.gettempdir()) / "quota-engine-wheelhouse"
     directory.mkdir(parents=True, exist_ok=True)
     requirements = "\n".join(core_requirements()) + "\n"
     stamp = directory / "requirements.txt"
