@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import selectors
 import signal
 import subprocess
 import sys
@@ -126,16 +127,41 @@ def wait_until(predicate, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def read_stderr_until(process: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """Read ``process``'s stderr until ``text`` appears; return what was read.
+
+    Reads the pipe's descriptor directly, so ``communicate()`` later gets the rest.
+    """
+    assert process.stderr is not None
+    descriptor = process.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise AssertionError(f"{text!r} not on stderr in time; got {seen!r}")
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                raise AssertionError(f"stderr closed before {text!r}; got {seen!r}")
+            seen += chunk
+    return seen.decode()
+
+
 def line_count(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.wallclock
 def test_resume_after_sigkill_writes_each_id_once_and_never_resends_a_written_id(
     tmp_path, mock, mock_url
 ):
     """SIGKILL at random moments, four times in a row, then resume: one line per id, none resent."""
     configure(mock, latency_ms=40.0, latency_sigma=0.5)
-    ids = [f"r{i}" for i in range(700)]
+    # 2,000 ids: at the mock's pace (16 in flight, 40 ms: ~400/s) four runs killed at
+    # most 0.5 s after their first line cannot write them all, however fast the machine.
+    ids = [f"r{i}" for i in range(2000)]
     source = write_input(tmp_path / "in.jsonl", [chat_line(i) for i in ids])
     output = tmp_path / "out.jsonl"
     args = (str(source), "-o", str(output), "--base-url", mock_url, "--concurrency", "16")
@@ -158,50 +184,57 @@ def test_resume_after_sigkill_writes_each_id_once_and_never_resends_a_written_id
     written = {record["custom_id"] for record in output_records(output)}
     assert 0 < len(written) < len(ids)  # the kills landed mid-run
     sent_before = sent_per_id(mock)
-    finished = run(*args)
+    finished = run(*args, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert resent_since(written, sent_before) == []
     assert sorted(record["custom_id"] for record in output_records(output)) == sorted(ids)
 
 
+@pytest.mark.wallclock
 def test_sigint_stops_prints_summary_and_resume_command_and_resume_completes(
     tmp_path, mock, mock_url
 ):
     """Ctrl-C: in-flight finish, summary and resume command on stderr, exit 130; resume ends it."""
+    # 200 lines at 4 in flight and 400 ms take 20 s: the Ctrl-C lands mid-run even when
+    # this test is held up for seconds on a loaded machine.
     configure(mock, latency_ms=400.0)
-    source = write_input(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(60)])
+    source = write_input(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(200)])
     output = tmp_path / "out.jsonl"
     process = start(str(source), "-o", str(output), "--base-url", mock_url, "--concurrency", "4")
     wait_until(lambda: line_count(output) >= 4)
     process.send_signal(signal.SIGINT)
-    _stdout, stderr = process.communicate(timeout=15)
+    _stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "summary:" in stderr and "stopped early: interrupted" in stderr
     resume = stderr.split("resume with:\n", 1)[1].strip()
     assert resume.startswith("engine run ") and f"-o {output}" in resume
     written = len(output_records(output))
-    assert 4 <= written < 60
+    assert 4 <= written < 200
 
     configure(mock, latency_ms=0.0)
     finished = run(*resume.split()[2:])
     assert finished.returncode == 0, finished.stderr
-    assert len(output_records(output)) == 60
+    assert len(output_records(output)) == 200
     assert set(sent_per_id(mock).values()) == {1}
 
 
+@pytest.mark.wallclock
 def test_second_sigint_exits_at_once_without_a_torn_line(tmp_path, mock, mock_url):
     """A second Ctrl-C does not wait out the grace period; nothing half written."""
-    configure(mock, latency_ms=60_000.0)
+    configure(mock, latency_ms=600_000.0)
     source = write_input(tmp_path / "in.jsonl", [chat_line(f"r{i}") for i in range(20)])
     output = tmp_path / "out.jsonl"
-    process = start(str(source), "-o", str(output), "--base-url", mock_url, "--concurrency", "4")
+    # A grace period of 120 s against an exit expected at once: a loaded machine's
+    # seconds of delay cannot be mistaken for the grace period being waited out.
+    args = ("-o", str(output), "--base-url", mock_url, "--concurrency", "4")
+    process = start(str(source), *args, "--grace-period", "120")
     wait_until(lambda: len(sent_per_id(mock)) >= 1)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    read_stderr_until(process, "no new requests", timeout=30)
     interrupted_at = time.monotonic()
     process.send_signal(signal.SIGINT)
-    _stdout, stderr = process.communicate(timeout=8)
-    assert time.monotonic() - interrupted_at < 5  # the grace period is 10 s
+    _stdout, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - interrupted_at < 60
     assert process.returncode == 130
     assert "stopping now" in stderr and "summary:" in stderr
     assert output.read_bytes() == b""
