@@ -1049,8 +1049,8 @@ class _TranscriptionEndpoint(_Endpoint):
             request = job.request
             if job.audio is not None:
                 file, duration = job.audio.name, job.audio.duration
-            else:
-                file = source_name(request.source, request.filename)  # type: ignore[union-attr]
+            elif isinstance(request, TranscriptionRequest):
+                file = source_name(request.source, request.filename)
         return TranscriptionResult(
             id=id,
             model=model or "whisper-1",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import pydantic
 
@@ -64,7 +64,31 @@ class ErrorInfo(pydantic.BaseModel):
         return info
 
 
-class ChatResult(pydantic.BaseModel):
+class _HasError(Protocol):
+    @property
+    def error(self) -> ErrorInfo | None: ...
+
+
+class _ErrorAccess:
+    """The failed request's exception, on both result kinds (each has an ``error`` field).
+
+    A plain mixin, no fields of its own: pydantic keeps each model's fields in
+    the order the model declares them.
+    """
+
+    @property
+    def exception(self: _HasError) -> EngineError | None:
+        """The exception behind :attr:`error` (for re-raising), or None."""
+        return None if self.error is None else self.error._exception
+
+    def raise_for_error(self: _HasError) -> None:
+        """Raise the request's :class:`~engine.EngineError` if it failed."""
+        error = self.error
+        if error is not None and error._exception is not None:
+            raise error._exception
+
+
+class ChatResult(_ErrorAccess, pydantic.BaseModel):
     """The outcome of one chat request.
 
     Attributes:
@@ -108,17 +132,6 @@ class ChatResult(pydantic.BaseModel):
         """True when the request succeeded."""
         return self.error is None
 
-    @property
-    def exception(self) -> EngineError | None:
-        """The exception behind :attr:`error` (for re-raising), or None."""
-        return None if self.error is None else self.error._exception
-
-    def raise_for_error(self) -> None:
-        """Raise the request's :class:`~engine.EngineError` if it failed."""
-        exception = self.exception
-        if exception is not None:
-            raise exception
-
 
 class AudioUsage(pydantic.BaseModel):
     """What a transcription used.
@@ -137,7 +150,7 @@ class AudioUsage(pydantic.BaseModel):
     total_tokens: int = 0
 
 
-class TranscriptionResult(pydantic.BaseModel):
+class TranscriptionResult(_ErrorAccess, pydantic.BaseModel):
     """The outcome of one transcription request.
 
     Attributes:
@@ -188,14 +201,3 @@ class TranscriptionResult(pydantic.BaseModel):
     def output(self) -> str | None:
         """The transcript (same as :attr:`text`), so both result kinds read alike."""
         return self.text
-
-    @property
-    def exception(self) -> EngineError | None:
-        """The exception behind :attr:`error` (for re-raising), or None."""
-        return None if self.error is None else self.error._exception
-
-    def raise_for_error(self) -> None:
-        """Raise the request's :class:`~engine.EngineError` if it failed."""
-        exception = self.exception
-        if exception is not None:
-            raise exception

@@ -28,6 +28,7 @@ built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
 
 from __future__ import annotations
 
+import functools
 import http
 import itertools
 import math
@@ -178,6 +179,11 @@ class _Head(NamedTuple):
     content_type: bytes
 
 
+#: A POST endpoint's answer: (head, API key, rejection, body or None when too large,
+#: request number) -> an answer to send now, or one that sleeps or is cut.
+_ReplyFor = Callable[[_Head, str, _Reject | None, bytes | None, int], _Reply | _Later]
+
+
 def _scan_headers(headers: Any) -> _Head:
     authorization = b""
     client_request_id = None
@@ -229,8 +235,10 @@ class MockApp:
         self._plans: dict[bytes, _Plan | _Reject] = {}
         self._keys: dict[bytes, str] = {}  # Authorization header value -> API key
         self._routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
-            "/v1/chat/completions": {"POST": self._chat},
-            "/v1/audio/transcriptions": {"POST": self._transcription},
+            "/v1/chat/completions": {"POST": functools.partial(self._post, self._chat_reply)},
+            "/v1/audio/transcriptions": {
+                "POST": functools.partial(self._post, self._transcription_reply)
+            },
             "/v1/models": {"GET": self._models},
             "/_mock/stats": {"GET": self._get_stats},
             "/_mock/reset": {"POST": self._reset},
@@ -238,7 +246,7 @@ class MockApp:
         }
         # The endpoints respond_at_once answers (POST only: keep in step with _routes):
         # (head, key, rejection, body or None when too large, number) -> answer.
-        self._replies: dict[str, Callable[..., _Reply | _Later]] = {
+        self._replies: dict[str, _ReplyFor] = {
             "/v1/chat/completions": self._chat_reply,
             "/v1/audio/transcriptions": self._transcription_reply,
         }
@@ -681,11 +689,15 @@ class MockApp:
 
     # -- endpoints -----------------------------------------------------------------
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
+    async def _post(
+        self, reply_for: _ReplyFor, scope: Scope, receive: Receive, send: Send, number: int
+    ) -> None:
+        """A POST endpoint whose answer ``reply_for`` makes (see ``_replies``): the
+        body read, the key checked, then the answer sent at once or later."""
         head = _scan_headers(scope["headers"])
         key, reject = self._authorize(head)
         body = await self._read_body(head.content_length, receive)
-        reply = self._chat_reply(head, key, reject, body, number)
+        reply = reply_for(head, key, reject, body, number)
         if isinstance(reply, _Later):
             await self._answer_later(send, reply)
         else:
@@ -710,16 +722,6 @@ class MockApp:
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
-
-    async def _transcription(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
-        head = _scan_headers(scope["headers"])
-        key, reject = self._authorize(head)
-        body = await self._read_body(head.content_length, receive)
-        reply = self._transcription_reply(head, key, reject, body, number)
-        if isinstance(reply, _Later):
-            await self._answer_later(send, reply)
-        else:
-            await _send_reply(send, reply)
 
     def _transcription_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
