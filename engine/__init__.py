@@ -34,7 +34,7 @@ from engine._results import (
     Usage,
 )
 from engine._shared import RedisQuota
-from engine.batch import run_batch
+from engine.app.batch import run_audio, run_batch, run_file
 
 __version__ = "0.1.0"
 
@@ -70,7 +70,9 @@ __all__ = [
     "TranscriptionResult",
     "Usage",
     "open_client",
+    "run_audio",
     "run_batch",
+    "run_file",
     "split_results",
     "to_csv",
     "to_dataframe",

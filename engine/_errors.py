@@ -123,7 +123,7 @@ class BackgroundTaskError(EngineError):
 class OutputError(EngineError):
     """A batch run's OUTPUT could not be opened, or the run stopped while it could not be written.
 
-    Raised by ``engine.batch.run_file`` / ``run_audio`` (``engine run``).
+    Raised by ``engine.run_file`` / ``engine.run_audio`` (``engine run``).
     A write that fails mid-run does not raise: the run stops sending, holds
     the answers in flight and waits for OUTPUT. This is raised when the run
     is stopped during that wait (or OUTPUT cannot be saved to disk at the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import batch
+from engine.app import batch
 
 
 def make_summary(**changes: Any) -> batch.RunSummary:

@@ -1,4 +1,4 @@
-"""Tests for engine._audio_inputs: the recordings engine transcribe finds, and their ids."""
+"""Tests for engine.app._audio_inputs: the recordings engine transcribe finds, and their ids."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine._audio_inputs import AudioInput, find_duplicate_audio_ids, iter_audio_inputs
-from engine._jsonl import read_batch_input
+from engine.app._audio_inputs import AudioInput, find_duplicate_audio_ids, iter_audio_inputs
+from engine.app._jsonl import read_batch_input
 
 
 def make_tree(root: Path, *names: str) -> None:

@@ -1,4 +1,4 @@
-"""engine.batch (run loop, resume, stop, run_batch) in-process, and the pure progress helpers."""
+"""engine.app.batch in-process (run loop, resume, stop, run_batch), and the progress helpers."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from audio_fixtures import make_mp3
 from run_summaries import make_summary
 
 import engine
-from engine import batch
-from engine._progress import (
+from engine.app import batch
+from engine.app._progress import (
     ProgressPrinter,
     RateMeter,
     RunProgress,
     format_duration,
     format_progress_line,
 )
-from engine._summary import format_summary
+from engine.app._summary import format_summary
 from engine.mock import MockConfig, create_app
 
 MODEL = "gpt-4o-mini"
@@ -506,7 +506,7 @@ def _input_with_ids(path: Path, ids: list[str]) -> Path:
 
 def test_compact_duplicate_check_agrees_with_the_exact_one(tmp_path):
     """On random inputs the Bloom-filter check finds exactly what the set-based one finds."""
-    from engine._jsonl import find_duplicate_ids
+    from engine.app._jsonl import find_duplicate_ids
 
     rng = random.Random(5)
     for trial in range(20):
@@ -525,7 +525,7 @@ def test_compact_duplicate_check_drops_false_candidates(tmp_path, monkeypatch):
 
 def test_writer_that_forgets_written_ids_keeps_only_those_loaded(tmp_path):
     """remember_written=False: ids written this run do not join done_ids (memory stays flat)."""
-    from engine._jsonl import OutputWriter, error_record
+    from engine.app._jsonl import OutputWriter, error_record
 
     path = tmp_path / "out.jsonl"
     with OutputWriter(path) as writer:

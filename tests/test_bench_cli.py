@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import cli
-from engine._cli_bench import run_load
+from engine.app import cli
+from engine.app._cli_bench import run_load
 from engine.mock import serve_in_subprocess
 
 

@@ -95,5 +95,5 @@ def test_the_cycle_finder_reports_a_cycle_it_is_given():
 def test_the_graph_sees_imports_inside_functions_and_type_checking_blocks():
     """Imports under TYPE_CHECKING and inside functions count: _cli_run's lazy batch import."""
     graph = import_graph()
-    assert "engine.batch" in graph["engine._cli_run"]
+    assert "engine.app.batch" in graph["engine.app._cli_run"]
     assert "engine._wire" in graph["engine._http"]

@@ -1,6 +1,6 @@
 """Batch runs against I/O faults: a full disk, EIO, OUTPUT's directory removed, input lost.
 
-In-process (``engine.batch.run_file`` against the in-process mock, trio's
+In-process (``engine.app.batch.run_file`` against the in-process mock, trio's
 autojump clock) for the behaviour, then ``engine run`` as a subprocess against
 the served mock, as a user would: a real full tmpfs when this runs as root
 and can mount one (else writes made to fail with ENOSPC), a real SIGINT.
@@ -31,9 +31,9 @@ import trio
 from io_faults import WriteFaults, subprocess_env
 
 import engine
-from engine import batch
-from engine._jsonl import success_record
-from engine._progress import RunProgress
+from engine.app import batch
+from engine.app._jsonl import success_record
+from engine.app._progress import RunProgress
 from engine.mock import MockConfig, create_app, serve_in_subprocess
 
 MODEL = "gpt-4o-mini"

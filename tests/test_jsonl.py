@@ -1,4 +1,4 @@
-"""Tests for engine._jsonl: Batch-API input, crash-safe output, resume."""
+"""Tests for engine.app._jsonl: Batch-API input, crash-safe output, resume."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import _jsonl
-from engine._jsonl import (
+from engine.app import _jsonl
+from engine.app._jsonl import (
     OutputInUseError,
     OutputWriter,
     error_record,
@@ -594,7 +594,7 @@ def test_error_copy_cut_by_a_crash_is_completed_on_open(tmp_path):
 CRASH_CHILD = textwrap.dedent(
     """
     import random, sys
-    from engine._jsonl import OutputWriter, success_record
+    from engine.app._jsonl import OutputWriter, success_record
     path, total = sys.argv[1], int(sys.argv[2])
     rng = random.Random()
     with OutputWriter(path) as writer:

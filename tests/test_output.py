@@ -1,4 +1,4 @@
-"""engine._output: answers held while OUTPUT cannot be written, the sidecar, and the wording."""
+"""engine.app._output: answers held while OUTPUT cannot be written, the sidecar, and the wording."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from io_faults import WriteFaults
 from run_summaries import make_summary
 
 import engine
-from engine import _output
-from engine._jsonl import OutputWriter, error_record, success_record
-from engine._output import (
+from engine.app import _output
+from engine.app._jsonl import OutputWriter, error_record, success_record
+from engine.app._output import (
     HeldOutput,
     WriteFailure,
     describe_os_error,
@@ -26,8 +26,8 @@ from engine._output import (
     retry_delay,
     waiting_line,
 )
-from engine._progress import ProgressPrinter, RunProgress, format_progress_line
-from engine._summary import format_summary
+from engine.app._progress import ProgressPrinter, RunProgress, format_progress_line
+from engine.app._summary import format_summary
 
 
 def ok(custom_id: str) -> dict:

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from run_summaries import make_summary
 
-from engine import batch
-from engine._progress import (
+from engine.app import batch
+from engine.app._progress import (
     QuotaUse,
     RunProgress,
     allowance,
@@ -19,7 +19,7 @@ from engine._progress import (
     format_quota_use,
     windows_touched,
 )
-from engine._summary import format_summary
+from engine.app._summary import format_summary
 from engine.mock import MockConfig, create_app
 
 MODEL = "gpt-4o-mini"

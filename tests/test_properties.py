@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine._headers import RateLimitHeaders, parse_rate_limit_headers
-from engine._jsonl import MAX_LINE_BYTES, read_batch_input
 from engine._quota import Cost, Limits, QuotaBook, Reservation
+from engine.app._jsonl import MAX_LINE_BYTES, read_batch_input
 
 # -- the quota book ------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from run_summaries import make_summary
 
 import engine
 from engine import _client
-from engine._cli_run import _write_stats_json
 from engine._errors import EngineError
-from engine._jsonl import OutputWriter, error_record, success_record
+from engine.app._cli_run import _write_stats_json
+from engine.app._jsonl import OutputWriter, error_record, success_record
 from engine.mock import MockConfig, create_app
 
 SECRET = "sk-proj-SecurityTestSecret0123456789abcdefXYZ"

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from engine._jsonl import TRANSCRIPTIONS_URL
+from engine.app._jsonl import TRANSCRIPTIONS_URL
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioInput", "find_duplicate_audio_ids", "iter_audio_inputs"]
 

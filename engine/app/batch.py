@@ -1,12 +1,12 @@
 """Batch runs: a Batch-API JSONL file (or a folder of recordings) through the client.
 
 This is the loop under ``engine run`` and ``engine transcribe``, usable from
-code too (``await engine.batch.run_file(...)``), plus :func:`run_batch`, the
+code too (``await engine.run_file(...)``), plus :func:`run_batch`, the
 blocking convenience for scripts and notebooks.
 
 How a run goes (:func:`run_file`, :func:`run_audio`):
 
-1. OUTPUT is opened with :class:`~engine._jsonl.OutputWriter`: exclusive lock,
+1. OUTPUT is opened with :class:`~engine.app._jsonl.OutputWriter`: exclusive lock,
    torn last line repaired, the ids already written loaded (resume).
 2. One streaming pass over the input counts its lines (the progress total)
    and looks for duplicate ids. Any duplicate refuses the run
@@ -22,7 +22,7 @@ How a run goes (:func:`run_file`, :func:`run_audio`):
    stopped (error code ``run_stopped``) are *not* written: a rerun sends them.
 
 When OUTPUT cannot take a line (disk full, EIO, its directory removed, see
-:mod:`engine._output`), no new request is sent from that moment: the client's
+:mod:`engine.app._output`), no new request is sent from that moment: the client's
 remaining permits are refused, the answers of requests already in flight are
 held in memory, and the run waits, writing them as soon as OUTPUT takes them
 (retrying with backoff), then sends the rest with a new client: a *round* of
@@ -53,10 +53,14 @@ import attrs
 import orjson
 import trio
 
-from engine._audio_inputs import find_duplicate_audio_ids, iter_audio_inputs
 from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
-from engine._jsonl import (
+from engine._nurseries import open_service_nursery
+from engine._quota import Limits
+from engine._requests import TranscriptionRequest
+from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
+from engine.app._audio_inputs import find_duplicate_audio_ids, iter_audio_inputs
+from engine.app._jsonl import (
     TRANSCRIPTIONS_URL,
     InputLine,
     OutputWriter,
@@ -64,8 +68,7 @@ from engine._jsonl import (
     read_batch_input,
     success_record,
 )
-from engine._nurseries import open_service_nursery
-from engine._output import (
+from engine.app._output import (
     HeldOutput,
     SaveOutcome,
     WriteFailure,
@@ -73,7 +76,7 @@ from engine._output import (
     retry_delay,
     sidecar_path,
 )
-from engine._progress import (
+from engine.app._progress import (
     Allowance,
     QuotaUse,
     RateMeter,
@@ -81,10 +84,7 @@ from engine._progress import (
     allowance,
     combine_allowances,
 )
-from engine._quota import Limits
-from engine._requests import TranscriptionRequest
-from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
-from engine._summary import (
+from engine.app._summary import (
     DEFAULT_GRACE_PERIOD,
     EXIT_FAILED_ITEMS,
     EXIT_FATAL,
@@ -487,7 +487,7 @@ def _quota_uses(
     ``started`` is when the first request went out (None: none did, and
     nothing is said): a fixed window that ended before then held none of the
     run, and a full bucket gains nothing by waiting. ``first_answer`` is when
-    the first result came back (see :func:`~engine._progress.windows_touched`).
+    the first result came back (see :func:`~engine.app._progress.windows_touched`).
 
     The limits, their refill mode and the end of a fixed window come from the
     client's ``statistics`` (:class:`~engine.GroupState`, configured or learned;
@@ -658,7 +658,7 @@ async def _keep_output(rounds: _Rounds, feed: _Feed, control: RunControl) -> Non
 
     While nothing is held, checks every :data:`_REMOVAL_CHECK_INTERVAL`
     seconds (1 s) that OUTPUT was not deleted under the run. While answers
-    are held, tries to write them after :func:`~engine._output.retry_delay`
+    are held, tries to write them after :func:`~engine.app._output.retry_delay`
     (0.5 s doubling to 5 s). Runs until cancelled; checkpoints.
     """
     output = rounds.output
@@ -951,7 +951,7 @@ def _open_output(output_path: str, errors_path: str | None) -> HeldOutput:
 
     Blocking (reads OUTPUT and the sidecar). Raises :class:`OutputError`
     (nothing sent yet, ``summary`` None) when OUTPUT, the errors file or the
-    sidecar cannot be opened or read; :class:`~engine._jsonl.OutputInUseError`
+    sidecar cannot be opened or read; :class:`~engine.app._jsonl.OutputInUseError`
     when another run holds OUTPUT.
     """
     try:
@@ -1090,7 +1090,7 @@ async def run_file(
             Default None: all defaults (the key comes from ``$OPENAI_API_KEY``).
         errors_to: also copy every error line to this file. Default None.
         default_model: ``body.model`` for lines that set none. Default None.
-        progress: called with a :class:`~engine._progress.RunProgress` every
+        progress: called with a :class:`~engine.app._progress.RunProgress` every
             ``progress_interval`` seconds (default 0.5) and once at the end.
         notify: called with a paragraph for the user when something happens
             to OUTPUT: a write failed and the run waits (what, and what to do),

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 # Subcommand modules, imported only when the parser is built so that
 # ``engine mock`` does not pay for the client and vice versa.
-_SUBCOMMAND_MODULES = ("engine._cli_run", "engine.mock._cli", "engine._cli_bench")
+_SUBCOMMAND_MODULES = ("engine.app._cli_run", "engine.mock._cli", "engine.app._cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

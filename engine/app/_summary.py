@@ -2,7 +2,7 @@
 
 Pure and synchronous, and light to import (no trio, no client): the CLI
 shows the defaults and prints the summary without loading the client, and
-:mod:`engine._progress` (whose quota figures the summary carries) imports
+:mod:`engine.app._progress` (whose quota figures the summary carries) imports
 nothing from here, so the two import in one direction only.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from engine._progress import QuotaUse, format_quota_use
+from engine.app._progress import QuotaUse, format_quota_use
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",

@@ -1,9 +1,9 @@
 """``engine run`` and ``engine transcribe``: batch runs from the command line.
 
-Both stream their input through :mod:`engine.batch`, show progress on stderr,
+Both stream their input through :mod:`engine.app.batch`, show progress on stderr,
 print a summary table (and, if the run stopped early, the command that
 resumes it) on stderr, and return the exit status documented in
-``docs/cli.md`` (:data:`engine.batch.EXIT_OK` and friends). The API key is read
+``docs/cli.md`` (:data:`engine.app.batch.EXIT_OK` and friends). The API key is read
 from ``$OPENAI_API_KEY`` only, never from the command line, and never printed.
 """
 
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine._progress import ProgressPrinter
-from engine._summary import DEFAULT_GRACE_PERIOD, EXIT_REFUSED, RunSummary, format_summary
+from engine.app._progress import ProgressPrinter
+from engine.app._summary import DEFAULT_GRACE_PERIOD, EXIT_REFUSED, RunSummary, format_summary
 
 if TYPE_CHECKING:
-    from engine.batch import RunControl
+    from engine.app.batch import RunControl
 
 __all__ = ["register"]
 
@@ -194,7 +194,7 @@ def _plain(value: object) -> str:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from engine.batch import run_file
+    from engine.app.batch import run_file
 
     resume = ["engine", "run", args.input, *_shared_flags(args)]
     if args.model:
@@ -217,7 +217,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _transcribe_command(args: argparse.Namespace) -> int:
-    from engine.batch import run_audio
+    from engine.app.batch import run_audio
 
     resume = ["engine", "transcribe", *args.paths, *_shared_flags(args)]
     resume += ["--model", args.model, "--min-seconds", _plain(args.min_seconds)]
@@ -255,7 +255,7 @@ def _write_stats_json(path: str, summary: RunSummary) -> None:
     import attrs
     import orjson
 
-    from engine._jsonl import _NEW_FILE_MODE
+    from engine.app._jsonl import _NEW_FILE_MODE
 
     record = attrs.asdict(summary, recurse=True)
     record["exit_status"] = summary.exit_status
@@ -303,7 +303,7 @@ def _execute(
 ) -> int:
     from engine._errors import EngineError, OutputError
     from engine._nurseries import open_service_nursery
-    from engine.batch import RunControl
+    from engine.app.batch import RunControl
 
     stream = sys.stderr
     printer = ProgressPrinter(stream, tty=stream.isatty())
@@ -367,7 +367,7 @@ def _execute(
 def _refusal(exc: Exception) -> str:
     """The paragraph for an error that refused the run before anything was sent."""
     from engine._errors import EngineError
-    from engine._output import describe_os_error
+    from engine.app._output import describe_os_error
 
     if isinstance(exc, EngineError):
         return exc.message

@@ -62,7 +62,7 @@ from typing import Any
 import attrs
 import orjson
 
-from ._errors import EngineError
+from engine._errors import EngineError
 
 __all__ = [
     "CHAT_COMPLETIONS_URL",

@@ -2,7 +2,7 @@
 
 Pure and synchronous: no trio import, nothing checkpoints. Time comes in as
 plain numbers (``elapsed`` seconds since the run started), so every function
-here is tested with plain numbers. :mod:`engine.batch` samples the run and
+here is tested with plain numbers. :mod:`engine.app.batch` samples the run and
 hands :class:`RunProgress` snapshots to a :class:`ProgressPrinter`.
 """
 

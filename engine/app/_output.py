@@ -6,7 +6,7 @@ the file's directory removed). :class:`HeldOutput` is what ``engine run``
 writes through:
 
 * While OUTPUT takes lines, each goes straight to it (one ``os.write``, as
-  :class:`~engine._jsonl.OutputWriter` does).
+  :class:`~engine.app._jsonl.OutputWriter` does).
 * The first failed write makes it *hold*: that line and every later one are
   kept in memory, in order. The run stops sending new requests at once, so
   only the answers of requests already in flight can still arrive: what is
@@ -32,7 +32,7 @@ failed write.
 
 Everything here is synchronous file I/O and nothing checkpoints: the trio
 side (when to retry, stopping the sends, telling the user) is in
-:mod:`engine.batch`. The wording for the user is here, pure:
+:mod:`engine.app.batch`. The wording for the user is here, pure:
 :func:`failure_paragraph` and :func:`waiting_line`.
 """
 
@@ -46,7 +46,7 @@ from typing import Any
 
 import attrs
 
-from engine._jsonl import OutputWriter, PendingLine, _AppendFile
+from engine.app._jsonl import OutputWriter, PendingLine, _AppendFile
 
 __all__ = [
     "MAX_RESERVE_BYTES",
@@ -296,7 +296,7 @@ class _SpaceReserve:
 
 
 class HeldOutput:
-    """OUTPUT written through an :class:`~engine._jsonl.OutputWriter`, holding what it cannot take.
+    """OUTPUT through a :class:`~engine.app._jsonl.OutputWriter`, holding what it cannot take.
 
     Args:
         writer: the open OUTPUT (and errors file); closed by :meth:`close`.
