@@ -367,6 +367,24 @@ def test_run_batch_refuses_repeated_ids():
     assert sum(app.stats.status_counts.values()) == 0
 
 
+def test_run_batch_raises_one_engine_error_when_the_engine_itself_fails():
+    """A bug below the engine (a transport raising) leaves run_batch as one BackgroundTaskError."""
+
+    def broken_transport(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("transport bug")
+
+    with pytest.raises(engine.BackgroundTaskError) as caught:
+        engine.run_batch(
+            [engine.ChatRequest(messages="q", model=MODEL)],
+            base_url="http://127.0.0.1/v1",
+            api_key="sk-test",
+            transport=httpx.MockTransport(broken_transport),
+            max_attempts=1,
+        )
+    assert isinstance(caught.value.__cause__, BaseExceptionGroup)
+    assert "RuntimeError: transport bug" in str(caught.value)
+
+
 def test_run_batch_marks_unfinished_requests_run_stopped_after_a_fatal_error():
     """A 401 stop still yields one result per request; unfinished ones say run_stopped."""
     app = create_app(MockConfig(api_key="sk-another-key-0000000"))
