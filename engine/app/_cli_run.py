@@ -351,7 +351,8 @@ def _execute(
             )
     if summary.not_run or summary.held_saved:
         held = (
-            f" (it first writes the {summary.held_saved} answers held in {summary.sidecar_path})"
+            f" (it first writes the {summary.held_saved} "
+            f"{'answer' if summary.held_saved == 1 else 'answers'} held in {summary.sidecar_path})"
             if summary.held_saved
             else ""
         )
