@@ -137,7 +137,8 @@ def test_vectors_come_back_in_input_order_with_usage():
     """data is ordered by index, whatever order it arrives in; usage is kept."""
     request = EmbeddingRequest(id="e-1", input=["a", "b"], model=MODEL)
     body = _body([[0.1, 0.2], [0.3, 0.4]], shuffled=True)
-    result, used = EMBEDDINGS.parse(request, _answer(body))
+    result, used, input_tokens, output_tokens = EMBEDDINGS.parse(request, _answer(body))
+    assert (input_tokens, output_tokens) == (7, 0)
     assert result.ok and result.vectors == [[0.1, 0.2], [0.3, 0.4]]
     assert result.output == result.vectors
     assert result.usage.prompt_tokens == 7 and used == 7
@@ -151,7 +152,7 @@ def test_base64_vectors_are_decoded_and_the_body_kept_as_received():
     request = EmbeddingRequest(
         id="e-1", input="a", model=MODEL, params={"encoding_format": "base64"}
     )
-    result, _ = EMBEDDINGS.parse(request, _answer(_body([encoded])))
+    result, *_ = EMBEDDINGS.parse(request, _answer(_body([encoded])))
     assert result.vectors == [vector]
     assert result.response is not None
     assert result.response["data"][0]["embedding"] == encoded

@@ -146,8 +146,9 @@ def test_plain_answer_gathers_output_text_parts_and_usage():
     request = ResponseRequest(id="r-1", input="hi", model="gpt-4o-mini")
     body = _response("hello")
     body["output"][1]["content"].append({"type": "output_text", "text": " world"})
-    result, used = RESPONSES.parse(request, _answer(body))
+    result, used, input_tokens, output_tokens = RESPONSES.parse(request, _answer(body))
     assert result.ok and result.output == "hello world"
+    assert (input_tokens, output_tokens) == (12, 5)
     assert (result.usage.input_tokens, result.usage.output_tokens) == (12, 5)
     assert used == 17
     assert result.model == "gpt-4o-mini-2024"
@@ -159,7 +160,7 @@ def test_plain_incomplete_answer_is_a_success_with_its_reason():
     """Plain text cut at max_output_tokens is kept, as chat keeps finish_reason length."""
     request = ResponseRequest(id="r-1", input="hi", model="gpt-4o-mini")
     body = _response("hel", status="incomplete", reason="max_output_tokens")
-    result, _ = RESPONSES.parse(request, _answer(body))
+    result, *_ = RESPONSES.parse(request, _answer(body))
     assert result.ok and result.output == "hel"
     assert result.incomplete_reason == "max_output_tokens"
 
@@ -167,7 +168,7 @@ def test_plain_incomplete_answer_is_a_success_with_its_reason():
 def test_structured_answer_is_parsed_into_the_model():
     """A json_schema answer becomes an instance of the response model."""
     request = ResponseRequest(id="r-1", input="x", model="gpt-4o-mini", response_model=Person)
-    result, _ = RESPONSES.parse(
+    result, *_ = RESPONSES.parse(
         request, _answer(_response('{"name":"Ada","age":36,"nickname":null}'))
     )
     assert result.ok and result.output == Person(name="Ada", age=36)
@@ -196,7 +197,7 @@ def test_structured_answer_is_parsed_into_the_model():
 def test_unusable_structured_answers_fail_with_chats_codes(body, code, words):
     """Refusal, truncation, filter, empty, bad JSON and mismatch fail the item, usage kept."""
     request = ResponseRequest(id="r-9", input="x", model="gpt-4o-mini", response_model=Person)
-    result, used = RESPONSES.parse(request, _answer(body))
+    result, used, *_ = RESPONSES.parse(request, _answer(body))
     assert not result.ok and result.error is not None
     assert result.error.code == code
     assert words in result.error.message
@@ -210,7 +211,7 @@ def test_failed_status_fails_the_item_with_the_servers_message():
     request = ResponseRequest(id="r-1", input="x", model="gpt-4o-mini")
     body = _response(None, status="failed")
     body["error"] = {"code": "server_error", "message": "the model crashed"}
-    result, _ = RESPONSES.parse(request, _answer(body))
+    result, *_ = RESPONSES.parse(request, _answer(body))
     assert result.error is not None and result.error.code == "response_failed"
     assert "the model crashed" in result.error.message
 

@@ -11,7 +11,7 @@ nothing checkpoints.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import attrs
 import orjson
@@ -19,10 +19,11 @@ import orjson
 from engine._errors import ResponseValidationError, redact
 from engine._results import Timings
 
-__all__ = ["Answer", "JsonEndpoint", "batch_id", "malformed", "parse_json_object"]
+__all__ = ["Answer", "JsonEndpoint", "Parsed", "batch_id", "malformed", "parse_json_object"]
 
 RequestT = TypeVar("RequestT")
-ResultT = TypeVar("ResultT", covariant=True)
+ResultT = TypeVar("ResultT")
+ParsedT = TypeVar("ParsedT")
 
 
 @attrs.frozen(kw_only=True)
@@ -42,6 +43,24 @@ class Answer:
     request_id: str | None
     attempts: int
     timings: Timings
+
+
+class Parsed(NamedTuple, Generic[ParsedT]):
+    """What an endpoint made of a 2xx answer.
+
+    Attributes:
+        result: the request's result (a failed one when a structured output
+            could not be used).
+        used_tokens: the tokens the answer really used, which the quota book
+            is corrected to; None when the server did not say.
+        input_tokens / output_tokens: the tokens the server reported, for the
+            client's counters (0 when it reported none).
+    """
+
+    result: ParsedT
+    used_tokens: int | None
+    input_tokens: int
+    output_tokens: int
 
 
 class JsonEndpoint(Protocol[RequestT, ResultT]):
@@ -82,8 +101,8 @@ class JsonEndpoint(Protocol[RequestT, ResultT]):
         """Tokens to reserve for ``body``: its input, plus its output budget if any."""
         ...
 
-    def parse(self, request: RequestT, answer: Answer) -> tuple[ResultT, int | None]:
-        """The result of a 2xx answer, and the tokens it really used (None: unknown).
+    def parse(self, request: RequestT, answer: Answer) -> Parsed[ResultT]:
+        """The result of a 2xx answer, with the tokens it used (see :class:`Parsed`).
 
         A structured output that cannot be used gives a failed result (its
         usage kept), not an exception.

@@ -23,7 +23,7 @@ import pydantic
 from engine._errors import InputError
 from engine._results import ErrorInfo, Timings, _ErrorAccess
 from engine._tokens import count_tokens
-from engine.endpoints._protocol import Answer, malformed, parse_json_object
+from engine.endpoints._protocol import Answer, Parsed, malformed, parse_json_object
 
 __all__ = [
     "EMBEDDINGS",
@@ -320,9 +320,7 @@ class EmbeddingsEndpoint:
         items = (inputs,) if isinstance(inputs, str) else inputs
         return sum(input_tokens(item, model) for item in items)
 
-    def parse(
-        self, request: EmbeddingRequest, answer: Answer
-    ) -> tuple[EmbeddingResult, int | None]:
+    def parse(self, request: EmbeddingRequest, answer: Answer) -> Parsed[EmbeddingResult]:
         try:
             body = parse_json_object(answer)
             usage = EmbeddingUsage.model_validate(body.get("usage") or {})
@@ -343,7 +341,7 @@ class EmbeddingsEndpoint:
             response=body,
             input=_input_of(request),
         )
-        return result, usage.total_tokens
+        return Parsed(result, usage.total_tokens, usage.prompt_tokens, 0)
 
     def failed(
         self,

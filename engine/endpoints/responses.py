@@ -22,7 +22,7 @@ from engine._errors import InputError, ResponseValidationError
 from engine._results import ErrorInfo, Timings, _ErrorAccess
 from engine._schema import parse_structured, response_format_for
 from engine._tokens import chat_prompt_tokens, count_tokens
-from engine.endpoints._protocol import Answer, malformed, parse_json_object
+from engine.endpoints._protocol import Answer, Parsed, malformed, parse_json_object
 
 __all__ = [
     "RESPONSES",
@@ -301,7 +301,7 @@ class ResponsesEndpoint:
     def estimate_tokens(self, body: Mapping[str, Any], *, default_output_tokens: int) -> int:
         return estimate_response_tokens(body, default_output_tokens=default_output_tokens)
 
-    def parse(self, request: ResponseRequest, answer: Answer) -> tuple[ResponseResult, int | None]:
+    def parse(self, request: ResponseRequest, answer: Answer) -> Parsed[ResponseResult]:
         try:
             body = parse_json_object(answer)
             usage = ResponseUsage.model_validate(body.get("usage") or {})
@@ -329,36 +329,8 @@ class ResponsesEndpoint:
             "response": body,
             "input": _input_of(request),
         }
-        if status == "failed":
-            error = body.get("error")
-            message = error.get("message") if isinstance(error, dict) else None
-            failure = ResponseValidationError(
-                f"request {request.id!r}: the response failed: {message or 'no reason given'}",
-                code="response_failed",
-                raw=text,
-                status_code=answer.status_code,
-                request_id=answer.request_id,
-            )
-            return ResponseResult(
-                **fields, raw_content=text, error=ErrorInfo.from_exception(failure)
-            ), usage.total_tokens
-        if request.response_model is None:
-            return ResponseResult(**fields, output=text), usage.total_tokens
-        try:
-            output = _structured(
-                request,
-                request.response_model,
-                text,
-                refusal,
-                fields["incomplete_reason"],
-                answer.request_id,
-            )
-        except ResponseValidationError as exc:
-            # Tokens were spent: the usage, the body and the raw text are kept.
-            return ResponseResult(
-                **fields, raw_content=exc.raw, error=ErrorInfo.from_exception(exc)
-            ), usage.total_tokens
-        return ResponseResult(**fields, output=output, raw_content=text), usage.total_tokens
+        result = _result(request, answer, body, fields, text, refusal)
+        return Parsed(result, usage.total_tokens, usage.input_tokens, usage.output_tokens)
 
     def failed(
         self,
@@ -371,6 +343,43 @@ class ResponsesEndpoint:
     ) -> ResponseResult:
         given = None if request is None else _input_of(request)
         return ResponseResult(id=id, model=model, raw_content=raw, input=given, **fields)
+
+
+def _result(
+    request: ResponseRequest,
+    answer: Answer,
+    body: Mapping[str, Any],
+    fields: dict[str, Any],
+    text: str | None,
+    refusal: str | None,
+) -> ResponseResult:
+    """The result of a well-formed answer: its text, its model instance, or why neither."""
+    if body.get("status") == "failed":
+        error = body.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        failure = ResponseValidationError(
+            f"request {request.id!r}: the response failed: {message or 'no reason given'}",
+            code="response_failed",
+            raw=text,
+            status_code=answer.status_code,
+            request_id=answer.request_id,
+        )
+        return ResponseResult(**fields, raw_content=text, error=ErrorInfo.from_exception(failure))
+    if request.response_model is None:
+        return ResponseResult(**fields, output=text)
+    try:
+        output = _structured(
+            request,
+            request.response_model,
+            text,
+            refusal,
+            fields["incomplete_reason"],
+            answer.request_id,
+        )
+    except ResponseValidationError as exc:
+        # Tokens were spent: the usage, the body and the raw text are kept.
+        return ResponseResult(**fields, raw_content=exc.raw, error=ErrorInfo.from_exception(exc))
+    return ResponseResult(**fields, output=output, raw_content=text)
 
 
 def _input_of(request: ResponseRequest) -> Any:
