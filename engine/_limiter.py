@@ -122,13 +122,13 @@ class _LearnLimits:
 @attrs.frozen
 class _TakeBack:
     group: str
-    reply: trio.MemorySendChannel
+    reply: trio.MemorySendChannel[tuple[float, float]]
 
 
 @attrs.frozen
 class _LeaseState:
     group: str
-    reply: trio.MemorySendChannel
+    reply: trio.MemorySendChannel[tuple[float, float, float]]
 
 
 @attrs.frozen
@@ -358,7 +358,7 @@ class Limiter:
 
     # -- the task -------------------------------------------------------------
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The limiter task.  Returns once :meth:`close` was called and drained."""
         task_status.started()
         deadline = math.inf

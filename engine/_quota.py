@@ -118,7 +118,9 @@ SLOW_START_RATE = 400.0
 INITIAL_FLIGHT = 4
 
 
-def _positive_or_none(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+def _positive_or_none(
+    _instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"{attribute.name} must be a positive number or None, got {value!r}")
 
@@ -202,10 +204,12 @@ class _Dimension:
 
     @property
     def capacity(self) -> float | None:
-        """What a full window holds (a 60th of the limit in SUBWINDOW mode)."""
-        if self.limit is None or self.mode is not RefillMode.SUBWINDOW:
-            return self.limit
-        return self.limit / 60
+        """What a full window holds (a 60th of the limit in SUBWINDOW mode); None: no limit."""
+        return None if self.limit is None else self.capacity_under(self.limit)
+
+    def capacity_under(self, limit: float) -> float:
+        """What a full window holds under ``limit`` (a 60th of it in SUBWINDOW mode)."""
+        return limit if self.mode is not RefillMode.SUBWINDOW else limit / 60
 
     def refill(self, now: float) -> None:
         """Bring ``level`` up to ``now``."""
@@ -226,8 +230,8 @@ class _Dimension:
                 level = self.level + gain
                 self.level = level if level < limit else limit
         elif self.full_at is not None and now >= self.full_at:
-            capacity = self.capacity
-            if capacity is not None and capacity > self.level:
+            capacity = self.capacity_under(limit)
+            if capacity > self.level:
                 self.overflow += capacity - self.level
             self.level = capacity
             # A guessed end may come before the server's: one probe first.
@@ -241,18 +245,15 @@ class _Dimension:
         """Earliest time ``cost`` fits (``now`` if it fits), None if unknowable."""
         if cost <= 0 or self.level >= cost:
             return now
-        if self.limit is None:
+        limit = self.limit
+        if limit is None:
             return None
         if self.mode is RefillMode.CONTINUOUS:
-            return now + (cost - self.level) / self.rate
-        if self.mode is RefillMode.SUBWINDOW and cost > self.capacity:
+            return now + (cost - self.level) / (limit / self.window)  # the rate
+        if self.mode is RefillMode.SUBWINDOW and cost > limit / 60:  # the capacity
             # A request larger than a sub-window goes alone into a fresh one.
-            return now if self.level >= self.capacity else self.full_at
+            return now if self.level >= limit / 60 else self.full_at
         return self.full_at
-
-    def take(self, cost: float) -> None:
-        self.level -= cost
-        self.granted_total += cost
 
 
 @attrs.frozen
@@ -938,14 +939,15 @@ class QuotaBook:
         for index, dim in enumerate(group.minute_dims):
             kind = "tokens" if dim.counts_tokens else "requests"
             need = dim.need(cost)
-            if dim.limit is None or need <= 0:
+            limit = dim.limit
+            if limit is None or need <= 0:
                 continue
             remaining = None if headers is None else getattr(headers, f"remaining_{kind}")
             level_after, _granted, corrections_then, _out = marks[4 * index : 4 * index + 4]
             believed = None
             if not math.isinf(level_after):
                 believed = level_after + need + (dim.corrections - corrections_then)
-            candidates.append((dim, kind, need, remaining, believed))
+            candidates.append((dim, kind, need, remaining, believed, limit))
         if not candidates:
             return False, []
         named = [c for c in candidates if c[1] == limit_type]
@@ -957,12 +959,10 @@ class QuotaBook:
         elif any(c[3] is not None for c in candidates):
             chosen = []  # the headers show room in every dimension
         else:
-            chosen = [
-                min(candidates, key=lambda c: math.inf if c[4] is None else c[4] / c[0].limit)
-            ]
+            chosen = [min(candidates, key=lambda c: math.inf if c[4] is None else c[4] / c[5])]
         finer = not chosen
-        for dim, _kind, need, remaining, believed in chosen:
-            second = max(2.0, dim.limit / 60)
+        for dim, _kind, need, remaining, believed, limit in chosen:
+            second = max(2.0, limit / 60)
             if remaining is not None:
                 had = float(remaining)
                 if had >= need + second:
@@ -1194,7 +1194,7 @@ class QuotaBook:
     @staticmethod
     def _correct(
         dim: _Dimension,
-        mark: tuple[float, float, float, float],
+        mark: tuple[float, ...],  # one dimension's four marks (see Reservation.marks)
         remaining: float,
         *,
         may_raise: bool,
@@ -1254,12 +1254,13 @@ class QuotaBook:
         dim.corrections += error
 
     def _learn_mode(self, dim: _Dimension, remaining: int | None, reset: float, now: float) -> None:
-        if remaining is None or dim.rate is None:
+        limit = dim.limit
+        if remaining is None or limit is None:
             return
         # A server enforcing per-second sub-windows reports at most a 60th of
         # the limit as remaining, with a reset within a second.  A token bucket
         # or a fixed window reports more than that at least once (the probe).
-        share = dim.limit / 60
+        share = limit / 60
         if remaining > share + 1:
             dim.beyond_subwindow_seen = True
         elif reset <= 1.05 and not dim.beyond_subwindow_seen:
@@ -1274,7 +1275,7 @@ class QuotaBook:
                 # receipt time runs behind the server's clock by the latency).
                 dim.full_at = max(dim.full_at or now, now + reset)
             return
-        bucket_reset = max(0.0, (dim.limit - remaining) / dim.rate)
+        bucket_reset = max(0.0, (limit - remaining) / (limit / dim.window))  # over the rate
         tolerance = 0.25 + 0.02 * dim.window
         if dim.mode is RefillMode.CONTINUOUS and reset > bucket_reset + tolerance:
             dim.mode = RefillMode.STEP
@@ -1363,7 +1364,7 @@ class QuotaBook:
             if dim.limit is None:
                 dim.level = float(value)
             dim.limit = float(value)
-            dim.level = min(dim.level, dim.capacity)
+            dim.level = min(dim.level, dim.capacity_under(dim.limit))
 
     # -- introspection --------------------------------------------------------
 
