@@ -69,7 +69,7 @@ from engine._retry import (
     error_from_verdict,
 )
 from engine._schema import parse_structured, response_format_for
-from engine._shared import LeaseManager, RedisQuota, SharedQuotaStatistics
+from engine._shared import LeaseManager, LimiterCallbacks, RedisQuota, SharedQuotaStatistics
 from engine._tokens import DEFAULT_OUTPUT_TOKENS, estimate_chat_tokens
 
 __all__ = ["Client", "ClientStatistics", "open_client"]
@@ -1204,7 +1204,7 @@ async def open_client(
         ),
         max_in_flight=workers,
         auto_in_flight=concurrency is None,
-        **(leases.callbacks() if leases is not None else {}),
+        **(leases.callbacks() if leases is not None else LimiterCallbacks()),
     )
     jobs_send, jobs_receive = trio.open_memory_channel[_Job](0)
     watch = TimeoutWatch()

@@ -59,8 +59,10 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from importlib import resources
+from types import TracebackType
+from typing import Any, Protocol, Self, TypedDict
 
 import attrs
 import trio
@@ -71,6 +73,74 @@ __all__ = ["RedisQuota", "SharedQuotaStatistics"]
 
 logger = logging.getLogger("engine.shared")
 
+#: What a script's answer is made of (strings: the client decodes responses).
+_RedisValue = str | bytes | int
+#: What a script is called with.
+_ScriptArgument = str | int | float
+
+
+class _RedisScript(Protocol):
+    """A Lua script registered with a Redis client (coredis's ``Script``)."""
+
+    def __call__(self, *, keys: list[str], args: list[_ScriptArgument]) -> Awaitable[object]: ...
+
+
+class _RedisClient(Protocol):
+    """What the lease manager needs of a Redis client (``coredis.Redis`` has it).
+
+    An async context manager that registers the scripts and answers a ping;
+    the manager gets a new one from its ``redis_factory`` after each outage.
+    """
+
+    def register_script(self, script: str) -> _RedisScript: ...
+
+    def ping(self) -> Awaitable[object]: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool | None: ...
+
+
+class _LeasingLimiter(Protocol):
+    """What the lease manager asks of the limiter it feeds (:class:`engine._limiter.Limiter`).
+
+    A protocol, not the class: the limiter module imports nothing from here, and
+    this module nothing from it.
+    """
+
+    def lease_nowait(
+        self, group: str, *, requests: float, tokens: float, expires_at: float
+    ) -> None: ...
+
+    def share_nowait(self, group: str, share: float) -> None: ...
+
+    def cool_down_nowait(self, group: str, until: float) -> None: ...
+
+    def pace_nowait(self, group: str, start: float, end: float) -> None: ...
+
+    def learn_limits_nowait(self, group: str, *, rpm: float | None, tpm: float | None) -> None: ...
+
+    async def take_back_lease(self, group: str) -> tuple[float, float]: ...
+
+    async def lease_state(self, group: str) -> tuple[float, float, float]: ...
+
+
+class LimiterCallbacks(TypedDict, total=False):
+    """The keyword arguments :meth:`LeaseManager.callbacks` gives the limiter (none
+    without a shared quota)."""
+
+    on_lease_needed: Callable[[str, Cost], None]
+    on_cooldown: Callable[[str, float], None]
+    on_limits_learned: Callable[[str, float | None, float | None], None]
+    on_pace_needed: Callable[[str, float], None]
+
+
 #: (name, Limits field, window in seconds, kind index: 0 requests, 1 tokens)
 _DIMS = (
     ("rpm", "rpm", 60.0, 0),
@@ -80,12 +150,14 @@ _DIMS = (
 )
 
 
-def _positive(_instance: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _share(_instance: object, attribute: attrs.Attribute, value: float | None) -> None:
+def _share(
+    _instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
     if value is not None and not 0 < value <= 1:
         raise ValueError(f"{attribute.name} must be in (0, 1] or None, got {value!r}")
 
@@ -182,159 +254,22 @@ class SharedQuotaStatistics:
 
 
 # -- Lua scripts (run atomically by Redis, timed by Redis's own clock) --------
-
-# KEYS: state hash, leases hash, cooldown key.
-# ARGV: client, lease_us, rejoin (1: this client saw the bucket before), ask
-# requests, ask tokens, unused requests, unused tokens (what the client still
-# holds), limits rpm, tpm, rpd, tpd (0: unknown), key ttl in ms, margin (us:
-# a new bucket starts refilling this much later, so requests that reach the
-# server sooner after their lease than the very first one did still fit),
-# the waiting request's cost in requests and tokens.
-# Returns: granted requests, granted tokens, Redis time (us), processes sharing,
-# cooldown end (us, or ""), limits rpm, tpm, rpd, tpd as stored, contended (1
-# when a bucket is left with less than was asked: capacity is scarce).
-LEASE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local client = ARGV[1]
-local ask = {tonumber(ARGV[4]), tonumber(ARGV[5])}
-local unused = {tonumber(ARGV[6]), tonumber(ARGV[7])}
-local need = {tonumber(ARGV[14]), tonumber(ARGV[15])}
-local others = {0, 0}
-local clients = 1
-local records = redis.call('HGETALL', KEYS[2])
-for i = 1, #records, 2 do
-  if records[i] ~= client then
-    local expires, r, tk = string.match(records[i + 1], '^(%S+) (%S+) (%S+)$')
-    if tonumber(expires) <= now then
-      redis.call('HDEL', KEYS[2], records[i])
-    else
-      clients = clients + 1
-      others[1] = others[1] + tonumber(r)
-      others[2] = others[2] + tonumber(tk)
-    end
-  end
-end
-local raw = redis.call('HGETALL', KEYS[1])
-local fresh = #raw == 0
-local s = {}
-for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-local last = tonumber(s['ts'] or now)
-local elapsed = now - last
-local names = {'rpm', 'tpm', 'rpd', 'tpd'}
-local windows = {60000000, 60000000, 86400000000, 86400000000}
-local kinds = {1, 2, 1, 2}
-local grant = {ask[1], ask[2]}
-local levels = {}
-local limits = {}
-for i = 1, 4 do
-  local limit = tonumber(ARGV[7 + i])
-  if limit <= 0 then limit = tonumber(s['lim:' .. names[i]] or '0') end
-  limits[i] = limit
-  if limit > 0 then
-    local k = kinds[i]
-    local level = tonumber(s['lvl:' .. names[i]] or '')
-    if level == nil then
-      if fresh and ARGV[3] == '1' then level = 0 else level = limit end
-      if fresh then last = now + tonumber(ARGV[13]) end
-    elseif elapsed > 0 then
-      local cap = limit - others[k] - unused[k]
-      if level < cap then level = math.min(cap, level + elapsed * limit / windows[i]) end
-    end
-    levels[i] = level
-    -- never below what the waiting request needs, or a large one could starve
-    local share = math.max(limit / clients, need[k]) - unused[k]
-    grant[k] = math.max(0, math.floor(math.min(grant[k], level, share)))
-  end
-end
-local fields = {'ts', string.format('%.0f', math.max(now, last))}
-for i = 1, 4 do
-  if limits[i] > 0 then
-    table.insert(fields, 'lvl:' .. names[i])
-    table.insert(fields, string.format('%.17g', levels[i] - grant[kinds[i]]))
-    table.insert(fields, 'lim:' .. names[i])
-    table.insert(fields, string.format('%.17g', limits[i]))
-  end
-end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], ARGV[12])
-redis.call('HSET', KEYS[2], client, string.format('%.0f %.17g %.17g',
-  now + tonumber(ARGV[2]), unused[1] + grant[1], unused[2] + grant[2]))
-redis.call('PEXPIRE', KEYS[2], ARGV[12])
-local cooldown = redis.call('GET', KEYS[3]) or ''
--- contended: some bucket is left with less than was asked of it
-local contended = 0
-for i = 1, 4 do
-  if limits[i] > 0 and levels[i] - grant[kinds[i]] < ask[kinds[i]] then contended = 1 end
-end
-return {grant[1], grant[2], string.format('%.0f', now), clients, cooldown,
-  string.format('%.17g', limits[1]), string.format('%.17g', limits[2]),
-  string.format('%.17g', limits[3]), string.format('%.17g', limits[4]), contended}
-"""
-
-# KEYS: state hash, leases hash.  ARGV: client, unused requests, unused tokens.
-# Hands unused capacity back and removes the client's lease record.
-RETURN_SCRIPT = """
-redis.call('HDEL', KEYS[2], ARGV[1])
-local give = {tonumber(ARGV[2]), tonumber(ARGV[3])}
-local names = {'rpm', 'tpm', 'rpd', 'tpd'}
-local kinds = {1, 2, 1, 2}
-for i = 1, 4 do
-  local level = redis.call('HGET', KEYS[1], 'lvl:' .. names[i])
-  local limit = redis.call('HGET', KEYS[1], 'lim:' .. names[i])
-  if level and limit and give[kinds[i]] > 0 then
-    local refilled = math.min(tonumber(limit), tonumber(level) + give[kinds[i]])
-    redis.call('HSET', KEYS[1], 'lvl:' .. names[i], string.format('%.17g', refilled))
-  end
-end
-return 1
-"""
-
-# KEYS: cooldown key, state hash.  ARGV: cooldown length (us).
-# Publishes a cooldown (only ever extended) and drains the buckets until it
-# ends: the server just said its own bucket is empty.  Returns the end (us).
-COOLDOWN_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ends = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if ends > current then
-  redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX',
-    math.ceil(tonumber(ARGV[1]) / 1000) + 1)
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    for _, name in ipairs({'rpm', 'tpm', 'rpd', 'tpd'}) do
-      local level = redis.call('HGET', KEYS[2], 'lvl:' .. name)
-      if level and tonumber(level) > 0 then
-        redis.call('HSET', KEYS[2], 'lvl:' .. name, '0')
-      end
-    end
-    local last = tonumber(redis.call('HGET', KEYS[2], 'ts') or '0')
-    redis.call('HSET', KEYS[2], 'ts', string.format('%.0f', math.max(last, ends)))
-  end
-  return string.format('%.0f', ends)
-end
-return string.format('%.0f', current)
-"""
+# Each in engine/lua/ (package data), its keys, arguments and answer described at its top.
 
 
-# KEYS: pace key, cooldown key.  ARGV: length of the stretch wanted (us), key
-# expiry beyond the stretch's end (ms).
-# The shared pace schedule: one cursor per group, the end of the last stretch
-# handed out.  A stretch starts at the latest of now, the cursor and a
-# published cooldown's end, so processes pacing on it never send into the same
-# slot, and none sends before a cooldown another saw is over.
-# Returns: start (us), Redis time (us), cooldown end (us, or "").
-PACE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cursor = tonumber(redis.call('GET', KEYS[1]) or '0')
-local cooldown = redis.call('GET', KEYS[2]) or ''
-local start = math.max(now, cursor, tonumber(cooldown) or 0)
-local ends = start + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.0f', ends), 'PX',
-  math.ceil((ends - now) / 1000) + tonumber(ARGV[2]))
-return {string.format('%.0f', start), string.format('%.0f', now), cooldown}
-"""
+def _lua(name: str) -> str:
+    """The Lua script ``engine/lua/NAME.lua``, read from the installed package."""
+    return resources.files("engine").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+#: Leases capacity to one client from the shared buckets (and reads cooldowns, limits).
+LEASE_SCRIPT = _lua("lease")
+#: Hands a client's unused capacity back and ends its lease.
+RETURN_SCRIPT = _lua("return")
+#: Publishes a cooldown and drains the buckets until it ends.
+COOLDOWN_SCRIPT = _lua("cooldown")
+#: Hands out the next stretch of a group's shared pace schedule.
+PACE_SCRIPT = _lua("pace")
 
 
 def pace_key(namespace: str, group: str) -> str:
@@ -364,11 +299,14 @@ class LeaseReply:
     contended: bool = False
 
     @classmethod
-    def parse(cls, raw: list[Any]) -> LeaseReply:
-        def text(value: Any) -> str:
+    def parse(cls, raw: Sequence[_RedisValue]) -> LeaseReply:
+        def text(value: _RedisValue) -> str:
             return value.decode() if isinstance(value, bytes) else str(value)
 
-        limits = tuple(float(text(v)) or None for v in raw[5:9])
+        def limit(value: _RedisValue) -> float | None:
+            return float(text(value)) or None  # 0: not known
+
+        limits = (limit(raw[5]), limit(raw[6]), limit(raw[7]), limit(raw[8]))
         cooldown = text(raw[4])
         return cls(
             requests=float(raw[0]),
@@ -376,7 +314,7 @@ class LeaseReply:
             redis_now_us=float(text(raw[2])),
             clients=int(raw[3]),
             cooldown_until_us=float(cooldown) if cooldown else None,
-            limits=limits,  # type: ignore[arg-type]
+            limits=limits,
             contended=len(raw) > 9 and int(raw[9]) == 1,
         )
 
@@ -572,7 +510,7 @@ class LeaseManager:
         config: RedisQuota,
         limits: Limits | Mapping[str, Limits] | None,
         *,
-        redis_factory: Any = None,
+        redis_factory: Callable[[], _RedisClient] | None = None,
     ) -> None:
         self._config = config
         self._limits = limits
@@ -582,7 +520,7 @@ class LeaseManager:
         )
         self._send, self._receive = trio.open_memory_channel[object](math.inf)
         self._groups: dict[str, _Group] = {}
-        self._limiter: Any = None
+        self._attached: _LeasingLimiter | None = None
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
         self._connected = False
@@ -597,11 +535,11 @@ class LeaseManager:
         self._fallback_leases = 0
         self._returns = 0
         self._outages = 0
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, _RedisScript] = {}
 
     # -- wiring -----------------------------------------------------------------
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> LimiterCallbacks:
         """Keyword arguments for :class:`~engine._limiter.Limiter`."""
         return {
             "on_lease_needed": self._on_lease_needed,
@@ -610,9 +548,15 @@ class LeaseManager:
             "on_pace_needed": self._on_pace_needed,
         }
 
-    def attach(self, limiter: Any) -> None:
+    def attach(self, limiter: _LeasingLimiter) -> None:
         """Name the limiter whose book the leases go to."""
-        self._limiter = limiter
+        self._attached = limiter
+
+    @property
+    def _limiter(self) -> _LeasingLimiter:
+        if self._attached is None:
+            raise RuntimeError("LeaseManager.attach() the limiter before running the manager")
+        return self._attached
 
     def statistics(self) -> SharedQuotaStatistics:
         """Return a :class:`SharedQuotaStatistics` snapshot (does not checkpoint)."""
@@ -669,7 +613,7 @@ class LeaseManager:
 
     # -- the task ---------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The manager task.  Returns after :meth:`aclose` (leases handed back)."""
         task_status.started()
         try:
@@ -712,7 +656,7 @@ class LeaseManager:
                 closed = await self._serve(None, trio.current_time() + self._next_backoff())
         await self._hand_back(None)
 
-    def _default_redis(self) -> Any:
+    def _default_redis(self) -> _RedisClient:
         import coredis
 
         timeout = self._config.command_timeout
@@ -770,7 +714,7 @@ class LeaseManager:
         self._backoff = min(self._config.retry_max, self._backoff * 2)
         return delay
 
-    async def _serve(self, redis: Any, until: float) -> bool:
+    async def _serve(self, redis: _RedisClient | None, until: float) -> bool:
         """Handle messages and timers until ``until``; True once closed.
 
         With ``redis`` None, leases come from the local fallback share.
@@ -845,7 +789,7 @@ class LeaseManager:
                     changed = True
             group.publish_limits = group.publish_limits or changed
 
-    async def _step(self, redis: Any, group: _Group, now: float) -> None:
+    async def _step(self, redis: _RedisClient | None, group: _Group, now: float) -> None:
         refresh = False
         if redis is None:
             group.cooldown_to_publish = None  # nobody to tell; the local book has it
@@ -870,14 +814,17 @@ class LeaseManager:
         if now >= group.idle_check_at:
             await self._idle_check(redis, group, now)
 
-    async def _ping(self, redis: Any) -> None:
+    async def _ping(self, redis: _RedisClient) -> None:
         """Check that Redis answers (a client connects lazily)."""
         await self._bounded(redis.ping)
 
-    async def _call(self, redis: Any, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def _call(
+        self, redis: _RedisClient, script: str, keys: list[str], args: list[_ScriptArgument]
+    ) -> object:
+        """Run one of the scripts (by its name in ``_scripts``) on ``redis``; its answer."""
         return await self._bounded(lambda: self._scripts[script](keys=keys, args=args))
 
-    async def _bounded(self, command: Any) -> Any:
+    async def _bounded(self, command: Callable[[], Awaitable[object]]) -> object:
         """Run one Redis command within ``command_timeout``; raise :class:`_Unavailable`.
 
         A timeout is tried once more before Redis counts as unavailable: the
@@ -898,7 +845,7 @@ class LeaseManager:
                 raise
         raise _Unavailable(f"no answer within {self._config.command_timeout:g}s, twice")
 
-    async def _lease(self, redis: Any, group: _Group, need: Cost) -> None:
+    async def _lease(self, redis: _RedisClient | None, group: _Group, need: Cost) -> None:
         limiter = self._limiter
         pool_requests, pool_tokens, pool_expires = await limiter.lease_state(group.name)
         started = trio.current_time()
@@ -921,24 +868,26 @@ class LeaseManager:
             self._fallback_leases += 1
         else:
             reply = LeaseReply.parse(
-                await self._call(
-                    redis,
-                    "lease",
-                    list(group.keys),
-                    [
-                        self._client_id,
-                        math.ceil(self._config.lease_seconds * 1e6),
-                        1 if group.seen_bucket else 0,
-                        asked[0],
-                        asked[1],
-                        math.floor(pool_requests),
-                        math.floor(pool_tokens),
-                        *[value or 0 for value in group.limits],
-                        math.ceil(max(86_400.0 * 2, self._config.lease_seconds * 4) * 1000),
-                        math.ceil(self._config.margin * 1e6),
-                        need.requests,
-                        need.tokens,
-                    ],
+                _values(
+                    await self._call(
+                        redis,
+                        "lease",
+                        list(group.keys),
+                        [
+                            self._client_id,
+                            math.ceil(self._config.lease_seconds * 1e6),
+                            1 if group.seen_bucket else 0,
+                            asked[0],
+                            asked[1],
+                            math.floor(pool_requests),
+                            math.floor(pool_tokens),
+                            *[value or 0 for value in group.limits],
+                            math.ceil(max(86_400.0 * 2, self._config.lease_seconds * 4) * 1000),
+                            math.ceil(self._config.margin * 1e6),
+                            need.requests,
+                            need.tokens,
+                        ],
+                    )
                 )
             )
             group.publish_limits = False
@@ -977,11 +926,12 @@ class LeaseManager:
         )
         if satisfied:
             group.need = None
-        rates = tuple(None if not lim else lim / 60 for lim in group.limits[:2])
+        rpm, tpm = group.limits[0], group.limits[1]
+        rates = (rpm / 60 if rpm else None, tpm / 60 if tpm else None)  # per second
         group.next_ask_at = now + retry_delay(
             asked,
             granted,
-            rates=rates,  # type: ignore[arg-type]
+            rates=rates,
             clients=group.clients,
             floor=0.02,
             ceiling=max(self._config.ask_seconds, 0.02),
@@ -992,10 +942,10 @@ class LeaseManager:
             # what the others are waiting for.
             group.next_ask_at = max(
                 group.next_ask_at,
-                started + fair_pace(granted, rates=rates, clients=group.clients),  # type: ignore[arg-type]
+                started + fair_pace(granted, rates=rates, clients=group.clients),
             )
 
-    async def _claim_pace(self, redis: Any, group: _Group, now: float) -> None:
+    async def _claim_pace(self, redis: _RedisClient | None, group: _Group, now: float) -> None:
         """Claim the stretch of the shared pace schedule the limiter asked for.
 
         Without Redis the process paces on its own at its fallback share of
@@ -1011,11 +961,13 @@ class LeaseManager:
             self._limiter.pace_nowait(group.name, start, start + seconds)
             return
         started = trio.current_time()
-        raw = await self._call(
-            redis,
-            "pace",
-            [pace_key(self._config.namespace, group.name), group.keys[2]],
-            [math.ceil(seconds * 1e6), math.ceil(self._config.lease_seconds * 1000)],
+        raw = _values(
+            await self._call(
+                redis,
+                "pace",
+                [pace_key(self._config.namespace, group.name), group.keys[2]],
+                [math.ceil(seconds * 1e6), math.ceil(self._config.lease_seconds * 1000)],
+            )
         )
         start_us, redis_now_us, cooldown = (
             value.decode() if isinstance(value, bytes) else str(value) for value in raw
@@ -1033,7 +985,7 @@ class LeaseManager:
         """Apply what other processes published: limits, cooldowns."""
         limiter = self._limiter
         configured = _limits_for(self._limits, group.name)
-        learned = [None, None]
+        learned: list[float | None] = [None, None]
         for index, field in ((0, "rpm"), (1, "tpm")):
             value = reply.limits[index]
             if value and getattr(configured, field) is None and group.limits[index] != value:
@@ -1055,13 +1007,13 @@ class LeaseManager:
                 clients = group.max_clients or self._config.fallback_clients
                 share = 1 / max(1, clients)
             group.fallback = FallbackBucket(
-                limits=tuple(group.limits),  # type: ignore[arg-type]
+                limits=(group.limits[0], group.limits[1], group.limits[2], group.limits[3]),
                 share=share,
                 started=now,
             )
         return group.fallback.grant(asked, now)
 
-    async def _idle_check(self, redis: Any, group: _Group, now: float) -> None:
+    async def _idle_check(self, redis: _RedisClient | None, group: _Group, now: float) -> None:
         pool = await self._limiter.lease_state(group.name)
         expired = pool[2] <= trio.current_time()
         if group.need is None and (expired or pool == group.last_pool):
@@ -1081,7 +1033,7 @@ class LeaseManager:
         group.last_pool = pool
         group.idle_check_at = now + self._config.idle_seconds
 
-    async def _hand_back(self, redis: Any) -> None:
+    async def _hand_back(self, redis: _RedisClient | None) -> None:
         """Closing: return what every group still holds (best effort)."""
         for group in self._groups.values():
             if not group.holding:
@@ -1100,6 +1052,17 @@ class LeaseManager:
                 self._returns += 1
             except _Unavailable:
                 return  # the leases expire on their own
+
+
+def _values(answer: object) -> list[_RedisValue]:
+    """A script's answer that should be a list of values, as a list.
+
+    Raises:
+        _Unavailable: it is something else (not the server these scripts run on).
+    """
+    if not isinstance(answer, list):
+        raise _Unavailable(f"unexpected answer from Redis: {answer!r:.100}")
+    return answer
 
 
 def _is_redis_failure(exc: BaseException) -> bool:

@@ -27,6 +27,7 @@ import tempfile
 import time
 import tomllib
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,12 @@ def test_wheel_without_extras_serves_the_mock_and_runs_a_batch(tmp_path, pytestc
     """The wheel without extras: import, engine mock (on hypercorn), a request, engine run."""
     wheels = wheelhouse(pytestconfig)
     wheel = build_wheel(wheels, tmp_path)
+    # Package data: the type checkers' marker and the shared quota's Lua scripts.
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert "engine/py.typed" in names
+    lua = {Path(name).name for name in names if name.startswith("engine/lua/")}
+    assert lua == {path.name for path in (REPOSITORY / "engine" / "lua").glob("*.lua")}
     environment = tmp_path / "venv"
     run(sys.executable, "-m", "venv", environment)
     python = environment / "bin" / "python"
