@@ -74,6 +74,7 @@ import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast, final, overload
 
 import httpx
 import trio
@@ -176,7 +177,12 @@ class _TLSConnection:
 
     __slots__ = ("origin", "poller", "raw_socket", "stream")
 
-    def __init__(self, origin: tuple[bytes, str, int], stream: trio.SSLStream, raw_socket) -> None:
+    def __init__(
+        self,
+        origin: tuple[bytes, str, int],
+        stream: trio.SSLStream[trio.SocketStream],
+        raw_socket: trio.socket.SocketType,
+    ) -> None:
         self.origin = origin
         self.stream = stream
         self.raw_socket = raw_socket
@@ -192,7 +198,10 @@ class _TLSConnection:
 
     async def receive_after_wait(self) -> bytes:
         """Receive some bytes (b"" at end of stream). Checkpoints."""
-        return await self.stream.receive_some(_RECEIVE_SIZE)
+        data = await self.stream.receive_some(_RECEIVE_SIZE)
+        # trio's streams may answer a bytearray; its SSLStream answers bytes (what
+        # ssl.MemoryBIO.read returns), so this copies nothing in practice.
+        return data if isinstance(data, bytes) else bytes(data)
 
     def close(self) -> None:
         """Close the socket at once, without a TLS goodbye (never checkpoints)."""
@@ -271,7 +280,7 @@ class TimeoutWatch:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The watch task: expire overdue waits until :meth:`close`."""
         scope = self._scope = trio.CancelScope(deadline=self._wake_at)
         task_status.started()
@@ -344,8 +353,18 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._turn = trio.Semaphore(1)
         self._closed = False
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` and return its response, body already read. Checkpoints."""
+    @overload
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response: ...
+    @overload
+    async def handle_async_request(self, request: _RawRequest) -> httpx.Response | RawResponse: ...
+    async def handle_async_request(self, request: _Request) -> httpx.Response | RawResponse:
+        """Send ``request`` and return its response, body already read. Checkpoints.
+
+        An ``httpx.Request`` (httpx's own path) gets an ``httpx.Response``; a
+        :class:`_RawRequest` (the worker client's fast path) a
+        :class:`RawResponse`, or an ``httpx.Response`` when the body came
+        compressed and needs httpx's decoders.
+        """
         timeouts = request.extensions.get("timeout") or {}
         turn = self._turn
         if turn.value:
@@ -365,11 +384,13 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._drop_connection()
         await trio.lowlevel.checkpoint()
 
-    async def _wait_for_turn(self, request: httpx.Request, pool_timeout: float | None) -> None:
+    async def _wait_for_turn(self, request: _Request, pool_timeout: float | None) -> None:
         with trio.move_on_after(_INF if pool_timeout is None else pool_timeout):
             await self._turn.acquire()
             return
-        raise httpx.PoolTimeout("timed out waiting for the connection", request=request)
+        raise httpx.PoolTimeout(
+            "timed out waiting for the connection", request=_error_request(request)
+        )
 
     def _drop_connection(self) -> None:
         connection = self._connection
@@ -380,8 +401,8 @@ class H11Transport(httpx.AsyncBaseTransport):
             connection.close()
 
     async def _send_with_one_retry(
-        self, request: httpx.Request, timeouts: Mapping[str, float | None]
-    ) -> httpx.Response:
+        self, request: _Request, timeouts: Mapping[str, float | None]
+    ) -> httpx.Response | RawResponse:
         url = request.url
         scheme = url.raw_scheme
         # raw_host is the IDNA-encoded (ASCII) name, as DNS and TLS want it.
@@ -411,14 +432,15 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     async def _connect(
         self,
-        request: httpx.Request,
+        request: _Request,
         origin: tuple[bytes, str, int],
         connect_timeout: float | None,
     ) -> _Connection:
         scheme, host, port = origin
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(
-                f"unsupported URL scheme {scheme.decode(errors='replace')!r}", request=request
+                f"unsupported URL scheme {scheme.decode(errors='replace')!r}",
+                request=_error_request(request),
             )
         tcp: trio.SocketStream | None = None
         connection: _Connection
@@ -437,7 +459,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             except (OSError, trio.BrokenResourceError) as exc:
                 if tcp is not None:
                     tcp.socket.close()
-                raise httpx.ConnectError(_describe(exc), request=request) from exc
+                raise httpx.ConnectError(_describe(exc), request=_error_request(request)) from exc
             except BaseException:
                 if tcp is not None:
                     tcp.socket.close()
@@ -446,12 +468,12 @@ class H11Transport(httpx.AsyncBaseTransport):
             return connection
         if tcp is not None:
             tcp.socket.close()
-        raise httpx.ConnectTimeout("timed out connecting", request=request)
+        raise httpx.ConnectTimeout("timed out connecting", request=_error_request(request))
 
     async def _exchange(
         self,
         connection: _Connection,
-        request: httpx.Request,
+        request: _Request,
         timeouts: Mapping[str, float | None],
     ) -> httpx.Response | RawResponse:
         """Write ``request`` and read its whole response on ``connection``. Checkpoints.
@@ -497,10 +519,10 @@ class H11Transport(httpx.AsyncBaseTransport):
                 raise _timeout_error(request, sending)
         except _wire.RemoteProtocolError as exc:
             self._drop_connection()
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+            raise httpx.RemoteProtocolError(str(exc), request=_error_request(request)) from exc
         except _wire.LocalProtocolError as exc:
             self._drop_connection()
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+            raise httpx.LocalProtocolError(str(exc), request=_error_request(request)) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._drop_connection()
             if watched is not None and watched.expired:
@@ -553,7 +575,7 @@ async def _read_response(
     reader: _wire.ResponseReader,
     timer: _Deadline,
     read_timeout: float,
-    request: httpx.Request,
+    request: _Request,
 ) -> _wire.ResponseMessage:
     """Feed ``reader`` what ``receive`` returns until the response is whole. Checkpoints.
 
@@ -565,7 +587,7 @@ async def _read_response(
     if not data:
         raise _PeerClosedEarly(
             httpx.RemoteProtocolError(
-                "server disconnected without sending a response", request=request
+                "server disconnected without sending a response", request=_error_request(request)
             )
         )
     message = reader.feed(data)
@@ -580,22 +602,23 @@ def _forever_if_none(timeout: float | None) -> float:
     return _INF if timeout is None else timeout
 
 
-def _timeout_error(request: httpx.Request, sending: bool) -> httpx.TimeoutException:
+def _timeout_error(request: _Request, sending: bool) -> httpx.TimeoutException:
     """The httpx timeout for an exchange whose deadline passed while ``sending`` or not."""
     if sending:
-        return httpx.WriteTimeout("timed out sending the request", request=request)
-    return httpx.ReadTimeout("timed out waiting for the response", request=request)
+        return httpx.WriteTimeout("timed out sending the request", request=_error_request(request))
+    return httpx.ReadTimeout("timed out waiting for the response", request=_error_request(request))
 
 
 def _broken_connection_error(
-    exc: BaseException, request: httpx.Request, sending: bool
+    exc: BaseException, request: _Request, sending: bool
 ) -> httpx.TransportError:
     """The httpx error for a connection that broke while ``sending`` or receiving."""
     if sending:
-        return httpx.WriteError(_describe(exc), request=request)
-    return httpx.ReadError(_describe(exc), request=request)
+        return httpx.WriteError(_describe(exc), request=_error_request(request))
+    return httpx.ReadError(_describe(exc), request=_error_request(request))
 
 
+@final  # so that `type(request) is _RawRequest` tells the two request kinds apart
 class _RawRequest:
     """A POST built by :class:`_WorkerClient` without ``httpx.Request``.
 
@@ -620,7 +643,7 @@ class _RawRequest:
         framing: tuple[bool, bool],
         extra: list[tuple[bytes, bytes]],
         content: bytes,
-        extensions: dict,
+        extensions: dict[str, Any],
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -633,6 +656,20 @@ class _RawRequest:
     def stream(self) -> httpx.ByteStream:
         """The body as httpx would stream it."""
         return httpx.ByteStream(self.content)
+
+
+#: What the transport sends: httpx's requests, and the worker client's fast-path POSTs.
+_Request = httpx.Request | _RawRequest
+
+
+def _error_request(request: _Request) -> httpx.Request:
+    """``request`` as the ``request=`` of one of httpx's exceptions.
+
+    httpx types that argument ``httpx.Request``; a :class:`_RawRequest` stands
+    in for one there (it has the url, method, extensions and stream that code
+    handling the error reads), which is the one place the types are told so.
+    """
+    return cast(httpx.Request, request)
 
 
 class RawResponse:
@@ -684,7 +721,7 @@ def _httpx_response(message: _wire.ResponseMessage) -> httpx.Response:
     return response
 
 
-def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool]:
+def _serialize_request(request: _Request) -> tuple[bytes, bytes, bool, bool]:
     """Return (request head bytes, method, body is chunked, connection closes after).
 
     httpx has already built every header (Host, Content-Length or
@@ -708,7 +745,7 @@ def _serialize_request(request: httpx.Request) -> tuple[bytes, bytes, bool, bool
     return line + block + b"\r\n", method, chunked, close
 
 
-def _buffered_body(request: httpx.Request) -> bytes | None:
+def _buffered_body(request: _Request) -> bytes | None:
     """The request body when httpx already holds all of it as bytes, else None."""
     if type(request) is _RawRequest:
         return request.content
@@ -723,7 +760,7 @@ def _buffered_body(request: httpx.Request) -> bytes | None:
 
 async def _write_streamed(
     connection: _Connection,
-    request: httpx.Request,
+    request: _Request,
     head: bytes,
     chunked: bool,
     scope: _Deadline,
@@ -733,7 +770,10 @@ async def _write_streamed(
     send = connection.send_all
     pending = [head]
     pending_size = len(head)
-    async for chunk in request.stream:
+    stream = request.stream
+    if not isinstance(stream, httpx.AsyncByteStream):  # an AsyncClient's always is
+        raise TypeError("an async transport needs a request body it can read asynchronously")
+    async for chunk in stream:
         if not chunk:
             continue
         pending.append(_wire.chunk(chunk) if chunked else chunk)
@@ -786,7 +826,7 @@ class _WorkerClient(httpx.AsyncClient):
     works.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         transport = kwargs.get("transport")
         # The transport the fast POST path hands its requests to (None: no fast path).
@@ -795,10 +835,21 @@ class _WorkerClient(httpx.AsyncClient):
         self._merged_urls: dict[str, httpx.URL] = {}
         self._merged_urls_base: httpx.URL | None = None
         self._fast_targets: dict[str, tuple[httpx.URL, bytes, tuple[bool, bool]]] = {}
-        self._fast_extensions = {"timeout": self.timeout.as_dict()}
+        self._fast_extensions: dict[str, Any] = {"timeout": self.timeout.as_dict()}
         self._fast_base: httpx.URL | None = None
 
-    async def post(self, url, *, content=None, headers=None, **kwargs):  # type: ignore[override]
+    # The override widens httpx's return type: the fast path answers with a RawResponse.
+    # That is the point of it, so the checker is told here; the engine's workers
+    # type their client by what they read of either answer (engine._client's
+    # _WorkerHTTP and ResponseLike).
+    async def post(  # type: ignore[override]
+        self,
+        url: httpx.URL | str,
+        *,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response | RawResponse:
         """``httpx.AsyncClient.post``, with a fast path for the engine's own calls.
 
         A bytes body sent to a path string on an :class:`H11Transport`, with
@@ -857,7 +908,7 @@ class _WorkerClient(httpx.AsyncClient):
             self._fast_targets[url] = target
         return target
 
-    def build_request(self, method: str, url: httpx.URL | str, **kwargs) -> httpx.Request:  # type: ignore[override]
+    def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
         """``httpx.AsyncClient.build_request``, given the merged URL for a path string."""
         if type(url) is str:
             url = self._merged_url(url)
@@ -898,7 +949,7 @@ def make_async_client(
     timeout: httpx.Timeout,
     transport: httpx.AsyncBaseTransport | None = None,
     watch: TimeoutWatch | None = None,
-) -> httpx.AsyncClient:
+) -> _WorkerClient:
     """Return an ``httpx.AsyncClient`` for one worker, on its own :class:`H11Transport`.
 
     Args:

@@ -259,6 +259,14 @@ class ResponseReader:
         "_unread_crlf",
         "fallback_reason",
     )
+    # The attributes set only when needed (see __init__), declared for the type checker.
+    _to_read: int
+    _parts: list[bytes]
+    _chunk_left: int
+    _unread_crlf: bytes
+    _in_trailer: bool
+    _h11_response: h11.Response | None
+    _h11_body: list[bytes]
 
     def __init__(self, method: bytes, close_requested: bool) -> None:
         self._method = method
@@ -326,7 +334,7 @@ class ResponseReader:
         if buffer[blank - 1] != 13:  # the last header line ends in a bare LF
             return self._fall_back(buffer, FALLBACK_BARE_LF)
         head = self._parse_head(buffer, blank + 1)
-        if type(head) is str:
+        if isinstance(head, str):
             return self._fall_back(buffer, head)
         self._head = head
         self._buffer = b""
@@ -472,8 +480,8 @@ class ResponseReader:
         """Hand the response, from its first byte, to h11."""
         self.fallback_reason = reason
         self._buffer = b""
-        self._h11_response: h11.Response | None = None
-        self._h11_body: list[bytes] = []
+        self._h11_response = None
+        self._h11_body = []
         state = self._h11 = h11.Connection(h11.CLIENT)
         state.send(_stand_in_request(self._method, self._close_requested))
         state.send(_END_OF_MESSAGE)
@@ -488,14 +496,13 @@ class ResponseReader:
                 event = state.next_event()
                 if event is h11.NEED_DATA:
                     return None
-                event_type = type(event)
-                if event_type is h11.Data:
+                if isinstance(event, h11.Data):
                     self._h11_body.append(event.data)
-                elif event_type is h11.Response:
+                elif isinstance(event, h11.Response):
                     self._h11_response = event
-                elif event_type is h11.EndOfMessage:
+                elif isinstance(event, h11.EndOfMessage):
                     break
-                elif event is h11.PAUSED or event_type is h11.ConnectionClosed:
+                elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
                     # Cannot happen before EndOfMessage; guard against spinning if it did.
                     raise RemoteProtocolError("connection ended before the response did")
                 # An InformationalResponse (1xx) is skipped: the final response follows.
