@@ -26,6 +26,7 @@ redis-server:
 test: venv redis-server
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/ruff format --check engine tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # The wheel installed without extras in a fresh venv: engine mock, a request, engine run
@@ -47,6 +48,7 @@ chaos: $(VENV)/.bench-installed
 lint: venv
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/ruff format --check engine tests benchmarks
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
