@@ -1021,13 +1021,7 @@ class LeaseManager:
             group.last_pool = None
             unused = await self._limiter.take_back_lease(group.name)
             if redis is not None and group.holding:
-                await self._call(
-                    redis,
-                    "return",
-                    [group.keys[0], group.keys[1]],
-                    [self._client_id, math.floor(unused[0]), math.floor(unused[1])],
-                )
-                self._returns += 1
+                await self._give_back(redis, group, unused)
             group.holding = False
             return
         group.last_pool = pool
@@ -1043,15 +1037,22 @@ class LeaseManager:
             if redis is None:
                 continue
             try:
-                await self._call(
-                    redis,
-                    "return",
-                    [group.keys[0], group.keys[1]],
-                    [self._client_id, math.floor(unused[0]), math.floor(unused[1])],
-                )
-                self._returns += 1
+                await self._give_back(redis, group, unused)
             except _Unavailable:
                 return  # the leases expire on their own
+
+    async def _give_back(
+        self, redis: _RedisClient, group: _Group, unused: tuple[float, float]
+    ) -> None:
+        """Return ``unused`` (requests, tokens) to the shared buckets and end this
+        process's lease of ``group``. Checkpoints; raises :class:`_Unavailable`."""
+        await self._call(
+            redis,
+            "return",
+            [group.keys[0], group.keys[1]],
+            [self._client_id, math.floor(unused[0]), math.floor(unused[1])],
+        )
+        self._returns += 1
 
 
 def _values(answer: object) -> list[_RedisValue]:
