@@ -45,6 +45,7 @@ from sniffio import thread_local as _sniffio_thread
 
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
 from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
+from engine.mock._embeddings import plan_embeddings
 from engine.mock._headers import (
     format_decimal_seconds,
     format_go_duration,
@@ -52,7 +53,11 @@ from engine.mock._headers import (
     retry_after_headers,
     whole_seconds,
 )
+from engine.mock._plans import JSON as _JSON
+from engine.mock._plans import Plan as _Plan
+from engine.mock._plans import Reject as _Reject
 from engine.mock._quotas import Semantics, ServerDecision, ServerQuota, ServerReservation
+from engine.mock._responses import plan_response
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
 from engine.mock._tokens import TokenCounter, output_budget
@@ -63,7 +68,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"
 _PLAN_CACHE_MAX = 4096
 _PLAN_CACHE_BODY_MAX = 64 * 1024
@@ -94,34 +98,6 @@ class DroppedConnection(httpx.RemoteProtocolError):
 
 class _ClientGone(Exception):
     """The client disconnected before its request body was read."""
-
-
-@attrs.frozen
-class _Reject:
-    """A request refused before any quota is charged (4xx)."""
-
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
-    type: str = "invalid_request_error"
-
-
-@attrs.frozen(kw_only=True)
-class _Plan:
-    """Everything needed to answer an admitted request.
-
-    ``body(request_number)`` builds the response bytes; ``cost`` is charged at
-    arrival and ``actual`` is the real usage it is corrected to.
-    """
-
-    model: str
-    cost: int
-    actual: int
-    output_tokens: int
-    content_type: bytes
-    body: Callable[[int], bytes]
-    operation: str  # Azure's name of the endpoint, for its 429 message
 
 
 #: A decided answer: (status, body, headers after content-type and
@@ -239,6 +215,8 @@ class MockApp:
             "/v1/audio/transcriptions": {
                 "POST": functools.partial(self._post, self._transcription_reply)
             },
+            "/v1/responses": {"POST": functools.partial(self._post, self._responses_reply)},
+            "/v1/embeddings": {"POST": functools.partial(self._post, self._embeddings_reply)},
             "/v1/models": {"GET": self._models},
             "/_mock/stats": {"GET": self._get_stats},
             "/_mock/reset": {"POST": self._reset},
@@ -249,6 +227,8 @@ class MockApp:
         self._replies: dict[str, _ReplyFor] = {
             "/v1/chat/completions": self._chat_reply,
             "/v1/audio/transcriptions": self._transcription_reply,
+            "/v1/responses": self._responses_reply,
+            "/v1/embeddings": self._embeddings_reply,
         }
         self._apply(config)
 
@@ -719,6 +699,53 @@ class MockApp:
                 if len(self._plans) >= _PLAN_CACHE_MAX:
                     self._plans.clear()
                 self._plans[body] = plan
+        if isinstance(plan, _Reject):
+            return self._reject_reply(number, plan)
+        return self._answer(number, key, plan)
+
+    def _responses_reply(
+        self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
+    ) -> _Reply | _Later:
+        """Responses API, once the body is read (None: too large) and the key checked."""
+        return self._json_reply(
+            key,
+            reject,
+            body,
+            number,
+            functools.partial(
+                plan_response,
+                default_output_tokens=self.config.default_output_tokens,
+                counter=self._counter,
+            ),
+        )
+
+    def _embeddings_reply(
+        self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
+    ) -> _Reply | _Later:
+        """Embeddings, once the body is read (None: too large) and the key checked."""
+        return self._json_reply(
+            key, reject, body, number, functools.partial(plan_embeddings, counter=self._counter)
+        )
+
+    def _json_reply(
+        self,
+        key: str,
+        reject: _Reject | None,
+        body: bytes | None,
+        number: int,
+        plan_for: Callable[[bytes], _Plan | _Reject],
+    ) -> _Reply | _Later:
+        """A JSON endpoint's answer as ``plan_for`` plans it: refused, or charged and sent.
+
+        Plans are not cached: an embeddings answer is as large as its vectors,
+        and these endpoints are not what the mock's throughput is measured on.
+        """
+        if reject is None and body is None:
+            reject = self._too_large()
+        if reject is not None:
+            return self._reject_reply(number, reject)
+        assert body is not None
+        plan = plan_for(body)
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
