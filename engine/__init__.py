@@ -35,6 +35,14 @@ from engine._results import (
 )
 from engine._shared import RedisQuota
 from engine.app.batch import run_audio, run_batch, run_file
+from engine.endpoints import (
+    EmbeddingRequest,
+    EmbeddingResult,
+    EmbeddingUsage,
+    ResponseRequest,
+    ResponseResult,
+    ResponseUsage,
+)
 
 __version__ = "0.1.0"
 
@@ -49,6 +57,9 @@ __all__ = [
     "Client",
     "ClientStatistics",
     "DimensionState",
+    "EmbeddingRequest",
+    "EmbeddingResult",
+    "EmbeddingUsage",
     "EngineError",
     "ErrorInfo",
     "FatalError",
@@ -62,6 +73,9 @@ __all__ = [
     "RedisQuota",
     "RequestError",
     "RequestTooLargeError",
+    "ResponseRequest",
+    "ResponseResult",
+    "ResponseUsage",
     "ResponseValidationError",
     "RetriesExhaustedError",
     "RunStoppedError",

@@ -43,23 +43,8 @@ from engine._http import TimeoutWatch, make_async_client
 from engine._limiter import Limiter, LimiterStatistics
 from engine._nurseries import open_service_nursery
 from engine._quota import Cost, Limits, QuotaBook, Reservation
-from engine._requests import (
-    CHAT_PATH,
-    DEFAULT_MIN_SECONDS,
-    TRANSCRIPTION_PATH,
-    ChatRequest,
-    TranscriptionRequest,
-    coerce_request,
-    is_transcription_input,
-)
-from engine._results import (
-    AudioUsage,
-    ChatResult,
-    ErrorInfo,
-    Timings,
-    TranscriptionResult,
-    Usage,
-)
+from engine._requests import DEFAULT_MIN_SECONDS, ChatRequest, TranscriptionRequest
+from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
 from engine._retry import (
     Action,
     Verdict,
@@ -68,9 +53,22 @@ from engine._retry import (
     classify_transport_error,
     error_from_verdict,
 )
-from engine._schema import parse_structured, response_format_for
 from engine._shared import LeaseManager, LimiterCallbacks, RedisQuota, SharedQuotaStatistics
-from engine._tokens import DEFAULT_OUTPUT_TOKENS, estimate_chat_tokens
+from engine._tokens import DEFAULT_OUTPUT_TOKENS
+from engine.endpoints import (
+    JSON_ENDPOINTS,
+    Answer,
+    AnyRequest,
+    EmbeddingRequest,
+    EmbeddingResult,
+    JsonEndpoint,
+    Parsed,
+    ResponseRequest,
+    ResponseResult,
+    coerce_request,
+    input_kind,
+)
+from engine.endpoints.transcription import TRANSCRIPTION_PATH, parse_transcription
 
 __all__ = ["Client", "ClientStatistics", "open_client"]
 
@@ -82,8 +80,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 AUTO_MAX_CONCURRENCY = 512
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-#: What ``chat``, ``transcribe`` and ``map`` hand back.
-Result = ChatResult | TranscriptionResult
+#: What ``chat``, ``respond``, ``embed``, ``transcribe`` and ``map`` hand back.
+Result = ChatResult | TranscriptionResult | ResponseResult | EmbeddingResult
 _Value = TypeVar("_Value")
 
 
@@ -142,7 +140,9 @@ class ClientStatistics:
         failed: requests that ended with an error.
         retries: attempts repeated after 408/409/5xx/transport errors.
         rate_limited: 429 ``rate_limit_exceeded`` responses received.
-        prompt_tokens / completion_tokens: tokens reported by the server.
+        prompt_tokens / completion_tokens: tokens reported by the server
+            (chat's prompt and completion tokens, a response's input and
+            output tokens, an embedding's input tokens as prompt tokens).
         skipped: transcriptions skipped below ``min_seconds`` (never sent).
         audio_seconds: audio seconds transcribed, as the server billed them.
     """
@@ -205,13 +205,13 @@ class _Job:
     """One request on its way through a worker.
 
     ``endpoint`` knows the request's path and how to build each attempt and
-    read the answer.  ``content`` is a body sent as is on every attempt (chat
-    JSON: encoded once); None means the endpoint builds each attempt anew
+    read the answer.  ``content`` is a body sent as is on every attempt (JSON
+    endpoints: encoded once); None means the endpoint builds each attempt anew
     (multipart uploads: an httpx file stream is read only once).  ``cost`` is
     None until the endpoint's local checks (``prepare``) have run.
     """
 
-    request: ChatRequest | TranscriptionRequest
+    request: AnyRequest
     endpoint: _Endpoint
     content: bytes | None
     cost: Cost | None
@@ -303,6 +303,72 @@ class Client:
         )
         return await self._call(request)
 
+    async def respond(
+        self,
+        input: str | Iterable[Mapping[str, Any]],
+        *,
+        model: str,
+        instructions: str | None = None,
+        response_model: type[pydantic.BaseModel] | None = None,
+        id: str | None = None,
+        **params: Any,
+    ) -> ResponseResult:
+        """Run one Responses API request; return its :class:`~engine.ResponseResult`.
+
+        ``input`` is a prompt string or input items; ``instructions`` the
+        system message (default None: none).  ``params`` are passed through
+        in the body (``max_output_tokens``, ``temperature``, ...).  With
+        ``response_model`` the answer is asked for as strict JSON through
+        ``text.format`` and parsed into that pydantic model (``result.output``).
+        ``id`` defaults to ``"response"``.
+
+        Raises:
+            EngineError: a subclass saying why, once retries are spent;
+                :class:`~engine.ResponseValidationError` for a refusal, an
+                incomplete answer or one that does not fit ``response_model``.
+        """
+        request = ResponseRequest(
+            input=input,
+            model=model,
+            instructions=instructions,
+            id=id if id is not None else "response",
+            response_model=response_model,
+            params=params,
+        )
+        return await self._call(request)
+
+    async def embed(
+        self,
+        input: Any,
+        *,
+        model: str,
+        dimensions: int | None = None,
+        id: str | None = None,
+        **params: Any,
+    ) -> EmbeddingResult:
+        """Embed one input or a list of inputs; return its :class:`~engine.EmbeddingResult`.
+
+        ``input`` is a string, a list of strings, a list of token ids or a
+        list of token-id lists.  OpenAI's limits are checked before any
+        permit: at most 2,048 inputs, 8,192 tokens per input (text-embedding-3
+        models) and 300,000 tokens in all.  ``dimensions`` (default None: the
+        model's length) and ``params`` (``encoding_format``, ``user``) are
+        passed through; a ``base64`` answer is decoded.  ``id`` defaults to
+        ``"embedding"``.
+
+        Raises:
+            InputError: the input breaks a limit or is empty (nothing is sent).
+            EngineError: another subclass saying why, once retries are spent.
+        """
+        request = EmbeddingRequest(
+            input=input,
+            model=model,
+            dimensions=dimensions,
+            id=id if id is not None else "embedding",
+            params=params,
+        )
+        return await self._call(request)
+
     async def transcribe(
         self,
         source: Any,
@@ -351,7 +417,11 @@ class Client:
     async def _call(self, request: ChatRequest) -> ChatResult: ...
     @overload
     async def _call(self, request: TranscriptionRequest) -> TranscriptionResult: ...
-    async def _call(self, request: ChatRequest | TranscriptionRequest) -> Result:
+    @overload
+    async def _call(self, request: ResponseRequest) -> ResponseResult: ...
+    @overload
+    async def _call(self, request: EmbeddingRequest) -> EmbeddingResult: ...
+    async def _call(self, request: AnyRequest) -> Result:
         send, receive = trio.open_memory_channel[Result | None](1)
         run = _Run(send)
         try:
@@ -368,11 +438,13 @@ class Client:
         """Run many requests; yield one result per input, in completion order.
 
         ``requests`` is any iterable or async iterable of
-        :class:`~engine.ChatRequest` and :class:`~engine.TranscriptionRequest`
-        objects or Batch-API input dicts, mixed freely.  It is consumed
-        lazily, as workers free up, so it may be endless.  A failed request
-        is a result (:class:`~engine.ChatResult` or
-        :class:`~engine.TranscriptionResult`) with ``.error`` set, never an
+        :class:`~engine.ChatRequest`, :class:`~engine.ResponseRequest`,
+        :class:`~engine.EmbeddingRequest` and
+        :class:`~engine.TranscriptionRequest` objects or Batch-API input
+        dicts (``url`` ``/v1/chat/completions``, ``/v1/responses``,
+        ``/v1/embeddings`` or ``/v1/audio/transcriptions``), mixed freely.
+        It is consumed lazily, as workers free up, so it may be endless.  A
+        failed request is a result of its kind with ``.error`` set, never an
         exception.
 
         Leaving the ``async for`` early (break, exception, cancellation)
@@ -435,7 +507,7 @@ class Client:
 
     # -- feeding --------------------------------------------------------------
 
-    def _job(self, request: ChatRequest | TranscriptionRequest, run: _Run) -> _Job:
+    def _job(self, request: AnyRequest, run: _Run) -> _Job:
         if isinstance(request, TranscriptionRequest):
             # Size, duration and cost are known only after reading the file,
             # which the worker does in a thread (``_TranscriptionEndpoint.prepare``).
@@ -448,25 +520,24 @@ class Client:
                 run=run,
                 queued_at=time.time(),
             )
+        endpoint = _JSON_BY_TYPE.get(type(request)) or _json_endpoint_of(request)
         # Only what the caller gave can fail here (a response_model strict mode
-        # cannot express, a body that is not JSON): an InputError for that
-        # item.  Anything else is a bug and propagates.
+        # cannot express, an input over a limit, a body that is not JSON): an
+        # InputError for that item.  Anything else is a bug and propagates.
+        body = endpoint.spec.body(request)
         try:
-            response_format = (
-                response_format_for(request.response_model) if request.response_model else None
-            )
-            body = request.body(response_format)
             content = orjson.dumps(body)
-        except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        except orjson.JSONEncodeError as exc:
             raise InputError(f"request {request.id!r}: {exc}") from None
+        # counted once here, never again on retries
+        tokens = endpoint.spec.estimate_tokens(
+            body, default_output_tokens=self._default_output_tokens
+        )
         return _Job(
             request=request,
-            endpoint=_CHAT,
+            endpoint=endpoint,
             content=content,
-            # counted once here, never again on retries
-            cost=Cost(
-                tokens=estimate_chat_tokens(body, default_output_tokens=self._default_output_tokens)
-            ),
+            cost=Cost(tokens=tokens),
             group=self._groups.get(request.model, request.model),
             run=run,
             queued_at=time.time(),
@@ -724,7 +795,7 @@ class Client:
         latency: float,
     ) -> Result:
         try:
-            result, used_tokens = job.endpoint.succeed(
+            result, used_tokens, input_tokens, output_tokens = job.endpoint.succeed(
                 self, job, response, attempts, sent_wall, latency
             )
         except ResponseValidationError as error:
@@ -741,6 +812,8 @@ class Client:
         self._limiter.settle_nowait(
             reservation, headers=limits, used_tokens=used_tokens, latency=latency
         )
+        self._prompt_tokens += input_tokens
+        self._completion_tokens += output_tokens
         return result
 
     def _failure(
@@ -772,7 +845,7 @@ class Client:
 
     def _input_failure(self, item: Any, index: int, error: EngineError) -> Result:
         """The result for a ``map`` input that never became a request."""
-        endpoint = _TRANSCRIPTION if is_transcription_input(item) else _CHAT
+        endpoint = _BY_KIND[input_kind(item)]
         now = time.time()
         result = endpoint.result(
             None,
@@ -821,8 +894,8 @@ class _Endpoint:
         attempts: int,
         sent_wall: float,
         latency: float,
-    ) -> tuple[Result, int | None]:
-        """The result of a 2xx answer, and the tokens it really used (None: unknown).
+    ) -> Parsed[Result]:
+        """The result of a 2xx answer with the tokens it used (:class:`engine.endpoints.Parsed`).
 
         Raises:
             ResponseValidationError: the body is malformed or misses fields.
@@ -840,8 +913,19 @@ class _Endpoint:
         raise NotImplementedError
 
 
-class _ChatEndpoint(_Endpoint):
-    path = CHAT_PATH
+class _JsonEndpoint(_Endpoint):
+    """A JSON endpoint of :mod:`engine.endpoints` (chat, responses, embeddings) in the loop.
+
+    Its body is encoded once, when the job is made (``Client._job``), so it
+    needs neither ``prepare`` nor ``build``; ``spec`` builds, prices and
+    reads the requests.
+    """
+
+    def __init__(self, spec: JsonEndpoint[Any, Any]) -> None:
+        self.spec = spec
+        self.path = spec.path
+        # Bound once: one attribute lookup fewer per answer on the chat fast path.
+        self._parse = spec.parse
 
     def headers(self) -> dict[str, str]:
         return {"content-type": "application/json"}
@@ -854,87 +938,27 @@ class _ChatEndpoint(_Endpoint):
         attempts: int,
         sent_wall: float,
         latency: float,
-    ) -> tuple[ChatResult, int | None]:
-        request = job.request
-        assert isinstance(request, ChatRequest)
-        request_id = response.headers.get("x-request-id")
-        status = response.status_code
-        try:
-            body = orjson.loads(response.content)
-            if not isinstance(body, dict):
-                raise TypeError("the body is not a JSON object")
-            usage = Usage.model_validate(body.get("usage") or {})
-            choice = body["choices"][0]
-            message = choice["message"]
-            if not isinstance(message, dict):
-                raise TypeError("choices[0].message is not a JSON object")
-            content = message.get("content")
-            if content is not None and not isinstance(content, str):
-                raise TypeError("choices[0].message.content is not a string")
-        except (
-            orjson.JSONDecodeError,
-            KeyError,
-            IndexError,
-            TypeError,
-            pydantic.ValidationError,
-        ) as exc:
-            what = f"request {request.id!r}: malformed response body"
-            raise _malformed(response, what, exc) from None
-        client._prompt_tokens += usage.prompt_tokens
-        client._completion_tokens += usage.completion_tokens
+    ) -> Parsed[Result]:
         timings = Timings(
             queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
         )
-        output: Any = content
-        if request.response_model is not None:
-            try:
-                output = parse_structured(
-                    content,
-                    request.response_model,
-                    finish_reason=choice.get("finish_reason"),
-                    refusal=message.get("refusal"),
-                    request_id=request_id,
-                )
-            except ResponseValidationError as exc:
-                # Tokens were spent: keep the usage, the body and the raw content.
-                exc.message = f"request {request.id!r}: {exc.message}"
-                exc.args = (exc.message,)
-                result = ChatResult(
-                    id=request.id,
-                    model=body.get("model") or request.model,
-                    usage=usage,
-                    attempts=attempts,
-                    timings=timings,
-                    error=ErrorInfo.from_exception(exc),
-                    status_code=status,
-                    request_id=request_id,
-                    response=body,
-                    raw_content=exc.raw,  # the content, or the refusal text
-                    input=list(request.messages),
-                )
-                return result, usage.total_tokens
-        answered_by = body.get("model")
-        result = ChatResult(
-            id=request.id,
-            output=output,
-            model=answered_by if answered_by and isinstance(answered_by, str) else request.model,
-            usage=usage,
-            attempts=attempts,
-            timings=timings,
-            status_code=status,
-            request_id=request_id,
-            response=body,
-            raw_content=content if request.response_model is not None else None,
-            input=list(request.messages),
+        answer = Answer(
+            response.content,
+            response.status_code,
+            response.headers.get("x-request-id"),
+            attempts,
+            timings,
         )
-        return result, usage.total_tokens
+        parsed: Parsed[Result] = self._parse(job.request, answer)
+        return parsed
 
     def result(
         self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
-    ) -> ChatResult:
-        request = None if job is None else job.request
-        messages = list(request.messages) if isinstance(request, ChatRequest) else None
-        return ChatResult(id=id, model=model, raw_content=raw, input=messages, **fields)
+    ) -> Result:
+        result: Result = self.spec.failed(
+            None if job is None else job.request, id=id, model=model, raw=raw, **fields
+        )
+        return result
 
 
 class _TranscriptionEndpoint(_Endpoint):
@@ -986,59 +1010,25 @@ class _TranscriptionEndpoint(_Endpoint):
         attempts: int,
         sent_wall: float,
         latency: float,
-    ) -> tuple[TranscriptionResult, int | None]:
+    ) -> Parsed[Result]:
         request = job.request
         audio = job.audio
         assert isinstance(request, TranscriptionRequest) and audio is not None
-        status = response.status_code
-        request_id = response.headers.get("x-request-id")
-        usage = AudioUsage(seconds=audio.duration)
-        used_tokens = None
-        if request.response_format in ("json", "verbose_json"):
-            try:
-                body = orjson.loads(response.content)
-                if not isinstance(body, dict):
-                    raise TypeError("the body is not a JSON object")
-                text = body["text"]
-                if not isinstance(text, str):
-                    raise TypeError("'text' is not a string")
-                reported = body.get("usage")
-                if isinstance(reported, dict):
-                    if reported.get("type") == "duration" and "seconds" in reported:
-                        usage.seconds = float(reported["seconds"])
-                    elif reported.get("type") == "tokens":
-                        usage.input_tokens = int(reported.get("input_tokens") or 0)
-                        usage.output_tokens = int(reported.get("output_tokens") or 0)
-                        usage.total_tokens = int(reported.get("total_tokens") or 0)
-                        used_tokens = usage.total_tokens
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise _malformed(
-                    response,
-                    f"request {request.id!r} ({audio.name}): malformed transcription body",
-                    exc,
-                ) from None
-        else:
-            text = response.text
-            if request.response_format == "text":
-                text = text.rstrip("\n")
-            body = {"text": text}
-        client._audio_seconds += usage.seconds
-        result = TranscriptionResult(
-            id=request.id or "",
-            file=audio.name,
-            duration_seconds=audio.duration,
-            text=text,
-            model=request.model,
-            usage=usage,
-            attempts=attempts,
-            timings=Timings(
-                queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
-            ),
-            status_code=status,
-            request_id=request_id,
-            response=body,
+        timings = Timings(
+            queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
         )
-        return result, used_tokens
+        answer = Answer(
+            response.content,
+            response.status_code,
+            response.headers.get("x-request-id"),
+            attempts,
+            timings,
+        )
+        # text, srt and vtt answers are kept as text; json ones are parsed from the bytes
+        text = "" if request.response_format in ("json", "verbose_json") else response.text
+        parsed = parse_transcription(request, audio, answer, text)
+        client._audio_seconds += parsed.result.usage.seconds
+        return Parsed(*parsed)
 
     def result(
         self, job: _Job | None, id: str, model: str, *, raw: str | None = None, **fields: Any
@@ -1060,8 +1050,25 @@ class _TranscriptionEndpoint(_Endpoint):
         )
 
 
-_CHAT = _ChatEndpoint()
 _TRANSCRIPTION = _TranscriptionEndpoint()
+_JSON_ENDPOINTS = tuple(_JsonEndpoint(spec) for spec in JSON_ENDPOINTS)
+#: Request class -> its endpoint: one dict lookup per job on the chat fast path.
+_JSON_BY_TYPE: dict[type[Any], _JsonEndpoint] = {
+    endpoint.spec.request_type: endpoint for endpoint in _JSON_ENDPOINTS
+}
+#: ``engine.endpoints.input_kind`` -> endpoint, for inputs that never became a request.
+_BY_KIND: dict[str, _Endpoint] = {
+    "transcription": _TRANSCRIPTION,
+    **{endpoint.spec.kind: endpoint for endpoint in _JSON_ENDPOINTS},
+}
+
+
+def _json_endpoint_of(request: AnyRequest) -> _JsonEndpoint:
+    """The endpoint of a request whose class is a subclass of an endpoint's request class."""
+    for endpoint in _JSON_ENDPOINTS:
+        if isinstance(request, endpoint.spec.request_type):
+            return endpoint
+    raise TypeError(f"no endpoint serves {type(request).__name__}")
 
 
 @attrs.define(eq=False)
@@ -1074,21 +1081,14 @@ class _Feeder:
 
 
 def _input_id(item: Any, index: int) -> str:
-    if isinstance(item, ChatRequest | TranscriptionRequest) and item.id is not None:
+    if (
+        isinstance(item, ChatRequest | TranscriptionRequest | ResponseRequest | EmbeddingRequest)
+        and item.id is not None
+    ):
         return item.id
     if isinstance(item, Mapping) and item.get("custom_id") is not None:
         return str(item["custom_id"])
     return str(index)
-
-
-def _malformed(response: ResponseLike, what: str, exc: Exception) -> ResponseValidationError:
-    """The error for a 2xx body that cannot be used, raw text kept for debugging."""
-    return ResponseValidationError(
-        f"{what} ({type(exc).__name__}: {redact(str(exc))[:200]})",
-        raw=response.text[:2000],
-        status_code=response.status_code,
-        request_id=response.headers.get("x-request-id"),
-    )
 
 
 def _json_or_none(content: bytes) -> dict[str, Any] | None:

@@ -1,5 +1,9 @@
-"""What callers ask for: chat and transcription requests, built directly or from
-Batch-API input lines."""
+"""What callers ask for: chat and transcription requests.
+
+The other endpoints' requests live in their modules (``engine/endpoints/``),
+and so does turning a Batch-API input line into a request
+(:func:`engine.endpoints.coerce_request`).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,8 @@ from typing import Any
 import attrs
 import pydantic
 
-from engine._errors import InputError
+__all__ = ["ChatRequest", "TranscriptionRequest"]
 
-__all__ = ["ChatRequest", "TranscriptionRequest", "coerce_request"]
-
-CHAT_PATH = "/chat/completions"
-TRANSCRIPTION_PATH = "/audio/transcriptions"
-_BATCH_CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
-_BATCH_TRANSCRIPTION_URLS = ("/v1/audio/transcriptions", "/audio/transcriptions")
 #: Default of ``min_seconds``: shorter recordings are skipped, never sent.
 DEFAULT_MIN_SECONDS = 5.0
 #: ``response_format`` values a transcription may ask for.
@@ -131,79 +129,3 @@ class TranscriptionRequest:
         if self.temperature is not None:
             fields["temperature"] = str(self.temperature)
         return fields
-
-
-def coerce_request(item: Any, index: int) -> ChatRequest | TranscriptionRequest:
-    """Turn one ``client.map`` input into a request.
-
-    Accepts a :class:`ChatRequest`, a :class:`TranscriptionRequest`, or a
-    Batch-API input dict (``{"custom_id", "method", "url", "body"}``) whose
-    ``url`` is ``/v1/chat/completions`` (the default) or
-    ``/v1/audio/transcriptions``; for the latter ``body.file`` is a local
-    path, the other body fields are form fields, and an optional
-    ``body.min_seconds`` (an engine extension, not sent) overrides the
-    default 5.0.  Raises :class:`~engine._errors.InputError` naming the item
-    otherwise.
-    """
-    if isinstance(item, ChatRequest | TranscriptionRequest):
-        return item if item.id is not None else attrs.evolve(item, id=str(index))
-    if isinstance(item, Mapping) and "body" in item:
-        custom_id = item.get("custom_id")
-        name = f"item {index}" if custom_id is None else f"custom_id {custom_id!r}"
-        url = item.get("url", "/v1/chat/completions")
-        body = item["body"]
-        if not isinstance(body, Mapping):
-            raise InputError(f"{name}: body must be a JSON object")
-        if url in _BATCH_TRANSCRIPTION_URLS:
-            return _transcription_from_batch(body, custom_id, index, name)
-        if url not in _BATCH_CHAT_URLS:
-            raise InputError(f"{name}: url {url!r} is not supported")
-        params = dict(body)
-        model = params.pop("model", None)
-        messages = params.pop("messages", None)
-        if not isinstance(model, str) or not model:
-            raise InputError(f"{name}: body.model is missing")
-        if not messages:
-            raise InputError(f"{name}: body.messages is missing or empty")
-        try:
-            return ChatRequest(
-                id=str(custom_id) if custom_id is not None else str(index),
-                model=model,
-                messages=messages,
-                params=params,
-            )
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{name}: {exc}") from None
-    raise InputError(
-        f"item {index}: expected an engine.ChatRequest, an engine.TranscriptionRequest "
-        f"or a Batch-API input dict, got {type(item).__name__}"
-    )
-
-
-def _transcription_from_batch(
-    body: Mapping[str, Any], custom_id: Any, index: int, name: str
-) -> TranscriptionRequest:
-    params = dict(body)
-    file = params.pop("file", None)
-    if not isinstance(file, str) or not file:
-        raise InputError(f"{name}: body.file must be the path of a local audio file")
-    options: dict[str, Any] = {}
-    for key in ("model", "response_format", "language", "prompt", "temperature", "min_seconds"):
-        if key in params:
-            options[key] = params.pop(key)
-    try:
-        return TranscriptionRequest(
-            id=str(custom_id) if custom_id is not None else str(index),
-            source=file,
-            params=params,
-            **options,
-        )
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name}: {exc}") from None
-
-
-def is_transcription_input(item: Any) -> bool:
-    """True when a ``map`` input is (or looks like) a transcription request."""
-    if isinstance(item, TranscriptionRequest):
-        return True
-    return isinstance(item, Mapping) and item.get("url") in _BATCH_TRANSCRIPTION_URLS

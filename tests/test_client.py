@@ -269,16 +269,16 @@ async def test_batch_api_dicts_are_accepted(autojump_clock):
 
 async def test_token_estimate_is_counted_once_per_request(autojump_clock, monkeypatch):
     """Retries do not count tokens again."""
-    import engine._client as client_module
+    import engine.endpoints.chat as chat_module
 
     calls = []
-    real = client_module.estimate_chat_tokens
+    real = chat_module.estimate_chat_tokens
 
     def counting(body, **kw):
         calls.append(1)
         return real(body, **kw)
 
-    monkeypatch.setattr(client_module, "estimate_chat_tokens", counting)
+    monkeypatch.setattr(chat_module, "estimate_chat_tokens", counting)
     async with mock_client(MockConfig(error_503_rate=1.0), max_attempts=4) as (c, _app):
         with pytest.raises(engine.RetriesExhaustedError):
             await c.chat("hi", model=MODEL)
