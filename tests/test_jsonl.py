@@ -78,15 +78,19 @@ def test_good_chat_line_is_parsed(tmp_path):
 
 
 def test_url_without_v1_is_normalised(tmp_path):
-    """``/chat/completions`` and ``/audio/transcriptions`` are read as their /v1 forms."""
+    """Every endpoint's url without ``/v1`` is read as its /v1 form."""
     path = write_lines(
         tmp_path / "in.jsonl",
         chat_line("c", url="/chat/completions"),
         chat_line("t", url="/audio/transcriptions", body={"model": "whisper-1", "file": "a.mp3"}),
+        chat_line("r", url="/responses", body={"model": "gpt-4o-mini", "input": "hi"}),
+        chat_line("e", url="/embeddings", body={"model": "text-embedding-3-small", "input": "a"}),
     )
     assert [line.url for line in read_batch_input(path)] == [
         "/v1/chat/completions",
         "/v1/audio/transcriptions",
+        "/v1/responses",
+        "/v1/embeddings",
     ]
 
 
@@ -180,9 +184,9 @@ BAD_LINES = [
         id="no-url",
     ),
     pytest.param(
-        orjson.dumps(chat_line("x", url="/v1/embeddings")),
+        orjson.dumps(chat_line("x", url="/v1/moderations")),
         "x",
-        "unsupported url '/v1/embeddings'",
+        "unsupported url '/v1/moderations'",
         id="unknown-url",
     ),
     pytest.param(

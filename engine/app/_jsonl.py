@@ -66,7 +66,10 @@ from engine._errors import EngineError
 
 __all__ = [
     "CHAT_COMPLETIONS_URL",
+    "EMBEDDINGS_URL",
     "MAX_LINE_BYTES",
+    "RESPONSES_URL",
+    "SUPPORTED_URLS",
     "TRANSCRIPTIONS_URL",
     "InputLine",
     "OutputInUseError",
@@ -85,13 +88,15 @@ __all__ = [
 MAX_LINE_BYTES = 10 * 1024 * 1024
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
+RESPONSES_URL = "/v1/responses"
+EMBEDDINGS_URL = "/v1/embeddings"
 TRANSCRIPTIONS_URL = "/v1/audio/transcriptions"
+#: The endpoints a line may name, canonical form first: ``/v1/...`` or the same without ``/v1``.
+SUPPORTED_URLS = (CHAT_COMPLETIONS_URL, RESPONSES_URL, EMBEDDINGS_URL, TRANSCRIPTIONS_URL)
 
 _URLS = {
-    CHAT_COMPLETIONS_URL: CHAT_COMPLETIONS_URL,
-    "/chat/completions": CHAT_COMPLETIONS_URL,
-    TRANSCRIPTIONS_URL: TRANSCRIPTIONS_URL,
-    "/audio/transcriptions": TRANSCRIPTIONS_URL,
+    **{url: url for url in SUPPORTED_URLS},
+    **{url.removeprefix("/v1"): url for url in SUPPORTED_URLS},
 }
 
 _BOM = b"\xef\xbb\xbf"
@@ -208,7 +213,7 @@ def _parse_line(line_no: int, raw: bytes | None) -> InputLine | None:
         return _bad(
             line_no,
             custom_id,
-            f"unsupported url {url!r} (expected {CHAT_COMPLETIONS_URL} or {TRANSCRIPTIONS_URL})",
+            f"unsupported url {url!r} (expected one of {', '.join(SUPPORTED_URLS)})",
         )
     if "body" not in obj:
         return _bad(line_no, custom_id, "missing body")

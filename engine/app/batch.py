@@ -57,7 +57,6 @@ from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
 from engine._nurseries import open_service_nursery
 from engine._quota import Limits
-from engine._requests import TranscriptionRequest
 from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
 from engine.app._audio_inputs import find_duplicate_audio_ids, iter_audio_inputs
 from engine.app._jsonl import (
@@ -95,6 +94,7 @@ from engine.app._summary import (
     EXIT_TERMINATED,
     RunSummary,
 )
+from engine.endpoints import EmbeddingResult, ResponseResult, input_kind
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -123,7 +123,14 @@ _GRACE_POLL = 0.05
 _OUTPUT_POLL = 0.1
 # Seconds between checks that OUTPUT was not deleted under the run (one fstat each).
 _REMOVAL_CHECK_INTERVAL = 1.0
-_TRANSCRIPTION_URLS = (TRANSCRIPTIONS_URL, TRANSCRIPTIONS_URL.removeprefix("/v1"))
+#: ``engine.endpoints.input_kind`` -> the result class of that endpoint.
+_RESULT_TYPES: dict[str, type[ChatResult | TranscriptionResult | ResponseResult | EmbeddingResult]]
+_RESULT_TYPES = {
+    "chat": ChatResult,
+    "responses": ResponseResult,
+    "embeddings": EmbeddingResult,
+    "transcription": TranscriptionResult,
+}
 # Error code of items the client never finished because it stopped.
 _RUN_STOPPED = RunStoppedError.default_code
 
@@ -347,8 +354,9 @@ def _write_result(result: Any, feed: _Feed, output: HeldOutput, tally: _Tally) -
     line_no = feed.answered(result.id)
     usage = getattr(result, "usage", None)
     if usage is not None:
-        # chat usage names prompt/completion tokens; transcription usage input/output
-        # tokens (models billed by tokens) and seconds (models billed by duration)
+        # chat and embeddings usage names prompt/completion tokens; responses and
+        # transcription usage input/output tokens (transcriptions billed by tokens)
+        # and seconds (billed by duration)
         tally.prompt_tokens += getattr(usage, "prompt_tokens", 0) or getattr(
             usage, "input_tokens", 0
         )
@@ -1248,17 +1256,16 @@ def run_batch(requests: Iterable[Any], **client_options: Any) -> list[Any]:
     return results
 
 
-def _stopped_result(item: Any, custom_id: str) -> ChatResult | TranscriptionResult:
-    """The result of a request a fatal stop left unfinished (a transcription's or a chat's)."""
+def _stopped_result(
+    item: Any, custom_id: str
+) -> ChatResult | TranscriptionResult | ResponseResult | EmbeddingResult:
+    """The result of a request a fatal stop left unfinished, of the kind it was meant for."""
     model = getattr(item, "model", None)
     if model is None and isinstance(item, Mapping):
         body = item.get("body")
         model = body.get("model") if isinstance(body, Mapping) else None
     error = RunStoppedError("the run stopped before this request finished")
-    transcription = isinstance(item, TranscriptionRequest) or (
-        isinstance(item, Mapping) and item.get("url") in _TRANSCRIPTION_URLS
-    )
-    result_type = TranscriptionResult if transcription else ChatResult
+    result_type = _RESULT_TYPES[input_kind(item)]
     result = result_type(
         id=custom_id,
         model=str(model or ""),
