@@ -1,4 +1,5 @@
-"""The examples of docs/guide.md's "Embedding in a trio app" and "Testing your app" run."""
+"""The examples of docs/guide.md's "Embedding in a trio app", "Testing your app" and the
+endpoint sections ("The Responses API", "Embeddings") run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from engine.mock import serve_in_subprocess
 
@@ -47,6 +50,26 @@ def test_the_embedding_examples_run_against_the_mock(tmp_path):
             )
             assert finished.returncode == 0, f"{path.name}:\n{finished.stdout}{finished.stderr}"
             assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("section", ["The Responses API", "Embeddings"])
+def test_the_endpoint_examples_run_against_the_mock(tmp_path, section):
+    """The script of each endpoint's section exits 0 against a served mock, on loopback."""
+    (script,) = _examples(section)
+    path = tmp_path / "example.py"
+    path.write_text(script, encoding="utf-8")
+    with serve_in_subprocess(["--rpm", "6000"]) as base_url:
+        env = _environment(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-guide-example")
+        finished = subprocess.run(
+            [sys.executable, str(path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert finished.returncode == 0, f"{section}:\n{finished.stdout}{finished.stderr}"
+    assert "Traceback" not in finished.stderr
 
 
 def test_the_testing_example_passes_as_a_users_test_file(tmp_path):
