@@ -194,6 +194,8 @@ def test_engine_run_on_10000_mixed_lines_resumes_after_sigkill(tmp_path, mock, m
         assert [i for i in written if sent_after.get(i, 0) != sent_before.get(i, 0)] == []
     records = [orjson.loads(line) for line in output.read_bytes().splitlines()]
     assert 0 < len(records) < len(ids)  # the kills landed mid-run
+    written = {record["custom_id"] for record in records}
+    sent_before = sent_per_id(mock)
     finished = subprocess.run(
         engine_run(*args),
         cwd=REPO,
@@ -204,6 +206,8 @@ def test_engine_run_on_10000_mixed_lines_resumes_after_sigkill(tmp_path, mock, m
         timeout=240,
     )
     assert finished.returncode == 0, finished.stderr
+    sent_after = sent_per_id(mock)
+    assert [i for i in written if sent_after.get(i, 0) != sent_before.get(i, 0)] == []
     records = [orjson.loads(line) for line in output.read_bytes().splitlines()]
     assert sorted(record["custom_id"] for record in records) == sorted(ids)
     assert all(record["error"] is None for record in records)
