@@ -213,3 +213,4 @@ def test_engine_run_on_10000_mixed_lines_resumes_after_sigkill(tmp_path, mock, m
     assert all(record["error"] is None for record in records)
     objects = Counter(record["response"]["body"].get("object") for record in records)
     assert objects == {"chat.completion": 3334, "response": 3333, "list": 3333}
+    assert "by endpoint" in finished.stderr and "embeddings" in finished.stderr

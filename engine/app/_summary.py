@@ -55,6 +55,9 @@ class RunSummary:
         already_done: items skipped because OUTPUT already had their line.
         succeeded / failed: lines this run wrote, ok and with an error.
         error_codes: this run's failed lines per ``error.code``.
+        by_endpoint: lines this run wrote for answered or refused requests, per
+            endpoint (``chat``, ``responses``, ``embeddings``, ``transcription``);
+            lines of unreadable input lines are not counted here.
         skipped: recordings not sent because they are shorter than ``--min-seconds``.
         not_run: items with no line yet (stopped early), and no answer saved in
             the sidecar: the next run sends them.
@@ -108,6 +111,7 @@ class RunSummary:
     held_lost: int = 0
     sidecar_path: str | None = None
     io_error: str | None = None
+    by_endpoint: Mapping[str, int] = attrs.field(factory=dict)
 
     @property
     def exit_status(self) -> int:
@@ -133,6 +137,8 @@ def format_summary(summary: RunSummary) -> str:
     rows.append(("failed", str(summary.failed)))
     for code, count in sorted(summary.error_codes.items(), key=lambda item: (-item[1], item[0])):
         rows.append((f"  {code}", str(count)))
+    if summary.by_endpoint:
+        rows.append(("by endpoint", _by_endpoint(summary.by_endpoint)))
     if summary.skipped:
         rows.append(("skipped (too short)", str(summary.skipped)))
     if summary.held_saved:
@@ -171,6 +177,17 @@ def format_summary(summary: RunSummary) -> str:
     if summary.stopped:
         lines.append(f"stopped early: {summary.stopped}")
     return "\n".join(lines)
+
+
+#: The order endpoints are listed in; others (none today) follow by name.
+_ENDPOINT_ORDER = ("chat", "responses", "embeddings", "transcription")
+
+
+def _by_endpoint(counts: Mapping[str, int]) -> str:
+    """``"chat 3334, responses 3333, embeddings 3333"``: lines written per endpoint."""
+    order = {kind: index for index, kind in enumerate(_ENDPOINT_ORDER)}
+    kinds = sorted(counts, key=lambda kind: (order.get(kind, len(order)), kind))
+    return ", ".join(f"{kind} {counts[kind]}" for kind in kinds)
 
 
 def _average(count: float, elapsed: float) -> str:

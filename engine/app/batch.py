@@ -131,6 +131,8 @@ _RESULT_TYPES = {
     "embeddings": EmbeddingResult,
     "transcription": TranscriptionResult,
 }
+#: Result class -> its endpoint, for the summary's lines per endpoint.
+_RESULT_KINDS = {result_type: kind for kind, result_type in _RESULT_TYPES.items()}
 # Error code of items the client never finished because it stopped.
 _RUN_STOPPED = RunStoppedError.default_code
 
@@ -212,6 +214,8 @@ class _Tally:
     completion_tokens: int = 0
     audio_seconds: float = 0.0
     error_codes: Counter[str] = attrs.field(factory=Counter)
+    #: Lines written for the client's results, per endpoint (``"chat"``, ``"embeddings"``...).
+    by_endpoint: Counter[str] = attrs.field(factory=Counter)
     #: When the first result came back (trio time), None before.
     first_answer_at: float | None = None
 
@@ -352,6 +356,7 @@ def _write_result(result: Any, feed: _Feed, output: HeldOutput, tally: _Tally) -
         feed.give_back(result.id)
         return False
     line_no = feed.answered(result.id)
+    tally.by_endpoint[_RESULT_KINDS.get(type(result), "chat")] += 1
     usage = getattr(result, "usage", None)
     if usage is not None:
         # chat and embeddings usage names prompt/completion tokens; responses and
@@ -908,6 +913,7 @@ async def _run(
         succeeded=tally.succeeded,
         failed=tally.failed,
         error_codes=dict(tally.error_codes),
+        by_endpoint=dict(tally.by_endpoint),
         skipped=tally.skipped,
         not_run=not_run,
         previously_failed=previously_failed,
