@@ -99,8 +99,9 @@ def register(subparsers: Any) -> None:
         help="run a Batch-API JSONL file of requests into an output JSONL file",
         description=(
             "Send every request of INPUT (OpenAI Batch API input lines: custom_id, method, "
-            "url, body; /v1/chat/completions or /v1/audio/transcriptions with body.file a "
-            "local path) at the highest rate the quota allows, writing one Batch API output "
+            "url, body; /v1/chat/completions, /v1/responses, /v1/embeddings, or "
+            "/v1/audio/transcriptions with body.file a local path) at the highest rate the "
+            "quota allows, writing one Batch API output "
             "line per custom_id to OUTPUT. Rerunning with the same -o resumes. The API key "
             "comes from $OPENAI_API_KEY. See docs/cli.md."
         ),
