@@ -34,6 +34,7 @@ from engine._results import (
     Usage,
 )
 from engine._shared import RedisQuota
+from engine._version import __version__ as __version__
 from engine.app.batch import run_audio, run_batch, run_file
 from engine.endpoints import (
     EmbeddingRequest,
@@ -43,8 +44,6 @@ from engine.endpoints import (
     ResponseResult,
     ResponseUsage,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAX_UPLOAD_BYTES",

@@ -55,6 +55,7 @@ from engine._retry import (
 )
 from engine._shared import LeaseManager, LimiterCallbacks, RedisQuota, SharedQuotaStatistics
 from engine._tokens import DEFAULT_OUTPUT_TOKENS
+from engine._version import __version__
 from engine.endpoints import (
     JSON_ENDPOINTS,
     Answer,
@@ -1190,7 +1191,7 @@ async def open_client(
         raise ValueError("concurrency must be at least 1")
     base_url = _check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
     api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    headers = {"user-agent": "quota-engine/0.1"}
+    headers = {"user-agent": f"quota-engine/{__version__}"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     workers = concurrency or AUTO_MAX_CONCURRENCY

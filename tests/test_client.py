@@ -56,6 +56,25 @@ async def test_chat_returns_the_answer_and_usage(autojump_clock):
     assert result.attempts == 1 and result.model == MODEL
 
 
+async def test_requests_carry_the_package_version_in_their_user_agent(autojump_clock):
+    """The user-agent names engine.__version__, written once in engine/_version.py."""
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["user-agent"])
+        return httpx.Response(500)
+
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1",
+        api_key=KEY,
+        transport=httpx.MockTransport(answer),
+        max_attempts=1,
+    ) as client:
+        with pytest.raises(engine.EngineError):
+            await client.chat("hi", model=MODEL)
+    assert seen == [f"quota-engine/{engine.__version__}"]
+
+
 class Person(pydantic.BaseModel):
     name: str
     age: int

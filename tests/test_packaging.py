@@ -109,8 +109,8 @@ def build_wheel(wheels: Path, work: Path) -> Path:
 
 
 def source_version() -> str:
-    """``__version__`` as engine/__init__.py writes it."""
-    text = (REPOSITORY / "engine" / "__init__.py").read_text()
+    """``__version__`` as engine/_version.py writes it."""
+    text = (REPOSITORY / "engine" / "_version.py").read_text()
     match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
     assert match is not None
     return match[1]

@@ -39,6 +39,8 @@ from typing import Any
 
 import attrs
 
+from engine._version import __version__
+
 __all__ = ["LoadReport", "register", "run_load"]
 
 SCENARIOS = ("all", "utilisation", "overhead", "memory", "robustness", "report", "chaos")
@@ -362,7 +364,7 @@ async def _load(
             "max_tokens": max_tokens,
         }
     )
-    headers = {"user-agent": "quota-engine-bench/0.1"}
+    headers = {"user-agent": f"quota-engine-bench/{__version__}"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     post_headers = {"content-type": "application/json"}
