@@ -70,11 +70,16 @@ class _HasError(Protocol):
 
 
 class _ErrorAccess:
-    """The failed request's exception, on both result kinds (each has an ``error`` field).
+    """Success and the failed request's exception, on every result kind (each has ``error``).
 
     A plain mixin, no fields of its own: pydantic keeps each model's fields in
     the order the model declares them.
     """
+
+    @property
+    def ok(self: _HasError) -> bool:
+        """True when the request succeeded (a transcription skipped on purpose too)."""
+        return self.error is None
 
     @property
     def exception(self: _HasError) -> EngineError | None:
@@ -126,11 +131,6 @@ class ChatResult(_ErrorAccess, pydantic.BaseModel):
     raw_content: str | None = pydantic.Field(default=None, repr=False)
     # Any: stored as given, without re-validating (and copying) every message.
     input: Any = pydantic.Field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """True when the request succeeded."""
-        return self.error is None
 
 
 class AudioUsage(pydantic.BaseModel):
@@ -191,11 +191,6 @@ class TranscriptionResult(_ErrorAccess, pydantic.BaseModel):
     status_code: int | None = None
     request_id: str | None = None
     response: dict[str, Any] | None = pydantic.Field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        """True when the request succeeded or was skipped on purpose."""
-        return self.error is None
 
     @property
     def output(self) -> str | None:

@@ -219,11 +219,6 @@ class EmbeddingResult(_ErrorAccess, pydantic.BaseModel):
     input: Any = pydantic.Field(default=None, repr=False)
 
     @property
-    def ok(self) -> bool:
-        """True when the request succeeded."""
-        return self.error is None
-
-    @property
     def output(self) -> list[list[float]] | None:
         """The vectors (same as :attr:`vectors`), so every result kind reads alike."""
         vectors: list[list[float]] | None = self.vectors

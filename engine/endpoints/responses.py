@@ -190,11 +190,6 @@ class ResponseResult(_ErrorAccess, pydantic.BaseModel):
     raw_content: str | None = pydantic.Field(default=None, repr=False)
     input: Any = pydantic.Field(default=None, repr=False)
 
-    @property
-    def ok(self) -> bool:
-        """True when the request succeeded."""
-        return self.error is None
-
 
 def _read_output(body: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The ``output_text`` parts joined, and the refusal parts joined (None: none).
