@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import functools
-from contextlib import asynccontextmanager
 
 import httpx
 import pydantic
 import pytest
 import trio
 import trio.testing
+from mock_clients import KEY, mock_client
 
 import engine
-from engine.mock import MockConfig, create_app
+from engine.mock import MockConfig
 
 MODEL = "gpt-4o-mini"
-KEY = "sk-test-secret-key-0123456789"
-
-
-@asynccontextmanager
-async def mock_client(config: MockConfig, **options):
-    app = create_app(config)
-    options.setdefault("retry_base_delay", 0.01)
-    async with engine.open_client(
-        base_url="http://127.0.0.1/v1",
-        api_key=KEY,
-        transport=httpx.ASGITransport(app),
-        **options,
-    ) as client:
-        yield client, app
 
 
 def requests(n: int, **params):

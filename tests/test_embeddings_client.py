@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
-import httpx
 import pytest
+from mock_clients import mock_client
 
 import engine
-from engine.mock import MockConfig, create_app
+from engine.mock import MockConfig
 
 MODEL = "text-embedding-3-small"
-KEY = "sk-test-secret-key-0123456789"
-
-
-@asynccontextmanager
-async def mock_client(config: MockConfig, **options):
-    app = create_app(config)
-    options.setdefault("retry_base_delay", 0.01)
-    async with engine.open_client(
-        base_url="http://127.0.0.1/v1",
-        api_key=KEY,
-        transport=httpx.ASGITransport(app),
-        **options,
-    ) as client:
-        yield client, app
 
 
 async def test_embed_returns_one_vector_per_input(autojump_clock):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
-import httpx
 import pydantic
 import pytest
+from mock_clients import mock_client
 
 import engine
-from engine.mock import MockConfig, create_app
+from engine.mock import MockConfig
 
 MODEL = "gpt-4o-mini"
-KEY = "sk-test-secret-key-0123456789"
 
 
 class Person(pydantic.BaseModel):
@@ -21,19 +18,6 @@ class Person(pydantic.BaseModel):
     name: str
     age: int
     nickname: str | None = None
-
-
-@asynccontextmanager
-async def mock_client(config: MockConfig, **options):
-    app = create_app(config)
-    options.setdefault("retry_base_delay", 0.01)
-    async with engine.open_client(
-        base_url="http://127.0.0.1/v1",
-        api_key=KEY,
-        transport=httpx.ASGITransport(app),
-        **options,
-    ) as client:
-        yield client, app
 
 
 async def test_respond_returns_the_output_text_and_usage(autojump_clock):
