@@ -135,6 +135,12 @@ def sends(app) -> dict[str, int]:
     return dict(app.stats.client_request_ids)
 
 
+def assert_each_id_written_and_sent_once(output: Path, app, count: int = 200) -> None:
+    """Every id r0..r{count-1} has one line in ``output`` and reached ``app`` exactly once."""
+    assert sorted(ids_in(output)) == sorted(f"r{i}" for i in range(count))
+    assert set(app.stats.client_request_ids.values()) == {1}
+
+
 # --------------------------------------------------------------------------- write failures
 
 
@@ -332,8 +338,7 @@ async def test_an_output_deleted_with_its_directory_is_put_back_and_the_run_goes
         notify=notices.append,
     )
     assert removed and summary.exit_status == batch.EXIT_OK
-    assert sorted(ids_in(output)) == sorted(f"r{i}" for i in range(200))
-    assert set(app.stats.client_request_ids.values()) == {1}
+    assert_each_id_written_and_sent_once(output, app)
     assert any(f"{output} was deleted while the run was writing it" in n for n in notices)
 
 
@@ -369,8 +374,7 @@ async def test_an_output_that_cannot_be_put_back_holds_and_finishes_once_it_can(
     )
     assert snapshots["unblocked"] == snapshots["settled"]
     assert summary.exit_status == batch.EXIT_OK
-    assert sorted(ids_in(output)) == sorted(f"r{i}" for i in range(200))
-    assert set(app.stats.client_request_ids.values()) == {1}
+    assert_each_id_written_and_sent_once(output, app)
     assert any(f"Make {folder} a writable directory again" in n for n in notices)
 
 
@@ -407,8 +411,7 @@ async def test_a_stop_while_a_deleted_output_cannot_come_back_saves_all_its_line
     output.unlink()  # the user moves the other file away
     resumed = await batch.run_file(source, output, client_options=options(app))
     assert resumed.exit_status == batch.EXIT_OK
-    assert sorted(ids_in(output)) == sorted(f"r{i}" for i in range(200))
-    assert set(app.stats.client_request_ids.values()) == {1}
+    assert_each_id_written_and_sent_once(output, app)
 
 
 # --------------------------------------------------------------------------- input, opening
