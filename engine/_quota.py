@@ -545,9 +545,10 @@ class QuotaBook:
         elif group.paced:
             if group.next_slot > ready:
                 ready = group.next_slot
-        elif group.next_burst_slot > ready + BURST_SLACK and not group.proven:
+        elif not group.proven and group.next_burst_slot > ready + BURST_SLACK:
             ready = group.next_burst_slot
-        if group.seen_response and group.minute_dims[0].limit is None:
+        rpm_dim, tpm_dim = group.minute_dims
+        if rpm_dim.limit is None and group.seen_response:
             # No request limit known (no rate-limit headers): adaptive control.
             if group.adaptive_rate is None:
                 if group.in_flight >= group.window:
@@ -576,9 +577,7 @@ class QuotaBook:
             and not self._fits_first_second(group, cost)
         ):
             return Wait(None)
-        if group.in_flight > 0 and (
-            group.minute_dims[0].unconfirmed or group.minute_dims[1].unconfirmed
-        ):
+        if (rpm_dim.unconfirmed or tpm_dim.unconfirmed) and group.in_flight > 0:
             return Wait(None)  # a guessed window end: its probe goes alone
         if unknowable:
             if group.in_flight > 0:
@@ -787,20 +786,22 @@ class QuotaBook:
             return
         group.seen_response = True
         group.blind_rate_limits = 0
-        group.minute_dims[0].unconfirmed = group.minute_dims[1].unconfirmed = False
-        if reservation.granted_at > group.last_refusal_at:
+        rpm_dim, tpm_dim = group.minute_dims
+        if rpm_dim.unconfirmed or tpm_dim.unconfirmed:
+            rpm_dim.unconfirmed = tpm_dim.unconfirmed = False
+        if not group.admitted_since_refusal and reservation.granted_at > group.last_refusal_at:
             group.admitted_since_refusal = True
-        if group.minute_dims[0].limit is None:
+        if rpm_dim.limit is None:
             group.admitted_since_decrease += 1
             took = now - reservation.granted_at
             group.latency = took if not group.latency else 0.9 * group.latency + 0.1 * took
-        if group.adaptive_rate is None and group.minute_dims[0].limit is None:
-            # Slow start: the window doubles every round trip until it holds
-            # SLOW_START_LIMIT requests or sends SLOW_START_RATE a second, then
-            # grows by one per round trip: what is sent before the first 429
-            # comes back, the overshoot of an unknown limit, stays small.
-            threshold = max(SLOW_START_LIMIT, SLOW_START_RATE * group.latency)
-            group.window += 1 if group.window < threshold else 1 / group.window
+            if group.adaptive_rate is None:
+                # Slow start: the window doubles every round trip until it holds
+                # SLOW_START_LIMIT requests or sends SLOW_START_RATE a second, then
+                # grows by one per round trip: what is sent before the first 429
+                # comes back, the overshoot of an unknown limit, stays small.
+                threshold = max(SLOW_START_LIMIT, SLOW_START_RATE * group.latency)
+                group.window += 1 if group.window < threshold else 1 / group.window
         if not group.proven and reservation.granted_at < group.first_grant_at + PROOF_SPAN:
             self._count_early(group, reservation.cost)
         applied = self._apply_headers(group, reservation, headers, now)
