@@ -73,15 +73,23 @@ import math
 import select
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast, final, overload
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, cast, final, overload
 
 import httpx
 import trio
 
 from engine import _wire
 
-__all__ = ["H11Transport", "RawResponse", "TimeoutWatch", "make_async_client", "shared_ssl_context"]
+__all__ = [
+    "H11Transport",
+    "RawResponse",
+    "StreamedResponse",
+    "TimeoutWatch",
+    "make_async_client",
+    "shared_ssl_context",
+]
 
 # Bytes asked of the socket per receive: a chat completion fits in one read.
 _RECEIVE_SIZE = 65536
@@ -686,12 +694,7 @@ class RawResponse:
 
     def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], content: bytes):
         self.status_code = status_code
-        headers: dict[str, str] = {}
-        for name, value in raw_headers:
-            key = name.decode("latin-1").lower()
-            if key not in headers:
-                headers[key] = value.decode("latin-1")
-        self.headers = headers
+        self.headers = _first_values(raw_headers)
         self.content = content
 
     @property
@@ -795,6 +798,117 @@ def _describe(exc: BaseException) -> str:
     return str(cause or exc) or type(cause or exc).__name__
 
 
+class StreamedResponse(Protocol):
+    """A response whose body is handed out as it arrives (:meth:`_WorkerClient.stream_post`).
+
+    Attributes:
+        status_code: the HTTP status.
+        headers: names lower-cased to values (the first of repeated headers).
+    """
+
+    status_code: int
+    headers: Mapping[str, str]
+
+    async def receive_some(self) -> bytes:
+        """The next piece of the body (without transfer coding) as it arrives; ``b""``
+        once the body is complete.  Checkpoints.
+
+        Raises httpx's exceptions (:class:`httpx.ReadTimeout` when a wait for
+        more bytes outlasts the read timeout, :class:`httpx.RemoteProtocolError`
+        when the peer closes before the body's end, ...).
+        """
+        ...
+
+    async def read_rest(self) -> bytes:
+        """The rest of the body, all of it (for error answers). Checkpoints."""
+        ...
+
+
+def _first_values(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header names lower-cased to values, the first of repeated headers kept."""
+    headers: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = name.decode("latin-1").lower()
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
+class _HttpxStreamedResponse:
+    """An ``httpx.Response`` opened with ``client.stream``, as a :class:`StreamedResponse`.
+
+    The fallback for transports other than :class:`H11Transport` (test doubles
+    such as ``httpx.ASGITransport``, which hands out the body only once the
+    app finished): behaviour is the same, timings are the double's.  The
+    pieces are httpx's decoded bytes (gzip and the like undone).
+    """
+
+    __slots__ = ("_pieces", "headers", "status_code")
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.headers: Mapping[str, str] = _first_values(response.headers.raw)
+        self._pieces: AsyncIterator[bytes] | None = response.aiter_bytes()
+
+    async def receive_some(self) -> bytes:
+        """See :meth:`StreamedResponse.receive_some`. Checkpoints."""
+        # httpx's iterator over a body already in memory never yields to trio.
+        await trio.lowlevel.checkpoint()
+        pieces = self._pieces
+        if pieces is None:
+            return b""
+        async for piece in pieces:
+            if piece:
+                return piece
+        self._pieces = None
+        return b""
+
+    async def read_rest(self) -> bytes:
+        """See :meth:`StreamedResponse.read_rest`. Checkpoints."""
+        parts = []
+        while piece := await self.receive_some():
+            parts.append(piece)
+        return b"".join(parts)
+
+
+class _HttpxStream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
+    """``client.stream("POST", ...)`` wrapped to hand out a :class:`StreamedResponse`."""
+
+    __slots__ = ("_client", "_content", "_context", "_headers", "_url")
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: httpx.URL | str,
+        content: bytes,
+        headers: Mapping[str, str] | None,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._content = content
+        self._headers = headers
+        self._context: contextlib.AbstractAsyncContextManager[httpx.Response] | None = None
+
+    async def __aenter__(self) -> StreamedResponse:
+        context = self._client.stream(
+            "POST", self._url, content=self._content, headers=self._headers
+        )
+        response = await context.__aenter__()
+        self._context = context
+        return _HttpxStreamedResponse(response)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        context = self._context
+        if context is not None:
+            self._context = None
+            await context.__aexit__(exc_type, exc, traceback)
+
+
 class _ResponseCookiesIgnored(httpx.Cookies):
     """A cookie jar that never stores cookies from responses.
 
@@ -886,6 +1000,29 @@ class _WorkerClient(httpx.AsyncClient):
         extra.append((b"content-length", b"%d" % len(content)))
         request = _RawRequest(merged_url, prefix, framing, extra, content, self._fast_extensions)
         return await self._fast_transport.handle_async_request(request)
+
+    def stream_post(
+        self,
+        url: httpx.URL | str,
+        *,
+        content: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[StreamedResponse]:
+        """A POST whose response body is read as it arrives: ``async with`` gives a
+        :class:`StreamedResponse` once the response head is in.
+
+        Entering sends the request and waits for the head only (the connect,
+        write and pool timeouts as for :meth:`post`; the read timeout bounds
+        the wait for the head, then each wait for more of the body).  Leaving
+        before the body ended (the caller broke out, was cancelled, or an
+        error) drops the connection; a body read to its end leaves it open for
+        the next request.  Errors are httpx's exceptions, as for :meth:`post`.
+        Entering and the response's methods checkpoint.
+
+        On a transport other than :class:`H11Transport` this is httpx's own
+        ``client.stream("POST", ...)`` wrapped to the same interface.
+        """
+        return _HttpxStream(self, url, content, headers)
 
     def _fast_target(self, url: str) -> tuple[httpx.URL, bytes, tuple[bool, bool]]:
         """The URL ``url`` merges to, its checked request line and fixed headers, and
