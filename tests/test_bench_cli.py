@@ -52,28 +52,33 @@ def test_rate_limited_answers_are_counted_as_errors_by_status() -> None:
 
 
 def test_command_line_writes_a_json_report(mock_url: str, tmp_path) -> None:
-    """``engine bench --base-url URL --json PATH`` exits 0 and writes the report."""
+    """``engine bench --base-url URL --no-stream --json PATH`` exits 0 and writes the report."""
     path = tmp_path / "report.json"
     status = cli.main(
         [
             "bench",
             "--base-url",
             mock_url,
+            "--no-stream",
             "--concurrency",
             "2",
             "--duration",
             "0.5",
+            "--warmup",
+            "0.2",
             "--json",
             str(path),
         ]
     )
     data = json.loads(path.read_text())
     assert status == 0
-    assert data["mode"] == "closed"
-    assert data["completed"] > 0
-    assert data["requests_per_s"] > 0
-    assert set(data["latency_s"]) == {"mean", "p50", "p90", "p99", "max"}
-    assert 0 <= data["generator"]["cpu_share"]
+    (step,) = data["steps"]
+    assert step["mode"] == "concurrency"
+    assert step["completed"] > 0
+    assert step["requests_per_second"] > 0
+    assert set(step["e2e_ms"]) == {"mean", "p50", "p90", "p99"}
+    assert step["ttft_ms"]["p50"] is None  # not streamed: no token timings
+    assert 0 <= step["client_cpu_share"]
 
 
 # -- benchmarks/utilisation.py: the steady-state measure, with plain numbers ---

@@ -8,26 +8,27 @@ Two uses:
   plots.  ``all`` (the default) runs utilisation, overhead and memory, then
   the report; ``robustness`` (the issue-13 matrix, about 15 minutes, 3 with
   ``--quick``) runs only when named.
-* ``engine bench --base-url URL [--model M] [--concurrency N | --rate R]
-  [--duration S] [--json PATH]`` loads a server with chat completions: closed
-  loop (N requests always in flight, the default with N = 32) or open loop
-  (Poisson arrivals at R per second, latency measured from the *scheduled*
-  send time so a slow server cannot hide queueing).  It reports requests/s,
-  tokens/s, latency percentiles, errors by kind, and its own CPU use: the
-  generator's CPU seconds per wall second (near 1.0 means the generator, not
-  the server, is the limit — the report says so) and, in open loop, how late
-  sends left against their schedule.  The API key is ``$OPENAI_API_KEY``;
-  it is never printed.
+* ``engine bench --base-url URL [--concurrency N[,N...] | --request-rate
+  R[,R...]] [--duration S] [--warmup S] [--input-tokens N] [--output-tokens N]
+  [--slo ttft=200ms,tpot=50ms] [-o results.json|.csv] [--plot DIR]
+  [--self-check]`` benchmarks any OpenAI-compatible server as ``vllm bench
+  serve``, GuideLLM and AIPerf do: streamed chat completions (or the
+  Responses API) under a closed loop (N in flight) or an open loop (Poisson
+  or constant arrivals at R per second), a comma list being a sweep.  Per
+  step it reports requests/s, output tokens/s, TTFT, ITL, TPOT and e2e
+  (mean, p50, p90, p99), errors and 429s, goodput under the SLO, and its
+  own CPU share and send lag; docs/bench.md defines every figure.  The API
+  key is ``$OPENAI_API_KEY``; it is never printed or written.
 
-The load generator runs on trio with one keep-alive HTTP/1.1 connection per
-worker (``engine._http``), request bodies encoded once, and only the
-``usage`` of each answer decoded.
+The serving benchmark lives in ``engine/app/_serving_load.py`` (the trio
+driver), ``_serving_metrics.py`` (the figures, sans-IO) and
+``_serving_report.py`` (JSON, CSV, table, plots).  :func:`run_load` below is
+the older non-streamed load generator, kept as a library function.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -40,6 +41,19 @@ from typing import Any
 import attrs
 
 from engine._version import __version__
+from engine.app._serving_load import DEFAULT_WARMUP
+
+_METRICS_HELP = """\
+Figures, as vllm bench serve defines them: TTFT = send to the first chunk
+carrying output (delta content); ITL = gaps between consecutive output-bearing
+chunks, pooled over requests; TPOT = (e2e - TTFT) / (output tokens - 1) per
+request with more than one token; e2e = send to the last output-bearing chunk;
+output tokens from the usage chunk (else counted chunks). requests/s and
+output tokens/s count answers finishing in the measured window (after
+--warmup); latencies come from requests sent in it. Goodput = requests/s x the
+share of answers meeting every --slo. Percentiles interpolate linearly
+(numpy's default). docs/bench.md defines each and says where GuideLLM and
+AIPerf differ."""
 
 __all__ = ["LoadReport", "register", "run_load"]
 
@@ -57,7 +71,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="run the benchmarks, or load any OpenAI-compatible server (--base-url)",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="\n\n".join(__doc__.split("\n\n")[1:3]) if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -70,60 +84,202 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="short scenarios (under 2 minutes in all)"
     )
-    load = parser.add_argument_group("load a server (--base-url)")
+    load = parser.add_argument_group(
+        "serve benchmark (--base-url)",
+        description=_METRICS_HELP,
+    )
     load.add_argument("--base-url", help="OpenAI-style base URL ending in /v1")
     load.add_argument("--model", default="gpt-4o-mini", help="model to ask (default gpt-4o-mini)")
+    load.add_argument(
+        "--endpoint",
+        choices=("chat", "responses"),
+        default="chat",
+        help="chat (/chat/completions, default) or responses (/responses)",
+    )
     mode = load.add_mutually_exclusive_group()
     mode.add_argument(
         "--concurrency",
-        type=int,
-        help=f"closed loop: requests always in flight (default {DEFAULT_CONCURRENCY})",
+        metavar="N[,N...]",
+        help=f"closed loop: requests always in flight (default {DEFAULT_CONCURRENCY}); "
+        "a comma list is a sweep, one step each",
     )
-    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    mode.add_argument(
+        "--request-rate",
+        "--rate",
+        dest="request_rate",
+        metavar="R[,R...]",
+        help="open loop: arrivals per second; a comma list is a sweep, one step each",
+    )
+    load.add_argument(
+        "--arrivals",
+        choices=("poisson", "constant"),
+        default="poisson",
+        help="open loop: Poisson arrivals (default) or evenly spaced",
+    )
     load.add_argument(
         "--duration",
         type=float,
         default=DEFAULT_DURATION,
-        help=f"seconds to send for (default {DEFAULT_DURATION:g})",
+        help=f"measured seconds per step, after the warm-up (default {DEFAULT_DURATION:g})",
     )
     load.add_argument(
-        "--max-tokens", type=int, default=16, help="max_tokens of each request (default 16)"
+        "--warmup",
+        type=float,
+        default=DEFAULT_WARMUP,
+        help=f"seconds per step sent but not measured (default {DEFAULT_WARMUP:g})",
+    )
+    load.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream the answers (server-sent events; default); --no-stream asks for whole "
+        "answers and measures e2e only",
+    )
+    load.add_argument(
+        "--output-tokens",
+        "--max-tokens",
+        dest="output_tokens",
+        type=int,
+        default=16,
+        help="max_tokens (chat) / max_output_tokens (responses) of each request (default 16)",
+    )
+    load.add_argument(
+        "--input-tokens",
+        type=int,
+        help="synthetic prompts of this many tokens (the model's tiktoken encoding, offline); "
+        "default: --prompt",
     )
     load.add_argument(
         "--prompt", default="Say hi in five words.", help="the user message of each request"
     )
     load.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help='send "ignore_eos": true (vLLM, SGLang: always produce --output-tokens)',
+    )
+    load.add_argument(
+        "--slo",
+        metavar="ttft=200ms,tpot=50ms",
+        help="objectives for goodput: ttft, tpot, itl (largest gap), e2e; ms (default), s, us",
+    )
+    load.add_argument(
         "--max-in-flight",
         type=int,
         default=DEFAULT_MAX_IN_FLIGHT,
-        help=f"open loop: cap on requests in flight (default {DEFAULT_MAX_IN_FLIGHT})",
+        help=f"open loop: cap on requests in flight, the rest dropped (default "
+        f"{DEFAULT_MAX_IN_FLIGHT})",
     )
-    load.add_argument("--seed", type=int, help="seed of the open-loop arrival times")
-    load.add_argument("--json", dest="json_path", help="also write the report to this file")
+    load.add_argument("--seed", type=int, help="seed of the arrival times and prompts")
+    load.add_argument(
+        "-o",
+        "--output",
+        "--json",
+        dest="output",
+        metavar="PATH",
+        help="write the results: CSV when PATH ends in .csv, else JSON",
+    )
+    load.add_argument("--plot", metavar="DIR", help="plot latency percentiles vs load into DIR")
+    load.add_argument(
+        "--progress",
+        action="store_true",
+        help="live progress line on stderr even when it is not a terminal",
+    )
+    load.add_argument(
+        "--self-check",
+        action="store_true",
+        help="first measure this generator's own ceiling against the built-in mock (about "
+        "5 s) and warn for steps within 80%% of it",
+    )
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run what the ``engine bench`` command line asks for; return the exit status."""
     if args.base_url:
-        report = run_load(
-            args.base_url,
-            model=args.model,
-            concurrency=args.concurrency if args.rate is None else None,
-            rate=args.rate,
-            duration=args.duration,
-            max_tokens=args.max_tokens,
-            prompt=args.prompt,
-            max_in_flight=args.max_in_flight,
-            seed=args.seed,
-        )
-        print(report.summary())
-        if args.json_path:
-            with open(args.json_path, "w") as f:
-                json.dump(report.to_dict(), f, indent=1)
-                f.write("\n")
-        return 0 if report.completed else 1
+        return _serve_bench(args)
     return _run_scenarios(args.scenario or "all", quick=args.quick)
+
+
+def _serve_bench(args: argparse.Namespace) -> int:
+    from engine.app import _serving_load as load
+    from engine.app._serving_metrics import parse_load_list, parse_slo
+    from engine.app._serving_report import (
+        plot_steps,
+        report_dict,
+        step_warnings,
+        table,
+        write_report,
+    )
+
+    try:
+        if args.request_rate is not None:
+            mode, targets = "rate", parse_load_list(args.request_rate, integer=False)
+        else:
+            mode = "concurrency"
+            targets = parse_load_list(args.concurrency or str(DEFAULT_CONCURRENCY), integer=True)
+        slo = parse_slo(args.slo) if args.slo else None
+        if not args.duration > 0 or args.warmup < 0:
+            raise ValueError("--duration must be > 0 and --warmup >= 0")
+        if args.output_tokens < 1 or (args.input_tokens is not None and args.input_tokens < 1):
+            raise ValueError("--output-tokens and --input-tokens must be at least 1")
+        if args.max_in_flight < 1:
+            raise ValueError("--max-in-flight must be at least 1")
+    except ValueError as exc:
+        print(f"engine bench: {exc}", file=sys.stderr)
+        return 2
+    config = load.ServingConfig(
+        base_url=args.base_url.rstrip("/"),
+        model=args.model,
+        endpoint=args.endpoint,
+        stream=args.stream,
+        output_tokens=args.output_tokens,
+        input_tokens=args.input_tokens,
+        prompt=args.prompt,
+        ignore_eos=args.ignore_eos,
+        duration=args.duration,
+        warmup=args.warmup,
+        poisson=args.arrivals == "poisson",
+        seed=args.seed,
+        max_in_flight=args.max_in_flight,
+        slo=slo,
+        api_key=os.environ.get("OPENAI_API_KEY") or None,
+    )
+    self_check = None
+    ceiling = None
+    if args.self_check:
+        print("self-check: the generator against the built-in mock ...", file=sys.stderr)
+        self_check = load.measure_ceiling(config)
+        ceiling = self_check["ceiling_rps"]
+        print(
+            f"self-check: {self_check['requests_per_second']:,.0f} req/s at "
+            f"{self_check['client_cpu_share']:.0%} of a core"
+            + (f", ceiling {ceiling:,.0f} req/s per client core" if ceiling else ""),
+            file=sys.stderr,
+        )
+    show = args.progress or sys.stderr.isatty()
+    progress = load.stderr_progress() if show else None
+
+    def on_step(step: Any) -> None:
+        if show:
+            sys.stderr.write("\r\x1b[2K")
+        for warning in step_warnings(step, ceiling):
+            print(f"warning: {warning}", file=sys.stderr)
+
+    steps = load.run_steps(
+        config, mode, targets, ceiling=ceiling, progress=progress, on_step=on_step
+    )
+    print(table(steps))
+    report = report_dict(config.to_dict() | {"mode": mode, "targets": targets}, self_check, steps)
+    if args.output:
+        write_report(args.output, report, steps)
+    if args.plot:
+        try:
+            written = plot_steps(steps, args.plot)
+        except ImportError as exc:
+            print(f"engine bench: no plots: {exc}", file=sys.stderr)
+        else:
+            print(f"plots: {', '.join(written) or 'nothing to plot'}")
+    return 0 if any(step.completed for step in steps) else 1
 
 
 def _run_scenarios(scenario: str, *, quick: bool) -> int:
