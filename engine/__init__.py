@@ -4,7 +4,7 @@ Public names are re-exported here; the modules that define them are private.
 """
 
 from engine._audio import MAX_UPLOAD_BYTES
-from engine._client import Client, ClientStatistics, open_client
+from engine._client import ChatStream, Client, ClientStatistics, ResponseStream, open_client
 from engine._errors import (
     AuthenticationError,
     BackgroundTaskError,
@@ -29,6 +29,7 @@ from engine._results import (
     AudioUsage,
     ChatResult,
     ErrorInfo,
+    GapSummary,
     Timings,
     TranscriptionResult,
     Usage,
@@ -44,6 +45,7 @@ from engine.endpoints import (
     ResponseResult,
     ResponseUsage,
 )
+from engine.endpoints._stream import StreamInterruptedError
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
@@ -53,6 +55,7 @@ __all__ = [
     "BadRequestError",
     "ChatRequest",
     "ChatResult",
+    "ChatStream",
     "Client",
     "ClientStatistics",
     "DimensionState",
@@ -62,6 +65,7 @@ __all__ = [
     "EngineError",
     "ErrorInfo",
     "FatalError",
+    "GapSummary",
     "GroupState",
     "InputError",
     "InsufficientQuotaError",
@@ -74,10 +78,12 @@ __all__ = [
     "RequestTooLargeError",
     "ResponseRequest",
     "ResponseResult",
+    "ResponseStream",
     "ResponseUsage",
     "ResponseValidationError",
     "RetriesExhaustedError",
     "RunStoppedError",
+    "StreamInterruptedError",
     "Timings",
     "TranscriptionRequest",
     "TranscriptionResult",

@@ -16,10 +16,10 @@ import os
 import random
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, overload
+from typing import Any, Generic, Protocol, Self, TypeVar, overload
 
 import attrs
 import httpx
@@ -44,7 +44,7 @@ from engine._limiter import Limiter, LimiterStatistics
 from engine._nurseries import open_service_nursery
 from engine._quota import Cost, Limits, QuotaBook, Reservation
 from engine._requests import DEFAULT_MIN_SECONDS, ChatRequest, TranscriptionRequest
-from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
+from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult, Usage
 from engine._retry import (
     Action,
     Verdict,
@@ -54,6 +54,7 @@ from engine._retry import (
     error_from_verdict,
 )
 from engine._shared import LeaseManager, LimiterCallbacks, RedisQuota, SharedQuotaStatistics
+from engine._sse import SSEDecoder
 from engine._tokens import DEFAULT_OUTPUT_TOKENS
 from engine._version import __version__
 from engine.endpoints import (
@@ -66,12 +67,27 @@ from engine.endpoints import (
     Parsed,
     ResponseRequest,
     ResponseResult,
+    ResponseUsage,
     coerce_request,
     input_kind,
 )
+from engine.endpoints._stream import (
+    ChatStreamAssembler,
+    ResponseStreamAssembler,
+    StreamAssembler,
+    StreamInterruptedError,
+    TokenClock,
+    with_usage_requested,
+)
 from engine.endpoints.transcription import TRANSCRIPTION_PATH, parse_transcription
 
-__all__ = ["Client", "ClientStatistics", "open_client"]
+__all__ = [
+    "ChatStream",
+    "Client",
+    "ClientStatistics",
+    "ResponseStream",
+    "open_client",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: Per-request HTTP timeouts: long reads (big completions), quick connects.
@@ -105,9 +121,13 @@ class ResponseLike(Protocol):
 
 
 class _WorkerHTTP(Protocol):
-    """What a worker needs of its HTTP client: any ``httpx.AsyncClient`` has it, and so
-    does :func:`engine._http.make_async_client`'s, whose ``post`` may answer with a
-    :class:`engine._http.RawResponse`."""
+    """What a worker needs of its HTTP client: :func:`engine._http.make_async_client`'s
+    has it (its ``post`` may answer with a :class:`engine._http.RawResponse`, its
+    ``stream_post`` reads a body as it arrives)."""
+
+    def stream_post(
+        self, url: str, *, content: bytes, headers: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[StreamedResponse]: ...
 
     async def post(
         self,
@@ -221,6 +241,194 @@ class _Job:
     queued_at: float
     audio: ProbedAudio | None = None
     form: dict[str, Any] | None = None
+    #: Set for a streamed request (``client.stream``, a ``"stream": true`` body).
+    stream: _StreamSink | None = None
+
+
+@attrs.define(eq=False, slots=True)
+class _StreamSink:
+    """Where a streamed job's text goes, and how its caller knows the worker is done.
+
+    ``deltas`` is None when nobody reads the text as it comes (``map``, whose
+    result holds the assembled answer); ``client.stream`` reads it.  The
+    caller leaving its block waits for ``finished`` once ``started`` is set,
+    so that the stream is closed and its permit settled when it leaves.
+    """
+
+    deltas: trio.MemorySendChannel[str] | None = None
+    started: bool = False
+    finished: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.frozen
+class _Tries:
+    """Where a request's attempts stand, for :meth:`Client._refused`."""
+
+    started: float
+    attempts: int
+    failures: int
+    sent_wall: float
+    latency: float | None
+
+
+class _Head(Protocol):
+    """The status and headers of an answer (a buffered or a streamed one)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+#: Text deltas a stream holds for a caller that reads slower than they arrive;
+#: beyond that the worker waits, and so reads the body no faster than the caller.
+_STREAM_BUFFER = 256
+_ResultT = TypeVar("_ResultT", ChatResult, ResponseResult)
+
+
+class _Stream(Generic[_ResultT]):
+    """A streamed answer as its caller reads it (see :class:`ChatStream`)."""
+
+    _result_type: type[_ResultT]
+
+    def __init__(
+        self,
+        deltas: trio.MemoryReceiveChannel[str],
+        results: trio.MemoryReceiveChannel[Result | None],
+    ) -> None:
+        self._deltas = deltas
+        self._results = results
+        self._texts: list[str] = []
+        self._result: _ResultT | None = None
+
+    def __repr__(self) -> str:
+        state = "ended" if self._result is not None else "open"
+        return f"<engine.{type(self).__name__} {state}, {len(self._texts)} deltas>"
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str:
+        """The next piece of text; at the end the result is kept (:attr:`result`).
+
+        Raises:
+            EngineError: the request failed (the result's error), at the end.
+        """
+        if self._result is not None:
+            self._result.raise_for_error()
+            raise StopAsyncIteration
+        try:
+            delta = await self._deltas.receive()
+        except trio.EndOfChannel:
+            received = await self._results.receive()
+            assert isinstance(received, self._result_type)
+            self._result = received
+            received.raise_for_error()
+            raise StopAsyncIteration from None
+        except trio.ClosedResourceError:
+            raise RuntimeError("the stream was read after its block was left") from None
+        self._texts.append(delta)
+        return delta
+
+    async def get_result(self) -> _ResultT:
+        """Read the rest of the stream; return its result.  Checkpoints.
+
+        Raises:
+            EngineError: the request failed.
+        """
+        async for _ in self:
+            pass
+        return self.result
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream has been read to its end (or its failure)."""
+        return self._result is not None
+
+    @property
+    def result(self) -> _ResultT:
+        """The result, once the stream ended: the same as a non-streamed call's,
+        with ``timings.ttft`` and ``timings.itl``; a failed one has ``.error``.
+
+        Raises:
+            RuntimeError: the stream has not been read to its end yet.
+        """
+        if self._result is None:
+            raise RuntimeError("the stream has not ended: read it to its end, or get_result()")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        """The text received so far (all of it, once the stream ended)."""
+        return "".join(self._texts)
+
+    @property
+    def timings(self) -> Timings:
+        """The result's timings (``ttft``, ``itl``, ``itl_summary``, ``latency``)."""
+        return self.result.timings
+
+    @property
+    def model(self) -> str:
+        """The model that answered."""
+        return self.result.model
+
+
+class ChatStream(_Stream[ChatResult]):
+    """A streamed chat completion (what ``client.stream(...)`` enters).
+
+    ``async for delta in s`` yields the first choice's content text as it
+    arrives (empty pieces left out).  After the loop:
+
+    * ``s.result``: the :class:`~engine.ChatResult` assembled from the chunks,
+      as a non-streamed call returns it (``output``, ``usage``, ``response``:
+      a ``chat.completion`` object);
+    * ``s.text``, ``s.usage``, ``s.model``, ``s.finish_reason``;
+    * ``s.timings.ttft`` (seconds to the first output), ``s.timings.itl``
+      (the gaps between outputs) and ``s.timings.itl_summary``.
+
+    Reading ``result`` (and what comes from it) before the end raises
+    ``RuntimeError``; ``await s.get_result()`` reads to the end first.
+    """
+
+    _result_type = ChatResult
+
+    @property
+    def usage(self) -> Usage:
+        """Tokens used, from the final usage chunk (zeros when the server sent none)."""
+        return self.result.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the first choice ended (``stop``, ``length``, ...), or None."""
+        body = self.result.response or {}
+        choices = body.get("choices") or [{}]
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+
+
+class ResponseStream(_Stream[ResponseResult]):
+    """A streamed Responses API request (what ``client.stream_response(...)`` enters).
+
+    ``async for delta in s`` yields the ``response.output_text.delta`` texts.
+    After the loop, as :class:`ChatStream`: ``s.result`` (a
+    :class:`~engine.ResponseResult`), ``s.text``, ``s.usage``, ``s.model``,
+    ``s.status`` and ``s.timings``.
+    """
+
+    _result_type = ResponseResult
+
+    @property
+    def usage(self) -> ResponseUsage:
+        """Tokens used, from the final ``response.completed`` event."""
+        return self.result.usage
+
+    @property
+    def status(self) -> str | None:
+        """The response's status (``completed``, ``incomplete``), or None."""
+        return self.result.status
+
+
+_StreamT = TypeVar("_StreamT", ChatStream, ResponseStream)
 
 
 class Client:
@@ -337,6 +545,97 @@ class Client:
             params=params,
         )
         return await self._call(request)
+
+    def stream(
+        self,
+        messages: str | Iterable[Mapping[str, Any]],
+        *,
+        model: str,
+        response_model: type[pydantic.BaseModel] | None = None,
+        id: str | None = None,
+        **params: Any,
+    ) -> AbstractAsyncContextManager[ChatStream]:
+        """Stream one chat completion: ``async with client.stream(...) as s``.
+
+        Arguments as for :meth:`chat`; the body is sent with ``"stream": true``
+        and, unless ``params`` set ``stream_options``, with
+        ``stream_options: {"include_usage": true}`` so that the final usage
+        chunk settles the permit with the tokens really used.  ``async for
+        delta in s`` yields the answer's text as it arrives; after the loop
+        ``s.result`` is the :class:`~engine.ChatResult` a non-streamed call
+        would have returned, with ``timings.ttft`` and ``timings.itl``.
+
+        Entering takes a worker (it waits while all are busy) and sends the
+        request; the permit is acquired exactly as for :meth:`chat` and held
+        until the stream ends or the block is left.  Leaving the block early,
+        or cancelling the task, closes the stream and settles the permit
+        before the block is left (the estimate stays charged: the server
+        may have spent it).  Entering, iterating and leaving checkpoint.
+
+        Raises (while iterating, or from :meth:`ChatStream.get_result`):
+            EngineError: a subclass saying why, once retries are spent, as
+                :meth:`chat` (429s and 5xx before the body's first byte are
+                retried); :class:`~engine.StreamInterruptedError` when the
+                stream broke off after it had begun (never retried).
+        """
+        request = ChatRequest(
+            messages=messages,
+            model=model,
+            id=id if id is not None else "chat",
+            response_model=response_model,
+            params={**params, "stream": True},
+        )
+        return self._open_stream(request, ChatStream)
+
+    def stream_response(
+        self,
+        input: str | Iterable[Mapping[str, Any]],
+        *,
+        model: str,
+        instructions: str | None = None,
+        response_model: type[pydantic.BaseModel] | None = None,
+        id: str | None = None,
+        **params: Any,
+    ) -> AbstractAsyncContextManager[ResponseStream]:
+        """Stream one Responses API request: ``async with client.stream_response(...) as s``.
+
+        Arguments as for :meth:`respond`; the body is sent with ``"stream":
+        true``.  ``async for delta in s`` yields the text of the
+        ``response.output_text.delta`` events; after the loop ``s.result`` is
+        the :class:`~engine.ResponseResult` of the final ``response.completed``
+        event (its usage settles the permit).  Permits, retries, leaving
+        early and errors as for :meth:`stream`.
+        """
+        request = ResponseRequest(
+            input=input,
+            model=model,
+            instructions=instructions,
+            id=id if id is not None else "response",
+            response_model=response_model,
+            params={**params, "stream": True},
+        )
+        return self._open_stream(request, ResponseStream)
+
+    @asynccontextmanager
+    async def _open_stream(
+        self, request: ChatRequest | ResponseRequest, kind: type[_StreamT]
+    ) -> AsyncIterator[_StreamT]:
+        deltas_send, deltas_receive = trio.open_memory_channel[str](_STREAM_BUFFER)
+        results_send, results_receive = trio.open_memory_channel[Result | None](1)
+        run = _Run(results_send)
+        sink = _StreamSink(deltas_send)
+        job = self._job(request, run, sink)
+        try:
+            await self._jobs.send(job)
+            yield kind(deltas_receive, results_receive)
+        finally:
+            run.cancel()
+            deltas_receive.close()
+            if sink.started and not sink.finished.is_set():
+                # Cancelled promptly: the worker closes the stream and settles
+                # the permit at its next checkpoint.
+                with trio.CancelScope(shield=True):
+                    await sink.finished.wait()
 
     async def embed(
         self,
@@ -508,7 +807,7 @@ class Client:
 
     # -- feeding --------------------------------------------------------------
 
-    def _job(self, request: AnyRequest, run: _Run) -> _Job:
+    def _job(self, request: AnyRequest, run: _Run, stream: _StreamSink | None = None) -> _Job:
         if isinstance(request, TranscriptionRequest):
             # Size, duration and cost are known only after reading the file,
             # which the worker does in a thread (``_TranscriptionEndpoint.prepare``).
@@ -526,6 +825,11 @@ class Client:
         # cannot express, an input over a limit, a body that is not JSON): an
         # InputError for that item.  Anything else is a bug and propagates.
         body = endpoint.spec.body(request)
+        if body.get("stream") is True and endpoint.assembler is not None:
+            if endpoint.spec.kind == "chat":
+                body = with_usage_requested(body)
+            if stream is None:
+                stream = _StreamSink()
         try:
             content = orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -542,6 +846,7 @@ class Client:
             group=self._groups.get(request.model, request.model),
             run=run,
             queued_at=time.time(),
+            stream=stream,
         )
 
     async def _feed(
@@ -644,6 +949,8 @@ class Client:
 
     async def _execute(self, job: _Job, http: _WorkerHTTP) -> Result:
         """Run one job to its result: local checks, permits, attempts, retries."""
+        if job.stream is not None:
+            return await self._execute_stream(job, job.stream, http)
         endpoint = job.endpoint
         if job.cost is None:
             # Local checks (transcriptions) may settle the job before any permit.
@@ -656,15 +963,7 @@ class Client:
         started = trio.current_time()
         attempts = 0
         failures = 0
-        headers = endpoint.headers()
-        if (
-            request.id is not None
-            and request.id.isascii()
-            and request.id.isprintable()
-            and len(request.id) <= 512
-        ):
-            headers["x-client-request-id"] = request.id
-        last: tuple[int | None, str | None] = (None, None)
+        headers = _request_headers(endpoint, request)
         content = job.content
         while True:
             if self._fatal is not None:
@@ -701,75 +1000,299 @@ class Client:
                 if verdict is None:
                     raise
                 failures += 1
-                if failures >= self._max_attempts:
-                    return self._failure(
-                        job,
-                        error_from_verdict(
-                            verdict, status_code=None, request_id=None, attempts=attempts
-                        ),
-                        attempts,
-                        sent_wall,
-                    )
-                self._retries += 1
+                final = self._after_transport_error(job, verdict, failures, attempts, sent_wall)
+                if final is not None:
+                    return final
                 await self._backoff(failures)
                 continue
             latency = trio.current_time() - sent_at
             status = response.status_code
-            request_id = response.headers.get("x-request-id")
-            last = (status, request_id)
             parsed = parse_rate_limit_headers(response.headers)
             limits = None if parsed.is_empty else parsed
             verdict = classify_response(status, response.headers, response.content)
-            action = verdict.action
-            if action is Action.SUCCESS:
+            if verdict.action is Action.SUCCESS:
                 return self._success(
                     job, response, reservation, limits, attempts, sent_wall, latency
                 )
-            if action is Action.RATE_LIMITED:
-                self._rate_limited += 1
-                self._limiter.rate_limited_nowait(
-                    reservation,
-                    headers=limits,
-                    retry_after=verdict.retry_after,
-                    limit_type=verdict.limit_type,
-                )
-                if trio.current_time() - started > self._wait_budget:
-                    error: EngineError = RateLimitWaitExceeded(
-                        f"still rate limited after waiting {self._wait_budget:g} s: "
-                        f"{verdict.message}",
-                        status_code=status,
-                        request_id=request_id,
-                    )
-                    return self._failure(
-                        job,
-                        error,
-                        attempts,
-                        sent_wall,
-                        response=_json_or_none(response.content),
-                        last=last,
-                    )
-                continue
-            self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
-            if action is Action.RETRY:
-                failures += 1
-                if failures < self._max_attempts:
-                    self._retries += 1
-                    await self._backoff(failures, verdict)
-                    continue
-            error = error_from_verdict(
-                verdict, status_code=status, request_id=request_id, attempts=attempts
+            final, failures = await self._refused(
+                job,
+                response,
+                response.content,
+                reservation,
+                limits,
+                verdict,
+                _Tries(started, attempts, failures, sent_wall, latency),
             )
-            if isinstance(error, FatalError):
-                self._stop(error)
+            if final is not None:
+                return final
+
+    async def _execute_stream(self, job: _Job, sink: _StreamSink, http: _WorkerHTTP) -> Result:
+        """Run one streamed job to its result; the caller reading it learns when it is over."""
+        sink.started = True
+        try:
+            return await self._stream_attempts(job, sink, http)
+        finally:
+            if sink.deltas is not None:
+                sink.deltas.close()
+            sink.finished.set()
+
+    async def _stream_attempts(self, job: _Job, sink: _StreamSink, http: _WorkerHTTP) -> Result:
+        """Attempts of a streamed job: permits and retries as in :meth:`_execute`.
+
+        What fails before the body's first byte (connect, a 429 or 5xx
+        answer, the wait for the head) is retried under the usual policy;
+        what fails after it is the job's failed result, never retried (see
+        :meth:`_read_stream`).
+        """
+        endpoint = job.endpoint
+        assert isinstance(endpoint, _JsonEndpoint) and endpoint.assembler is not None
+        assert job.content is not None and job.cost is not None
+        make_assembler = endpoint.assembler
+        headers = _request_headers(endpoint, job.request)
+        headers["accept"] = "text/event-stream"
+        started = trio.current_time()
+        attempts = 0
+        failures = 0
+        while True:
+            if self._fatal is not None:
+                return self._failure(job, RunStoppedError(self._fatal.message), attempts)
+            try:
+                reservation = await self._limiter.acquire(job.group, job.cost)
+            except RequestError as exc:
+                return self._failure(job, exc, attempts)
+            attempts += 1
+            self._sent += 1
+            sent_wall = time.time()
+            reading = _Reading(make_assembler(), TokenClock(trio.current_time()), sink.deltas)
+            try:
+                async with _stream_post(http, endpoint.path, job.content, headers) as response:
+                    parsed = parse_rate_limit_headers(response.headers)
+                    limits = None if parsed.is_empty else parsed
+                    status = response.status_code
+                    if 200 <= status < 300:
+                        return await self._read_stream(
+                            job, response, reservation, limits, reading, attempts, sent_wall
+                        )
+                    content = await response.read_rest()
+            except BaseException as exc:
+                if reading.settled:
+                    raise  # closing a stream already read: the result is lost anyway
+                # It may have reached the server: keep the estimate charged.
+                self._limiter.settle_nowait(reservation)
+                verdict = classify_transport_error(exc)
+                if verdict is None:
+                    raise
+                failures += 1
+                final = self._after_transport_error(job, verdict, failures, attempts, sent_wall)
+                if final is not None:
+                    return final
+                await self._backoff(failures)
+                continue
+            latency = trio.current_time() - reading.clock.sent_at
+            verdict = classify_response(status, response.headers, content)
+            final, failures = await self._refused(
+                job,
+                response,
+                content,
+                reservation,
+                limits,
+                verdict,
+                _Tries(started, attempts, failures, sent_wall, latency),
+            )
+            if final is not None:
+                return final
+
+    async def _read_stream(
+        self,
+        job: _Job,
+        response: StreamedResponse,
+        reservation: Reservation,
+        limits: Any,
+        reading: _Reading,
+        attempts: int,
+        sent_wall: float,
+    ) -> Result:
+        """Read a 2xx event stream to its result; settle the permit.  Checkpoints.
+
+        The usage the stream reported settles the permit; without it (cut
+        off, the caller's ``stream_options`` left it out) the estimate stays
+        charged.  A failure after the body's first byte is the job's failed
+        result (:class:`~engine.StreamInterruptedError`, or the
+        :class:`~engine.ResponseValidationError` of an unusable event).
+
+        Raises:
+            httpx.TransportError (and whatever else a transport raises): the
+                body failed before its first byte, or was empty: the caller
+                retries.
+        """
+        assembler = reading.assembler
+        clock = reading.clock
+        request_id = response.headers.get("x-request-id")
+        decoder = SSEDecoder()
+        received = False
+        try:
+            while not assembler.done:
+                data = await response.receive_some()
+                if not data:
+                    break
+                received = True
+                now = trio.current_time()
+                for event in decoder.feed(data):
+                    text, output = assembler.feed(event.event, event.data)
+                    if output:
+                        clock.mark(now)
+                    if text:
+                        await reading.forward(text)
+                    if assembler.done:
+                        break
+            if not received:
+                raise httpx.RemoteProtocolError("the event stream ended before its first byte")
+            decoder.close()
+            if not assembler.complete():
+                raise StreamInterruptedError(
+                    "the event stream ended before the answer was complete",
+                    raw=assembler.text,
+                )
+        except Exception as exc:
+            if not received and classify_transport_error(exc) is not None:
+                raise
+            reading.settled = True
+            self._limiter.settle_nowait(reservation, headers=limits)
+            error = exc if isinstance(exc, EngineError) else _interrupted(exc, assembler.text)
+            error.status_code = error.status_code or response.status_code
+            error.request_id = error.request_id or request_id
             return self._failure(
                 job,
                 error,
                 attempts,
                 sent_wall,
-                response=_json_or_none(response.content),
-                last=last,
-                latency=latency,
+                last=(response.status_code, request_id),
+                latency=trio.current_time() - clock.sent_at,
             )
+        if assembler.done:
+            await _drain(response)
+        reading.settled = True
+        latency = trio.current_time() - clock.sent_at
+        timings = Timings(
+            queued_at=job.queued_at,
+            sent_at=sent_wall,
+            latency=latency,
+            finished_at=time.time(),
+            ttft=clock.ttft,
+            itl=clock.itl,
+        )
+        answer = Answer(
+            orjson.dumps(assembler.body()), response.status_code, request_id, attempts, timings
+        )
+        endpoint = job.endpoint
+        assert isinstance(endpoint, _JsonEndpoint)
+        try:
+            result, used_tokens, input_tokens, output_tokens = endpoint.spec.parse(
+                job.request, answer
+            )
+        except ResponseValidationError as error:
+            self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
+            return self._failure(
+                job,
+                error,
+                attempts,
+                sent_wall,
+                latency=latency,
+                last=(response.status_code, request_id),
+            )
+        self._limiter.settle_nowait(
+            reservation,
+            headers=limits,
+            used_tokens=used_tokens if assembler.usage_reported else None,
+            latency=latency,
+        )
+        self._prompt_tokens += input_tokens
+        self._completion_tokens += output_tokens
+        typed: Result = result
+        return typed
+
+    def _after_transport_error(
+        self, job: _Job, verdict: Verdict, failures: int, attempts: int, sent_wall: float
+    ) -> Result | None:
+        """After a transport error (reservation settled): the failed result once
+        ``failures`` reached ``max_attempts``, else None (the caller backs off
+        and retries)."""
+        if failures >= self._max_attempts:
+            return self._failure(
+                job,
+                error_from_verdict(verdict, status_code=None, request_id=None, attempts=attempts),
+                attempts,
+                sent_wall,
+            )
+        self._retries += 1
+        return None
+
+    async def _refused(
+        self,
+        job: _Job,
+        head: _Head,
+        content: bytes,
+        reservation: Reservation,
+        limits: Any,
+        verdict: Verdict,
+        tries: _Tries,
+    ) -> tuple[Result | None, int]:
+        """Act on an answer that is not a success: a 429 cools the group down, a
+        retryable status backs off; returns the failed result, or None to try
+        again, and the failures counted so far.  Checkpoints when it backs off.
+
+        ``head`` is the answer's status and headers, ``content`` its body.
+        """
+        status = head.status_code
+        request_id = head.headers.get("x-request-id")
+        last = (status, request_id)
+        action = verdict.action
+        attempts = tries.attempts
+        failures = tries.failures
+        if action is Action.RATE_LIMITED:
+            self._rate_limited += 1
+            self._limiter.rate_limited_nowait(
+                reservation,
+                headers=limits,
+                retry_after=verdict.retry_after,
+                limit_type=verdict.limit_type,
+            )
+            if trio.current_time() - tries.started > self._wait_budget:
+                error: EngineError = RateLimitWaitExceeded(
+                    f"still rate limited after waiting {self._wait_budget:g} s: {verdict.message}",
+                    status_code=status,
+                    request_id=request_id,
+                )
+                return self._failure(
+                    job,
+                    error,
+                    attempts,
+                    tries.sent_wall,
+                    response=_json_or_none(content),
+                    last=last,
+                ), failures
+            return None, failures
+        self._limiter.settle_nowait(reservation, headers=limits, latency=tries.latency)
+        if action is Action.RETRY:
+            failures += 1
+            if failures < self._max_attempts:
+                self._retries += 1
+                await self._backoff(failures, verdict)
+                return None, failures
+        error = error_from_verdict(
+            verdict, status_code=status, request_id=request_id, attempts=attempts
+        )
+        if isinstance(error, FatalError):
+            self._stop(error)
+        return self._failure(
+            job,
+            error,
+            attempts,
+            tries.sent_wall,
+            response=_json_or_none(content),
+            last=last,
+            latency=tries.latency,
+        ), failures
 
     async def _backoff(self, failures: int, verdict: Verdict | None = None) -> None:
         delay = backoff_delay(
@@ -914,6 +1437,13 @@ class _Endpoint:
         raise NotImplementedError
 
 
+#: Endpoint kind -> the assembler of its streamed answers (see engine/endpoints/_stream.py).
+_ASSEMBLERS: dict[str, Callable[[], StreamAssembler]] = {
+    "chat": ChatStreamAssembler,
+    "responses": ResponseStreamAssembler,
+}
+
+
 class _JsonEndpoint(_Endpoint):
     """A JSON endpoint of :mod:`engine.endpoints` (chat, responses, embeddings) in the loop.
 
@@ -927,6 +1457,8 @@ class _JsonEndpoint(_Endpoint):
         self.path = spec.path
         # Bound once: one attribute lookup fewer per answer on the chat fast path.
         self._parse = spec.parse
+        #: Makes the assembler of a streamed answer; None: this endpoint does not stream.
+        self.assembler: Callable[[], StreamAssembler] | None = _ASSEMBLERS.get(spec.kind)
 
     def headers(self) -> dict[str, str]:
         return {"content-type": "application/json"}
@@ -1062,6 +1594,85 @@ _BY_KIND: dict[str, _Endpoint] = {
     "transcription": _TRANSCRIPTION,
     **{endpoint.spec.kind: endpoint for endpoint in _JSON_ENDPOINTS},
 }
+
+
+@attrs.define(eq=False, slots=True)
+class _Reading:
+    """One streamed attempt as it is read: what arrived, when, and who reads the text.
+
+    ``settled`` is set once the attempt's permit is settled, so that an error
+    while closing the stream does not settle it twice.
+    """
+
+    assembler: StreamAssembler
+    clock: TokenClock
+    deltas: trio.MemorySendChannel[str] | None
+    settled: bool = False
+
+    async def forward(self, text: str) -> None:
+        """Hand ``text`` to the caller reading the stream, if one still is.  Checkpoints
+        only when the caller has fallen behind (the body is then read no faster)."""
+        if self.deltas is None:
+            return
+        try:
+            await _send_soon(self.deltas, text)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The caller left its block; the cancellation that follows ends the read.
+            self.deltas = None
+
+
+class StreamedResponse(Protocol):
+    """A response whose body is read as it arrives (``engine._http``'s ``stream_post``)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    async def receive_some(self) -> bytes: ...
+    async def read_rest(self) -> bytes: ...
+
+
+def _stream_post(
+    http: _WorkerHTTP, path: str, content: bytes, headers: Mapping[str, str]
+) -> AbstractAsyncContextManager[StreamedResponse]:
+    """POST ``content`` and read the answer as it arrives (see :class:`StreamedResponse`)."""
+    return http.stream_post(path, content=content, headers=headers)
+
+
+async def _drain(response: StreamedResponse) -> None:
+    """Read what is left after the stream said it is over, so the connection can be
+    used again; a failure here is of no consequence to the answer.  Checkpoints."""
+    try:
+        while await response.receive_some():
+            pass
+    except Exception as exc:
+        if classify_transport_error(exc) is None:
+            raise
+
+
+def _interrupted(exc: Exception, text: str) -> StreamInterruptedError:
+    """The error for a stream that broke off with ``exc`` after its first byte."""
+    detail = redact(str(exc))
+    return StreamInterruptedError(
+        f"the event stream broke off after it had begun ({type(exc).__name__}"
+        + (f": {detail})" if detail else ")")
+        + "; not retried",
+        raw=text,
+    )
+
+
+def _request_headers(endpoint: _Endpoint, request: AnyRequest) -> dict[str, str]:
+    """The headers of one job's attempts: the endpoint's, and the request's id when
+    it can travel as ``x-client-request-id`` (printable ASCII, at most 512 characters)."""
+    headers = endpoint.headers()
+    if (
+        request.id is not None
+        and request.id.isascii()
+        and request.id.isprintable()
+        and len(request.id) <= 512
+    ):
+        headers["x-client-request-id"] = request.id
+    return headers
 
 
 def _json_endpoint_of(request: AnyRequest) -> _JsonEndpoint:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
+import attrs
 import pydantic
 
 from engine._errors import EngineError
 
-__all__ = ["AudioUsage", "ChatResult", "ErrorInfo", "Timings", "TranscriptionResult", "Usage"]
+__all__ = [
+    "AudioUsage",
+    "ChatResult",
+    "ErrorInfo",
+    "GapSummary",
+    "Timings",
+    "TranscriptionResult",
+    "Usage",
+]
 
 
 class Usage(pydantic.BaseModel):
@@ -28,12 +38,60 @@ class Timings(pydantic.BaseModel):
             if it was never sent.
         latency: seconds from sending the last attempt to its full response.
         finished_at: when the result was ready.
+        ttft: streamed answers (``client.stream``, ``"stream": true`` bodies):
+            seconds from sending the last attempt to the first output token
+            (content, refusal, reasoning or tool-call text); None otherwise.
+            ``latency`` is then the time to the end of the stream.
+        itl: streamed answers: the gaps, in seconds, between consecutive
+            output deltas (inter-token latency; one entry fewer than the
+            deltas); None otherwise.  :attr:`itl_summary` summarises it.
     """
 
     queued_at: float
     sent_at: float | None = None
     latency: float | None = None
     finished_at: float | None = None
+    ttft: float | None = None
+    itl: list[float] | None = None
+
+    @property
+    def itl_summary(self) -> GapSummary | None:
+        """Count, mean, p50, p90, p99 and max of :attr:`itl` (None when there is none)."""
+        return None if not self.itl else GapSummary.of(self.itl)
+
+
+@attrs.frozen
+class GapSummary:
+    """A summary of a stream's inter-token gaps, in seconds (see ``Timings.itl_summary``).
+
+    Percentiles are nearest-rank: the smallest gap with at least that share
+    of the gaps at or below it.
+    """
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, gaps: list[float]) -> GapSummary:
+        """The summary of ``gaps`` (at least one)."""
+        ordered = sorted(gaps)
+        count = len(ordered)
+
+        def rank(share: float) -> float:
+            return ordered[max(math.ceil(share * count), 1) - 1]
+
+        return cls(
+            count=count,
+            mean=sum(ordered) / count,
+            p50=rank(0.5),
+            p90=rank(0.9),
+            p99=rank(0.99),
+            max=ordered[-1],
+        )
 
 
 class ErrorInfo(pydantic.BaseModel):
