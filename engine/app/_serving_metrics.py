@@ -224,9 +224,9 @@ class StepResult:
         target: requests in flight, or arrivals per second.
         duration_s: the measured window (after the warm-up), seconds.
         completed: answered requests (HTTP 200, whole answer) among those sent in the window.
-        errors: failures by kind (``"http_429"``, ``"http_500"``, ``"ReadTimeout"``,
+        errors: failures other than 429 by kind (``"http_500"``, ``"ReadTimeout"``,
             ``"stream_error"``, ``"dropped"`` ...) among those sent in the window.
-        rate_limited: the 429 answers among ``errors``.
+        rate_limited: the 429 answers among those sent in the window (not in ``errors``).
         offered_rate: open loop: arrivals scheduled in the window per second; None in closed loop.
         requests_per_second: answered requests that finished in the window, per second.
         output_tokens_per_second: their output tokens, per second.
@@ -413,6 +413,7 @@ class StepRecorder:
         duration = self.duration
         rps = self.finished_in_window / duration
         errors = dict(self.errors)
+        rate_limited = errors.pop("http_429", 0)
         offered_rate: float | None = None
         offered_met: bool | None = None
         if self.mode == "rate":
@@ -426,14 +427,14 @@ class StepRecorder:
         client_bound = cpu_share >= CLIENT_BOUND_CPU_SHARE or (
             ceiling is not None and load >= CLIENT_BOUND_CEILING_SHARE * ceiling
         )
-        attempts = self.completed + sum(errors.values()) - errors.get("dropped", 0)
+        attempts = self.completed + rate_limited + sum(errors.values()) - errors.get("dropped", 0)
         return StepResult(
             mode=self.mode,
             target=self.target,
             duration_s=duration,
             completed=self.completed,
             errors=errors,
-            rate_limited=errors.get("http_429", 0),
+            rate_limited=rate_limited,
             offered_rate=offered_rate,
             requests_per_second=rps,
             output_tokens_per_second=self.tokens_in_window / duration,

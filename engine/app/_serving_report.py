@@ -37,7 +37,7 @@ def report_dict(
 
 
 def csv_rows(steps: Sequence[StepResult]) -> list[dict[str, Any]]:
-    """One flat row per step (latencies as ``ttft_ms_p50`` ...; errors summed, 429s apart)."""
+    """One flat row per step (latencies as ``ttft_ms_p50`` ...; errors summed; 429s apart)."""
     rows = []
     for step in steps:
         data = step.to_dict()
@@ -130,8 +130,11 @@ def step_warnings(step: StepResult, ceiling: float | None) -> list[str]:
             f"answered/s against {step.offered_rate:,.1f} offered/s"
             + (f", {step.errors['dropped']:,} dropped" if step.errors.get("dropped") else "")
         )
-    if step.errors:
-        warnings.append(f"{step.mode} {step.target:g}: errors {dict(step.errors)}")
+    if step.errors or step.rate_limited:
+        warnings.append(
+            f"{step.mode} {step.target:g}: errors {dict(step.errors)}, {step.rate_limited:,} "
+            "rate limited (429)"
+        )
     return warnings
 
 
