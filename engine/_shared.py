@@ -59,7 +59,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Any, Protocol, Self, TypedDict
@@ -67,6 +67,7 @@ from typing import Any, Protocol, Self, TypedDict
 import attrs
 import trio
 
+from engine._nurseries import open_service_nursery
 from engine._quota import SHARED_PACE_FRACTION, Cost, Limits
 
 __all__ = ["RedisQuota", "SharedQuotaStatistics"]
@@ -85,6 +86,23 @@ class _RedisScript(Protocol):
     def __call__(self, *, keys: list[str], args: list[_ScriptArgument]) -> Awaitable[object]: ...
 
 
+class _Subscription(Protocol):
+    """A subscription to Redis channels (``coredis``'s ``PubSub``): an async
+    context manager that yields its messages (dicts with ``data``) when iterated."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool | None: ...
+
+    def __aiter__(self) -> AsyncIterator[Mapping[str, Any]]: ...
+
+
 class _RedisClient(Protocol):
     """What the lease manager needs of a Redis client (``coredis.Redis`` has it).
 
@@ -95,6 +113,10 @@ class _RedisClient(Protocol):
     def register_script(self, script: str) -> _RedisScript: ...
 
     def ping(self) -> Awaitable[object]: ...
+
+    def pubsub(
+        self, *, channels: Sequence[str], ignore_subscribe_messages: bool
+    ) -> _Subscription: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -275,6 +297,11 @@ PACE_SCRIPT = _lua("pace")
 def pace_key(namespace: str, group: str) -> str:
     """The shared pace schedule's cursor of one limit group (same slot as :func:`group_keys`)."""
     return f"{{{namespace}:{group}}}:pace"
+
+
+def cooldown_channel(namespace: str) -> str:
+    """The channel on which processes sharing ``namespace`` announce their 429 cooldowns."""
+    return f"{namespace}:cooldowns"
 
 
 def group_keys(namespace: str, group: str) -> tuple[str, str, str]:
@@ -646,8 +673,11 @@ class LeaseManager:
                     }
                     await self._ping(redis)
                     self._note_connected()
-                    await self._serve(redis, math.inf)
-                    await self._hand_back(redis)
+                    async with open_service_nursery("the shared quota's lease manager") as nursery:
+                        nursery.start_soon(self._listen, redis)
+                        await self._serve(redis, math.inf)
+                        await self._hand_back(redis)
+                        nursery.cancel_scope.cancel()
                 closed = True
             except Exception as exc:  # Redis errors, also as exception groups
                 if not _is_redis_failure(exc):
@@ -655,6 +685,51 @@ class LeaseManager:
                 self._note_outage(exc)
                 closed = await self._serve(None, trio.current_time() + self._next_backoff())
         await self._hand_back(None)
+
+    async def _listen(self, redis: _RedisClient) -> None:
+        """Hear the cooldowns other processes announce, and hold this one too. Checkpoints.
+
+        A process sending on stretches of the pace schedule it claimed before
+        another process was refused would otherwise learn of that 429 only
+        at its next claim, after sending into the same full window.  Best
+        effort: every lease and pace reply still carries the cooldown; a
+        subscription that fails is logged (debug) and made again a second
+        later.  Runs until cancelled.
+        """
+        channel = cooldown_channel(self._config.namespace)
+        while True:
+            try:
+                async with redis.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True
+                ) as subscription:
+                    async for message in subscription:
+                        self._hear_cooldown(message.get("data"), trio.current_time())
+            except Exception as exc:
+                if not _is_redis_failure(exc):
+                    raise
+                logger.debug("shared quota: cooldown subscription failed (%s)", _describe(exc))
+            await trio.sleep(1.0)
+
+    def _hear_cooldown(self, data: object, received_at: float) -> None:
+        """Apply one announcement of :func:`cooldown_channel` (see engine/lua/cooldown.lua)."""
+        if isinstance(data, bytes):
+            data = data.decode("utf-8", "replace")
+        if not isinstance(data, str):
+            return
+        parts = data.split(" ")
+        if len(parts) != 4 or parts[3] == self._client_id:
+            return  # not ours to read, or our own 429 (the limiter already holds it)
+        key, ends_us, redis_now_us = parts[0], parts[1], parts[2]
+        for group in self._groups.values():
+            if group.keys[2] == key:
+                try:
+                    # Redis's clock to ours: the message left Redis just before it arrived.
+                    until = received_at + (float(ends_us) - float(redis_now_us)) / 1e6
+                except ValueError:
+                    return
+                if until > received_at:
+                    self._limiter.cool_down_nowait(group.name, until)
+                return
 
     def _default_redis(self) -> _RedisClient:
         import coredis
@@ -800,7 +875,11 @@ class LeaseManager:
                     redis,
                     "cooldown",
                     [group.keys[2], group.keys[0]],
-                    [math.ceil((until - now) * 1e6)],
+                    [
+                        math.ceil((until - now) * 1e6),
+                        cooldown_channel(self._config.namespace),
+                        self._client_id,
+                    ],
                 )
                 # A 429 may have switched the group to pacing, which spreads
                 # only this process's share: learn how many processes share.

@@ -36,6 +36,7 @@ from engine._shared import (
     LeaseReply,
     RedisQuota,
     ask_size,
+    cooldown_channel,
     fair_pace,
     group_keys,
     pace_key,
@@ -302,12 +303,29 @@ async def test_cooldown_is_published_and_drains_the_buckets(scripts):
     """A cooldown is returned by later lease calls, and nothing is leased before it ends."""
     await scripts.lease("a", (10, 0))
     ends = float(
-        await scripts.cooldown_script(keys=[scripts.keys[2], scripts.keys[0]], args=[500_000])
+        await scripts.cooldown_script(
+            keys=[scripts.keys[2], scripts.keys[0]], args=[500_000, "ch", "a"]
+        )
     )
     reply = await scripts.lease("b", (10, 0))
     assert reply.cooldown_until_us == ends
     assert reply.requests == 0
     assert 0 < ends - reply.redis_now_us <= 500_000
+
+
+async def test_a_longer_cooldown_is_announced_on_the_channel(scripts):
+    """The cooldown script announces a new end (key, end, Redis now, client); a shorter one not."""
+    channel = cooldown_channel(scripts.namespace)
+    async with scripts.redis.pubsub(channels=[channel], ignore_subscribe_messages=True) as sub:
+        keys = [scripts.keys[2], scripts.keys[0]]
+        ends = await scripts.cooldown_script(keys=keys, args=[500_000, channel, "a"])
+        await scripts.cooldown_script(keys=keys, args=[100_000, channel, "b"])
+        with trio.fail_after(5):
+            message = await anext(aiter(sub))  # skips the subscription's confirmation
+        key, end, now, client = message["data"].split(" ")
+        assert (key, end, client) == (scripts.keys[2], ends, "a")
+        assert 0 < float(end) - float(now) <= 500_000
+        assert await sub.get_message(timeout=0.2) is None  # the shorter one stayed quiet
 
 
 async def test_pace_stretches_of_two_clients_follow_each_other(scripts):
@@ -324,7 +342,9 @@ async def test_pace_stretches_start_after_a_published_cooldown(scripts):
     """A stretch claimed during a cooldown starts when it ends, and names it."""
     pace = scripts.redis.register_script(PACE_SCRIPT)
     ends = float(
-        await scripts.cooldown_script(keys=[scripts.keys[2], scripts.keys[0]], args=[500_000])
+        await scripts.cooldown_script(
+            keys=[scripts.keys[2], scripts.keys[0]], args=[500_000, "ch", "a"]
+        )
     )
     start, _now, cooldown = await pace(
         keys=[pace_key(scripts.namespace, "g"), scripts.keys[2]], args=[100_000, 10_000]
@@ -421,6 +441,37 @@ async def test_a_cooldown_reaches_a_process_still_holding_a_lease(redis_server):
             await eventually(lambda: _redis_has(redis_server, group_keys(namespace, "g")[2]))
             b.settle_nowait(await b.acquire("g", Cost()))
             assert trio.current_time() - refused_at >= 0.9  # 1 s, less half a 0.1 s spacing
+
+
+async def test_an_idle_process_hears_a_cooldown_at_once(redis_server):
+    """A refused for 1 s: B, sending nothing and claiming nothing, holds the cooldown too."""
+    namespace = fresh_namespace()
+    paced = Limits(rpm=600, burst=False)
+    async with (
+        managed_limiter(
+            RedisQuota(redis_server.url, namespace=namespace, client_id="a"),
+            paced,
+            shared_pace=True,
+        ) as (a, _),
+        managed_limiter(
+            RedisQuota(redis_server.url, namespace=namespace, client_id="b"),
+            paced,
+            shared_pace=True,
+        ) as (b, _),
+    ):
+        with trio.fail_after(5):
+            b.settle_nowait(await b.acquire("g", Cost()))
+            refused = await a.acquire("g", Cost())
+            refused_at = trio.current_time()
+            a.rate_limited_nowait(refused, retry_after=1.0)
+
+            async def b_cools_down() -> bool:
+                (state,) = b.statistics().groups
+                return state.cooldown_until >= refused_at + 0.9
+
+            await eventually(b_cools_down)
+            # Heard, not read from a lease or a claim: well before A's cooldown ends.
+            assert trio.current_time() - refused_at < 0.5
 
 
 async def test_limits_learned_by_one_process_reach_another(redis_server):
