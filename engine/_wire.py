@@ -25,6 +25,13 @@ else is handed, with every byte received so far, to h11, which stays the
 authority on the protocol's corners; ``fallback_reason`` then says why (one of
 the ``FALLBACK_*`` constants).  Either way the result is h11's: the same
 status, reason, headers, body and connection reuse, or the same refusal.
+
+Reading a response as it arrives (for streamed bodies such as server-sent
+events): :meth:`ResponseReader.feed_head` stops at the end of the head and
+hands over a :class:`BodyReader`, which turns each piece received into the
+body bytes it holds (Content-Length and chunked bodies by this module's own
+decoder; a body read by h11, close-delimited ones included, by h11).  Its
+answers are h11's too, piece by piece.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ __all__ = [
     "FALLBACK_TRANSFER_ENCODING",
     "LAST_CHUNK",
     "MAX_INCOMPLETE_SIZE",
+    "BodyReader",
     "LocalProtocolError",
     "RemoteProtocolError",
     "ResponseMessage",
@@ -244,27 +252,23 @@ class ResponseReader:
     """
 
     __slots__ = (
+        "_body",
         "_buffer",
-        "_chunk_left",
         "_close_requested",
         "_h11",
         "_h11_body",
         "_h11_response",
         "_head",
-        "_in_trailer",
         "_method",
         "_parts",
         "_searched",
         "_to_read",
-        "_unread_crlf",
         "fallback_reason",
     )
     # The attributes set only when needed (see __init__), declared for the type checker.
     _to_read: int
     _parts: list[bytes]
-    _chunk_left: int
-    _unread_crlf: bytes
-    _in_trailer: bool
+    _body: BodyReader
     _h11_response: h11.Response | None
     _h11_body: list[bytes]
 
@@ -283,9 +287,7 @@ class ResponseReader:
         # Set when needed (most responses arrive whole and need none of them):
         # _to_read: Content-Length body bytes still to come, -1 for chunked coding;
         # _parts: body bytes received so far, when the body came in pieces;
-        # _chunk_left, _unread_crlf, _in_trailer: data bytes of the current
-        #   chunk still to come, what of the CRLF after a chunk's data is still
-        #   to come, whether the trailer section is being read;
+        # _body: the decoder of a chunked body;
         # _h11_response, _h11_body: what h11 has read so far.
 
     @property
@@ -304,47 +306,86 @@ class ResponseReader:
                     "peer closed connection without sending complete message body"
                 )
             if self._to_read < 0:
-                return self._read_chunks(self._buffer + data if self._buffer else data)
+                return self._read_chunks(data)
             return self._read_content(data)
         if self._h11 is not None:
             return self._feed_h11(data)
         return self._feed_head(data)
 
+    def feed_head(self, data: bytes) -> tuple[ResponseMessage, BodyReader, bytes] | None:
+        """Take the next bytes received (``b""``: the peer closed); stop at the end of the head.
+
+        Returns None while the head is incomplete, then (the head, with an
+        empty ``body``; the :class:`BodyReader` that reads the body from the
+        bytes received next; the body bytes that arrived with the head).
+        Use either this or :meth:`feed` on one reader.  The head's
+        ``keep_alive`` says what its headers allow; the connection may carry
+        the next request only if the body reader's ``keep_alive`` is true too.
+        Raises :class:`RemoteProtocolError` on a malformed or truncated head.
+        """
+        if self._h11 is not None:
+            return self._feed_h11_head(data)
+        buffer, body_start = self._take_head(data)
+        if body_start is None:
+            return None
+        if isinstance(body_start, str):
+            self._start_h11(body_start)
+            return self._feed_h11_head(buffer)
+        head = self._head
+        assert head is not None
+        body = BodyReader(self._to_read)
+        rest = buffer[body_start:]
+        return head, body, body.feed(rest) if rest else b""
+
     # -- the head
 
-    def _feed_head(self, data: bytes) -> ResponseMessage | None:
+    def _take_head(self, data: bytes) -> tuple[bytes, int | str | None]:
+        """Add ``data`` to the head received so far: (all of it, where the body starts).
+
+        The second item is None while the head is incomplete (the bytes are
+        kept), or the ``FALLBACK_*`` reason when h11 must read the response;
+        once it is an offset, ``_head`` is the head and ``_to_read`` its framing.
+        """
         if not data:
             raise RemoteProtocolError("server disconnected mid-response head")
         buffer = self._buffer + data if self._buffer else data
         if not buffer.startswith(_HTTP_11_PREFIX) and (
             len(buffer) >= len(_HTTP_11_PREFIX) or not _HTTP_11_PREFIX.startswith(buffer)
         ):
-            return self._fall_back(buffer, FALLBACK_NOT_HTTP_11)
+            return buffer, FALLBACK_NOT_HTTP_11
         # The head ends at the first blank line as h11 finds it: LF, optional CR, LF.
         blank = buffer.find(b"\n\r\n", self._searched)
         bare = buffer.find(b"\n\n", self._searched, len(buffer) if blank < 0 else blank + 1)
         if bare >= 0:
-            return self._fall_back(buffer, FALLBACK_BARE_LF)
+            return buffer, FALLBACK_BARE_LF
         if blank < 0:
             if len(buffer) > MAX_INCOMPLETE_SIZE:
                 raise RemoteProtocolError("response head too long")
             self._buffer = buffer
             self._searched = max(0, len(buffer) - 2)
-            return None
+            return buffer, None
         if buffer[blank - 1] != 13:  # the last header line ends in a bare LF
-            return self._fall_back(buffer, FALLBACK_BARE_LF)
+            return buffer, FALLBACK_BARE_LF
         head = self._parse_head(buffer, blank + 1)
         if isinstance(head, str):
-            return self._fall_back(buffer, head)
+            return buffer, head
         self._head = head
         self._buffer = b""
-        body_start = blank + 3
+        return buffer, blank + 3
+
+    def _feed_head(self, data: bytes) -> ResponseMessage | None:
+        buffer, body_start = self._take_head(data)
+        if body_start is None:
+            return None
+        if isinstance(body_start, str):
+            return self._fall_back(buffer, body_start)
+        head = self._head
+        assert head is not None
         if self._to_read < 0:
             self._parts = []
-            self._chunk_left = 0
-            self._unread_crlf = b""
-            self._in_trailer = False
-            return self._read_chunks(buffer[body_start:])
+            self._body = BodyReader(-1)
+            rest = buffer[body_start:]
+            return self._read_chunks(rest) if rest else None
         body_end = body_start + self._to_read
         if len(buffer) >= body_end:
             # The common case: the whole response arrived with its head.
@@ -419,51 +460,14 @@ class ResponseReader:
         self._parts.append(data[:to_read])
         return self._finish(extra_bytes=len(data) > to_read)
 
-    def _read_chunks(self, buffer: bytes) -> ResponseMessage | None:
-        """Decode chunked coding from ``buffer`` (what was left unconsumed, then new bytes)."""
-        parts = self._parts
-        position = 0
-        while True:
-            if self._chunk_left:
-                piece = buffer[position : position + self._chunk_left]
-                if not piece:
-                    break
-                parts.append(piece)
-                position += len(piece)
-                self._chunk_left -= len(piece)
-                if self._chunk_left:
-                    break
-                self._unread_crlf = b"\r\n"
-            if self._unread_crlf:
-                expected = self._unread_crlf
-                got = buffer[position : position + len(expected)]
-                if got != expected[: len(got)]:
-                    raise RemoteProtocolError(f"malformed chunk footer: {got!r}")
-                position += len(got)
-                self._unread_crlf = expected[len(got) :]
-                if self._unread_crlf:
-                    break
-            if self._in_trailer:
-                end = _trailer_end(buffer, position)
-                if end < 0:
-                    break
-                self._buffer = b""
-                return self._finish(extra_bytes=end < len(buffer))
-            line_end = buffer.find(b"\r\n", position)
-            if line_end < 0:
-                break
-            size_line = _CHUNK_SIZE_LINE.fullmatch(buffer, position, line_end + 2)
-            if size_line is None:
-                raise RemoteProtocolError(
-                    f"illegal chunk header: {buffer[position : line_end + 2]!r}"
-                )
-            position = line_end + 2
-            self._chunk_left = int(size_line[1], 16)
-            if not self._chunk_left:
-                self._in_trailer = True
-        self._buffer = buffer = buffer[position:]
-        if len(buffer) > MAX_INCOMPLETE_SIZE:
-            raise RemoteProtocolError("chunk-size line or trailer section too long")
+    def _read_chunks(self, data: bytes) -> ResponseMessage | None:
+        """Take more of a chunked body."""
+        body = self._body
+        piece = body.feed(data)
+        if piece:
+            self._parts.append(piece)
+        if body.done:
+            return self._finish(extra_bytes=body.extra_bytes)
         return None
 
     def _finish(self, extra_bytes: bool) -> ResponseMessage:
@@ -476,8 +480,8 @@ class ResponseReader:
 
     # -- h11, for everything else
 
-    def _fall_back(self, buffer: bytes, reason: str) -> ResponseMessage | None:
-        """Hand the response, from its first byte, to h11."""
+    def _start_h11(self, reason: str) -> None:
+        """Set up h11 to read the response, for ``reason``."""
         self.fallback_reason = reason
         self._buffer = b""
         self._h11_response = None
@@ -485,7 +489,39 @@ class ResponseReader:
         state = self._h11 = h11.Connection(h11.CLIENT)
         state.send(_stand_in_request(self._method, self._close_requested))
         state.send(_END_OF_MESSAGE)
+
+    def _fall_back(self, buffer: bytes, reason: str) -> ResponseMessage | None:
+        """Hand the response, from its first byte, to h11."""
+        self._start_h11(reason)
         return self._feed_h11(buffer)
+
+    def _feed_h11_head(self, data: bytes) -> tuple[ResponseMessage, BodyReader, bytes] | None:
+        """:meth:`feed_head` once h11 reads the response."""
+        state = self._h11
+        assert state is not None
+        try:
+            state.receive_data(data)
+            while True:
+                event = state.next_event()
+                if event is h11.NEED_DATA:
+                    return None
+                if isinstance(event, h11.Response):
+                    break
+                if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                    raise RemoteProtocolError("connection ended before the response did")
+                # An InformationalResponse (1xx) is skipped: the final response follows.
+        except h11.RemoteProtocolError as error:
+            raise RemoteProtocolError(str(error)) from error
+        head = ResponseMessage(
+            event.status_code,
+            event.reason,
+            event.headers.raw_items(),
+            b"",
+            True,  # h11 decides, with the body: see BodyReader.keep_alive
+            any(name == b"content-encoding" for name, _ in event.headers),
+        )
+        body = BodyReader(-1, state)
+        return head, body, body.feed_h11_buffered()
 
     def _feed_h11(self, data: bytes) -> ResponseMessage | None:
         state = self._h11
@@ -523,6 +559,172 @@ class ResponseReader:
             keep_alive,
             any(name == b"content-encoding" for name, _ in response.headers),
         )
+
+
+class BodyReader:
+    """Reads one response body as it arrives, fed the bytes after the head (sans-IO).
+
+    Made by :meth:`ResponseReader.feed_head` (and used by
+    :class:`ResponseReader` for chunked bodies).  :meth:`feed` takes each piece
+    received and returns the body bytes it holds, without transfer coding
+    (``b""`` when it held only framing); ``done`` turns true at the body's
+    end.  A Content-Length or chunked body is decoded here; a body h11 reads
+    (any response the plain head parser handed to h11, close-delimited bodies
+    included) is read by h11, with h11's rules.  Nothing here checkpoints.
+
+    Args:
+        to_read: the Content-Length, or -1 for chunked coding (or h11).
+        h11_state: the h11 connection that read the head, when h11 reads
+            the body (default None).
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_chunk_left",
+        "_h11",
+        "_in_trailer",
+        "_to_read",
+        "_unread_crlf",
+        "done",
+        "extra_bytes",
+    )
+
+    def __init__(self, to_read: int, h11_state: h11.Connection | None = None) -> None:
+        # Content-Length bytes still to come, or -1: chunked coding.
+        self._to_read = to_read
+        # Chunked coding: unconsumed bytes (a chunk-size line, trailers), data
+        # bytes of the current chunk still to come, what of the CRLF after a
+        # chunk's data is still to come, whether the trailers are being read.
+        self._buffer = b""
+        self._chunk_left = 0
+        self._unread_crlf = b""
+        self._in_trailer = False
+        self._h11 = h11_state
+        #: The body is complete.
+        self.done = to_read == 0 and h11_state is None
+        #: Bytes arrived past the body's end (the connection cannot be trusted).
+        self.extra_bytes = False
+
+    @property
+    def keep_alive(self) -> bool:
+        """The body ended and, as far as the body is concerned, the connection may be reused.
+
+        False when bytes arrived past the body, or when h11 reads the response
+        and says the connection must close (HTTP/1.0, ``Connection: close`` on
+        either side).  For a body this module decodes, the head's own
+        ``keep_alive`` says the rest.  A peer that closed (a close-delimited
+        body ends so) is for the driver to note: as for h11, it is not a
+        reason here.
+        """
+        if not self.done or self.extra_bytes:
+            return False
+        state = self._h11
+        return state is None or (
+            state.our_state is h11.DONE
+            and state.their_state is h11.DONE
+            and not state.trailing_data[0]
+        )
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next bytes received (``b""``: the peer closed); return the body bytes in them.
+
+        Raises :class:`RemoteProtocolError` where h11 would refuse the bytes,
+        including a peer that closed before the body's end.  Bytes fed after
+        the end are not body: they set ``extra_bytes``.
+        """
+        if self.done:
+            if data:
+                self.extra_bytes = True
+            return b""
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+            return self.feed_h11_buffered()
+        if not data:
+            raise RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            )
+        to_read = self._to_read
+        if to_read < 0:
+            return self._read_chunks(self._buffer + data if self._buffer else data)
+        if len(data) < to_read:
+            self._to_read = to_read - len(data)
+            return data
+        self._to_read = 0
+        self.done = True
+        if len(data) > to_read:
+            self.extra_bytes = True
+            return data[:to_read]
+        return data
+
+    def feed_h11_buffered(self) -> bytes:
+        """The body bytes h11 can give from what it holds already (h11's body only)."""
+        state = self._h11
+        assert state is not None
+        parts = []
+        try:
+            while True:
+                event = state.next_event()
+                if event is h11.NEED_DATA:
+                    break
+                if isinstance(event, h11.Data):
+                    parts.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self.done = True
+                    break
+                else:  # PAUSED or ConnectionClosed cannot come before EndOfMessage
+                    raise RemoteProtocolError("connection ended before the response did")
+        except h11.RemoteProtocolError as error:
+            raise RemoteProtocolError(str(error)) from error
+        return b"".join(parts)
+
+    def _read_chunks(self, buffer: bytes) -> bytes:
+        """Decode chunked coding from ``buffer`` (what was left unconsumed, then new bytes)."""
+        parts = []
+        position = 0
+        while True:
+            if self._chunk_left:
+                piece = buffer[position : position + self._chunk_left]
+                if not piece:
+                    break
+                parts.append(piece)
+                position += len(piece)
+                self._chunk_left -= len(piece)
+                if self._chunk_left:
+                    break
+                self._unread_crlf = b"\r\n"
+            if self._unread_crlf:
+                expected = self._unread_crlf
+                got = buffer[position : position + len(expected)]
+                if got != expected[: len(got)]:
+                    raise RemoteProtocolError(f"malformed chunk footer: {got!r}")
+                position += len(got)
+                self._unread_crlf = expected[len(got) :]
+                if self._unread_crlf:
+                    break
+            if self._in_trailer:
+                end = _trailer_end(buffer, position)
+                if end < 0:
+                    break
+                self._buffer = b""
+                self.done = True
+                self.extra_bytes = end < len(buffer)
+                return b"".join(parts)
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                break
+            size_line = _CHUNK_SIZE_LINE.fullmatch(buffer, position, line_end + 2)
+            if size_line is None:
+                raise RemoteProtocolError(
+                    f"illegal chunk header: {buffer[position : line_end + 2]!r}"
+                )
+            position = line_end + 2
+            self._chunk_left = int(size_line[1], 16)
+            if not self._chunk_left:
+                self._in_trailer = True
+        self._buffer = buffer = buffer[position:]
+        if len(buffer) > MAX_INCOMPLETE_SIZE:
+            raise RemoteProtocolError("chunk-size line or trailer section too long")
+        return b"".join(parts)
 
 
 def _trailer_end(buffer: bytes, start: int) -> int:

@@ -7,7 +7,10 @@ close-delimited bodies, 1xx heads, bytes past the response, a peer closing
 early) are fed, whole, one byte at a time and in arbitrary pieces, both to
 :class:`engine._wire.ResponseReader` and to h11, and must give the same
 status, reason, headers, body and connection reuse at the same piece, or be
-refused by both.
+refused by both.  The same pieces are also read as a stream
+(:meth:`engine._wire.ResponseReader.feed_head`, then its
+:class:`engine._wire.BodyReader`), which must give the same answer and, piece
+by piece, the same body bytes as h11's ``Data`` events.
 
 The reader's own parser hands some responses to h11 on purpose.  That is
 allowed only under these rules, each a ``FALLBACK_*`` constant of
@@ -429,8 +432,53 @@ def read_with_reader(
     return Outcome("incomplete"), reader
 
 
-def read_with_h11(pieces: list[bytes], response: Response) -> Outcome:
-    """Feed the same to h11 as a client that sent ``response.method``, as the reference."""
+def read_streaming(
+    pieces: list[bytes], response: Response, progress: list[bytes]
+) -> tuple[Outcome, _wire.ResponseReader]:
+    """Feed ``pieces`` to a ResponseReader's ``feed_head``, then to its BodyReader.
+
+    Appends to ``progress`` the body bytes each piece gave (until a refusal).
+    """
+    reader = _wire.ResponseReader(response.method, response.close_requested)
+    feeds = [*pieces, b""] if response.peer_closes else pieces
+    started = None
+    for index, piece in enumerate(feeds):
+        try:
+            if started is None:
+                started = reader.feed_head(piece)
+                if started is None:
+                    progress.append(b"")
+                    continue
+                head, body_reader, given = started
+            else:
+                given = body_reader.feed(piece)
+        except _wire.RemoteProtocolError:
+            return Outcome("refused"), reader
+        progress.append(given)
+        if body_reader.done:
+            return (
+                Outcome(
+                    "response",
+                    index,
+                    head.status_code,
+                    bytes(head.reason),
+                    tuple((bytes(n), bytes(v)) for n, v in head.headers),
+                    b"".join(progress),
+                    head.keep_alive and body_reader.keep_alive,
+                    head.content_encoded,
+                ),
+                reader,
+            )
+    return Outcome("incomplete"), reader
+
+
+def read_with_h11(
+    pieces: list[bytes], response: Response, progress: list[bytes] | None = None
+) -> Outcome:
+    """Feed the same to h11 as a client that sent ``response.method``, as the reference.
+
+    With ``progress``, appends the body bytes each piece gave (until a refusal).
+    """
     connection = h11.Connection(h11.CLIENT)
     headers = [(b"host", b"example.test")]
     if response.close_requested:
@@ -441,11 +489,14 @@ def read_with_h11(pieces: list[bytes], response: Response) -> Outcome:
     body = []
     feeds = [*pieces, b""] if response.peer_closes else pieces
     for index, piece in enumerate(feeds):
+        before = len(body)
         try:
             connection.receive_data(piece)
             while True:
                 event = connection.next_event()
                 if event is h11.NEED_DATA:
+                    if progress is not None:
+                        progress.append(b"".join(body[before:]))
                     break
                 if isinstance(event, h11.Response):
                     final = event
@@ -453,6 +504,8 @@ def read_with_h11(pieces: list[bytes], response: Response) -> Outcome:
                     body.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     assert final is not None
+                    if progress is not None:
+                        progress.append(b"".join(body[before:]))
                     return Outcome(
                         "response",
                         index,
@@ -490,6 +543,14 @@ def check_same_as_h11(response: Response, pieces: list[bytes]) -> Outcome:
     if not response.features:
         # Nothing irregular: the plain parser must have read it, not h11.
         assert reader.fallback_reason is None, (response, reader.fallback_reason)
+    streamed_progress: list[bytes] = []
+    streamed, streaming_reader = read_streaming(pieces, response, streamed_progress)
+    h11_progress: list[bytes] = []
+    read_with_h11(pieces, response, h11_progress)
+    # Read as it arrives: the same answer, and the same body bytes from each piece.
+    assert streamed == theirs, (response, pieces, streaming_reader.fallback_reason)
+    assert streamed_progress == h11_progress, (response, pieces)
+    assert streaming_reader.fallback_reason == reader.fallback_reason
     return ours
 
 
@@ -642,6 +703,48 @@ def test_reader_reports_a_close_before_the_end_as_a_protocol_error():
         assert reader.feed(data) is None
         with pytest.raises(_wire.RemoteProtocolError):
             reader.feed(b"")
+
+
+def test_streamed_chunked_body_hands_out_each_chunk_as_it_arrives():
+    """feed_head stops at the head; the body reader gives each chunk's bytes from its piece."""
+    reader = _wire.ResponseReader(b"POST", False)
+    assert reader.feed_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r") is None
+    started = reader.feed_head(b"\n\r\n6\r\ndata: ")
+    assert started is not None
+    head, body, first = started
+    assert (head.status_code, head.body, first) == (200, b"", b"data: ")
+    assert body.feed(b"\r\n3\r\nx\n\n") == b"x\n\n"
+    assert not body.done
+    assert body.feed(b"\r\n0\r\n\r\n") == b""
+    assert body.done and body.keep_alive and head.keep_alive
+
+
+def test_streamed_close_delimited_body_ends_when_the_peer_closes():
+    """A body without framing is read by h11 until the close, which ends it."""
+    reader = _wire.ResponseReader(b"POST", False)
+    started = reader.feed_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\nab")
+    assert started is not None
+    _, body, first = started
+    assert reader.fallback_reason == _wire.FALLBACK_NO_FRAMING
+    assert first == b"ab"
+    assert body.feed(b"cd") == b"cd"
+    assert not body.done
+    assert body.feed(b"") == b""
+    assert body.done
+
+
+def test_streamed_body_cut_short_is_a_protocol_error():
+    """A peer that closes before the declared end of a streamed body: RemoteProtocolError."""
+    for head_bytes in (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+    ):
+        started = _wire.ResponseReader(b"POST", False).feed_head(head_bytes)
+        assert started is not None
+        _, body, first = started
+        assert first == b"ab"
+        with pytest.raises(_wire.RemoteProtocolError):
+            body.feed(b"")
 
 
 def test_received_any_turns_true_with_the_first_byte():
