@@ -60,6 +60,7 @@ from engine.mock._quotas import Semantics, ServerDecision, ServerQuota, ServerRe
 from engine.mock._responses import plan_response
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
+from engine.mock._stream import SSE, StreamPlan, chat_stream, due_offsets
 from engine.mock._tokens import TokenCounter, output_budget
 
 __all__ = ["DroppedConnection", "MockApp", "create_app"]
@@ -108,6 +109,20 @@ _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
     for status in http.HTTPStatus
 }
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n" % SSE
+)
+
+
+class _Streamed(NamedTuple):
+    """A whole streamed answer sent at once (no timing, no fault): a 200, already counted.
+
+    Sent with chunked transfer coding and no content-length, as a stream is.
+    """
+
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
 
 
 class _Later(NamedTuple):
@@ -157,7 +172,7 @@ class _Head(NamedTuple):
 
 #: A POST endpoint's answer: (head, API key, rejection, body or None when too large,
 #: request number) -> an answer to send now, or one that sleeps or is cut.
-_ReplyFor = Callable[[_Head, str, _Reject | None, bytes | None, int], _Reply | _Later]
+_ReplyFor = Callable[[_Head, str, _Reject | None, bytes | None, int], "_Reply | _Streamed | _Later"]
 
 
 def _scan_headers(headers: Any) -> _Head:
@@ -248,6 +263,7 @@ class MockApp:
             config.missing_headers_rate > 0 or config.missing_limit_headers_rate > 0
         )
         self._latency_on = config.latency_ms > 0 or config.ms_per_output_token > 0
+        self._stream_timing_on = config.ttft_ms > 0 or config.ms_per_output_token > 0
 
     # -- ASGI entry ------------------------------------------------------------
 
@@ -307,12 +323,14 @@ class MockApp:
         answer instead: whenever latency or any fault rate is configured (the
         answer could suspend), and for endpoints other than chat completions
         and transcriptions (except the 404 / 405 of an unknown path or method,
-        answered here).  Never checkpoints.
+        answered here).  A streamed answer's head says ``transfer-encoding:
+        chunked`` and ``body`` is its events as one chunk and the last chunk.
+        Never checkpoints.
         """
-        if self._latency_on or self._fault_thresholds is not None:
+        if self._latency_on or self._stream_timing_on or self._fault_thresholds is not None:
             return None
         handler = self._replies.get(path)
-        reply: _Reply | _Later
+        reply: _Reply | _Streamed | _Later
         if handler is None or method != "POST":
             methods = self._routes.get(path)
             if methods is not None and method in methods:
@@ -331,6 +349,12 @@ class MockApp:
                 reply = self._internal_error(number, error)
             if isinstance(reply, _Later):  # an answer that suspends: excluded above
                 raise RuntimeError("respond_at_once reached an answer that suspends")
+            if isinstance(reply, _Streamed):
+                events, extra = reply
+                head_bytes = _STREAM_HEAD
+                for name, value in extra:
+                    head_bytes += b"%s: %s\r\n" % (name, value)
+                return head_bytes, b"%x\r\n%s\r\n0\r\n\r\n" % (len(events), events)
         status, payload, extra, content_type = reply
         head_bytes = b"%scontent-type: %s\r\ncontent-length: %d\r\n" % (
             _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status,
@@ -434,12 +458,14 @@ class MockApp:
 
     # -- the answer pipeline shared by chat and transcription ---------------------
 
-    def _answer(self, number: int, key: str, plan: _Plan) -> _Reply | _Later:
+    def _answer(self, number: int, key: str, plan: _Plan) -> _Reply | _Streamed | _Later:
         """Admit ``plan`` and answer it, or what is left to do after a suspension.
 
         Returns a reply when the answer needs no sleep (the common case, any
-        refusal, a 5xx fault); a :class:`_Later` when latency or a dropped,
-        slow or malformed body is to follow (:meth:`_answer_later`).
+        refusal, a 5xx fault); a :class:`_Streamed` for a streamed answer
+        sent at once; a :class:`_Later` when latency (or a streamed answer's
+        timing) or a dropped, slow or malformed body is to follow
+        (:meth:`_answer_later`).
         """
         config = self.config
         stats = self.stats
@@ -470,7 +496,8 @@ class MockApp:
             reservation = decision.reservation
         stats.admitted += 1
         fault = None if self._fault_thresholds is None else self._draw_fault()
-        if fault is None and not self._latency_on:
+        stream = plan.stream
+        if fault is None and not (self._latency_on if stream is None else self._stream_timing_on):
             # The common case, kept short: charge and correct at the same instant.
             actual = plan.actual if config.correct_to_usage else plan.cost
             if reservation is not None and actual != plan.cost:
@@ -481,6 +508,8 @@ class MockApp:
             headers = [request_id]
             if self._headers_on:
                 headers += self._limit_headers(group, now)
+            if stream is not None:
+                return _Streamed(b"".join(stream.render(number, int(time.time()))), headers)
             return (200, plan.body(number), headers, plan.content_type)
         stats.window.add(now, 1, plan.cost)
 
@@ -502,6 +531,9 @@ class MockApp:
         """The rest of :meth:`_answer`: latency, then the answer or its fault."""
         config = self.config
         plan = later.plan
+        if plan.stream is not None:
+            await self._stream_later(send, later, plan.stream)
+            return
         fault = later.fault
         now = later.now
         if self._latency_on:
@@ -543,6 +575,88 @@ class MockApp:
         else:  # malformed JSON: a complete 200 whose body is cut in half
             reply = self._reply(200, body[: len(body) // 2], headers, plan.content_type)
             await _send_reply(send, reply)
+
+    async def _stream_later(self, send: Send, later: _Later, stream: StreamPlan) -> None:
+        """A streamed answer: the head now, each event when it is due, or its fault.
+
+        Events are due at the times :func:`engine.mock._stream.due_offsets`
+        draws, counted from admission; all those due when the app wakes go
+        out in one ``http.response.body`` message.  The charge is corrected
+        to real usage when the stream ends (or is cut).
+        """
+        config = self.config
+        plan = later.plan
+        number = later.number
+        headers = [(b"x-request-id", _request_id(number))]
+        headers += self._limit_headers(later.group, later.now)
+        self.stats.status_counts[200] += 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", SSE), (b"cache-control", b"no-cache"), *headers],
+            }
+        )
+        events = stream.render(number, int(time.time()))
+        total = len(events)
+        if self._stream_timing_on:
+            offsets = due_offsets(
+                stream.steps,
+                self._rng,
+                ttft_ms=config.ttft_ms,
+                ttft_sigma=config.ttft_sigma,
+                gap_ms=config.ms_per_output_token,
+                gap_sigma=config.output_token_sigma,
+            )
+            dues = [offsets[step] for step in stream.step_of_events(total)]
+        else:
+            dues = [0.0] * total
+        fault = later.fault
+        end = total
+        fault_at = total
+        if fault is not None:
+            after = config.stream_fault_after
+            fault_at = total // 2 if after is None else after
+            fault_at = min(fault_at, total - 1)  # the last event always comes after
+            if fault == 3:
+                end = fault_at
+            elif fault == 5:
+                event = events[fault_at]
+                events[fault_at] = event[: len(event) // 2] + b"\n\n"
+        start = later.now
+        index = 0
+        sent_any = False
+        while index < end:
+            delay = start + dues[index] - _now()
+            if delay > 0:
+                await anyio.sleep(delay)
+            now = _now()
+            stop = fault_at if index < fault_at and fault == 4 else end
+            following = index + 1
+            while following < stop and start + dues[following] <= now:
+                following += 1
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"".join(events[index:following]),
+                    "more_body": following < total,
+                }
+            )
+            sent_any = True
+            index = following
+            if index == fault_at and fault == 4:  # stall, then carry on where it was due
+                await anyio.sleep(config.slow_body_ms / 1000)
+                start += config.slow_body_ms / 1000
+        self._settle(
+            later.reservation,
+            plan.cost,
+            plan.actual if config.correct_to_usage else plan.cost,
+            _now(),
+        )
+        if end < total:
+            if not sent_any:  # the head goes out with the first body message
+                await send({"type": "http.response.body", "body": b"", "more_body": True})
+            raise DroppedConnection
 
     def _settle(
         self, reservation: ServerReservation | None, cost: int, actual: int, now: float
@@ -680,12 +794,14 @@ class MockApp:
         reply = reply_for(head, key, reject, body, number)
         if isinstance(reply, _Later):
             await self._answer_later(send, reply)
+        elif isinstance(reply, _Streamed):
+            await _send_streamed(send, reply)
         else:
             await _send_reply(send, reply)
 
     def _chat_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
-    ) -> _Reply | _Later:
+    ) -> _Reply | _Streamed | _Later:
         """Chat, once the body is read (None: too large) and the key checked."""
         if reject is None and body is None:
             reject = self._too_large()
@@ -705,7 +821,7 @@ class MockApp:
 
     def _responses_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
-    ) -> _Reply | _Later:
+    ) -> _Reply | _Streamed | _Later:
         """Responses API, once the body is read (None: too large) and the key checked."""
         return self._json_reply(
             key,
@@ -721,7 +837,7 @@ class MockApp:
 
     def _embeddings_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
-    ) -> _Reply | _Later:
+    ) -> _Reply | _Streamed | _Later:
         """Embeddings, once the body is read (None: too large) and the key checked."""
         return self._json_reply(
             key, reject, body, number, functools.partial(plan_embeddings, counter=self._counter)
@@ -734,7 +850,7 @@ class MockApp:
         body: bytes | None,
         number: int,
         plan_for: Callable[[bytes], _Plan | _Reject],
-    ) -> _Reply | _Later:
+    ) -> _Reply | _Streamed | _Later:
         """A JSON endpoint's answer as ``plan_for`` plans it: refused, or charged and sent.
 
         Plans are not cached: an embeddings answer is as large as its vectors,
@@ -752,7 +868,7 @@ class MockApp:
 
     def _transcription_reply(
         self, head: _Head, key: str, reject: _Reject | None, body: bytes | None, number: int
-    ) -> _Reply | _Later:
+    ) -> _Reply | _Streamed | _Later:
         """Transcription, once the body is read (None: too large) and the key checked."""
         if reject is None and body is None:
             reject = self._too_large()
@@ -842,6 +958,19 @@ async def _send_reply(send: Send, reply: _Reply) -> None:
     status, body, headers, content_type = reply
     await send(_start_message(status, body, headers, content_type))
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_streamed(send: Send, reply: _Streamed) -> None:
+    """Send a whole streamed answer: head without content-length, the events, the end."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", SSE), (b"cache-control", b"no-cache"), *reply.headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": reply.body, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _config_dict(config: MockConfig) -> dict[str, Any]:
@@ -990,10 +1119,23 @@ def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -
         reject = _positive_int(request, name, maximum)
         if reject is not None:
             return reject
-    if request.get("stream"):
-        return _Reject(
-            400, "stream is not supported by the mock server.", "stream", "unsupported_value"
-        )
+    stream = request.get("stream")
+    stream_options = request.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            return _Reject(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "stream_options",
+                "invalid_value",
+            )
+        if not isinstance(stream_options, dict):
+            return _Reject(
+                400,
+                "Invalid type for 'stream_options': expected an object.",
+                "stream_options",
+                "invalid_type",
+            )
     snippet = ""
     for message in reversed(messages):
         if message.get("role") == "user":
@@ -1008,6 +1150,7 @@ def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -
         return _Reject(400, f"Invalid 'messages': {error}", "messages", "invalid_value")
     n = request.get("n") or 1
     per_choice_limit = request.get("max_completion_tokens") or request.get("max_tokens")
+    original = content
     choice_tokens = counter.text_tokens(content, model)
     finish_reason = "stop"
     if per_choice_limit is not None and choice_tokens > per_choice_limit:
@@ -1015,6 +1158,37 @@ def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -
         choice_tokens = per_choice_limit
         finish_reason = "length"
     completion_tokens = n * choice_tokens
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+    cost = prompt_tokens + output_budget(request, default_output_tokens)
+    if stream:
+        pieces = counter.pieces(original, model, per_choice_limit)
+        return _Plan(
+            model=model,
+            cost=cost,
+            actual=prompt_tokens + n * len(pieces),
+            output_tokens=len(pieces),
+            content_type=SSE,
+            body=_no_body,
+            operation="ChatCompletions_Create",
+            stream=chat_stream(
+                model=model,
+                choices=n,
+                pieces=pieces,
+                finish_reason=finish_reason,
+                usage=usage if stream_options and stream_options.get("include_usage") else None,
+            ),
+        )
     message = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     tail = orjson.dumps(
         {
@@ -1028,18 +1202,7 @@ def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -
                 }
                 for index in range(n)
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {
-                    "reasoning_tokens": 0,
-                    "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0,
-                    "rejected_prediction_tokens": 0,
-                },
-            },
+            "usage": usage,
             "service_tier": "default",
             "system_fingerprint": "fp_mock",
         }
@@ -1054,13 +1217,17 @@ def _plan_chat(body: bytes, default_output_tokens: int, counter: TokenCounter) -
 
     return _Plan(
         model=model,
-        cost=prompt_tokens + output_budget(request, default_output_tokens),
+        cost=cost,
         actual=prompt_tokens + completion_tokens,
         output_tokens=choice_tokens,
         content_type=_JSON,
         body=build,
         operation="ChatCompletions_Create",
     )
+
+
+def _no_body(_number: int) -> bytes:
+    raise RuntimeError("a streamed answer is sent as its events, not as one body")
 
 
 # -- transcriptions ------------------------------------------------------------------

@@ -177,15 +177,42 @@ def register(subparsers: Any) -> None:
         "--no-retry-after-ms for a gateway without standard retry headers)",
     )
 
-    latency = parser.add_argument_group("latency")
+    latency = parser.add_argument_group(
+        "latency (a non-streamed answer waits --latency-ms + --ms-per-output-token per token; "
+        'a "stream": true one sends its first token --ttft-ms after admission, then one '
+        "token every --ms-per-output-token; each spread is a lognormal sigma around the "
+        "configured value, which stays the median)"
+    )
     latency.add_argument(
-        "--latency-ms", type=float, default=0.0, help="fixed latency, or the lognormal median"
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="non-streamed answers: fixed latency, or the lognormal median",
     )
     latency.add_argument(
         "--latency-sigma", type=float, default=0.0, help="lognormal sigma (0: fixed latency)"
     )
     latency.add_argument(
-        "--ms-per-output-token", type=float, default=0.0, help="added per completion token"
+        "--ms-per-output-token",
+        type=float,
+        default=0.0,
+        help="non-streamed: added per completion token; streamed: the (median) gap between "
+        "two content tokens",
+    )
+    latency.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=0.0,
+        help="streamed answers: (median) time from admission to the first content token",
+    )
+    latency.add_argument(
+        "--ttft-sigma", type=float, default=0.0, help="lognormal sigma of --ttft-ms (0: fixed)"
+    )
+    latency.add_argument(
+        "--output-token-sigma",
+        type=float,
+        default=0.0,
+        help="lognormal sigma of each streamed gap around --ms-per-output-token (0: fixed)",
     )
     latency.add_argument("--seed", type=int, help="seed of the latency and fault generator")
 
@@ -194,16 +221,33 @@ def register(subparsers: Any) -> None:
     faults.add_argument("--error-502-rate", type=float, default=0.0, help="answer 502")
     faults.add_argument("--error-503-rate", type=float, default=0.0, help="answer 503")
     faults.add_argument(
-        "--drop-rate", type=float, default=0.0, help="drop the connection mid-response"
+        "--drop-rate",
+        type=float,
+        default=0.0,
+        help="drop the connection mid-response (a stream: after --stream-fault-after events)",
     )
     faults.add_argument(
-        "--slow-body-rate", type=float, default=0.0, help="send the body slowly, in 4 pieces"
+        "--slow-body-rate",
+        type=float,
+        default=0.0,
+        help="send the body slowly, in 4 pieces (a stream: stall --slow-body-ms after "
+        "--stream-fault-after events)",
     )
     faults.add_argument(
         "--slow-body-ms", type=float, default=2000.0, help="how long a slow body takes"
     )
     faults.add_argument(
-        "--malformed-json-rate", type=float, default=0.0, help="200 with a truncated JSON body"
+        "--malformed-json-rate",
+        type=float,
+        default=0.0,
+        help="200 with a truncated JSON body (a stream: event number --stream-fault-after "
+        "cut in half)",
+    )
+    faults.add_argument(
+        "--stream-fault-after",
+        type=int,
+        metavar="K",
+        help="where a fault hits a streamed answer: after K whole events (default: half of them)",
     )
     faults.add_argument(
         "--missing-headers-rate", type=float, default=0.0, help="omit every x-ratelimit-* header"
@@ -259,6 +303,9 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         latency_ms=args.latency_ms,
         latency_sigma=args.latency_sigma,
         ms_per_output_token=args.ms_per_output_token,
+        ttft_ms=args.ttft_ms,
+        ttft_sigma=args.ttft_sigma,
+        output_token_sigma=args.output_token_sigma,
         seed=args.seed,
         error_500_rate=args.error_500_rate,
         error_502_rate=args.error_502_rate,
@@ -269,6 +316,7 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         malformed_json_rate=args.malformed_json_rate,
         missing_headers_rate=args.missing_headers_rate,
         missing_limit_headers_rate=args.missing_limit_headers_rate,
+        stream_fault_after=args.stream_fault_after,
         models=tuple(args.models) if args.models else DEFAULT_MODELS,
         max_body_bytes=args.max_body_bytes,
     )

@@ -154,10 +154,25 @@ class MockConfig:
             ``retry_after_header=False, retry_after_ms_header=False``); stored
             lowercase (default None: none).
 
-    Latency (slept with anyio before answering; default none):
+    Latency (slept with anyio; default none).  A non-streamed answer waits
+    ``latency_ms`` plus ``ms_per_output_token`` per output token, then goes
+    out whole; a streamed one (``"stream": true``) sends its first token
+    ``ttft_ms`` after admission and each next one ``ms_per_output_token``
+    later (``latency_ms`` does not apply to it, nor ``ttft_ms`` to a
+    non-streamed answer):
         latency_ms: fixed latency, or the median when ``latency_sigma`` > 0 (default 0).
         latency_sigma: sigma of a lognormal latency around that median (default 0: fixed).
-        ms_per_output_token: added per completion token of one choice (default 0).
+        ms_per_output_token: non-streamed: added per completion token of one
+            choice; streamed: the gap between two content tokens, or its
+            median when ``output_token_sigma`` > 0 (default 0: all at once).
+        ttft_ms: streamed answers: time from admission to the first content
+            token, or its median when ``ttft_sigma`` > 0 (default 0: at once).
+        ttft_sigma: sigma of a lognormal time to first token around
+            ``ttft_ms`` (default 0: fixed).
+        output_token_sigma: sigma of a lognormal gap between streamed tokens
+            around ``ms_per_output_token``, drawn per gap (default 0: fixed).
+            The median gap is the configured value; the mean is that times
+            ``exp(sigma**2 / 2)`` (what TPOT, a mean of gaps, converges to).
         seed: seeds the random generator of latencies and faults (default None: random).
 
     Faults (each a probability per admitted request, default 0):
@@ -169,6 +184,19 @@ class MockConfig:
         malformed_json_rate: a 200 whose JSON body is cut in half.
         missing_headers_rate: leave out every ``x-ratelimit-*`` header.
         missing_limit_headers_rate: leave out only ``x-ratelimit-limit-*`` (as Azure does).
+
+    Faults on a streamed answer (the same rates; the head and the events before
+    the fault go out on time):
+        drop_rate: the connection is cut after ``stream_fault_after`` events,
+            with no terminating chunk (a body cut mid-way, not a clean end).
+        slow_body_rate: the stream stalls ``slow_body_ms`` after
+            ``stream_fault_after`` events, then carries on.
+        malformed_json_rate: event number ``stream_fault_after`` (0-based)
+            carries JSON cut in half; the stream then ends normally.
+        stream_fault_after: how many whole events precede the fault, counting
+            chat's role chunk and the Responses API's ``response.created``
+            (default None: half of the answer's events; capped so that a
+            dropped stream never sends its last event).
 
     Other:
         models: listed by ``GET /v1/models`` (default :data:`DEFAULT_MODELS`).
@@ -202,6 +230,9 @@ class MockConfig:
     latency_ms: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     latency_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     ms_per_output_token: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    ttft_ms: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    ttft_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
+    output_token_sigma: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     seed: int | None = None
 
     error_500_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
@@ -213,6 +244,7 @@ class MockConfig:
     malformed_json_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
     missing_headers_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
     missing_limit_headers_rate: float = attrs.field(default=0.0, converter=float, validator=_rate)
+    stream_fault_after: int | None = attrs.field(default=None, validator=_non_negative)
 
     models: tuple[str, ...] = attrs.field(default=DEFAULT_MODELS, converter=_models)
     max_body_bytes: int = attrs.field(default=26 * 1024 * 1024, validator=_non_negative)

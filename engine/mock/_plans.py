@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import attrs
 
+from engine.mock._stream import StreamPlan
+
 __all__ = ["JSON", "Plan", "Reject"]
 
 JSON = b"application/json"
@@ -31,7 +33,9 @@ class Plan:
     """Everything needed to answer an admitted request.
 
     ``body(request_number)`` builds the response bytes; ``cost`` is charged at
-    arrival and ``actual`` is the real usage it is corrected to.
+    arrival and ``actual`` is the real usage it is corrected to.  ``stream``
+    is set (default None) when the request asked for a streamed answer: its
+    events replace ``body``.
     """
 
     model: str
@@ -41,3 +45,4 @@ class Plan:
     content_type: bytes
     body: Callable[[int], bytes]
     operation: str  # Azure's name of the endpoint, for its 429 message
+    stream: StreamPlan | None = None

@@ -193,6 +193,41 @@ class TokenCounter:
             return -(-len(text) // _CHARS_PER_TOKEN)
         return len(_encoding(_encoding_name(model)).encode_ordinary(text)) if text else 0
 
+    def pieces(self, text: str, model: str, limit: int | None = None) -> list[str]:
+        """The text of each of ``text``'s first ``limit`` tokens (default: all), for streaming.
+
+        As many pieces as the tokens :meth:`text_tokens` counts (at most
+        ``limit``); joined they give the text (cut where :meth:`truncate`
+        cuts it).  Under ``tiktoken``, a token that ends inside a multi-byte
+        character has an empty piece and the character goes with the token
+        that completes it.
+        """
+        if self.rule == "chars":
+            count = -(-len(text) // _CHARS_PER_TOKEN)
+            if limit is not None:
+                count = min(count, limit)
+            return [
+                text[index * _CHARS_PER_TOKEN : (index + 1) * _CHARS_PER_TOKEN]
+                for index in range(count)
+            ]
+        if not text:
+            return []
+        encoding = _encoding(_encoding_name(model))
+        tokens = encoding.encode_ordinary(text)
+        if limit is not None:
+            tokens = tokens[:limit]
+        pieces = []
+        pending = b""
+        for token in tokens:
+            pending += encoding.decode_single_token_bytes(token)
+            try:
+                pieces.append(pending.decode("utf-8"))
+            except UnicodeDecodeError:
+                pieces.append("")
+            else:
+                pending = b""
+        return pieces
+
     def truncate(self, text: str, model: str, limit: int) -> str:
         """The first ``limit`` tokens of ``text`` (all of it when shorter)."""
         if self.rule == "chars":

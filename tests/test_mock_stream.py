@@ -1,0 +1,387 @@
+"""The mock's streamed answers (``"stream": true``, issue 16): their events, their timing
+and their faults, in-process (the ASGI app under trio's MockClock) and served."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import statistics
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+
+from engine.mock import MockConfig, create_app, serve_in_subprocess
+from engine.mock._cli import config_from_args, register
+from engine.mock._stream import due_offsets
+
+MODEL = "gpt-4o-mini"
+HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, mock!"}]}
+STREAM = {**HELLO, "stream": True}
+WITH_USAGE = {**STREAM, "stream_options": {"include_usage": True}}
+CHAT = "/v1/chat/completions"
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+class Sent:
+    """What the app sent for one request: the head, and each body message with its time."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.pieces: list[tuple[float, bytes, bool]] = []  # (time, body, more_body)
+        self.started_at: float | None = None
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(piece for _, piece, _ in self.pieces)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.pieces) and not self.pieces[-1][2]
+
+    def events(self) -> list[bytes]:
+        """The ``data`` of each event (split on the blank line, as the mock writes them)."""
+        return [data_of(block) for block in self.body.split(b"\n\n") if block]
+
+    def chunks(self) -> list[dict[str, Any]]:
+        """The JSON chunks of a chat stream (without the ``[DONE]`` sentinel)."""
+        return [orjson.loads(data) for data in self.events() if data != b"[DONE]"]
+
+
+def data_of(block: bytes) -> bytes:
+    lines = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
+    return b"\n".join(lines)
+
+
+async def call(app, body: dict[str, Any], path: str = CHAT) -> Sent:
+    """Run one POST through the app's ASGI call, noting when each message is sent."""
+    sent = Sent()
+    request = [{"type": "http.request", "body": orjson.dumps(body), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if request:
+            return request.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            sent.status = message["status"]
+            sent.headers = {k.decode(): v.decode() for k, v in message["headers"]}
+            sent.started_at = trio.current_time()
+        else:
+            sent.pieces.append(
+                (trio.current_time(), message.get("body", b""), message.get("more_body", False))
+            )
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json"), (b"authorization", b"Bearer sk-t")],
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def content_chunks(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        chunk
+        for chunk in chunks
+        if chunk["choices"] and "content" in chunk["choices"][0]["delta"]
+        if "role" not in chunk["choices"][0]["delta"]
+    ]
+
+
+async def non_streamed(app, body: dict[str, Any]) -> dict[str, Any]:
+    plain = {key: value for key, value in body.items() if key not in ("stream", "stream_options")}
+    sent = await call(app, plain)
+    assert sent.status == 200
+    return orjson.loads(sent.body)
+
+
+def parse_mock_args(*argv: str) -> MockConfig:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return config_from_args(parser.parse_args(["mock", *argv]))
+
+
+# -- chat completions: the events -------------------------------------------------
+
+
+async def test_chat_stream_is_role_then_one_chunk_per_token_then_finish_usage_and_done():
+    """The chunk sequence OpenAI sends, one content chunk per output token of usage."""
+    app = create_app()
+    sent = await call(app, WITH_USAGE)
+    assert sent.status == 200
+    assert sent.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert "content-length" not in sent.headers
+    assert sent.complete
+    assert sent.events()[-1] == b"[DONE]"
+    chunks = sent.chunks()
+    first, *middle, finish, last = chunks
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert all(len(chunk["choices"]) == 1 for chunk in middle)
+    assert finish["choices"][0]["delta"] == {} and finish["choices"][0]["finish_reason"] == "stop"
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == len(middle)
+    assert all(chunk["usage"] is None for chunk in chunks[:-1])
+    text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in middle)
+    whole = await non_streamed(app, WITH_USAGE)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert last["usage"] == whole["usage"]
+
+
+async def test_chat_chunks_carry_openais_fields():
+    """id, object, created, model, system_fingerprint; choices with index, delta, logprobs."""
+    chunks = (await call(create_app(), STREAM)).chunks()
+    ids = {chunk["id"] for chunk in chunks}
+    assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk"
+        assert abs(chunk["created"] - time.time()) < 60
+        assert chunk["model"] == MODEL
+        assert chunk["system_fingerprint"] == "fp_mock"
+        assert "usage" not in chunk  # only with stream_options.include_usage
+        (choice,) = chunk["choices"]
+        assert set(choice) == {"index", "delta", "logprobs", "finish_reason"}
+        assert choice["index"] == 0 and choice["logprobs"] is None
+
+
+async def test_chat_stream_with_n_choices_interleaves_them_token_by_token():
+    """n=3: each step has one chunk per choice; content chunks = completion_tokens."""
+    sent = await call(create_app(), {**WITH_USAGE, "n": 3})
+    chunks = sent.chunks()
+    contents = content_chunks(chunks)
+    assert len(contents) == chunks[-1]["usage"]["completion_tokens"]
+    assert [chunk["choices"][0]["index"] for chunk in contents] == [0, 1, 2] * (len(contents) // 3)
+    texts = ["".join(c["choices"][0]["delta"]["content"] for c in contents[i::3]) for i in range(3)]
+    assert texts == ["Mock reply to: Hello, mock!"] * 3
+
+
+@pytest.mark.parametrize("token_rule", ["tiktoken", "chars"])
+async def test_chat_stream_cut_at_max_tokens_finishes_with_length(token_rule):
+    """max_tokens=3: three content chunks and finish_reason length, under either rule."""
+    app = create_app(MockConfig(token_rule=token_rule))
+    chunks = (await call(app, {**WITH_USAGE, "max_tokens": 3})).chunks()
+    assert len(content_chunks(chunks)) == 3 == chunks[-1]["usage"]["completion_tokens"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_multibyte_text_streams_as_many_chunks_as_tokens():
+    """Tokens that split a character still count one chunk each; the text comes out whole."""
+    prompt = "日本語のテキスト 🚀🚀 ünïcödé"
+    body = {**WITH_USAGE, "messages": [{"role": "user", "content": prompt}]}
+    chunks = (await call(create_app(), body)).chunks()
+    contents = content_chunks(chunks)
+    assert len(contents) == chunks[-1]["usage"]["completion_tokens"]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in contents) == (
+        f"Mock reply to: {prompt}"
+    )
+
+
+async def test_stream_options_without_stream_is_refused():
+    """OpenAI refuses stream_options on a request that does not stream."""
+    sent = await call(create_app(), {**HELLO, "stream_options": {"include_usage": True}})
+    assert sent.status == 400
+    assert orjson.loads(sent.body)["error"]["param"] == "stream_options"
+
+
+async def test_a_429_before_a_stream_is_an_ordinary_json_answer():
+    """Refused by the quota: a whole JSON 429 with its retry headers, no event stream."""
+    app = create_app(MockConfig(rpm=1))
+    assert (await call(app, STREAM)).status == 200
+    refused = await call(app, STREAM)
+    assert refused.status == 429
+    assert refused.headers["content-type"] == "application/json"
+    assert "retry-after-ms" in refused.headers
+    assert orjson.loads(refused.body)["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("timed", [False, True])
+async def test_streamed_answer_is_charged_and_told_as_a_non_streamed_one(timed, autojump_clock):
+    """Same quota charge, same x-ratelimit-* headers, same stats, timed or not."""
+    timing = {"ttft_ms": 100.0, "ms_per_output_token": 10.0} if timed else {}
+    config = MockConfig(rpm=100, tpm=10_000, **timing)
+    streamed_app, plain_app = create_app(config), create_app(config)
+    streamed = await call(streamed_app, {**STREAM, "max_tokens": 50})
+    plain = await call(plain_app, {**HELLO, "max_tokens": 50})
+    names = {name for name in plain.headers if name.startswith("x-ratelimit-")}
+    assert len(names) == 6
+    for name in names:
+        if not (timed and name.startswith("x-ratelimit-re")):  # a timed stream tells at arrival
+            assert streamed.headers[name] == plain.headers[name], name
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "99"
+    assert (
+        streamed_app.stats.as_dict()["tokens_charged"]
+        == (plain_app.stats.as_dict()["tokens_charged"])
+    )
+    assert streamed_app.stats.status_counts[200] == 1
+
+
+async def test_builtin_server_path_sends_the_same_stream_chunked():
+    """respond_at_once answers a stream with chunked coding and the ASGI call's events."""
+    app = create_app()
+    head, body = app.respond_at_once(
+        "POST", CHAT, [(b"content-type", b"application/json")], orjson.dumps(WITH_USAGE)
+    )
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked\r\n" in head and b"content-length" not in head
+    size, _, rest = body.partition(b"\r\n")
+    events = rest[: int(size, 16)]
+    assert rest[int(size, 16) :] == b"\r\n0\r\n\r\n"
+    via_asgi = (await call(create_app(), WITH_USAGE)).body
+    assert (
+        events.replace(b"chatcmpl-mock1", b"X").split(b'"created"')[0]
+        == (via_asgi.replace(b"chatcmpl-mock1", b"X").split(b'"created"')[0])
+    )
+    assert events.count(b"\n\n") == via_asgi.count(b"\n\n")
+
+
+def test_timing_turns_off_the_synchronous_path():
+    """With a time to first token the builtin server must take the ASGI call."""
+    app = create_app(MockConfig(ttft_ms=5))
+    assert app.respond_at_once("POST", CHAT, [], orjson.dumps(STREAM)) is None
+
+
+# -- chat completions: timing -------------------------------------------------------
+
+
+async def test_first_token_at_ttft_then_one_token_per_gap(autojump_clock):
+    """ttft 200 ms, 20 ms per token: the role and first token at 0.2 s, then every 20 ms."""
+    app = create_app(MockConfig(ttft_ms=200, ms_per_output_token=20))
+    start = trio.current_time()
+    sent = await call(app, {**WITH_USAGE, "max_tokens": 8})
+    assert sent.started_at == pytest.approx(start)  # the head goes out at admission
+    times = [moment - start for moment, _, _ in sent.pieces]
+    assert times == pytest.approx([0.2 + 0.02 * step for step in range(8)])
+    first = [orjson.loads(data_of(block)) for block in sent.pieces[0][1].split(b"\n\n") if block]
+    assert first[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert first[1]["choices"][0]["delta"]["content"] == "Mock"
+    assert sent.pieces[-1][1].endswith(b"data: [DONE]\n\n") and sent.complete
+
+
+async def test_latency_ms_does_not_delay_a_stream_nor_ttft_a_whole_answer(autojump_clock):
+    """latency_ms is for non-streamed answers, ttft_ms for streamed ones."""
+    app = create_app(MockConfig(latency_ms=1000, ttft_ms=300))
+    start = trio.current_time()
+    streamed = await call(app, STREAM)
+    assert streamed.pieces[0][0] - start == pytest.approx(0.3)
+    start = trio.current_time()
+    plain = await call(app, HELLO)
+    assert plain.pieces[0][0] - start == pytest.approx(1.0)
+
+
+async def test_tokens_due_together_go_out_in_one_message(autojump_clock):
+    """No gap between tokens: the whole stream is one body message at the ttft."""
+    app = create_app(MockConfig(ttft_ms=50))
+    sent = await call(app, WITH_USAGE)
+    assert len([piece for piece in sent.pieces if piece[1]]) == 1
+    assert sent.events()[-1] == b"[DONE]"
+
+
+async def test_concurrent_streams_keep_their_own_schedules(autojump_clock):
+    """Three streams at once each get their tokens on time."""
+    app = create_app(MockConfig(ttft_ms=100, ms_per_output_token=50))
+    results: list[tuple[float, Sent]] = []
+
+    async def one(delay: float) -> None:
+        await trio.sleep(delay)
+        start = trio.current_time()
+        results.append((start, await call(app, {**STREAM, "max_tokens": 4})))
+
+    async with trio.open_nursery() as nursery:
+        for delay in (0.0, 0.01, 0.07):
+            nursery.start_soon(one, delay)
+    for start, sent in results:
+        assert [t - start for t, _, _ in sent.pieces] == pytest.approx([0.1, 0.15, 0.2, 0.25])
+
+
+def test_spread_keeps_the_configured_value_the_median():
+    """Lognormal TTFT and gaps: medians within 3% of the configured values."""
+    rng = random.Random(7)
+    draws = [
+        due_offsets(11, rng, ttft_ms=200, ttft_sigma=0.5, gap_ms=20, gap_sigma=0.5)
+        for _ in range(2001)
+    ]
+    assert statistics.median(d[0] for d in draws) == pytest.approx(0.2, rel=0.03)
+    gaps = [b - a for d in draws for a, b in itertools.pairwise(d)]
+    assert statistics.median(gaps) == pytest.approx(0.02, rel=0.03)
+    assert statistics.mean(gaps) == pytest.approx(0.02 * math.exp(0.5**2 / 2), rel=0.03)
+    assert max(d[0] for d in draws) > 0.4  # a spread, not a constant
+
+
+def test_no_spread_means_exact_times():
+    """Sigma 0 draws nothing: exact offsets."""
+    rng = random.Random(1)
+    assert due_offsets(3, rng, ttft_ms=100, ttft_sigma=0, gap_ms=10, gap_sigma=0) == (
+        pytest.approx([0.1, 0.11, 0.12])
+    )
+    assert rng.random() == random.Random(1).random()
+
+
+def test_streaming_flags_set_the_config_fields():
+    """--ttft-ms, --ttft-sigma, --output-token-sigma, --stream-fault-after map to MockConfig."""
+    config = parse_mock_args(
+        "--ttft-ms",
+        "200",
+        "--ttft-sigma",
+        "0.3",
+        "--ms-per-output-token",
+        "20",
+        "--output-token-sigma",
+        "0.2",
+        "--stream-fault-after",
+        "5",
+    )
+    assert (config.ttft_ms, config.ttft_sigma) == (200.0, 0.3)
+    assert (config.ms_per_output_token, config.output_token_sigma) == (20.0, 0.2)
+    assert config.stream_fault_after == 5
+    assert parse_mock_args().ttft_ms == 0 and parse_mock_args().stream_fault_after is None
+
+
+async def test_streaming_timing_changes_at_run_time(autojump_clock):
+    """POST /_mock/config switches the time to first token on for the next stream."""
+    app = create_app()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://mock"
+    ) as client:
+        changed = await client.post("/_mock/config", json={"ttft_ms": 250})
+        assert changed.json()["ttft_ms"] == 250
+    start = trio.current_time()
+    sent = await call(app, STREAM)
+    assert sent.pieces[0][0] - start == pytest.approx(0.25)
+
+
+# -- served over loopback -------------------------------------------------------------
+
+
+@pytest.mark.wallclock
+@pytest.mark.parametrize("server", ["builtin", "uvicorn", "hypercorn"])
+async def test_every_server_flushes_each_token_when_it_is_due(server):
+    """ttft 300 ms, 60 ms per token: the bytes arrive spread over time, not at the end."""
+    args = ["--server", server, "--ttft-ms", "300", "--ms-per-output-token", "60"]
+    with serve_in_subprocess(args) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            body = {**WITH_USAGE, "max_tokens": 6}
+            start = time.monotonic()
+            arrivals: list[tuple[float, bytes]] = []
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                assert response.headers["transfer-encoding"] == "chunked"
+                async for piece in response.aiter_raw():
+                    arrivals.append((time.monotonic() - start, piece))
+    text = b"".join(piece for _, piece in arrivals)
+    assert text.endswith(b"data: [DONE]\n\n")
+    first_token = next(t for t, piece in arrivals if b'"content":"Mock"' in piece)
+    last = arrivals[-1][0]
+    assert first_token >= 0.25, arrivals
+    assert last - first_token >= 0.2, arrivals  # 5 gaps of 60 ms, not all at once
+    assert len({round(t, 2) for t, _ in arrivals}) >= 3, arrivals
