@@ -586,7 +586,9 @@ def measure_ceiling(config: ServingConfig) -> dict[str, Any]:
         slo=None,
         api_key=None,
         input_tokens=None,
-        prompt="Count from one to one hundred in words, separated by spaces.",
+        # The mock echoes up to 200 characters of the prompt: enough for any
+        # --output-tokens up to about 40 to be produced in full.
+        prompt=" ".join(_WORDS[:40]),
         grace=10.0,
     )
     with _pinned_mock(["--server", "auto"]) as (url, client_cpu, mock_cpu):
