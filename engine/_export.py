@@ -11,6 +11,9 @@ only when at least one result of that kind is present):
   ``model``, ``error_code``, ``error_message``, ``status_code``,
   ``request_id``, ``attempts``, ``queued_at``, ``sent_at`` (the real call
   time), ``latency`` (seconds), ``finished_at``;
+* streamed answers (``client.stream``, ``"stream": true`` bodies), when some
+  result is one: ``ttft`` (seconds to the first output), ``itl_mean``,
+  ``itl_p50``, ``itl_p99`` (the gaps between outputs, seconds);
 * chat: ``prompt_tokens``, ``completion_tokens``, ``total_tokens``,
   ``output`` (plain-text answers), ``raw_content`` (what came back when a
   structured answer could not be used), ``input`` (the messages, as JSON text);
@@ -62,6 +65,8 @@ _COMMON = (
     "latency",
     "finished_at",
 )
+#: Columns of streamed answers, after the common ones (only when some result streamed).
+_STREAMED = ("ttft", "itl_mean", "itl_p50", "itl_p99")
 _CHAT = ("prompt_tokens", "completion_tokens", "total_tokens", "output", "raw_content", "input")
 _TRANSCRIPTION = ("file", "duration_seconds", "text", "skipped", "skip_reason", "audio_seconds")
 _RESPONSES = (
@@ -242,6 +247,12 @@ def _row(result: Result, lists_as_json: bool) -> dict[str, Any]:
         "latency": timings.latency,
         "finished_at": timings.finished_at,
     }
+    if timings.ttft is not None:
+        gaps = timings.itl_summary
+        row["ttft"] = timings.ttft
+        row["itl_mean"] = gaps.mean if gaps is not None else None
+        row["itl_p50"] = gaps.p50 if gaps is not None else None
+        row["itl_p99"] = gaps.p99 if gaps is not None else None
     if isinstance(result, TranscriptionResult):
         row["file"] = result.file
         row["duration_seconds"] = result.duration_seconds
@@ -310,6 +321,8 @@ def _as_json(value: Any) -> Any:
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
     present = dict.fromkeys(key for row in rows for key in row)
     columns = dict.fromkeys(_COMMON)
+    if "ttft" in present:
+        columns.update(dict.fromkeys(_STREAMED))
     kinds = {row["kind"] for row in rows}
     for kind, kind_columns in _KIND_COLUMNS.items():
         if kind in kinds:

@@ -592,3 +592,17 @@ async def test_engine_run_writes_streamed_lines_like_whole_ones(tmp_path, autoju
         assert record["response"]["body"] == whole["response"]["body"]
         assert record["response"]["status_code"] == 200 and record["error"] is None
     assert server.requests == 5
+
+
+async def test_exports_have_ttft_and_itl_columns_when_some_result_streamed(autojump_clock):
+    """A table with a streamed result has ttft and itl columns; a table without has none."""
+    server = StreamServer()
+    async with _client(server) as client:
+        results = [r async for r in client.map([_line("s", True), _line("w", False)])]
+    results.sort(key=lambda result: result.id)
+    streamed, whole = engine.to_rows(results)
+    assert list(streamed)[13:17] == ["ttft", "itl_mean", "itl_p50", "itl_p99"]
+    assert streamed["ttft"] == pytest.approx(server.ttft)
+    assert streamed["itl_p50"] == pytest.approx(server.gap)
+    assert whole["ttft"] is None
+    assert "ttft" not in engine.to_rows(results[1:])[0]
