@@ -243,8 +243,9 @@ def _two_steps() -> list[Any]:
             mode="rate", target=target, window_start=0.0, duration=1.0, slo=Slo(ttft=0.5)
         )
         recorder.scheduled(0.1, 0.0)
-        if target == 2.0:  # a second arrival, never answered: the offered load is not met
-            recorder.scheduled(0.6, 0.0)
+        if target == 2.0:  # three more arrivals, never answered: the offered load is not met
+            for at in (0.3, 0.6, 0.8):
+                recorder.scheduled(at, 0.0)
         recorder.answered(0.1, 0.4, first_token=0.2, token_times=[0.2, 0.3, 0.4], output_tokens=3)
         recorder.failed(0.2, "http_429")
         steps.append(recorder.result(cpu_seconds=0.1))

@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
+import orjson
 
+from engine._sse import SSEDecoder
 from engine._version import __version__
 from engine.app._serving_metrics import Slo, StepRecorder, StepResult, arrival_times
 
@@ -154,8 +156,6 @@ def synthetic_prompt(tokens: int, model: str, rng: random.Random) -> str:
 
 def build_bodies(config: ServingConfig) -> list[bytes]:
     """The request bodies of a run, encoded once (with ``input_tokens``: distinct prompts)."""
-    import orjson
-
     rng = random.Random(config.seed)
     if config.input_tokens is not None:
         prompts = [
@@ -187,8 +187,6 @@ def build_bodies(config: ServingConfig) -> list[bytes]:
 
 def _chat_event(data: bytes, now: float, times: list[float], usage: list[int]) -> str | None:
     """Read a chat chunk: note ``now`` if it carries output, keep its usage; error kind or None."""
-    import orjson
-
     if data == _DONE:
         return None
     try:
@@ -231,8 +229,6 @@ def _responses_event(
     kind: str, data: bytes, now: float, times: list[float], usage: list[int]
 ) -> str | None:
     """Read a Responses API event (by its ``event:`` name if any); error kind or None."""
-    import orjson
-
     if kind in _OUTPUT_DELTAS:
         times.append(now)
         return None
@@ -264,6 +260,8 @@ class _Sender:
     bodies: list[bytes]
     clock: Callable[[], float]
     recorder: StepRecorder | None = None
+    #: What a failed exchange raises (``httpx.HTTPError``; given, so httpx loads only when used).
+    transport_error: type[Exception] = Exception
     next_body: int = 0
     in_flight: dict[int, float] = attrs.Factory(dict)
     sent: int = 0
@@ -281,12 +279,10 @@ class _Sender:
 
     async def send(self, http: Any, sent: float) -> None:
         """Send one request at ``sent`` (clock time) and record what came back.  Checkpoints."""
-        import httpx
-
         recorder = self.recorder
         assert recorder is not None
         body = self.body()
-        key = id(body) ^ self.sent
+        key = self.sent
         self.sent += 1
         self.in_flight[key] = sent
         times: list[float] = []
@@ -299,10 +295,11 @@ class _Sender:
             else:
                 error = await self._whole(http, body, usage)
                 finished = self.clock()
-        except httpx.HTTPError as exc:
+        except self.transport_error as exc:
             error = type(exc).__name__
-        finally:
-            del self.in_flight[key]
+        # Not in a ``finally``: a request cancelled at the grace deadline stays
+        # in ``in_flight`` and is counted as unfinished.
+        del self.in_flight[key]
         if error is None and self.config.stream and not times:
             error = "no_output"
         if error is not None:
@@ -323,8 +320,6 @@ class _Sender:
     async def _stream(
         self, http: Any, body: bytes, times: list[float], usage: list[int]
     ) -> str | None:
-        from engine._sse import SSEDecoder
-
         clock = self.clock
         chat = self.config.endpoint != "responses"
         error: str | None = None
@@ -349,8 +344,6 @@ class _Sender:
                     return error
 
     async def _whole(self, http: Any, body: bytes, usage: list[int]) -> str | None:
-        import orjson
-
         response = await http.post(self.path, content=body, headers=_POST_HEADERS)
         if response.status_code != 200:
             return f"http_{response.status_code}"
@@ -419,7 +412,7 @@ async def _run_step(
         duration=config.duration,
         slo=config.slo,
     )
-    sender = _Sender(config, bodies, clock, recorder)
+    sender = _Sender(config, bodies, clock, recorder, transport_error=httpx.HTTPError)
     window_end = recorder.window_end
     cpu = [0.0, 0.0]
 
