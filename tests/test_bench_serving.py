@@ -296,3 +296,15 @@ def test_table_has_a_row_per_step_and_flags_unmet_load() -> None:
     assert len(lines) == 4
     assert "TTFT p50/p99" in lines[0]
     assert "offered load not met" in lines[3]
+
+
+def test_requests_still_running_after_the_grace_are_counted_unfinished() -> None:
+    """A server that never answers: the step ends at window + grace, each request unfinished."""
+    import trio
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await trio.sleep_forever()
+
+    step = _run(app, duration=0.2, grace=0.2)
+    assert step.completed == 0
+    assert step.errors == {"unfinished": 2}
