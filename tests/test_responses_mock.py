@@ -137,7 +137,6 @@ def test_cost_is_input_plus_output_budget_corrected_to_use():
             "text.format.name",
             "missing_required_parameter",
         ),
-        ({"model": MODEL, "input": "x", "stream": True}, "stream", "unsupported_value"),
     ],
 )
 def test_bad_requests_are_refused_with_a_400_naming_the_parameter(request_body, param, code):

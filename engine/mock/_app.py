@@ -1248,6 +1248,14 @@ def _plan_transcription(body: bytes, content_type: str, counter: TokenCounter) -
         return _Reject(
             400, "Missing required parameter: 'file'.", "file", "missing_required_parameter"
         )
+    stream_field = fields.get("stream")
+    if stream_field is not None and stream_field.data.strip().lower() == b"true":
+        return _Reject(
+            400,
+            "stream is not supported by the mock server for transcriptions.",
+            "stream",
+            "unsupported_value",
+        )
     format_field = fields.get("response_format")
     response_format = (
         format_field.data.decode("utf-8", "replace").strip() if format_field else "json"

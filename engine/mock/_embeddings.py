@@ -101,6 +101,10 @@ def plan_embeddings(body: bytes, counter: TokenCounter) -> Plan | Reject:
         return Reject(
             400, "Missing required parameter: 'input'.", "input", "missing_required_parameter"
         )
+    if request.get("stream"):  # OpenAI's embeddings endpoint has no stream parameter
+        return Reject(
+            400, "Unrecognized request argument supplied: stream", "stream", "unsupported_value"
+        )
     inputs = _inputs(request["input"])
     if inputs is None or len(inputs) > MAX_INPUTS or any(item == "" for item in inputs):
         return Reject(400, _INVALID_INPUT, "input", "invalid_value")

@@ -6,7 +6,9 @@ object: one ``message`` output item holding one ``output_text`` part,
 with ``incomplete_details.reason = "max_output_tokens"`` when the text is cut
 at ``max_output_tokens``.  ``text.format`` is honoured as chat's
 ``response_format`` is: ``json_schema`` answers an instance of the schema,
-``json_object`` a small object.  Tokens are counted by the mock's own
+``json_object`` a small object.  ``"stream": true`` sends the Responses
+API's events instead (:func:`engine.mock._stream.responses_stream`), one
+``response.output_text.delta`` per output token.  Tokens are counted by the mock's own
 counter (:mod:`engine.mock._tokens`), never the engine's.  Pure: nothing
 here checkpoints.
 """
@@ -21,6 +23,7 @@ import orjson
 
 from engine.mock._plans import JSON, Plan, Reject
 from engine.mock._schema import instance_for_schema
+from engine.mock._stream import SSE, responses_stream
 from engine.mock._tokens import TokenCounter
 
 __all__ = ["MIN_OUTPUT_TOKENS", "plan_response"]
@@ -174,10 +177,6 @@ def plan_response(body: bytes, default_output_tokens: int, counter: TokenCounter
             "max_output_tokens",
             "integer_below_min_value",
         )
-    if request.get("stream"):
-        return Reject(
-            400, "stream is not supported by the mock server.", "stream", "unsupported_value"
-        )
     snippet = ""
     for message in reversed(messages):
         if message["role"] == "user":
@@ -192,6 +191,7 @@ def plan_response(body: bytes, default_output_tokens: int, counter: TokenCounter
     except (TypeError, ValueError) as error:
         return Reject(400, f"Invalid 'input': {error}", "input", "invalid_value")
     output_tokens = counter.text_tokens(text, model)
+    original = text
     status = "completed"
     incomplete = None
     if limit is not None and output_tokens > limit:
@@ -226,7 +226,26 @@ def plan_response(body: bytes, default_output_tokens: int, counter: TokenCounter
         },
         "metadata": request.get("metadata") or {},
     }
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    part: dict[str, object] = {
+        "type": "output_text",
+        "text": text,
+        "annotations": [],
+        "logprobs": [],
+    }
+    cost = input_tokens + (limit if limit is not None else default_output_tokens)
+    if request.get("stream"):
+        pieces = counter.pieces(original, model, limit)
+        part["text"] = "".join(pieces)
+        return Plan(
+            model=model,
+            cost=cost,
+            actual=input_tokens + len(pieces),
+            output_tokens=len(pieces),
+            content_type=SSE,
+            body=_no_body,
+            operation="Responses_Create",
+            stream=responses_stream(response=fixed, part=part, pieces=pieces),
+        )
 
     def build(number: int) -> bytes:
         created = int(time.time())
@@ -249,10 +268,14 @@ def plan_response(body: bytes, default_output_tokens: int, counter: TokenCounter
 
     return Plan(
         model=model,
-        cost=input_tokens + (limit if limit is not None else default_output_tokens),
+        cost=cost,
         actual=input_tokens + output_tokens,
         output_tokens=output_tokens,
         content_type=JSON,
         body=build,
         operation="Responses_Create",
     )
+
+
+def _no_body(_number: int) -> bytes:
+    raise RuntimeError("a streamed answer is sent as its events, not as one body")
