@@ -33,12 +33,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--mock-server", default="builtin", help="engine mock --server (default: %(default)s)"
     )
+    run.add_argument(
+        "--latency-url", help="use this running server for the latency phase instead of a mock"
+    )
+    run.add_argument(
+        "--ceiling-url", help="use this running server for the ceiling phase instead of a mock"
+    )
     args = parser.parse_args(argv)
     if args.command == "setup":
         summary = install.setup(args.tools, force=args.force)
         failed = [name for name, record in summary.items() if record.get("installed") is False]
         return 1 if failed else 0
-    return runner.main_run(args.quick, args.tools, args.out, args.mock_server, args.phases)
+    return runner.main_run(
+        args.quick,
+        args.tools,
+        args.out,
+        args.mock_server,
+        args.phases,
+        args.latency_url,
+        args.ceiling_url,
+    )
 
 
 if __name__ == "__main__":

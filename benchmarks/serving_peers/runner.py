@@ -27,6 +27,7 @@ and the local tokenizer built by ``setup``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psutil
@@ -129,6 +130,21 @@ def mock_command(model: str, ttft_ms: float, ms_per_token: float, server: str) -
     if ms_per_token:
         command += ["--ms-per-output-token", f"{ms_per_token:g}"]
     return command
+
+
+@contextlib.contextmanager
+def server_for(
+    base_url: str | None, command: list[str], cpus: set[int] | None
+) -> Iterator[tuple[str, int | None]]:
+    """(base URL, server PID): ``base_url`` as given (PID None), else ``command`` started here.
+
+    A started server is stopped by its PID when the block ends.
+    """
+    if base_url:
+        yield base_url, None
+        return
+    with _procs.start_server(command, cpus=cpus) as server:
+        yield server.base_url, server.pid
 
 
 def engine_bench_serving() -> bool:
@@ -286,7 +302,9 @@ class Runner:
         return record
 
 
-def _cpu_of(pid: int) -> float | None:
+def _cpu_of(pid: int | None) -> float | None:
+    if pid is None:
+        return None
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
@@ -354,8 +372,14 @@ def run(
     out: str = RESULTS,
     mock_server: str = "builtin",
     phases: Sequence[str] = ("latency", "ceiling"),
+    latency_url: str | None = None,
+    ceiling_url: str | None = None,
 ) -> dict[str, Any]:
-    """Run the comparison and write ``out`` (default ``bench-results/serving_peers.json``)."""
+    """Run the comparison and write ``out`` (default ``bench-results/serving_peers.json``).
+
+    ``latency_url`` / ``ceiling_url``: a server already running for that phase
+    (configured as the phase needs) instead of the ``engine mock`` started here.
+    """
     started = time.time()
     workdir = os.path.join(os.path.dirname(out) or ".", "serving_peers")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -400,6 +424,10 @@ def run(
         "config": {
             "quick": quick,
             "mock_server": mock_server,
+            "servers": {
+                "latency": latency_url or "engine mock",
+                "ceiling": ceiling_url or "engine mock",
+            },
             "latency": {
                 "mock": {"ttft_ms": LATENCY_TTFT_MS, "ms_per_output_token": LATENCY_MS_PER_TOKEN},
                 "workload": latency_workload,
@@ -427,13 +455,14 @@ def run(
     if "latency" in phases:
         for tool in runnable:
             workload = tools.Workload(**latency_workload)
-            with _procs.start_server(
+            with server_for(
+                latency_url,
                 mock_command(model, LATENCY_TTFT_MS, LATENCY_MS_PER_TOKEN, mock_server),
-                cpus=runner.mock_cpus,
-            ) as mock:
+                runner.mock_cpus,
+            ) as (base_url, mock_pid):
                 print(f"[latency] {tool} at {LATENCY_CONCURRENCY} in flight ...", flush=True)
                 record = runner.run_step(
-                    tool, workload, mock.base_url, mock.pid, timeout=duration * 6 + 180
+                    tool, workload, base_url, mock_pid, timeout=duration * 6 + 180
                 )
             result["tools"][tool]["latency"] = record
             _print_step(record)
@@ -443,9 +472,12 @@ def run(
             steps: list[dict[str, Any]] = []
             passed: list[float] = []
             failed: list[float] = []
-            with _procs.start_server(
-                mock_command(model, 0, 0, mock_server), cpus=runner.mock_cpus
-            ) as mock:
+            with server_for(
+                ceiling_url, mock_command(model, 0, 0, mock_server), runner.mock_cpus
+            ) as (
+                base_url,
+                mock_pid,
+            ):
                 rate = verdicts.next_rates(list(RATE_LADDER), passed, failed, 0 if quick else 2)
                 while rate is not None:
                     workload = tools.Workload(
@@ -453,7 +485,7 @@ def run(
                     )
                     print(f"[ceiling] {tool} offered {rate:g}/s ...", flush=True)
                     record = runner.run_step(
-                        tool, workload, mock.base_url, mock.pid, timeout=duration * 8 + 180
+                        tool, workload, base_url, mock_pid, timeout=duration * 8 + 180
                     )
                     steps.append(record)
                     _print_step(record)
@@ -517,10 +549,24 @@ def _write(out: str, result: dict[str, Any]) -> None:
 
 
 def main_run(
-    quick: bool, requested: Sequence[str], out: str, mock_server: str, phases: Sequence[str]
+    quick: bool,
+    requested: Sequence[str],
+    out: str,
+    mock_server: str,
+    phases: Sequence[str],
+    latency_url: str | None = None,
+    ceiling_url: str | None = None,
 ) -> int:
     """The ``run`` subcommand."""
-    result = run(quick=quick, requested=requested, out=out, mock_server=mock_server, phases=phases)
+    result = run(
+        quick=quick,
+        requested=requested,
+        out=out,
+        mock_server=mock_server,
+        phases=phases,
+        latency_url=latency_url,
+        ceiling_url=ceiling_url,
+    )
     print(json.dumps(result["verdicts"], indent=1))
     print(f"wrote {out}")
     return 0

@@ -203,7 +203,7 @@ def engine_bench_command(
     command += ["--duration", _number(workload.duration_s)]
     if serving:
         command += ["--input-tokens", str(workload.input_tokens)]
-        command += ["--warmup", _number(workload.warmup_s), "-o", out]
+        command += ["--warmup", _number(workload.warmup_s), "--ignore-eos", "-o", out]
         if workload.mode == "concurrency":
             command += ["--concurrency", str(int(workload.target))]
         else:
