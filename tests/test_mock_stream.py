@@ -17,7 +17,7 @@ import orjson
 import pytest
 import trio
 
-from engine.mock import MockConfig, create_app, serve_in_subprocess
+from engine.mock import DroppedConnection, MockConfig, create_app, serve_in_subprocess
 from engine.mock._cli import config_from_args, register
 from engine.mock._stream import due_offsets
 
@@ -478,6 +478,147 @@ async def test_transcriptions_refuse_to_stream():
     assert response.json()["error"]["param"] == "stream"
 
 
+# -- faults mid-stream ------------------------------------------------------------------
+
+
+async def call_until_dropped(app, body: dict[str, Any], path: str = CHAT) -> Sent:
+    """Like :func:`call`, for an answer the app cuts off: returns what was sent before."""
+    sent = Sent()
+    request = [{"type": "http.request", "body": orjson.dumps(body), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if request:
+            return request.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            sent.status = message["status"]
+            sent.started_at = trio.current_time()
+        else:
+            sent.pieces.append((trio.current_time(), message["body"], message["more_body"]))
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    with pytest.raises(DroppedConnection):
+        await app(scope, receive, send)
+    return sent
+
+
+@pytest.mark.parametrize("after", [0, 1, 3])
+async def test_drop_cuts_the_stream_after_k_events(after):
+    """drop_rate 1, stream_fault_after k: exactly k whole events, then the cut, no end."""
+    app = create_app(MockConfig(drop_rate=1.0, stream_fault_after=after))
+    sent = await call_until_dropped(app, WITH_USAGE)
+    assert sent.status == 200
+    assert all(more for _, _, more in sent.pieces)  # never the last body message
+    assert sent.body.count(b"\n\n") == after
+    assert sent.pieces  # even with no event, the head went out (with an empty body)
+
+
+async def test_drop_by_default_cuts_half_way_and_never_sends_done():
+    """Without stream_fault_after the cut comes after half of the events."""
+    whole = (await call(create_app(), WITH_USAGE)).events()
+    sent = await call_until_dropped(create_app(MockConfig(drop_rate=1.0)), WITH_USAGE)
+    assert len(sent.events()) == len(whole) // 2
+    assert b"[DONE]" not in sent.body
+
+
+async def test_a_large_k_still_leaves_the_last_event_out():
+    """k beyond the stream: everything but the last event, so the cut is still a cut."""
+    whole = (await call(create_app(), WITH_USAGE)).events()
+    sent = await call_until_dropped(
+        create_app(MockConfig(drop_rate=1.0, stream_fault_after=10_000)), WITH_USAGE
+    )
+    assert sent.events() == whole[:-1]
+
+
+async def test_events_before_a_drop_arrive_on_time(autojump_clock):
+    """Timed stream cut after 4 events: role+first token at ttft, then one per gap."""
+    config = MockConfig(ttft_ms=100, ms_per_output_token=10, drop_rate=1.0, stream_fault_after=4)
+    start = trio.current_time()
+    sent = await call_until_dropped(create_app(config), STREAM)
+    assert [t - start for t, _, _ in sent.pieces] == pytest.approx([0.1, 0.11, 0.12])
+    assert sent.body.count(b"\n\n") == 4
+
+
+async def test_drop_mid_responses_stream():
+    """The Responses API stream is cut the same way (no response.completed)."""
+    app = create_app(MockConfig(drop_rate=1.0, stream_fault_after=5))
+    sent = await call_until_dropped(app, RESPONSE_STREAM, RESPONSES)
+    assert sent.body.count(b"event: ") == 5 and b"response.completed" not in sent.body
+
+
+async def test_dropped_stream_is_charged_its_usage():
+    """The charge is corrected to the answer's usage, as a dropped non-streamed answer."""
+    app = create_app(MockConfig(drop_rate=1.0, rpm=100, tpm=100_000))
+    await call_until_dropped(app, {**STREAM, "max_tokens": 100})
+    reference = create_app(MockConfig(rpm=100, tpm=100_000))
+    await call(reference, {**STREAM, "max_tokens": 100})
+    assert app.stats.tokens_charged == reference.stats.tokens_charged
+
+
+async def test_stall_pauses_the_stream_then_finishes_it(autojump_clock):
+    """slow_body_rate 1: after k events the stream stalls slow_body_ms, then ends cleanly."""
+    config = MockConfig(slow_body_rate=1.0, slow_body_ms=500, stream_fault_after=2)
+    start = trio.current_time()
+    sent = await call(create_app(config), WITH_USAGE)
+    assert sent.complete and sent.events()[-1] == b"[DONE]"
+    (first_time, first, _), (later_time, _, _) = sent.pieces
+    assert first.count(b"\n\n") == 2
+    assert (first_time - start, later_time - start) == pytest.approx((0.0, 0.5))
+
+
+async def test_stall_delays_the_tokens_after_it(autojump_clock):
+    """A stall in a timed stream shifts every later token by its length."""
+    config = MockConfig(
+        ttft_ms=100,
+        ms_per_output_token=10,
+        slow_body_rate=1.0,
+        slow_body_ms=300,
+        stream_fault_after=3,
+    )
+    start = trio.current_time()
+    sent = await call(create_app(config), {**STREAM, "max_tokens": 4})
+    times = [t - start for t, _, _ in sent.pieces]
+    assert times == pytest.approx([0.1, 0.11, 0.12 + 0.3, 0.13 + 0.3])
+
+
+async def test_malformed_fault_cuts_one_events_json_and_ends_normally():
+    """malformed_json_rate 1: event k's JSON is cut in half; the rest is whole."""
+    whole = (await call(create_app(), WITH_USAGE)).events()
+    config = MockConfig(malformed_json_rate=1.0, stream_fault_after=3)
+    sent = await call(create_app(config), WITH_USAGE)
+    events = sent.events()
+    assert sent.complete and len(events) == len(whole)
+    assert events[3] == whole[3][: len(events[3])] and len(events[3]) < len(whole[3])
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(events[3])
+    assert events[:3] == whole[:3] and events[4:] == whole[4:]
+
+
+async def test_5xx_faults_answer_a_stream_request_before_any_event():
+    """error_503_rate 1: an ordinary JSON 503, not a stream."""
+    sent = await call(create_app(MockConfig(error_503_rate=1.0)), STREAM)
+    assert sent.status == 503 and orjson.loads(sent.body)["error"]["type"] == "server_error"
+
+
+async def test_drop_switches_on_per_test_through_mock_config():
+    """POST /_mock/config {"drop_rate": 1, "stream_fault_after": 2} cuts the next stream."""
+    app = create_app()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://mock"
+    ) as client:
+        changed = await client.post(
+            "/_mock/config", json={"drop_rate": 1.0, "stream_fault_after": 2}
+        )
+        assert changed.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(CHAT, json=STREAM)
+        await client.post("/_mock/config", json={"drop_rate": 0.0})
+        assert (await client.post(CHAT, json=STREAM)).status_code == 200
+
+
 # -- conformance to OpenAI's published schemas ----------------------------------------
 
 
@@ -573,3 +714,51 @@ async def test_every_server_flushes_each_token_when_it_is_due(server):
     assert first_token >= 0.25, arrivals
     assert last - first_token >= 0.2, arrivals  # 5 gaps of 60 ms, not all at once
     assert len({round(t, 2) for t, _ in arrivals}) >= 3, arrivals
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """(the data of a chunked body, whether its last chunk arrived)."""
+    data = b""
+    while body:
+        size_line, separator, rest = body.partition(b"\r\n")
+        if not separator:
+            break
+        size = int(size_line, 16)
+        if size == 0:
+            return data, True
+        data += rest[:size]
+        body = rest[size + 2 :]
+    return data, False
+
+
+@pytest.mark.wallclock
+@pytest.mark.parametrize("server", ["builtin", "uvicorn", "hypercorn"])
+async def test_every_server_cuts_a_dropped_stream_mid_body(server):
+    """On the wire: 200, chunked, three whole events, then EOF with no last chunk."""
+    args = ["--server", server, "--drop-rate", "1", "--stream-fault-after", "3"]
+    args += ["--ttft-ms", "50", "--ms-per-output-token", "20"]
+    with serve_in_subprocess(args) as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        payload = orjson.dumps(STREAM)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(payload), payload)
+            )
+            received = b""
+            with trio.fail_after(20):
+                while piece := await stream.receive_some():
+                    received += piece
+        async with httpx.AsyncClient(base_url=url, timeout=20.0) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async with client.stream("POST", "/chat/completions", json=STREAM) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding: chunked" in head.lower()
+    data, ended = dechunk(body)
+    assert not ended
+    assert data.count(b"\n\n") == 3 and data.endswith(b"\n\n")

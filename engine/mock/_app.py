@@ -7,7 +7,8 @@ the builtin server (:mod:`engine.mock._server`) or uvicorn on asyncio, or by
 hypercorn's trio worker.
 
 Checkpoints: the app awaits the server's ``receive`` / ``send`` and, when
-latency or a slow body is configured, ``anyio.sleep``; nothing else.  So with
+latency, a streamed answer's timing (``ttft_ms``, ``ms_per_output_token``) or
+a slow body is configured, ``anyio.sleep``; nothing else.  So with
 no latency and no slow-body fault, a request whose body arrived in one
 ``http.request`` message runs to completion without ever suspending, if the
 server's ``receive`` and ``send`` do not (``engine.mock._server`` relies on
