@@ -3,8 +3,9 @@
 The fixtures under ``tests/fixtures/serving_peers/`` are result files the
 tools wrote in real runs (GuideLLM 0.8.1, AIPerf 0.13.0, vllm 0.33.0 ``bench
 serve``, ``engine bench --base-url``), cut down to the fields the parsers read;
-``engine_bench_serving_schema.json`` follows the serving schema ``engine bench
--o`` writes.  Nothing here installs, starts or downloads anything.
+all against ``engine mock --ttft-ms 200 --ms-per-output-token 20`` at 16 in
+flight (``engine_bench_legacy_*``: the load generator before streaming, not
+streamed).  Nothing here installs, starts or downloads anything.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ def load(name: str) -> dict:
 def test_guidellm_report_gives_streaming_latencies_and_its_measured_window():
     """GuideLLM's JSON: TTFT and ITL percentiles in ms, request latency turned from s to ms."""
     figures = tools.parse_guidellm(load("guidellm_concurrent16.json"))
-    assert figures.completed == 93 and figures.errors == 0
-    assert figures.ttft_ms["p50"] == pytest.approx(201.64, abs=0.01)
-    assert figures.itl_ms["p50"] == pytest.approx(20.76, abs=0.01)
+    assert figures.completed == 108 and figures.errors == 0
+    assert figures.ttft_ms["p50"] == pytest.approx(203.96, abs=0.01)
+    assert figures.itl_ms["p50"] == pytest.approx(19.99, abs=0.01)
     assert figures.tpot_p50_ms == figures.itl_ms["p50"]
-    assert figures.e2e_p50_ms == pytest.approx(845.9, abs=0.1)
-    assert figures.requests_per_second == pytest.approx(17.78, abs=0.01)
+    assert figures.e2e_p50_ms == pytest.approx(825.74, abs=0.01)
+    assert figures.requests_per_second == pytest.approx(20.74, abs=0.01)
     start, end = figures.window
     assert end - start == pytest.approx(figures.duration_s, abs=0.01)
 
@@ -44,13 +45,13 @@ def test_guidellm_report_gives_streaming_latencies_and_its_measured_window():
 def test_aiperf_export_gives_streaming_latencies_and_its_window():
     """AIPerf's profile_export_aiperf.json: ms metrics, throughput and ISO start/end times."""
     figures = tools.parse_aiperf(load("aiperf_concurrency16.json"))
-    assert figures.completed == 96 and figures.errors == 0
+    assert figures.completed == 101 and figures.errors == 0
     assert figures.ttft_ms == {
-        "p50": pytest.approx(206.33, abs=0.01),
-        "p99": pytest.approx(218.86, abs=0.01),
+        "p50": pytest.approx(203.38, abs=0.01),
+        "p99": pytest.approx(212.36, abs=0.01),
     }
-    assert figures.itl_ms["p50"] == pytest.approx(20.97, abs=0.01)
-    assert figures.requests_per_second == pytest.approx(18.32, abs=0.01)
+    assert figures.itl_ms["p50"] == pytest.approx(20.05, abs=0.01)
+    assert figures.requests_per_second == pytest.approx(17.39, abs=0.01)
     assert figures.window is not None and figures.window[1] > figures.window[0]
 
 
@@ -58,9 +59,9 @@ def test_vllm_result_gives_percentiles_asked_for_and_no_window():
     """vllm bench serve's saved result: p50/p99 keys from --metric-percentiles 50,90,99."""
     figures = tools.parse_vllm(load("vllm_concurrency16.json"))
     assert figures.completed == 98 and figures.errors == 0
-    assert figures.ttft_ms["p50"] == pytest.approx(207.84, abs=0.01)
-    assert figures.itl_ms["p99"] == pytest.approx(22.20, abs=0.01)
-    assert figures.tpot_p50_ms == pytest.approx(20.92, abs=0.01)
+    assert figures.ttft_ms["p50"] == pytest.approx(202.99, abs=0.01)
+    assert figures.itl_ms["p99"] == pytest.approx(22.99, abs=0.01)
+    assert figures.tpot_p50_ms == pytest.approx(20.00, abs=0.01)
     assert figures.window is None
 
 
@@ -79,14 +80,16 @@ def test_vllm_zeros_from_a_run_with_no_success_read_as_missing():
 
 def test_engine_bench_serving_schema_gives_its_first_step():
     """The serving schema's steps[0]: TTFT / ITL / TPOT / e2e percentiles, errors plus 429s."""
-    data = load("engine_bench_serving_schema.json")
+    data = load("engine_bench_serving_concurrency16.json")
+    figures = tools.parse_engine_bench(data)
+    assert figures.completed == 96 and figures.requests_per_second == 19.2
+    assert figures.ttft_ms["p50"] == pytest.approx(201.15, abs=0.01)
+    assert figures.itl_ms["p99"] == pytest.approx(27.89, abs=0.01)
+    assert figures.tpot_p50_ms == pytest.approx(20.06, abs=0.01)
+    assert figures.e2e_p50_ms == pytest.approx(823.53, abs=0.01)
     data["steps"][0]["errors"] = {"timeout": 2}
     data["steps"][0]["rate_limited"] = 1
-    figures = tools.parse_engine_bench(data)
-    assert figures.ttft_ms == {"p50": 201.2, "p99": 206.1}
-    assert figures.itl_ms == {"p50": 20.2, "p99": 21.4}
-    assert figures.tpot_p50_ms == 20.25 and figures.e2e_p50_ms == 830.4
-    assert figures.errors == 3
+    assert tools.parse_engine_bench(data).errors == 3
 
 
 def test_engine_bench_legacy_report_gives_rate_and_latency_but_no_streaming_figures():
@@ -259,7 +262,7 @@ def test_special_tokens_fill_the_id_gaps_up_to_the_highest():
 
 
 def _result() -> dict:
-    engine = tools.parse_engine_bench(load("engine_bench_serving_schema.json")).to_dict()
+    engine = tools.parse_engine_bench(load("engine_bench_serving_concurrency16.json")).to_dict()
     latency = {
         "guidellm": tools.parse_guidellm(load("guidellm_concurrent16.json")).to_dict(),
         "aiperf": tools.parse_aiperf(load("aiperf_concurrency16.json")).to_dict(),
@@ -319,7 +322,7 @@ def test_summary_answers_agreement_and_ceiling_from_the_steps():
     summary = _result()["verdicts"]
     assert set(summary["agreement"]) == {"guidellm", "aiperf"}
     assert summary["agreement"]["guidellm"]["ttft_p50"]["ratio"] == pytest.approx(
-        201.64 / 201.2, abs=1e-3
+        203.96 / 201.15, abs=1e-3
     )
     assert summary["ceiling"]["best_peer"] == "aiperf" and summary["ceiling"]["ratio"] == 4.0
     assert summary["ceiling"]["meets"] is False
@@ -329,8 +332,8 @@ def test_report_section_has_both_tables_the_verdicts_and_the_plot(tmp_path):
     """One row per tool, a failed tool's reason on one line, the ratio line and a PNG."""
     text = report.serving_peers_section(_result(), str(tmp_path / "img"), str(tmp_path))
     assert text.startswith("## Serving benchmarks side by side (issue 16)")
-    assert "| GuideLLM | 0.8.1 | 17.8 | 201.6 / 207.3 |" in text
-    assert "| engine bench | — | 19.4 | 201.2 / 206.1 | 20.2 / 21.4 |" in text
+    assert "| GuideLLM | 0.8.1 | 20.7 | 204.0 / 218.9 | 20.0 / 20.3 |" in text
+    assert "| engine bench | — | 19.2 | 201.1 / 204.0 | 20.0 / 27.9 |" in text
     assert "vllm bench serve | — | failed: pip / failed to import" in text
     assert "| AIPerf | 100 | 100 → 99 (0.50; 3.0); 200 → 150 ✗" in text
     assert "engine bench / best peer (AIPerf): 4.0x (target ≥ 5x: **no**)" in text
