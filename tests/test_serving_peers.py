@@ -341,6 +341,25 @@ def test_report_section_has_both_tables_the_verdicts_and_the_plot(tmp_path):
     assert (tmp_path / "img" / "serving-peers.png").stat().st_size > 0
 
 
+def test_report_command_rewrites_only_its_own_section(tmp_path):
+    """The report subcommand replaces serving_peers' markers and leaves other sections alone."""
+    from benchmarks.serving_peers.__main__ import main
+
+    results = tmp_path / "serving_peers.json"
+    results.write_text(json.dumps(_result()))
+    doc = tmp_path / "benchmarks.md"
+    other = "<!-- bench:begin memory -->\nkept\n<!-- bench:end memory -->"
+    doc.write_text(
+        f"# B\n\n{other}\n\n<!-- bench:begin serving_peers -->\nold\n"
+        "<!-- bench:end serving_peers -->\n"
+    )
+    args = ["report", "--results", str(results), "--doc", str(doc), "--img", str(tmp_path)]
+    assert main(args) == 0
+    text = doc.read_text()
+    assert other in text and "old" not in text
+    assert "## Serving benchmarks side by side (issue 16)" in text
+
+
 def test_the_report_page_keeps_a_place_for_the_section():
     """docs/benchmarks.md has the serving_peers markers once, so regenerating replaces in place."""
     text = (Path(report.__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()

@@ -4,6 +4,7 @@ The comparison issue 16 asks for, rerun with one command::
 
     python -m benchmarks.serving_peers setup      # once: venvs + local tokenizer
     python -m benchmarks.serving_peers run [--quick]
+    python -m benchmarks.serving_peers report     # only this section of docs/benchmarks.md
 
 ``setup`` (:mod:`.install`) puts one virtual environment per tool and a
 tokenizer directory built from tiktoken's o200k_base under

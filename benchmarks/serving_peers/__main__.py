@@ -1,12 +1,30 @@
-"""Command line: ``python -m benchmarks.serving_peers setup|run`` (see the package doc)."""
+"""Command line: ``python -m benchmarks.serving_peers setup|run|report`` (see the package doc)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 
+from benchmarks import report
 from benchmarks.serving_peers import install, runner, tools
+
+
+def write_section(results: str, doc: str, img_dir: str) -> None:
+    """Regenerate only the ``serving_peers`` section of ``doc`` from ``results``.
+
+    ``benchmarks.report`` rewrites every section it has results for; this
+    leaves the others as they are.
+    """
+    with open(results) as f:
+        data = json.load(f)
+    with open(doc) as f:
+        document = f.read()
+    body = report.serving_peers_section(data, img_dir, os.path.dirname(doc) or ".")
+    with open(doc, "w") as f:
+        f.write(report.replace_section(document, "serving_peers", body).rstrip() + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--ceiling-url", help="use this running server for the ceiling phase instead of a mock"
     )
+    section = commands.add_parser(
+        "report", help="write only the serving_peers section of docs/benchmarks.md"
+    )
+    section.add_argument("--results", default=runner.RESULTS, help="default: %(default)s")
+    section.add_argument("--doc", default=report.DOC, help="default: %(default)s")
+    section.add_argument("--img", default=report.IMG_DIR, help="default: %(default)s")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        write_section(args.results, args.doc, args.img)
+        print(f"wrote the serving_peers section of {args.doc}")
+        return 0
     if args.command == "setup":
         summary = install.setup(args.tools, force=args.force)
         failed = [name for name, record in summary.items() if record.get("installed") is False]
