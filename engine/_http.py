@@ -57,12 +57,20 @@ What it does:
   httpx an async stream, see benchmarks/http_arrangements.py). The
   ``Response`` therefore comes back already read; as with
   :class:`httpx.MockTransport`, httpx leaves ``response.elapsed`` unset.
+* Streamed answers (server-sent events) go through the worker client's
+  :meth:`_WorkerClient.stream_post` instead: the request is sent as the fast
+  POST path sends it (same retry of a stale keep-alive connection, same
+  timeouts), the head is read, and the body is handed out piece by piece as
+  the socket delivers it (:class:`engine._wire.BodyReader`); the connection is
+  the stream's until the caller leaves it, and is kept only if the body was
+  read to its end.
 
 What it does not do: proxies (no ``HTTP(S)_PROXY`` support; it connects
 directly), HTTP/2, ``Expect: 100-continue``, reading an early answer that
 arrives while the request body is still being sent (that is a WriteError),
-streaming responses to the caller, client certificates, or more than one
-request at a time per transport (concurrent callers queue for the connection).
+streaming responses through httpx's own ``client.stream`` (that reads the
+whole body first), client certificates, or more than one request at a time
+per transport (concurrent callers queue for the connection).
 """
 
 from __future__ import annotations
@@ -577,6 +585,130 @@ class H11Transport(httpx.AsyncBaseTransport):
         scope = trio.CancelScope(deadline=deadline)
         return scope, scope
 
+    async def _open_stream(self, stream: _H11Stream) -> None:
+        """Send ``stream``'s request and read the response head into it. Checkpoints.
+
+        The caller holds the turn.  The stale keep-alive race is handled as for
+        :meth:`_send_with_one_retry`: a reused connection the peer closed before
+        any byte of the head arrived is replaced and the request sent again, once.
+        """
+        request = stream.request
+        timeouts = request.extensions.get("timeout") or {}
+        url = request.url
+        scheme = url.raw_scheme
+        origin = (scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS.get(scheme, 80))
+        connection = self._connection
+        if connection is not None and (connection.origin != origin or connection.poller()):
+            self._drop_connection()
+            connection = None
+        reused = connection is not None
+        if connection is None:
+            connection = await self._connect(request, origin, timeouts.get("connect"))
+        try:
+            await self._start_stream(connection, stream, timeouts)
+            return
+        except _PeerClosedEarly as early:
+            if not reused:
+                raise early.error from None
+        connection = await self._connect(request, origin, timeouts.get("connect"))
+        try:
+            await self._start_stream(connection, stream, timeouts)
+        except _PeerClosedEarly as early:
+            raise early.error from None
+
+    async def _start_stream(
+        self,
+        connection: _Connection,
+        stream: _H11Stream,
+        timeouts: Mapping[str, float | None],
+    ) -> None:
+        """Write ``stream``'s request and read the response head on ``connection``.
+
+        As :meth:`_exchange` (same sending, deadlines and errors), but stops at
+        the end of the head and hands the body's reading to ``stream``.
+        Checkpoints.
+        """
+        request = stream.request
+        write_timeout = _forever_if_none(timeouts.get("write"))
+        read_timeout = _forever_if_none(timeouts.get("read"))
+        sending = True
+        reader: _wire.ResponseReader | None = None
+        watched: _PlainConnection | None = None
+        try:
+            head, method, chunked, close = _serialize_request(request)
+            body = _buffered_body(request)
+            if body is not None and not chunked:
+                unsent = connection.send_now(head + body if body else head)
+            else:
+                unsent = None  # a streamed body
+            deadline = trio.current_time() + (read_timeout if unsent == b"" else write_timeout)
+            timer, scope = self._deadline_keeper(connection, deadline, streamed=unsent is None)
+            if scope is None:
+                assert type(connection) is _PlainConnection
+                watched = connection
+            reader = _wire.ResponseReader(method, close)
+            with scope or _NO_SCOPE:
+                if unsent is None:
+                    await _write_streamed(connection, request, head, chunked, timer, write_timeout)
+                elif unsent:
+                    await connection.send_all(unsent)
+                sending = False
+                if unsent != b"":
+                    timer.deadline = trio.current_time() + read_timeout
+                started = await _read_head(
+                    connection.receive_after_wait, reader, timer, read_timeout, request
+                )
+            if scope is not None and scope.cancelled_caught:
+                self._drop_connection()
+                raise _timeout_error(request, sending)
+        except _wire.RemoteProtocolError as exc:
+            self._drop_connection()
+            raise httpx.RemoteProtocolError(str(exc), request=_error_request(request)) from exc
+        except _wire.LocalProtocolError as exc:
+            self._drop_connection()
+            raise httpx.LocalProtocolError(str(exc), request=_error_request(request)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._drop_connection()
+            if watched is not None and watched.expired:
+                raise _timeout_error(request, sending) from None
+            error = _broken_connection_error(exc, request, sending)
+            if reader is None or not reader.received_any:
+                raise _PeerClosedEarly(error) from exc
+            raise error from exc
+        except BaseException:
+            self._drop_connection()
+            raise
+        finally:
+            if watched is not None:
+                watched.deadline = _INF  # TimeoutWatch.disarm, inlined
+        stream.begin(connection, *started, read_timeout)
+
+
+async def _read_head(
+    receive: Callable[[], Awaitable[bytes]],
+    reader: _wire.ResponseReader,
+    timer: _Deadline,
+    read_timeout: float,
+    request: _Request,
+) -> tuple[_wire.ResponseMessage, _wire.BodyReader, bytes]:
+    """Feed ``reader`` what ``receive`` returns until the head is whole. Checkpoints.
+
+    As :func:`_read_response`, up to the end of the head: returns what
+    :meth:`engine._wire.ResponseReader.feed_head` does.
+    """
+    data = await receive()
+    if not data:
+        raise _PeerClosedEarly(
+            httpx.RemoteProtocolError(
+                "server disconnected without sending a response", request=_error_request(request)
+            )
+        )
+    started = reader.feed_head(data)
+    while started is None:
+        timer.deadline = trio.current_time() + read_timeout
+        started = reader.feed_head(await receive())
+    return started
+
 
 async def _read_response(
     receive: Callable[[], Awaitable[bytes]],
@@ -909,6 +1041,209 @@ class _HttpxStream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
             await context.__aexit__(exc_type, exc, traceback)
 
 
+@final
+class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
+    """``stream_post`` on an :class:`H11Transport`: the context and the response in one.
+
+    Entering takes the transport's turn (its one connection), sends the
+    request and reads the head; :meth:`receive_some` then reads the body from
+    the socket as it arrives, through :class:`engine._wire.BodyReader`.
+    Leaving gives the turn back, and keeps the connection only when the body
+    was read to its end and both sides allow reuse.  A body that came
+    content-encoded is decoded by httpx (through an ``httpx.Response`` over
+    these pieces): entering then gives that wrapper.
+
+    The read timeout bounds each wait for body bytes from its start: a
+    running :class:`TimeoutWatch` keeps it on plain TCP (no cancel scope per
+    wait); otherwise a cancel scope per wait.
+    """
+
+    __slots__ = (
+        "_body",
+        "_connection",
+        "_encoded",
+        "_keep_alive",
+        "_pending",
+        "_raw_headers",
+        "_read_timeout",
+        "_transport",
+        "_turn_held",
+        "headers",
+        "request",
+        "status_code",
+    )
+
+    def __init__(self, transport: H11Transport, request: _RawRequest) -> None:
+        self._transport = transport
+        self.request = request
+        self.status_code = 0
+        self.headers: Mapping[str, str] = {}
+        # Set by begin(): the connection, the body's reader (None once the
+        # stream failed or was left), body bytes not handed out yet, whether
+        # the head allows reuse, the read timeout.
+        self._connection: _Connection | None = None
+        self._body: _wire.BodyReader | None = None
+        self._pending = b""
+        self._keep_alive = False
+        self._read_timeout = _INF
+        self._turn_held = False
+        self._encoded = False
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+
+    async def __aenter__(self) -> StreamedResponse:
+        transport = self._transport
+        request = self.request
+        turn = transport._turn
+        if turn.value:
+            turn.acquire_nowait()
+        else:
+            timeouts = request.extensions.get("timeout") or {}
+            await transport._wait_for_turn(request, timeouts.get("pool"))
+        self._turn_held = True
+        try:
+            if transport._closed:
+                raise RuntimeError("transport is closed")
+            await transport._open_stream(self)
+        except BaseException:
+            self._turn_held = False
+            turn.release()
+            raise
+        body = self._body
+        assert body is not None
+        if self._encoded:
+            response = httpx.Response(
+                self.status_code, headers=self._raw_headers, stream=_PiecesStream(self)
+            )
+            return _HttpxStreamedResponse(response)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self._turn_held:
+            return
+        body = self._body
+        transport = self._transport
+        if (
+            (body is None or not body.done or not self._keep_alive or not body.keep_alive)
+            and self._connection is not None
+            and self._connection is transport._connection
+        ):
+            # Left mid-body, or the connection may not carry another request.
+            transport._drop_connection()
+        self._body = None
+        self._connection = None
+        self._turn_held = False
+        transport._turn.release()
+
+    def begin(
+        self,
+        connection: _Connection,
+        head: _wire.ResponseMessage,
+        body: _wire.BodyReader,
+        first: bytes,
+        read_timeout: float,
+    ) -> None:
+        """Take over ``connection`` after the head: ``body`` reads the rest. Never checkpoints."""
+        self._connection = connection
+        self.status_code = head.status_code
+        self.headers = _first_values(head.headers)
+        self._raw_headers = head.headers
+        self._encoded = head.content_encoded
+        self._keep_alive = head.keep_alive
+        self._body = body
+        self._pending = first
+        self._read_timeout = read_timeout
+
+    async def receive_some(self) -> bytes:
+        """See :meth:`StreamedResponse.receive_some`. Checkpoints."""
+        pending = self._pending
+        if pending:
+            self._pending = b""
+            await trio.lowlevel.checkpoint()
+            return pending
+        body = self._body
+        if body is None:
+            raise httpx.StreamClosed()
+        if body.done:
+            await trio.lowlevel.checkpoint()
+            return b""
+        connection = self._connection
+        assert connection is not None
+        transport = self._transport
+        watch = transport._watch
+        read_timeout = self._read_timeout
+        try:
+            while True:
+                if watch is not None and type(connection) is _PlainConnection and watch.running:
+                    connection.expired = False
+                    watch.arm(connection, trio.current_time() + read_timeout)
+                    try:
+                        data = await connection.receive_after_wait()
+                    finally:
+                        connection.deadline = _INF  # TimeoutWatch.disarm, inlined
+                elif read_timeout == _INF:
+                    data = await connection.receive_after_wait()
+                else:
+                    with trio.CancelScope(deadline=trio.current_time() + read_timeout) as scope:
+                        data = await connection.receive_after_wait()
+                    if scope.cancelled_caught:
+                        raise _StreamTimedOut()
+                if not data:
+                    # The peer closed: whatever the body reader says, not reusable.
+                    self._keep_alive = False
+                piece = body.feed(data)
+                if piece or body.done:
+                    return piece
+        except _StreamTimedOut:
+            self._fail()
+            raise httpx.ReadTimeout(
+                "timed out waiting for the response body", request=_error_request(self.request)
+            ) from None
+        except _wire.RemoteProtocolError as exc:
+            self._fail()
+            raise httpx.RemoteProtocolError(str(exc), request=_error_request(self.request)) from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail()
+            if type(connection) is _PlainConnection and connection.expired:
+                raise httpx.ReadTimeout(
+                    "timed out waiting for the response body",
+                    request=_error_request(self.request),
+                ) from None
+            raise httpx.ReadError(_describe(exc), request=_error_request(self.request)) from exc
+
+    async def read_rest(self) -> bytes:
+        """See :meth:`StreamedResponse.read_rest`. Checkpoints."""
+        parts = []
+        while piece := await self.receive_some():
+            parts.append(piece)
+        return b"".join(parts)
+
+    def _fail(self) -> None:
+        """The stream broke: drop its connection; later reads raise ``httpx.StreamClosed``."""
+        if self._connection is self._transport._connection:
+            self._transport._drop_connection()
+        self._body = None
+
+
+class _StreamTimedOut(Exception):
+    """Internal: a wait for body bytes outlasted the read timeout (cancel-scope keeping)."""
+
+
+class _PiecesStream(httpx.AsyncByteStream):
+    """The raw body pieces of an :class:`_H11Stream`, for httpx's decoders."""
+
+    def __init__(self, stream: _H11Stream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while piece := await self._stream.receive_some():
+            yield piece
+
+
 class _ResponseCookiesIgnored(httpx.Cookies):
     """A cookie jar that never stores cookies from responses.
 
@@ -982,6 +1317,17 @@ class _WorkerClient(httpx.AsyncClient):
             or self._fast_transport is None
         ):
             return await super().post(url, content=content, headers=headers, **kwargs)
+        request = self._raw_request(url, content, headers)
+        if request is None:
+            # Framing the caller chose: httpx's own path honours it.
+            return await super().post(url, content=content, headers=headers)
+        return await self._fast_transport.handle_async_request(request)
+
+    def _raw_request(
+        self, url: str, content: bytes, headers: Mapping[str, str] | None
+    ) -> _RawRequest | None:
+        """The fast path's POST of ``content`` to ``url``; None when ``headers``
+        name a framing header (Content-Length, Transfer-Encoding, Connection)."""
         if self._fast_base is not self.base_url:
             self._fast_targets.clear()  # base_url was set since
             self._fast_base = self.base_url
@@ -994,12 +1340,10 @@ class _WorkerClient(httpx.AsyncClient):
             for name, value in headers.items():
                 encoded = name.encode("ascii")
                 if encoded.lower() in _FRAMING_HEADERS:
-                    # Framing the caller chose: httpx's own path honours it.
-                    return await super().post(url, content=content, headers=headers)
+                    return None
                 extra.append((encoded, value.encode("latin-1")))
         extra.append((b"content-length", b"%d" % len(content)))
-        request = _RawRequest(merged_url, prefix, framing, extra, content, self._fast_extensions)
-        return await self._fast_transport.handle_async_request(request)
+        return _RawRequest(merged_url, prefix, framing, extra, content, self._fast_extensions)
 
     def stream_post(
         self,
@@ -1019,9 +1363,18 @@ class _WorkerClient(httpx.AsyncClient):
         the next request.  Errors are httpx's exceptions, as for :meth:`post`.
         Entering and the response's methods checkpoint.
 
-        On a transport other than :class:`H11Transport` this is httpx's own
+        On an :class:`H11Transport`, a bytes body to a path string goes without
+        httpx's objects (as :meth:`post`'s fast path does; no compression is
+        asked for) and the body is handed out as the socket delivers it; the
+        transport's connection is this stream's from entering to leaving.
+        Otherwise (other transports, framing headers) this is httpx's own
         ``client.stream("POST", ...)`` wrapped to the same interface.
         """
+        transport = self._fast_transport
+        if transport is not None and type(url) is str and type(content) is bytes:
+            request = self._raw_request(url, content, headers)
+            if request is not None:
+                return _H11Stream(transport, request)
         return _HttpxStream(self, url, content, headers)
 
     def _fast_target(self, url: str) -> tuple[httpx.URL, bytes, tuple[bool, bool]]:
