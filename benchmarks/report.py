@@ -701,8 +701,8 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
         "warm-up. Latencies in ms; *vs engine* = peer / engine bench for TTFT and ITL "
         "p50 / p99 (within 10%?). ITL is per gap in vLLM and engine bench, the per-request "
         "mean gap in GuideLLM and AIPerf (see `benchmarks/serving_peers/tools.py`). "
-        "*CPU* = client CPU ms per request (over the measured window where the tool "
-        "reports one, else the whole run including start-up).",
+        "*CPU* = client CPU ms per request, the whole process tree over the measured "
+        "window (start-up left out; see `benchmarks/serving_peers/runner.py`).",
         "",
         "| tool | version | req/s | TTFT p50 / p99 | ITL p50 / p99 | TPOT p50 | e2e p50 "
         "| CPU ms/req | vs engine: TTFT p50 / p99, ITL p50 / p99 | within 10% |",

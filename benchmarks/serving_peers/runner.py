@@ -19,7 +19,9 @@ the issue's claim is "one client core against their two"); ``engine bench``
 is started under ``taskset -c`` on the first CPU only.  Each tool's CPU
 seconds are read with psutil from its whole process tree every 0.2 s;
 per request they are taken over the tool's measured window where the tool
-reports one (GuideLLM, AIPerf), else over the whole run (start-up included).
+reports one (GuideLLM, AIPerf), else over the measured duration that ended
+when the process exited (vLLM, engine bench): start-up and imports are left
+out for every tool.
 
 Nothing is downloaded: each tool runs with the Hugging Face Hub switched off
 and the local tokenizer built by ``setup``.
@@ -260,9 +262,11 @@ class Runner:
             meter = TreeCpuMeter(process.pid).start()
             try:
                 returncode = process.wait(timeout)
+                exited = time.time()
             except subprocess.TimeoutExpired:
                 _stop_tree(process)
                 returncode = None
+                exited = time.time()
             cpu_total = meter.stop()
         wall = time.monotonic() - started_wall
         record.update(
@@ -280,10 +284,18 @@ class Runner:
             record["offered_met"] = False if workload.mode == "rate" else None
             return record
         record["figures"] = figures.to_dict()
-        window_cpu = meter.between(*figures.window) if figures.window else None
+        if figures.window:
+            window, window_name = figures.window, "measured window"
+        else:
+            # vLLM and engine bench report no window: take the measured
+            # duration that ended as the process exited (it only writes its
+            # report after), which leaves out imports and start-up.
+            window = (exited - figures.duration_s, exited)
+            window_name = "the measured duration before exit"
+        window_cpu = meter.between(*window)
         cpu = window_cpu if window_cpu is not None else cpu_total
         requests = figures.completed + figures.errors
-        record["cpu_window"] = "measured window" if window_cpu is not None else "whole run"
+        record["cpu_window"] = window_name if window_cpu is not None else "whole run"
         record["cpu_ms_per_request"] = round(cpu / requests * 1000, 4) if requests else None
         record["client_cores"] = (
             round(cpu / figures.duration_s, 2)
