@@ -6,6 +6,11 @@ nursery holding the limiter task and a pool of worker tasks.  Callers hand
 the producer, memory stays flat); each worker asks the limiter for a permit,
 sends the request on its own HTTP connection, reports the outcome to the
 limiter and hands the result back.
+
+A streamed request (``client.stream``, a ``"stream": true`` body) takes the
+same path; its worker reads the event stream (:mod:`engine._sse`, the
+assemblers of :mod:`engine.endpoints._stream`) and, for ``client.stream``,
+hands each piece of text to the caller over a channel of its own.
 """
 
 from __future__ import annotations

@@ -606,3 +606,13 @@ async def test_exports_have_ttft_and_itl_columns_when_some_result_streamed(autoj
     assert streamed["itl_p50"] == pytest.approx(server.gap)
     assert whole["ttft"] is None
     assert "ttft" not in engine.to_rows(results[1:])[0]
+
+
+async def test_chat_with_stream_true_returns_the_assembled_result(autojump_clock):
+    """client.chat(..., stream=True) reads the stream itself and returns the whole answer."""
+    server = StreamServer()
+    async with _client(server) as client:
+        result = await client.chat("Say hello", model="gpt-test", stream=True)
+    assert result.output == "".join(TOKENS) and result.usage.completion_tokens == len(TOKENS)
+    assert result.timings.ttft == pytest.approx(server.ttft)
+    assert server.bodies[0]["stream_options"] == {"include_usage": True}
