@@ -1644,15 +1644,23 @@ def _stream_post(
     return http.stream_post(path, content=content, headers=headers)
 
 
+#: Seconds a body may go on after its stream said it is over (``[DONE]``) before
+#: the connection is dropped instead of kept for the next request.
+_DRAIN_SECONDS = 1.0
+
+
 async def _drain(response: StreamedResponse) -> None:
     """Read what is left after the stream said it is over, so the connection can be
-    used again; a failure here is of no consequence to the answer.  Checkpoints."""
-    try:
-        while await response.receive_some():
-            pass
-    except Exception as exc:
-        if classify_transport_error(exc) is None:
-            raise
+    used again (the body ends right after, from any server seen so far; one that
+    does not within ``_DRAIN_SECONDS`` loses its connection).  A failure here is
+    of no consequence to the answer.  Checkpoints."""
+    with trio.move_on_after(_DRAIN_SECONDS):
+        try:
+            while await response.receive_some():
+                pass
+        except Exception as exc:
+            if classify_transport_error(exc) is None:
+                raise
 
 
 def _interrupted(exc: Exception, text: str) -> StreamInterruptedError:

@@ -616,3 +616,24 @@ async def test_chat_with_stream_true_returns_the_assembled_result(autojump_clock
     assert result.output == "".join(TOKENS) and result.usage.completion_tokens == len(TOKENS)
     assert result.timings.ttft == pytest.approx(server.ttft)
     assert server.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_a_body_going_on_after_done_does_not_hold_the_answer(autojump_clock):
+    """A server that keeps the body open after [DONE] costs its connection, not the answer."""
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield _chat_stream_bytes(TOKENS)
+        while True:
+            await trio.sleep(10)
+            yield b": keep-alive\n\n"
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=httpx.MockTransport(handle)
+    ) as client:
+        started = trio.current_time()
+        result = await client.chat("Say hello", model="gpt-test", stream=True)
+        assert trio.current_time() - started < 2
+    assert result.output == "".join(TOKENS)
