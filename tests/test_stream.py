@@ -637,3 +637,32 @@ async def test_a_body_going_on_after_done_does_not_hold_the_answer(autojump_cloc
         result = await client.chat("Say hello", model="gpt-test", stream=True)
         assert trio.current_time() - started < 2
     assert result.output == "".join(TOKENS)
+
+
+async def test_rate_limit_headers_of_a_streamed_answer_feed_the_quota_book(autojump_clock):
+    """The x-ratelimit-* headers on a stream's head teach the limiter the limits."""
+    server = StreamServer()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        response = await server.handle(request)
+        response.headers.update(
+            {
+                "x-ratelimit-limit-requests": "600",
+                "x-ratelimit-remaining-requests": "599",
+                "x-ratelimit-reset-requests": "100ms",
+                "x-ratelimit-limit-tokens": "90000",
+                "x-ratelimit-remaining-tokens": "89000",
+                "x-ratelimit-reset-tokens": "1s",
+            }
+        )
+        return response
+
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=httpx.MockTransport(handle)
+    ) as client:
+        async with client.stream("Say hello", model="gpt-test") as s:
+            await s.get_result()
+        await trio.testing.wait_all_tasks_blocked()
+        (group,) = client.statistics().limiter.groups
+    assert group.dimensions["requests_per_minute"].limit == 600
+    assert group.dimensions["tokens_per_minute"].limit == 90000
