@@ -1075,7 +1075,10 @@ class Client:
                     limits = None if parsed.is_empty else parsed
                     status = response.status_code
                     if 200 <= status < 300:
-                        return await self._read_stream(
+                        read = self._read_stream
+                        if "json" in response.headers.get("content-type", ""):
+                            read = self._read_whole  # the server would not stream
+                        return await read(
                             job, response, reservation, limits, reading, attempts, sent_wall
                         )
                     content = await response.read_rest()
@@ -1106,6 +1109,33 @@ class Client:
             )
             if final is not None:
                 return final
+
+    async def _read_whole(
+        self,
+        job: _Job,
+        response: StreamedResponse,
+        reservation: Reservation,
+        limits: Any,
+        reading: _Reading,
+        attempts: int,
+        sent_wall: float,
+    ) -> Result:
+        """Read a 2xx JSON answer to a streamed request (a server that does not
+        stream) as a non-streamed one; its text goes to the caller in one piece.
+        Checkpoints.
+
+        Raises:
+            httpx.TransportError: the body failed (nothing was handed on: the
+                caller retries).
+        """
+        content = await response.read_rest()
+        reading.settled = True
+        latency = trio.current_time() - reading.clock.sent_at
+        answer = _BufferedAnswer(response.status_code, response.headers, content)
+        result = self._success(job, answer, reservation, limits, attempts, sent_wall, latency)
+        if result.ok and isinstance(result.output, str) and result.output:
+            await reading.forward(result.output)
+        return result
 
     async def _read_stream(
         self,
@@ -1624,6 +1654,19 @@ class _Reading:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # The caller left its block; the cancellation that follows ends the read.
             self.deltas = None
+
+
+@attrs.frozen
+class _BufferedAnswer:
+    """A whole answer read from a :class:`StreamedResponse`, as a :class:`ResponseLike`."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
 
 
 class StreamedResponse(Protocol):

@@ -666,3 +666,23 @@ async def test_rate_limit_headers_of_a_streamed_answer_feed_the_quota_book(autoj
         (group,) = client.statistics().limiter.groups
     assert group.dimensions["requests_per_minute"].limit == 600
     assert group.dimensions["tokens_per_minute"].limit == 90000
+
+
+async def test_a_server_that_answers_json_instead_of_a_stream_still_gives_the_answer(
+    autojump_clock,
+):
+    """A 200 JSON answer to a streamed request is read whole; the text comes as one piece."""
+    server = StreamServer()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=server._whole({}))
+
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=httpx.MockTransport(handle)
+    ) as client:
+        async with client.stream("Say hello", model="gpt-test") as s:
+            deltas = [delta async for delta in s]
+        await trio.testing.wait_all_tasks_blocked()
+        stats = client.statistics()
+    assert deltas == ["".join(TOKENS)] and s.result.usage.completion_tokens == len(TOKENS)
+    assert s.timings.ttft is None and stats.limiter.tokens_used == PROMPT_TOKENS + len(TOKENS)
