@@ -308,3 +308,31 @@ def test_requests_still_running_after_the_grace_are_counted_unfinished() -> None
     step = _run(app, duration=0.2, grace=0.2)
     assert step.completed == 0
     assert step.errors == {"unfinished": 2}
+
+
+@pytest.mark.parametrize(
+    ("data", "output"),
+    [
+        (b'{"choices":[{"index":0,"delta":{"content":"hi"}}]}', True),
+        (b'{"choices":[{"index":0,"delta":{"content":"\\"quoted\\""}}]}', True),
+        (b'{"choices": [{"index": 0, "delta": {"content": "spaced"}}]}', True),
+        (b'{"choices":[{"delta":{"role":"assistant","content":""}}]}', False),
+        (b'{"choices":[{"delta":{"content":null,"reasoning_content":"hmm"}}]}', True),
+        (b'{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}', True),
+        (b'{"choices":[{"delta":{},"finish_reason":"stop"}]}', False),
+        (b'{"choices":[{"delta":{},"logprobs":{"content":[]}}]}', False),
+        (b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}', False),
+    ],
+)
+def test_chat_chunks_carry_output_only_with_non_empty_content_reasoning_or_tools(
+    data: bytes, output: bool
+) -> None:
+    """Role-only, finish and usage chunks carry no output; compact or spaced JSON reads the same."""
+    from engine.app._serving_load import _chat_event
+
+    times: list[float] = []
+    usage = [0, -1]
+    assert _chat_event(data, 1.5, times, usage) is None
+    assert times == ([1.5] if output else [])
+    if b"usage" in data:
+        assert usage == [4, 9]

@@ -57,6 +57,9 @@ SELF_CHECK_DURATION = 3.0
 _CHAT_PATH = "/chat/completions"
 _RESPONSES_PATH = "/responses"
 _DONE = b"[DONE]"
+_CONTENT_KEY = b'"content":"'
+_CONTENT_KEY_LENGTH = len(_CONTENT_KEY)
+_QUOTE = ord('"')
 # Words that are one token each (with their leading space) in cl100k and o200k.
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at "
@@ -187,6 +190,14 @@ def build_bodies(config: ServingConfig) -> list[bytes]:
 
 def _chat_event(data: bytes, now: float, times: list[float], usage: list[int]) -> str | None:
     """Read a chat chunk: note ``now`` if it carries output, keep its usage; error kind or None."""
+    # Fast path for the token chunks (nearly all of a stream): compact JSON
+    # holding ``"content":"`` followed by anything but the closing quote has
+    # non-empty content (the pattern cannot occur inside a JSON string, whose
+    # quotes are escaped).  Everything else is parsed.
+    at = data.find(_CONTENT_KEY)
+    if at >= 0 and data[at + _CONTENT_KEY_LENGTH] != _QUOTE:
+        times.append(now)
+        return None
     if data == _DONE:
         return None
     try:
@@ -333,11 +344,16 @@ class _Sender:
                 now = clock()
                 events = decoder.feed(piece) if piece else decoder.close()
                 for event in events:
-                    kind = (
-                        _chat_event(event.data, now, times, usage)
-                        if chat
-                        else _responses_event(event.event, event.data, now, times, usage)
-                    )
+                    if chat:
+                        # _chat_event's fast path inlined: one call less per token.
+                        data = event.data
+                        at = data.find(_CONTENT_KEY)
+                        if at >= 0 and data[at + _CONTENT_KEY_LENGTH] != _QUOTE:
+                            times.append(now)
+                            continue
+                        kind = _chat_event(data, now, times, usage)
+                    else:
+                        kind = _responses_event(event.event, event.data, now, times, usage)
                     if kind is not None and error is None:
                         error = kind
                 if not piece:
