@@ -143,6 +143,17 @@ def test_client_bound_from_cpu_share_or_the_self_check_ceiling(
     assert result.client_bound is bound
 
 
+def test_sends_leaving_late_make_an_open_loop_step_client_bound() -> None:
+    """Sends 6 ms late at p90 mean the client could not keep the schedule: client-bound."""
+    recorder = StepRecorder(mode="rate", target=10.0, window_start=0.0, duration=10.0)
+    for i in range(100):
+        recorder.scheduled(i / 10, 0.006 if i % 13 == 0 else 0.0001)  # 8 of 100 late
+    assert recorder.result(cpu_seconds=1.0).client_bound is False
+    for _ in range(5):  # 13 of 105 late: the p90 is late
+        recorder.scheduled(9.99, 0.006)
+    assert recorder.result(cpu_seconds=1.0).client_bound is True
+
+
 def test_constant_arrivals_are_evenly_spaced_from_the_start() -> None:
     """4 per second from t = 2: 2.25, 2.5, 2.75, 3.0."""
     times = list(itertools.islice(arrival_times(4.0, 2.0, poisson=False, rng=random.Random()), 4))

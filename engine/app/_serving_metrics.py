@@ -60,6 +60,9 @@ OFFERED_MET_SHARE = 0.95
 CLIENT_BOUND_CPU_SHARE = 0.8
 #: Share of the self-check ceiling from which a step is called client-bound.
 CLIENT_BOUND_CEILING_SHARE = 0.8
+#: Open loop: send lag (p90, seconds) from which a step is called client-bound: the
+#: client could not send on time (its own CPU, or a machine that gives it too little).
+CLIENT_BOUND_SEND_LAG = 0.005
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -408,8 +411,8 @@ class StepRecorder:
         """The step's figures; ``cpu_seconds`` is the generator's CPU time in the window.
 
         ``ceiling`` is the self-check's requests/s (None: not measured); a step
-        whose load reaches 80% of it, or whose generator used 80% of a core, is
-        client-bound.
+        whose load reaches 80% of it, whose generator used 80% of a core, or
+        (open loop) whose sends left 5 ms late or more at p90, is client-bound.
         """
         duration = self.duration
         rps = self.finished_in_window / duration
@@ -429,8 +432,11 @@ class StepRecorder:
             goodput = rps * (self.good / self.completed) if self.completed else 0.0
         cpu_share = cpu_seconds / duration
         load = self.target if self.mode == "rate" else rps
-        client_bound = cpu_share >= CLIENT_BOUND_CPU_SHARE or (
-            ceiling is not None and load >= CLIENT_BOUND_CEILING_SHARE * ceiling
+        send_lag = summarise(self.lags)
+        client_bound = (
+            cpu_share >= CLIENT_BOUND_CPU_SHARE
+            or (ceiling is not None and load >= CLIENT_BOUND_CEILING_SHARE * ceiling)
+            or (send_lag.p90 is not None and send_lag.p90 >= CLIENT_BOUND_SEND_LAG)
         )
         attempts = self.completed + rate_limited + sum(errors.values()) - errors.get("dropped", 0)
         return StepResult(
@@ -449,7 +455,7 @@ class StepRecorder:
             e2e=summarise(self.e2es),
             goodput_rps=goodput,
             client_cpu_share=cpu_share,
-            send_lag=summarise(self.lags),
+            send_lag=send_lag,
             client_bound=client_bound,
             offered_met=offered_met,
             input_tokens=self.input_tokens,
