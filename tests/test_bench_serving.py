@@ -336,3 +336,18 @@ def test_chat_chunks_carry_output_only_with_non_empty_content_reasoning_or_tools
     assert times == ([1.5] if output else [])
     if b"usage" in data:
         assert usage == [4, 9]
+
+
+def test_warnings_name_client_bound_steps_unmet_load_and_errors() -> None:
+    """A step at 90% of a core with an unmet offered load and a 429 gets three warnings."""
+    from engine.app._serving_report import step_warnings
+
+    recorder = StepRecorder(mode="rate", target=5.0, window_start=0.0, duration=1.0)
+    for at in (0.1, 0.3, 0.5, 0.7):
+        recorder.scheduled(at, 0.0)
+    recorder.failed(0.1, "http_429")
+    warnings = step_warnings(recorder.result(cpu_seconds=0.9), ceiling=None)
+    assert len(warnings) == 3
+    assert "client-bound" in warnings[0] and "90% of a core" in warnings[0]
+    assert "offered load not met" in warnings[1]
+    assert "1 rate limited" in warnings[2]

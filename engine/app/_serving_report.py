@@ -117,12 +117,14 @@ def step_warnings(step: StepResult, ceiling: float | None) -> list[str]:
     """Sentences to print after a step: client-bound, offered load not met, errors."""
     warnings = []
     if step.client_bound:
-        reason = f"the generator used {step.client_cpu_share:.0%} of a core"
+        reasons = [f"the generator used {step.client_cpu_share:.0%} of a core"]
         if ceiling is not None:
-            reason += f"; the self-check ceiling is {ceiling:,.0f} req/s"
+            reasons.append(f"the self-check ceiling is {ceiling:,.0f} req/s")
+        if step.send_lag.p90 is not None:
+            reasons.append(f"sends left {step.send_lag.p90 * 1000:,.1f} ms late at p90")
         warnings.append(
-            f"{step.mode} {step.target:g}: client-bound ({reason}): the figures may "
-            "measure this generator, not the server"
+            f"{step.mode} {step.target:g}: client-bound ({'; '.join(reasons)}): the figures "
+            "may measure this generator, not the server"
         )
     if step.offered_met is False and step.offered_rate is not None:
         warnings.append(
