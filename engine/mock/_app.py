@@ -29,6 +29,7 @@ built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http
 import itertools
@@ -61,7 +62,7 @@ from engine.mock._quotas import Semantics, ServerDecision, ServerQuota, ServerRe
 from engine.mock._responses import plan_response
 from engine.mock._schema import instance_for_schema
 from engine.mock._stats import Stats
-from engine.mock._stream import SSE, StreamPlan, chat_stream, due_offsets
+from engine.mock._stream import SSE, StreamPlan, chat_stream, draw_median, due_offsets
 from engine.mock._tokens import TokenCounter, output_budget
 
 __all__ = ["DroppedConnection", "MockApp", "create_app"]
@@ -138,6 +139,22 @@ class _Later(NamedTuple):
 
 
 _trio_current_time: Callable[[], float] | None = None
+
+
+async def _sleep(seconds: float) -> None:
+    """``anyio.sleep`` without its per-call backend look-up (as :func:`_now`).  Checkpoints."""
+    global _trio_sleep
+    if _sniffio_thread.name == "trio":
+        if _trio_sleep is None:
+            from trio import sleep
+
+            _trio_sleep = sleep
+        await _trio_sleep(seconds)
+    else:
+        await asyncio.sleep(seconds)
+
+
+_trio_sleep: Callable[[float], Awaitable[None]] | None = None
 
 
 def _now() -> float:
@@ -225,6 +242,7 @@ class MockApp:
         self._rng = random.Random(config.seed)
         self._numbers = itertools.count(1)
         self._plans: dict[bytes, _Plan | _Reject] = {}
+        self._response_plans: dict[bytes, _Plan | _Reject] = {}  # another endpoint's bodies
         self._keys: dict[bytes, str] = {}  # Authorization header value -> API key
         self._routes: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
             "/v1/chat/completions": {"POST": functools.partial(self._post, self._chat_reply)},
@@ -252,6 +270,7 @@ class MockApp:
         self.config = config
         self._counter = TokenCounter(rule=config.token_rule, skew=config.token_skew)
         self._plans.clear()  # answers depend on the token rule and the output budget
+        self._response_plans.clear()
         self._quotas_on = not config.limits.unlimited
         # x-ratelimit-* on answers (200s, 5xx) and on 429s.
         self._headers_on = self._quotas_on and config.rate_limit_headers
@@ -510,7 +529,7 @@ class MockApp:
             if self._headers_on:
                 headers += self._limit_headers(group, now)
             if stream is not None:
-                return _Streamed(b"".join(stream.render(number, int(time.time()))), headers)
+                return _Streamed(stream.render_whole(number, int(time.time())), headers)
             return (200, plan.body(number), headers, plan.content_type)
         stats.window.add(now, 1, plan.cost)
 
@@ -578,12 +597,13 @@ class MockApp:
             await _send_reply(send, reply)
 
     async def _stream_later(self, send: Send, later: _Later, stream: StreamPlan) -> None:
-        """A streamed answer: the head now, each event when it is due, or its fault.
+        """A streamed answer: the head now, each token's events when they are due, or a fault.
 
-        Events are due at the times :func:`engine.mock._stream.due_offsets`
-        draws, counted from admission; all those due when the app wakes go
-        out in one ``http.response.body`` message.  The charge is corrected
-        to real usage when the stream ends (or is cut).
+        Tokens are due at the times :func:`engine.mock._stream.due_offsets`
+        draws, counted from admission; the events of every token due when the
+        app wakes go out in one ``http.response.body`` message (with the last
+        chunk when they end the answer).  The charge is corrected to real
+        usage when the stream ends (or is cut).
         """
         config = self.config
         plan = later.plan
@@ -598,9 +618,21 @@ class MockApp:
                 "headers": [(b"content-type", SSE), (b"cache-control", b"no-cache"), *headers],
             }
         )
-        events = stream.render(number, int(time.time()))
-        total = len(events)
-        if self._stream_timing_on:
+        created = int(time.time())
+        if later.fault is not None:
+            await self._stream_with_fault(send, later, stream, created)
+            return
+        start = later.now
+        if config.ms_per_output_token <= 0 or stream.steps <= 1:  # all due at once
+            delay = (
+                start + draw_median(self._rng, config.ttft_ms, config.ttft_sigma) / 1000 - _now()
+            )
+            if delay > 0:
+                await _sleep(delay)
+            body = stream.render_whole(number, created)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        else:
+            events = stream.render(number, created)
             offsets = due_offsets(
                 stream.steps,
                 self._rng,
@@ -609,28 +641,74 @@ class MockApp:
                 gap_ms=config.ms_per_output_token,
                 gap_sigma=config.output_token_sigma,
             )
-            dues = [offsets[step] for step in stream.step_of_events(total)]
-        else:
-            dues = [0.0] * total
+            ends = stream.frame_ends
+            steps = len(ends)
+            total = ends[-1]
+            step = index = 0
+            while step < steps:
+                now = _now()
+                delay = start + offsets[step] - now
+                if delay > 0:
+                    await _sleep(delay)
+                    now = _now()
+                step += 1
+                while step < steps and start + offsets[step] <= now:
+                    step += 1
+                end = ends[step - 1]
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(events[index:end]),
+                        "more_body": end < total,
+                    }
+                )
+                index = end
+        self._settle(
+            later.reservation,
+            plan.cost,
+            plan.actual if config.correct_to_usage else plan.cost,
+            _now(),
+        )
+
+    async def _stream_with_fault(
+        self, send: Send, later: _Later, stream: StreamPlan, created: int
+    ) -> None:
+        """The events of a streamed answer on time, up to its fault (drop, stall, cut JSON).
+
+        The fault hits after ``stream_fault_after`` events (default: half),
+        capped so that the last event is never sent before it.
+        """
+        config = self.config
+        plan = later.plan
         fault = later.fault
+        events = stream.render(later.number, created)
+        total = len(events)
+        offsets = due_offsets(
+            stream.steps,
+            self._rng,
+            ttft_ms=config.ttft_ms,
+            ttft_sigma=config.ttft_sigma,
+            gap_ms=config.ms_per_output_token,
+            gap_sigma=config.output_token_sigma,
+        )
+        dues: list[float] = []  # per event
+        for step, step_end in enumerate(stream.frame_ends):
+            dues += [offsets[min(step, len(offsets) - 1)]] * (step_end - len(dues))
+        after = config.stream_fault_after
+        fault_at = min(total // 2 if after is None else after, total - 1)
         end = total
-        fault_at = total
-        if fault is not None:
-            after = config.stream_fault_after
-            fault_at = total // 2 if after is None else after
-            fault_at = min(fault_at, total - 1)  # the last event always comes after
-            if fault == 3:
-                end = fault_at
-            elif fault == 5:
-                event = events[fault_at]
-                events[fault_at] = event[: len(event) // 2] + b"\n\n"
+        if fault == 3:
+            end = fault_at
+        elif fault == 5:
+            event = events[fault_at]
+            events[fault_at] = event[: len(event) // 2] + b"\n\n"
         start = later.now
         index = 0
         sent_any = False
         while index < end:
             delay = start + dues[index] - _now()
             if delay > 0:
-                await anyio.sleep(delay)
+                await _sleep(delay)
             now = _now()
             stop = fault_at if index < fault_at and fault == 4 else end
             following = index + 1
@@ -646,7 +724,7 @@ class MockApp:
             sent_any = True
             index = following
             if index == fault_at and fault == 4:  # stall, then carry on where it was due
-                await anyio.sleep(config.slow_body_ms / 1000)
+                await _sleep(config.slow_body_ms / 1000)
                 start += config.slow_body_ms / 1000
         self._settle(
             later.reservation,
@@ -834,6 +912,7 @@ class MockApp:
                 default_output_tokens=self.config.default_output_tokens,
                 counter=self._counter,
             ),
+            self._response_plans,
         )
 
     def _embeddings_reply(
@@ -851,18 +930,25 @@ class MockApp:
         body: bytes | None,
         number: int,
         plan_for: Callable[[bytes], _Plan | _Reject],
+        cache: dict[bytes, _Plan | _Reject] | None = None,
     ) -> _Reply | _Streamed | _Later:
         """A JSON endpoint's answer as ``plan_for`` plans it: refused, or charged and sent.
 
-        Plans are not cached: an embeddings answer is as large as its vectors,
-        and these endpoints are not what the mock's throughput is measured on.
+        Plans are cached by body in ``cache`` when one is given (default None:
+        not cached, as embeddings, whose answer is as large as its vectors).
         """
         if reject is None and body is None:
             reject = self._too_large()
         if reject is not None:
             return self._reject_reply(number, reject)
         assert body is not None
-        plan = plan_for(body)
+        plan = None if cache is None else cache.get(body)
+        if plan is None:
+            plan = plan_for(body)
+            if cache is not None and len(body) <= _PLAN_CACHE_BODY_MAX:
+                if len(cache) >= _PLAN_CACHE_MAX:
+                    cache.clear()
+                cache[body] = plan
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)

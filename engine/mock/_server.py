@@ -271,19 +271,24 @@ class _Exchange:
         more = message.get("more_body", False)
         connection = self._connection
         head = self._head(more, len(body)) if self._headers is not None else None
+        # One write per message, the last chunk included (a streamed answer's
+        # events due together go out in one write, not two).
+        last = b"" if more or not self._chunked or self._head_only else b"0\r\n\r\n"
         if head is not None:
             self._headers = None  # the head is on its way
             if self._head_only:
                 connection.write(head)
             elif self._chunked:
-                connection.write(head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b""))
+                chunk = b"%x\r\n%s\r\n%s" % (len(body), body, last) if body else last
+                connection.write(head + chunk)
             else:
                 connection.write(head + body)
-        elif not self._head_only and body:
-            connection.write(b"%x\r\n%s\r\n" % (len(body), body) if self._chunked else body)
+        elif not self._head_only and (body or last):
+            if self._chunked:
+                connection.write(b"%x\r\n%s\r\n%s" % (len(body), body, last) if body else last)
+            else:
+                connection.write(body)
         if not more:
-            if self._chunked and not self._head_only:
-                connection.write(b"0\r\n\r\n")
             self.complete = True
             self.end()
         elif connection.write_paused:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -54,10 +55,12 @@ __all__ = [
 SSE = b"text/event-stream; charset=utf-8"
 
 _DONE = b"data: [DONE]\n\n"
+_CHAT_PREFIX = b'data: {"id":"chatcmpl-mock%x","object":"chat.completion.chunk","created":%d,'
 # Replaced per request in the Responses API's events (quoted JSON strings at plan time).
 _RESPONSE_ID = b"resp_mock@@number@@"
 _MESSAGE_ID = b"msg_mock@@number@@"
 _CREATED = b'"@@created@@"'
+_PLACEHOLDERS = re.compile(b"(%s|%s|%s)" % (_RESPONSE_ID, _MESSAGE_ID, _CREATED))
 
 
 @attrs.frozen(kw_only=True)
@@ -72,22 +75,33 @@ class StreamPlan:
         per_token: events per output token step (one per choice for chat, 1
             for the Responses API).
         steps: output token steps (the output tokens of one choice).
+        render_whole: ``render_whole(number, created)`` -> the same events
+            joined, built in one pass (for an answer sent all at once).
+        events: how many events ``render`` returns.
     The events after ``lead + per_token * steps`` close the answer; they are
     sent with the last token.
     """
 
     render: Callable[[int, int], list[bytes]]
+    render_whole: Callable[[int, int], bytes]
     lead: int
     per_token: int
     steps: int
+    events: int
 
-    def step_of_events(self, count: int) -> list[int]:
-        """For each of the ``count`` events, the token step it goes out with (0-based)."""
-        last = max(self.steps - 1, 0)
-        steps = [0] * min(count, self.lead)
-        for index in range(self.lead, count):
-            steps.append(min((index - self.lead) // self.per_token, last))
-        return steps
+    @property
+    def frame_ends(self) -> tuple[int, ...]:
+        """For each token step, the index after the last event that goes out with it.
+
+        Step 0 takes the leading events and the first token's; the last step
+        also takes the closing events.  One step (every event) when the
+        answer has no token.
+        """
+        if self.steps <= 1:
+            return (self.events,)
+        ends = [self.lead + self.per_token * (step + 1) for step in range(self.steps - 1)]
+        ends.append(self.events)
+        return tuple(ends)
 
 
 def draw_median(rng: random.Random, median: float, sigma: float) -> float:
@@ -169,16 +183,26 @@ def chat_stream(
     if usage is not None:
         tails.append(tail([], usage))
 
+    # prefix.join(joinable) puts the per-request prefix before every tail.
+    joinable = [b"", *tails[:-1], tails[-1] + _DONE]
+
     def render(number: int, created: int) -> list[bytes]:
-        prefix = b'data: {"id":"chatcmpl-mock%x","object":"chat.completion.chunk","created":%d,' % (
-            number,
-            created,
-        )
+        prefix = _CHAT_PREFIX % (number, created)
         events = [prefix + chunk for chunk in tails]
         events.append(_DONE)
         return events
 
-    return StreamPlan(render=render, lead=choices, per_token=choices, steps=len(pieces))
+    def render_whole(number: int, created: int) -> bytes:
+        return (_CHAT_PREFIX % (number, created)).join(joinable)
+
+    return StreamPlan(
+        render=render,
+        render_whole=render_whole,
+        lead=choices,
+        per_token=choices,
+        steps=len(pieces),
+        events=len(tails) + 1,
+    )
 
 
 # -- the Responses API -----------------------------------------------------------------
@@ -257,19 +281,30 @@ def responses_stream(
         )
         for number, (kind, fields) in enumerate(bodies)
     ]
-    has_ids = [_RESPONSE_ID in event or _MESSAGE_ID in event for event in templates]
+    # Split once on the per-request placeholders; filled by one join per event.
+    event_parts = [_PLACEHOLDERS.split(event) for event in templates]
+    whole_parts = _PLACEHOLDERS.split(b"".join(templates))
+
+    def values(number: int, created: int) -> dict[bytes, bytes]:
+        return {
+            _RESPONSE_ID: b"resp_mock%x" % number,
+            _MESSAGE_ID: b"msg_mock%x" % number,
+            _CREATED: b"%d" % created,
+        }
 
     def render(number: int, created: int) -> list[bytes]:
-        response_id = b"resp_mock%x" % number
-        message_id = b"msg_mock%x" % number
-        created_bytes = b"%d" % created
-        return [
-            event.replace(_RESPONSE_ID, response_id)
-            .replace(_MESSAGE_ID, message_id)
-            .replace(_CREATED, created_bytes)
-            if ids
-            else event
-            for event, ids in zip(templates, has_ids, strict=True)
-        ]
+        get = values(number, created).get
+        return [b"".join([get(part, part) for part in parts]) for parts in event_parts]
 
-    return StreamPlan(render=render, lead=lead, per_token=1, steps=len(pieces))
+    def render_whole(number: int, created: int) -> bytes:
+        get = values(number, created).get
+        return b"".join([get(part, part) for part in whole_parts])
+
+    return StreamPlan(
+        render=render,
+        render_whole=render_whole,
+        lead=lead,
+        per_token=1,
+        steps=len(pieces),
+        events=len(templates),
+    )
