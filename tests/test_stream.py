@@ -686,3 +686,14 @@ async def test_a_server_that_answers_json_instead_of_a_stream_still_gives_the_an
         stats = client.statistics()
     assert deltas == ["".join(TOKENS)] and s.result.usage.completion_tokens == len(TOKENS)
     assert s.timings.ttft is None and stats.limiter.tokens_used == PROMPT_TOKENS + len(TOKENS)
+
+
+async def test_map_consumes_a_streamed_responses_line(autojump_clock):
+    """A /v1/responses Batch line with stream:true gives the completed response's result."""
+    server = StreamServer()
+    body = {"model": "gpt-test", "input": "Say hello", "stream": True}
+    line = {"custom_id": "r", "method": "POST", "url": "/v1/responses", "body": body}
+    async with _client(server) as client:
+        (result,) = [r async for r in client.map([line])]
+    assert isinstance(result, engine.ResponseResult) and result.output == "".join(TOKENS)
+    assert result.response["status"] == "completed" and result.timings.ttft is not None
