@@ -740,11 +740,12 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
     ceiling = verdicts.get("ceiling") or {}
     lines += [
         "",
-        "### Highest sustained request rate (open loop, Poisson, mock answering at once)",
+        "### Highest sustained request rate (open loop, mock answering at once)",
         "",
         f"{ceiling_config['workload']['input_tokens']} prompt tokens, "
         f"{ceiling_config['workload']['output_tokens']} output tokens, "
-        f"{ceiling_config['workload']['duration_s']:g} s per step; rates climb "
+        f"{ceiling_config['workload']['duration_s']:g} s per step, "
+        f"{ceiling_config['workload'].get('arrivals', 'poisson')} arrivals; rates climb "
         f"{', '.join(f'{r:g}' for r in ceiling_config['ladder'][:6])}, ... until a step "
         f"achieves less than {ceiling_config['offered_met_share']:.0%} of what it offered"
         + (

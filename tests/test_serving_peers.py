@@ -105,6 +105,7 @@ def test_engine_bench_legacy_report_gives_rate_and_latency_but_no_streaming_figu
 
 CLOSED = tools.Workload(mode="concurrency", target=16, duration_s=5, warmup_s=1, expected_rps=19.5)
 OPEN = tools.Workload(mode="rate", target=400, input_tokens=64, output_tokens=8, duration_s=5)
+EVEN = tools.Workload(mode="rate", target=400, duration_s=5, arrivals="constant")
 
 
 def test_guidellm_scenario_streams_without_the_health_probe():
@@ -142,6 +143,17 @@ def test_vllm_command_closes_the_loop_with_max_concurrency_and_counts_requests()
     assert "--ignore-eos" in command and "--backend openai-chat" in text
     opened = " ".join(tools.vllm_command("vllm", OPEN, "http://h/v1", "/t", "/d", "r.json"))
     assert "--request-rate 400" in opened and "--num-prompts 2000" in opened
+
+
+def test_constant_arrivals_reach_every_tool_in_its_own_words():
+    """GuideLLM's constant profile, AIPerf's arrival pattern, vLLM's burstiness, engine's flag."""
+    config = tools.guidellm_config(EVEN, "http://h/v1", "/t", "/o.json")
+    assert config["spec"]["profile"]["kind"] == "constant"
+    assert "--arrival-pattern constant" in " ".join(tools.aiperf_command("a", EVEN, "u", "t", "d"))
+    assert "--burstiness 1000" in " ".join(tools.vllm_command("v", EVEN, "u", "t", "d", "f"))
+    assert "--burstiness" not in tools.vllm_command("v", OPEN, "u", "t", "d", "f")
+    engine = tools.engine_bench_command(["e"], EVEN, "u", "o", serving=True)
+    assert "--arrivals constant" in " ".join(engine)
 
 
 def test_engine_bench_command_uses_serving_flags_only_when_present():

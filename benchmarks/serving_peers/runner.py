@@ -9,9 +9,10 @@ Two phases, each tool in turn (never two tools at once), each against its own
    flight, streaming, same prompt and output length.  Their TTFT / ITL are
    compared with ``engine bench``'s (:mod:`.verdicts`).
 2. **ceiling**: the mock answers at once; every tool climbs a ladder of
-   open-loop (Poisson) rates until a step achieves less than 95% of what it
-   offered (quick: ladder only; full: then two refinements between the last
-   pass and the first failure).
+   open-loop rates with evenly spaced arrivals (Poisson's own spread over a
+   5 s step, about 4.5% at 100/s, would fail the 95% test by chance) until
+   a step achieves less than 95% of what it offered (quick: ladder only;
+   full: then two refinements between the last pass and the first failure).
 
 CPU placement: the mock is pinned to the last CPU.  The peers run unpinned
 (they use both cores: GuideLLM and AIPerf run several worker processes, and
@@ -418,6 +419,7 @@ def run(
         "output_tokens": 8,
         "duration_s": duration,
         "warmup_s": warmup,
+        "arrivals": "constant",
     }
     reasons = available_tools(requested)
     result: dict[str, Any] = {
@@ -450,7 +452,7 @@ def run(
                 "ladder": list(RATE_LADDER),
                 "refinements": 0 if quick else 2,
                 "offered_met_share": verdicts.OFFERED_MET,
-                "arrivals": "poisson",
+                "arrivals": "constant",
             },
             "engine_bench_mode": "serving"
             if serving

@@ -34,6 +34,9 @@ import attrs
 PEERS = ("guidellm", "aiperf", "vllm")
 ENGINE = "engine_bench"
 TOOLS = (*PEERS, ENGINE)
+#: vLLM draws gaps from a gamma distribution of shape ``burstiness`` (1 is
+#: Poisson); at 1000 the gaps' coefficient of variation is 1/sqrt(1000) ≈ 3%.
+VLLM_CONSTANT_BURSTINESS = 1000.0
 
 
 @attrs.frozen
@@ -52,6 +55,9 @@ class Workload:
         expected_rps: what the step should complete per second, for tools
             that take a request count instead of a duration (vLLM); for a
             rate step it is the rate.
+        arrivals: open loop: ``"poisson"`` (default) or ``"constant"``
+            (evenly spaced; vLLM: gamma arrivals with burstiness
+            :data:`VLLM_CONSTANT_BURSTINESS`, inter-arrival spread ~3%).
     """
 
     mode: str
@@ -62,6 +68,7 @@ class Workload:
     duration_s: float = 10.0
     warmup_s: float = 2.0
     expected_rps: float | None = None
+    arrivals: str = "poisson"
 
     @property
     def offered_rate(self) -> float | None:
@@ -89,7 +96,7 @@ def guidellm_config(workload: Workload, base_url: str, tokenizer: str, out: str)
     if workload.mode == "concurrency":
         profile: dict[str, Any] = {"kind": "concurrent", "streams": [int(workload.target)]}
     else:
-        profile = {"kind": "poisson", "rate": [workload.target]}
+        profile = {"kind": workload.arrivals, "rate": [workload.target]}
     if workload.warmup_s:
         profile["warmup"] = workload.warmup_s
     return {
@@ -148,7 +155,8 @@ def aiperf_command(
     if workload.mode == "concurrency":
         command += ["--concurrency", str(int(workload.target))]
     else:
-        command += ["--request-rate", _number(workload.target), "--arrival-pattern", "poisson"]
+        command += ["--request-rate", _number(workload.target)]
+        command += ["--arrival-pattern", workload.arrivals]
     if workload.warmup_s:
         command += ["--warmup-duration", _number(workload.warmup_s)]
     return command
@@ -182,6 +190,8 @@ def vllm_command(
         command += ["--request-rate", "inf", "--max-concurrency", str(int(workload.target))]
     else:
         command += ["--request-rate", _number(workload.target)]
+        if workload.arrivals == "constant":
+            command += ["--burstiness", _number(VLLM_CONSTANT_BURSTINESS)]
     if workload.warmup_s:
         warmups = max(1, math.ceil((workload.expected_rps or workload.target) * workload.warmup_s))
         command += ["--num-warmups", str(warmups)]
@@ -207,7 +217,8 @@ def engine_bench_command(
         if workload.mode == "concurrency":
             command += ["--concurrency", str(int(workload.target))]
         else:
-            command += ["--request-rate", _number(workload.target), "--arrivals", "poisson"]
+            command += ["--request-rate", _number(workload.target)]
+            command += ["--arrivals", workload.arrivals]
     else:
         command += ["--json", out]
         if workload.mode == "concurrency":
