@@ -697,3 +697,12 @@ async def test_map_consumes_a_streamed_responses_line(autojump_clock):
         (result,) = [r async for r in client.map([line])]
     assert isinstance(result, engine.ResponseResult) and result.output == "".join(TOKENS)
     assert result.response["status"] == "completed" and result.timings.ttft is not None
+
+
+def test_logprobs_of_each_chunk_are_joined_in_order():
+    """Each chunk's logprobs.content entries end up in one list, as a whole answer has them."""
+    assembler = ChatStreamAssembler()
+    for token in ("a", "b"):
+        choice = {"index": 0, "delta": {"content": token}, "logprobs": {"content": [token]}}
+        assembler.feed("message", orjson.dumps({"choices": [choice]}))
+    assert assembler.body()["choices"][0]["logprobs"] == {"content": ["a", "b"]}

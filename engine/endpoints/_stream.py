@@ -232,7 +232,9 @@ class ChatStreamAssembler:
                 choice.finish_reason = given["finish_reason"]
             logprobs = given.get("logprobs")
             if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
-                choice.logprobs = (choice.logprobs or []) + logprobs["content"]
+                if choice.logprobs is None:
+                    choice.logprobs = []
+                choice.logprobs.extend(logprobs["content"])
             delta = given.get("delta")
             if not isinstance(delta, dict):
                 continue
