@@ -124,6 +124,23 @@ def test_offered_load_is_met_when_95_percent_less_one_is_answered_and_none_dropp
     assert result.send_lag.p50 == pytest.approx(0.001)
 
 
+def test_offered_load_compares_answers_with_the_arrivals_one_e2e_earlier() -> None:
+    """A burst of arrivals in the window's last 0.5 s (answered after it) does not unmeet the load.
+
+    10/s with 0.5 s answers: the window's answers are the arrivals of [-0.5, 9.5);
+    ten more arrive at 9.7 and finish at 10.2, outside it.
+    """
+    recorder = StepRecorder(mode="rate", target=10.0, window_start=0.0, duration=10.0)
+    arrivals = [i / 10 for i in range(-10, 100)] + [9.7] * 10
+    for at in arrivals:
+        recorder.scheduled(at, 0.0)
+        recorder.answered(at, at + 0.5, first_token=None, output_tokens=1)
+    result = recorder.result(cpu_seconds=1.0)
+    assert result.offered_rate == pytest.approx(11.0)
+    assert result.requests_per_second == pytest.approx(10.0)
+    assert result.offered_met is True
+
+
 def test_not_streamed_answers_have_e2e_but_no_token_figures() -> None:
     """Without a first-token time there is no TTFT, ITL or TPOT, only e2e."""
     result = _open_step(100).result(cpu_seconds=1.0)

@@ -239,9 +239,9 @@ class StepResult:
         client_cpu_share: the generator's CPU seconds per wall second in the window.
         send_lag: open loop: how late sends left against their schedule.
         client_bound: the generator, not the server, may have set the pace.
-        offered_met: open loop: ``requests_per_second`` reached 95% of ``offered_rate``
-            (less one request, for the window's edges) and no arrival was dropped; None in
-            closed loop.
+        offered_met: open loop: the answers finishing in the window reached 95% (less one
+            request) of the arrivals scheduled one median e2e earlier than the window, and
+            no arrival was dropped; None in closed loop.
         input_tokens: summed ``usage`` prompt/input tokens of the answered requests.
         output_tokens: summed output tokens of the answered requests.
     """
@@ -332,6 +332,7 @@ class StepRecorder:
     output_tokens: int = 0
     scheduled_in_window: int = 0
     sent_total: int = 0
+    schedule: list[float] = attrs.Factory(list)
 
     @property
     def window_end(self) -> float:
@@ -344,6 +345,7 @@ class StepRecorder:
 
     def scheduled(self, at: float, lag: float | None = None) -> None:
         """Note an open-loop arrival scheduled at ``at`` that left ``lag`` seconds late."""
+        self.schedule.append(at)
         if self.in_window(at):
             self.scheduled_in_window += 1
             if lag is not None:
@@ -418,13 +420,21 @@ class StepRecorder:
         rps = self.finished_in_window / duration
         errors = dict(self.errors)
         rate_limited = errors.pop("http_429", 0)
+        e2e = summarise(self.e2es)
         offered_rate: float | None = None
         offered_met: bool | None = None
         if self.mode == "rate":
             offered_rate = self.scheduled_in_window / duration
-            # One request of slack: a window's edges can cut one arrival or answer either way.
+            # The answers finishing in the window left about one median e2e
+            # earlier: compare them with the arrivals of that shifted window, so
+            # Poisson noise at the window's edges does not count.  One request
+            # of slack for the edges all the same.
+            shift = e2e.p50 or 0.0
+            shifted_start = self.window_start - shift
+            shifted_end = self.window_end - shift
+            offered = sum(1 for at in self.schedule if shifted_start <= at < shifted_end)
             offered_met = (
-                self.finished_in_window >= OFFERED_MET_SHARE * self.scheduled_in_window - 1
+                self.finished_in_window >= OFFERED_MET_SHARE * offered - 1
                 and not errors.get("dropped")
             )
         goodput: float | None = None
@@ -452,7 +462,7 @@ class StepRecorder:
             ttft=summarise(self.ttfts),
             itl=summarise(self.itls),
             tpot=summarise(self.tpots),
-            e2e=summarise(self.e2es),
+            e2e=e2e,
             goodput_rps=goodput,
             client_cpu_share=cpu_share,
             send_lag=send_lag,
