@@ -699,8 +699,10 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
         f"{workload['input_tokens']} prompt tokens, {workload['output_tokens']} output tokens "
         f"(ignore_eos), {workload['duration_s']:g} s after {workload['warmup_s']:g} s of "
         "warm-up. Latencies in ms; *vs engine* = peer / engine bench for TTFT and ITL "
-        "p50 / p99 (within 10%?). ITL is per gap in vLLM and engine bench, the per-request "
-        "mean gap in GuideLLM and AIPerf (see `benchmarks/serving_peers/tools.py`). "
+        "p50 / p99 (within 10%?). ITL is every gap between chunks in vLLM and engine "
+        "bench, but each request's mean gap in GuideLLM and AIPerf — vLLM's TPOT — so "
+        "theirs is compared with engine bench's TPOT (marked †; see "
+        "`benchmarks/serving_peers/tools.py`). "
         "*CPU* = client CPU ms per request, the whole process tree over the measured "
         "window (start-up left out; see `benchmarks/serving_peers/runner.py`).",
         "",
@@ -727,6 +729,8 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
                 for key in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
             )
             within = _verdict(versus.get("all_within"))
+            if versus.get("itl_reference") == "tpot":
+                ratios += " †"
         else:
             ratios, within = ("reference" if tool == "engine_bench" else "—"), "—"
         lines.append(

@@ -330,12 +330,15 @@ def _result() -> dict:
 
 
 def test_summary_answers_agreement_and_ceiling_from_the_steps():
-    """summarise: per-peer agreement against engine bench's latency step, and the 5x ratio."""
+    """summarise: peers against engine bench (per-request ITL against TPOT), and the 5x ratio."""
     summary = _result()["verdicts"]
     assert set(summary["agreement"]) == {"guidellm", "aiperf"}
     assert summary["agreement"]["guidellm"]["ttft_p50"]["ratio"] == pytest.approx(
         203.96 / 201.15, abs=1e-3
     )
+    guidellm_itl = summary["agreement"]["guidellm"]["itl_p99"]
+    assert summary["agreement"]["guidellm"]["itl_reference"] == "tpot"
+    assert guidellm_itl["engine"] == pytest.approx(20.15, abs=0.01)  # engine bench TPOT p99
     assert summary["ceiling"]["best_peer"] == "aiperf" and summary["ceiling"]["ratio"] == 4.0
     assert summary["ceiling"]["meets"] is False
 

@@ -522,7 +522,17 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     for peer in tools.PEERS:
         figures = (by_tool.get(peer) or {}).get("latency", {}).get("figures")
         if figures and engine:
-            agreement[peer] = verdicts.agreement(figures, engine)
+            reference = dict(engine)
+            if peer in tools.ITL_IS_TPOT:
+                # Same definition on both sides: the peer's per-request mean
+                # gap against engine bench's TPOT, not its pooled gaps.
+                reference["itl_ms"] = {
+                    "p50": engine.get("tpot_p50_ms"),
+                    "p99": engine.get("tpot_p99_ms"),
+                }
+            agreement[peer] = verdicts.agreement(figures, reference) | {
+                "itl_reference": "tpot" if peer in tools.ITL_IS_TPOT else "itl"
+            }
     peers_max = {
         peer: (by_tool.get(peer) or {}).get("max_sustained_rps")
         for peer in tools.PEERS

@@ -32,6 +32,9 @@ import attrs
 
 #: The tools in the order they run and appear in reports.
 PEERS = ("guidellm", "aiperf", "vllm")
+#: Peers whose "ITL" is each request's mean gap, i.e. vLLM's TPOT: their ITL is
+#: compared with engine bench's TPOT, the same definition.
+ITL_IS_TPOT = frozenset({"guidellm", "aiperf"})
 ENGINE = "engine_bench"
 TOOLS = (*PEERS, ENGINE)
 #: vLLM draws gaps from a gamma distribution of shape ``burstiness`` (1 is
@@ -239,7 +242,8 @@ class Figures:
         requests_per_second: completed / duration (as the tool reports it).
         output_tokens_per_second: output tokens per second.
         ttft_ms, itl_ms: ``{"p50": .., "p99": ..}`` (None where not measured).
-        tpot_p50_ms: time per output token after the first, median.
+        tpot_p50_ms, tpot_p99_ms: time per output token after the first,
+            (e2e - TTFT) / (output tokens - 1) per request.
         e2e_p50_ms, e2e_p99_ms: end-to-end latency.
         window: (start, end) of the measured window in epoch seconds, when
             the tool reports it (used to take CPU over that window only).
@@ -253,6 +257,7 @@ class Figures:
     ttft_ms: Mapping[str, float | None]
     itl_ms: Mapping[str, float | None]
     tpot_p50_ms: float | None
+    tpot_p99_ms: float | None
     e2e_p50_ms: float | None
     e2e_p99_ms: float | None
     window: tuple[float, float] | None = None
@@ -310,6 +315,7 @@ def parse_guidellm(report: Mapping[str, Any]) -> Figures:
         ttft_ms=percentiles("time_to_first_token_ms"),
         itl_ms=itl,
         tpot_p50_ms=itl["p50"],
+        tpot_p99_ms=itl["p99"],
         e2e_p50_ms=latency["p50"],
         e2e_p99_ms=latency["p99"],
         window=(float(benchmark["start_time"]), float(benchmark["end_time"])),
@@ -350,6 +356,7 @@ def parse_aiperf(report: Mapping[str, Any]) -> Figures:
         ttft_ms=percentiles("time_to_first_token"),
         itl_ms=itl,
         tpot_p50_ms=itl["p50"],
+        tpot_p99_ms=itl["p99"],
         e2e_p50_ms=latency["p50"],
         e2e_p99_ms=latency["p99"],
         window=(start, end) if start is not None and end is not None else None,
@@ -371,6 +378,7 @@ def parse_vllm(report: Mapping[str, Any]) -> Figures:
         ttft_ms=percentiles("ttft"),
         itl_ms=percentiles("itl"),
         tpot_p50_ms=_float(report.get("median_tpot_ms") or report.get("p50_tpot_ms")),
+        tpot_p99_ms=_float(report.get("p99_tpot_ms")),
         e2e_p50_ms=_float(report.get("median_e2el_ms") or report.get("p50_e2el_ms")),
         e2e_p99_ms=_float(report.get("p99_e2el_ms")),
     )
@@ -397,6 +405,7 @@ def parse_engine_bench(report: Mapping[str, Any]) -> Figures:
             ttft_ms=percentiles("ttft_ms"),
             itl_ms=percentiles("itl_ms"),
             tpot_p50_ms=_float(tpot.get("p50")),
+            tpot_p99_ms=_float(tpot.get("p99")),
             e2e_p50_ms=e2e["p50"],
             e2e_p99_ms=e2e["p99"],
         )
@@ -410,6 +419,7 @@ def parse_engine_bench(report: Mapping[str, Any]) -> Figures:
         ttft_ms={"p50": None, "p99": None},
         itl_ms={"p50": None, "p99": None},
         tpot_p50_ms=None,
+        tpot_p99_ms=None,
         e2e_p50_ms=latency["p50"] * 1000 if "p50" in latency else None,
         e2e_p99_ms=latency["p99"] * 1000 if "p99" in latency else None,
     )
