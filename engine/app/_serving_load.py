@@ -360,7 +360,7 @@ class _Sender:
                     return error
 
     async def _whole(self, http: Any, body: bytes, usage: list[int]) -> str | None:
-        response = await http.post(self.path, content=body, headers=_POST_HEADERS)
+        response = await http.post(self.path, content=body, headers=_WHOLE_POST_HEADERS)
         if response.status_code != 200:
             return f"http_{response.status_code}"
         try:
@@ -377,6 +377,7 @@ class _Sender:
 
 
 _POST_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+_WHOLE_POST_HEADERS = {"content-type": "application/json"}
 
 
 # -- steps -----------------------------------------------------------------------
