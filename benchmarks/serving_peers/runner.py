@@ -271,6 +271,9 @@ class Runner:
             cpu_total = meter.stop()
         wall = time.monotonic() - started_wall
         record.update(
+            # Other work on the machine shows here: the 1-minute load average
+            # as the step ended (2.0 = both cores busy).
+            loadavg_1m=round(os.getloadavg()[0], 2),
             returncode=returncode,
             wall_s=round(wall, 2),
             cpu_s=round(cpu_total, 3),
@@ -510,6 +513,7 @@ def run(
             result["tools"][tool]["max_sustained_rps"] = verdicts.max_sustained(steps)
     result["verdicts"] = summarise(result)
     result["duration_s"] = round(time.time() - started, 1)
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _write(out, result)
     return result
 
