@@ -265,12 +265,17 @@ def _responses_event(
 
 @attrs.define
 class _Sender:
-    """Sends one request of a run on a given client and reports it to the step's recorder."""
+    """Sends the requests of a step, each on the client it is given, and reports them.
+
+    Counts what it sent, what was answered and what failed (for the progress
+    line) and keeps the send time of each request in flight (those still
+    there when the step is cut off are unfinished).
+    """
 
     config: ServingConfig
     bodies: list[bytes]
     clock: Callable[[], float]
-    recorder: StepRecorder | None = None
+    recorder: StepRecorder
     #: What a failed exchange raises (``httpx.HTTPError``; given, so httpx loads only when used).
     transport_error: type[Exception] = Exception
     next_body: int = 0
@@ -281,9 +286,11 @@ class _Sender:
 
     @property
     def path(self) -> str:
+        """The endpoint's path under the base URL."""
         return _RESPONSES_PATH if self.config.endpoint == "responses" else _CHAT_PATH
 
     def body(self) -> bytes:
+        """The next request body (the pool cycled in order)."""
         index = self.next_body
         self.next_body = (index + 1) % len(self.bodies)
         return self.bodies[index]
@@ -291,7 +298,6 @@ class _Sender:
     async def send(self, http: Any, sent: float) -> None:
         """Send one request at ``sent`` (clock time) and record what came back.  Checkpoints."""
         recorder = self.recorder
-        assert recorder is not None
         body = self.body()
         key = self.sent
         self.sent += 1
