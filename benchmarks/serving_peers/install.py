@@ -62,11 +62,11 @@ class ToolInstall:
 TOOLS: tuple[ToolInstall, ...] = (
     ToolInstall(
         "guidellm",
-        ("guidellm==0.8.1", "tokenizers"),
+        ("guidellm==0.8.1", "tokenizers==0.23.3"),
         "import guidellm, tokenizers",
         first=("torch==2.13.0",),
     ),
-    ToolInstall("aiperf", ("aiperf==0.13.0", "tokenizers"), "import aiperf, tokenizers"),
+    ToolInstall("aiperf", ("aiperf==0.13.0", "tokenizers==0.23.3"), "import aiperf, tokenizers"),
     # vllm 0.34.0 needs a torch above the machine's pip cap (torch<=2.14.1);
     # pip then settles on 0.33.0 with torch 2.14.0 (a CUDA build, ~9.6 GB venv).
     ToolInstall("vllm", ("vllm==0.33.0",), "import vllm.benchmarks.serve"),
