@@ -351,3 +351,21 @@ def test_warnings_name_client_bound_steps_unmet_load_and_errors() -> None:
     assert "client-bound" in warnings[0] and "90% of a core" in warnings[0]
     assert "offered load not met" in warnings[1]
     assert "1 rate limited" in warnings[2]
+
+
+def test_progress_hook_gets_status_lines_while_a_step_runs() -> None:
+    """--progress: about two lines a second naming the step, its phase and its counts."""
+    lines: list[str] = []
+    run_steps(
+        ServingConfig(base_url="http://bench.test/v1", duration=0.7, warmup=0.4),
+        "concurrency",
+        [2],
+        progress=lines.append,
+        transport_factory=lambda: httpx.ASGITransport(
+            _app(lambda s, r: (200, _chat_stream(2, usage=2)))
+        ),
+    )
+    assert len(lines) >= 2
+    assert lines[0].startswith("[1/1] concurrency 2 warm-up")
+    assert any(" measuring " in line for line in lines)
+    assert all("sent " in line and " ok " in line for line in lines)
