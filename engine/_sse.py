@@ -106,8 +106,8 @@ class SSEDecoder:
         self._event = ""
         self._retry: int | None = None
         self._id: str | None = None
-        # Nothing pending (no partial line, event fields, CR or BOM): the fast path may run.
-        self._between_events = False
+        # Nothing pending (no partial line, event fields or CR): the fast path may run.
+        self._between_events = True
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Take the next bytes of the body; return the events they complete, in order."""
@@ -125,7 +125,11 @@ class SSEDecoder:
                 line = line if line.isascii() else _utf8(line)
                 events.append(ServerSentEvent(line, _DEFAULT_EVENT, last_id))
                 position = end + 2
-            if position == size:
+            if position:
+                self._started = None  # past the start: a BOM can no longer come
+                if position == size:
+                    return events
+            elif not size:
                 return events
             self._between_events = False
             if position:
@@ -172,23 +176,19 @@ class SSEDecoder:
                 data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line[0] != 58:  # not a ":" comment
                 self._field(line)
-        self._between_events = (
-            not (partial or self._after_cr or self._data or self._event or self._retry is not None)
-            and self._started is None
+        self._between_events = not (
+            partial or self._after_cr or self._data or self._event or self._retry is not None
         )
         return events
 
     def close(self) -> list[ServerSentEvent]:
-        """End of the body: drop an unterminated event (as the standard does); returns ``[]``.
-
-        The decoder is then ready for a new stream (the last event ID is kept).
-        """
+        """End of the body: drop an unterminated event (as the standard does); returns ``[]``."""
         self._partial.clear()
         self._data = []
         self._event = ""
         self._retry = None
         self._after_cr = False
-        self._between_events = self._started is None
+        self._between_events = True
         return []
 
     def _skip_bom(self, data: bytes) -> bytes:

@@ -189,6 +189,7 @@ _PLAIN_HEAD = re.compile(
 _NO_BODY_STATUSES = frozenset({204, 304})
 # A chunk-size line: hex size (at most 20 digits), any extension after ';',
 # optional whitespace (as h11 accepts it), CRLF.
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[^\n]*)?[ \t]*\r\n")
 # A trailer field line (after unfolding): token, colon, a value without
 # NUL, CR, LF, VT or FF.
@@ -681,6 +682,26 @@ class BodyReader:
         """Decode chunked coding from ``buffer`` (what was left unconsumed, then new bytes)."""
         parts = []
         position = 0
+        if not (self._chunk_left or self._unread_crlf or self._in_trailer):
+            # At a chunk's start: take the whole chunks in the buffer in one tight
+            # loop.  Anything else (a chunk cut short, the last chunk, an error)
+            # is left to the state machine below, from the first such chunk on.
+            size = len(buffer)
+            while True:
+                line_end = buffer.find(b"\r\n", position)
+                digits = buffer[position:line_end]
+                # Plain hex digits only (an extension or whitespace: the state machine).
+                if line_end < 0 or not 0 < len(digits) <= 20 or digits.strip(_HEX_DIGITS):
+                    break
+                start = line_end + 2
+                end = start + int(digits, 16)
+                if end == start or end + 2 > size or buffer[end : end + 2] != b"\r\n":
+                    break
+                parts.append(buffer[start:end])
+                position = end + 2
+            if position == size:
+                self._buffer = b""
+                return b"".join(parts)
         while True:
             if self._chunk_left:
                 piece = buffer[position : position + self._chunk_left]

@@ -178,6 +178,7 @@ def test_a_second_bom_is_part_of_the_field_name():
     assert decode_whole(b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\ndata: y\n\n") == [
         ServerSentEvent(b"y")
     ]
+    assert decode_pieces([b"data: a\n\n", b"\xef\xbb\xbfdata: b\n\n"]) == [ServerSentEvent(b"a")]
 
 
 def test_a_start_that_only_looks_like_a_bom_is_kept():
