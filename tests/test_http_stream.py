@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import ssl
+import subprocess
 
 import attrs
 import h11
@@ -19,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from engine._http import TimeoutWatch, _H11Stream, make_async_client
+from engine._http import H11Transport, TimeoutWatch, _H11Stream, make_async_client
 from engine._sse import ServerSentEvent, SSEDecoder
 
 TIMEOUT = httpx.Timeout(10.0)
@@ -186,7 +188,7 @@ async def test_fallback_over_asgi_transport_feeds_the_sse_decoder():
 class Peer:
     """The server side of one connection: reads requests with h11, writes raw bytes."""
 
-    def __init__(self, stream: trio.SocketStream, server: Server, index: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, server: Server, index: int) -> None:
         self.stream = stream
         self.server = server
         self.index = index
@@ -229,21 +231,26 @@ class Server:
     """A scripted loopback server: where it listens and what it was asked."""
 
     port: int = 0
+    scheme: str = "http"
     connections: int = 0
     targets: list[tuple[bytes, int]] = attrs.Factory(list)
     headers: list[dict[bytes, bytes]] = attrs.Factory(list)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
 
 
-async def start_server(nursery: trio.Nursery, handler) -> Server:
-    """Serve ``handler(peer)`` (one call per connection) on a free loopback port."""
-    server = Server()
+async def start_server(
+    nursery: trio.Nursery, handler, ssl_context: ssl.SSLContext | None = None
+) -> Server:
+    """Serve ``handler(peer)`` (one call per connection) on a free loopback port (TLS if given)."""
+    server = Server(scheme="https" if ssl_context else "http")
 
-    async def on_connection(stream: trio.SocketStream) -> None:
+    async def on_connection(stream: trio.abc.Stream) -> None:
         server.connections += 1
+        if ssl_context is not None:
+            stream = trio.SSLStream(stream, ssl_context, server_side=True)
         try:
             await handler(Peer(stream, server, server.connections))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -258,13 +265,19 @@ async def start_server(nursery: trio.Nursery, handler) -> Server:
     return server
 
 
-def loopback_client(server: Server, watch: TimeoutWatch | None = None, read: float = 10.0):
+def loopback_client(
+    server: Server,
+    watch: TimeoutWatch | None = None,
+    read: float = 10.0,
+    transport: H11Transport | None = None,
+):
     """A worker client on its own H11Transport (kept by ``watch`` if given)."""
     return make_async_client(
         server.url,
         headers={"authorization": "Bearer sk-test"},
         timeout=httpx.Timeout(10.0, read=read),
         watch=watch,
+        transport=transport,
     )
 
 
@@ -651,3 +664,67 @@ async def test_framing_headers_take_httpx_s_path(nursery):
         ) as response:
             assert not isinstance(response, _H11Stream)
             assert await response.read_rest() == b"".join(EVENTS)
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts for a throwaway self-signed 127.0.0.1 certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert,
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    return server_context, ssl.create_default_context(cafile=cert)
+
+
+async def test_stream_over_tls_hands_out_pieces_and_keeps_the_connection(nursery, tls_contexts):
+    """Over TLS the body streams too, read to its end the connection is kept."""
+    server_context, client_context = tls_contexts
+    first_seen = trio.Event()
+
+    async def hold_back_once(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(SSE_HEAD + chunked(EVENTS[0]))
+        await first_seen.wait()
+        await peer.send(b"".join(chunked(event) for event in EVENTS[1:]) + LAST_CHUNK)
+        await answer_each_with(peer)
+
+    server = await start_server(nursery, hold_back_once, ssl_context=server_context)
+    transport = H11Transport(ssl_context=client_context)
+    async with loopback_client(server, transport=transport) as client:
+        async with client.stream_post("/chat/completions", content=b"{}") as response:
+            assert await response.receive_some() == EVENTS[0]
+            first_seen.set()
+            assert await response.read_rest() == b"".join(EVENTS[1:])
+        async with client.stream_post("/chat/completions", content=b"{}") as response:
+            assert await response.read_rest() == b"".join(EVENTS)
+    assert server.connections == 1
+
+
+async def test_stream_over_tls_times_out_between_pieces(nursery, tls_contexts, autojump_clock):
+    """Over TLS (a cancel scope per wait, even with a watch) the read timeout holds."""
+    server_context, client_context = tls_contexts
+
+    async def one_event_then_silence(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(SSE_HEAD + chunked(EVENTS[0]))
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, one_event_then_silence, ssl_context=server_context)
+    watch = await running_watch(nursery)
+    transport = H11Transport(ssl_context=client_context, watch=watch)
+    async with loopback_client(server, read=3.0, transport=transport) as client:
+        async with client.stream_post("/chat/completions", content=b"{}") as response:
+            assert await response.receive_some() == EVENTS[0]
+            start = trio.current_time()
+            with trio.fail_after(30), pytest.raises(httpx.ReadTimeout):
+                await response.receive_some()
+            assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
