@@ -706,3 +706,19 @@ def test_logprobs_of_each_chunk_are_joined_in_order():
         choice = {"index": 0, "delta": {"content": token}, "logprobs": {"content": [token]}}
         assembler.feed("message", orjson.dumps({"choices": [choice]}))
     assert assembler.body()["choices"][0]["logprobs"] == {"content": ["a", "b"]}
+
+
+async def test_cancelling_a_stream_still_waiting_for_quota_takes_nothing(autojump_clock):
+    """A stream cancelled while its permit is queued leaves at once, holding and sending nothing."""
+    server = StreamServer()
+    async with _client(server, limits=engine.Limits(rpm=1)) as client:
+        async with client.stream("first", model="gpt-test") as s:
+            await s.get_result()
+        with trio.move_on_after(5) as scope:
+            async with client.stream("second", model="gpt-test") as s:
+                await s.get_result()
+        assert scope.cancelled_caught and trio.current_time() < 30
+        await trio.testing.wait_all_tasks_blocked()
+        stats = client.statistics()
+    assert server.requests == 1
+    assert stats.limiter.waiting == 0 and stats.limiter.in_flight == 0
