@@ -22,8 +22,9 @@ the figures can be set beside theirs:
 vLLM counts any chunk with non-empty ``choices`` (also the role-only first
 chunk and the ``finish_reason`` chunk) as a token chunk; on servers that send
 the role with the first token (OpenAI, vLLM) the two agree except that vLLM's
-ITL list holds one extra near-zero gap per request (the finish chunk), which
-moves its ITL mean, not its percentiles.  Percentiles interpolate linearly
+ITL list holds up to two extra near-zero gaps per request (role chunk to first
+token, last token to finish chunk), which lowers its ITL mean and barely moves
+its percentiles.  Percentiles interpolate linearly
 between order statistics, as ``numpy.percentile`` does by default (vLLM's
 choice).
 
