@@ -1196,7 +1196,7 @@ class Client:
             error = exc if isinstance(exc, EngineError) else _interrupted(exc, assembler.text)
             error.status_code = error.status_code or response.status_code
             error.request_id = error.request_id or request_id
-            return self._failure(
+            failed = self._failure(
                 job,
                 error,
                 attempts,
@@ -1204,6 +1204,10 @@ class Client:
                 last=(response.status_code, request_id),
                 latency=trio.current_time() - clock.sent_at,
             )
+            # what did arrive was timed like any stream's
+            failed.timings.ttft = clock.ttft
+            failed.timings.itl = clock.itl
+            return failed
         if assembler.done:
             await _drain(response)
         reading.settled = True

@@ -453,6 +453,7 @@ async def test_a_failure_after_the_first_token_is_raised_and_not_retried(autojum
     assert deltas == TOKENS[:2] and server.requests == 1
     assert caught.value.raw == "".join(TOKENS[:2])
     assert s.result.error.code == "stream_interrupted" and s.result.raw_content == "Hel" + "lo"
+    assert s.timings.ttft == pytest.approx(server.ttft) and len(s.timings.itl) == 1
     assert stats.failed == 1 and stats.retries == 0
     assert stats.limiter.in_flight == 0 and stats.limiter.tokens_used == 0
 
