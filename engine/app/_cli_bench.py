@@ -259,19 +259,22 @@ def _serve_bench(args: argparse.Namespace) -> int:
     show = args.progress or sys.stderr.isatty()
     progress = load.stderr_progress() if show else None
 
+    settings = config.to_dict() | {"mode": mode, "targets": targets}
+    done: list[Any] = []
+
     def on_step(step: Any) -> None:
         if show:
             sys.stderr.write("\r\x1b[2K")
         for warning in step_warnings(step, ceiling):
             print(f"warning: {warning}", file=sys.stderr)
+        done.append(step)
+        if args.output:  # after every step: an interrupted sweep keeps the steps it ran
+            write_report(args.output, report_dict(settings, self_check, done), done)
 
     steps = load.run_steps(
         config, mode, targets, ceiling=ceiling, progress=progress, on_step=on_step
     )
     print(table(steps))
-    report = report_dict(config.to_dict() | {"mode": mode, "targets": targets}, self_check, steps)
-    if args.output:
-        write_report(args.output, report, steps)
     if args.plot:
         try:
             written = plot_steps(steps, args.plot)
