@@ -35,6 +35,7 @@ calls into a :class:`StepResult`.  Nothing here checkpoints.
 from __future__ import annotations
 
 import math
+import operator
 import random
 import re
 from collections import Counter
@@ -399,14 +400,10 @@ class StepRecorder:
             if output_tokens > 1:
                 tpot = (e2e - ttft) / (output_tokens - 1)
                 self.tpots.append(tpot)
-            previous = None
-            for at in token_times:
-                if previous is not None:
-                    gap = at - previous
-                    self.itls.append(gap)
-                    if itl_max is None or gap > itl_max:
-                        itl_max = gap
-                previous = at
+            if len(token_times) > 1:
+                gaps = list(map(operator.sub, token_times[1:], token_times[:-1]))
+                self.itls.extend(gaps)
+                itl_max = max(gaps)
         if self.slo is not None and self.slo.met_by(ttft, tpot, itl_max, e2e):
             self.good += 1
 
