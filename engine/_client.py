@@ -1069,6 +1069,7 @@ class Client:
             self._sent += 1
             sent_wall = time.time()
             reading = _Reading(make_assembler(), TokenClock(trio.current_time()), sink.deltas)
+            result: Result | None = None
             try:
                 async with _stream_post(http, endpoint.path, job.content, headers) as response:
                     parsed = parse_rate_limit_headers(response.headers)
@@ -1078,13 +1079,18 @@ class Client:
                         read = self._read_stream
                         if "json" in response.headers.get("content-type", ""):
                             read = self._read_whole  # the server would not stream
-                        return await read(
+                        result = await read(
                             job, response, reservation, limits, reading, attempts, sent_wall
                         )
-                    content = await response.read_rest()
+                    else:
+                        content = await response.read_rest()
             except BaseException as exc:
                 if reading.settled:
-                    raise  # closing a stream already read: the result is lost anyway
+                    # Read and settled: only closing the connection failed, which
+                    # costs the connection, not the answer; cancellation goes on.
+                    if result is not None and classify_transport_error(exc) is not None:
+                        return result
+                    raise
                 # It may have reached the server: keep the estimate charged.
                 self._limiter.settle_nowait(reservation)
                 verdict = classify_transport_error(exc)
@@ -1096,6 +1102,8 @@ class Client:
                     return final
                 await self._backoff(failures)
                 continue
+            if result is not None:
+                return result
             latency = trio.current_time() - reading.clock.sent_at
             verdict = classify_response(status, response.headers, content)
             final, failures = await self._refused(

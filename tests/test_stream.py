@@ -723,3 +723,31 @@ async def test_cancelling_a_stream_still_waiting_for_quota_takes_nothing(autojum
         stats = client.statistics()
     assert server.requests == 1
     assert stats.limiter.waiting == 0 and stats.limiter.in_flight == 0
+
+
+async def test_a_connection_failing_as_it_is_closed_keeps_the_answer(autojump_clock):
+    """An error while dropping a connection after the answer was read does not lose it."""
+
+    class ResetOnClose(httpx.AsyncByteStream):
+        """The whole stream, then a body that never ends and resets when closed."""
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield _chat_stream_bytes(TOKENS)
+            while True:
+                await trio.sleep(10)
+                yield b": keep-alive\n\n"
+
+        async def aclose(self) -> None:
+            raise httpx.ReadError("connection reset while closing")
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=ResetOnClose())
+
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=httpx.MockTransport(handle)
+    ) as client:
+        result = await client.chat("Say hello", model="gpt-test", stream=True)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = client.statistics()
+    assert result.output == "".join(TOKENS) and stats.sent == 1
+    assert stats.limiter.in_flight == 0 and stats.limiter.tokens_used == PROMPT_TOKENS + 6
