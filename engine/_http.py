@@ -390,7 +390,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         try:
             if self._closed:
                 raise RuntimeError("transport is closed")
-            return await self._send_with_one_retry(request, timeouts)
+            response = await self._send_with_one_retry(request, timeouts)
+            assert response is not None  # None answers a stream only
+            return response
         finally:
             turn.release()
 
@@ -417,8 +419,15 @@ class H11Transport(httpx.AsyncBaseTransport):
             connection.close()
 
     async def _send_with_one_retry(
-        self, request: _Request, timeouts: Mapping[str, float | None]
-    ) -> httpx.Response | RawResponse:
+        self,
+        request: _Request,
+        timeouts: Mapping[str, float | None],
+        stream: _H11Stream | None = None,
+    ) -> httpx.Response | RawResponse | None:
+        """Send ``request`` and read its response (see :meth:`_exchange`), on the
+        idle connection or a new one, sent once more if a reused connection
+        turns out stale.  With ``stream``, only the head is read and the body
+        handed to it (then None).  Checkpoints."""
         url = request.url
         scheme = url.raw_scheme
         # raw_host is the IDNA-encoded (ASCII) name, as DNS and TLS want it.
@@ -432,7 +441,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         if connection is None:
             connection = await self._connect(request, origin, timeouts.get("connect"))
         try:
-            return await self._exchange(connection, request, timeouts)
+            return await self._exchange(connection, request, timeouts, stream)
         except _PeerClosedEarly as early:
             if not reused or not (
                 type(request) is _RawRequest or isinstance(request.stream, httpx.ByteStream)
@@ -442,7 +451,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         # connection as the request went out, and answered nothing.
         connection = await self._connect(request, origin, timeouts.get("connect"))
         try:
-            return await self._exchange(connection, request, timeouts)
+            return await self._exchange(connection, request, timeouts, stream)
         except _PeerClosedEarly as early:
             raise early.error from None
 
@@ -491,9 +500,12 @@ class H11Transport(httpx.AsyncBaseTransport):
         connection: _Connection,
         request: _Request,
         timeouts: Mapping[str, float | None],
-    ) -> httpx.Response | RawResponse:
+        stream: _H11Stream | None = None,
+    ) -> httpx.Response | RawResponse | None:
         """Write ``request`` and read its whole response on ``connection``. Checkpoints.
 
+        With ``stream``, read only the head, hand the connection and the body's
+        reading to ``stream`` (:meth:`_H11Stream.begin`) and return None.
         Failures are raised as httpx's exceptions (see the module docstring);
         a peer that closed before sending any byte of the answer raises
         :class:`_PeerClosedEarly`, so the caller can decide to send again.
@@ -527,9 +539,14 @@ class H11Transport(httpx.AsyncBaseTransport):
                 sending = False
                 if unsent != b"":
                     timer.deadline = trio.current_time() + read_timeout
-                message = await _read_response(
-                    connection.receive_after_wait, reader, timer, read_timeout, request
-                )
+                if stream is None:
+                    message = await _read_response(
+                        connection.receive_after_wait, reader, timer, read_timeout, request
+                    )
+                else:
+                    started = await _read_head(
+                        connection.receive_after_wait, reader, timer, read_timeout, request
+                    )
             if scope is not None and scope.cancelled_caught:
                 self._drop_connection()
                 raise _timeout_error(request, sending)
@@ -554,6 +571,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         finally:
             if watched is not None:
                 watched.deadline = _INF  # TimeoutWatch.disarm, inlined
+        if stream is not None:
+            stream.begin(connection, *started, read_timeout)
+            return None
         if not message.keep_alive:
             self._drop_connection()
         if type(request) is _RawRequest and not message.content_encoded:
@@ -584,104 +604,6 @@ class H11Transport(httpx.AsyncBaseTransport):
             return timer, None
         scope = trio.CancelScope(deadline=deadline)
         return scope, scope
-
-    async def _open_stream(self, stream: _H11Stream) -> None:
-        """Send ``stream``'s request and read the response head into it. Checkpoints.
-
-        The caller holds the turn.  The stale keep-alive race is handled as for
-        :meth:`_send_with_one_retry`: a reused connection the peer closed before
-        any byte of the head arrived is replaced and the request sent again, once.
-        """
-        request = stream.request
-        timeouts = request.extensions.get("timeout") or {}
-        url = request.url
-        scheme = url.raw_scheme
-        origin = (scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS.get(scheme, 80))
-        connection = self._connection
-        if connection is not None and (connection.origin != origin or connection.poller()):
-            self._drop_connection()
-            connection = None
-        reused = connection is not None
-        if connection is None:
-            connection = await self._connect(request, origin, timeouts.get("connect"))
-        try:
-            await self._start_stream(connection, stream, timeouts)
-            return
-        except _PeerClosedEarly as early:
-            if not reused:
-                raise early.error from None
-        connection = await self._connect(request, origin, timeouts.get("connect"))
-        try:
-            await self._start_stream(connection, stream, timeouts)
-        except _PeerClosedEarly as early:
-            raise early.error from None
-
-    async def _start_stream(
-        self,
-        connection: _Connection,
-        stream: _H11Stream,
-        timeouts: Mapping[str, float | None],
-    ) -> None:
-        """Write ``stream``'s request and read the response head on ``connection``.
-
-        As :meth:`_exchange` (same sending, deadlines and errors), but stops at
-        the end of the head and hands the body's reading to ``stream``.
-        Checkpoints.
-        """
-        request = stream.request
-        write_timeout = _forever_if_none(timeouts.get("write"))
-        read_timeout = _forever_if_none(timeouts.get("read"))
-        sending = True
-        reader: _wire.ResponseReader | None = None
-        watched: _PlainConnection | None = None
-        try:
-            head, method, chunked, close = _serialize_request(request)
-            body = _buffered_body(request)
-            if body is not None and not chunked:
-                unsent = connection.send_now(head + body if body else head)
-            else:
-                unsent = None  # a streamed body
-            deadline = trio.current_time() + (read_timeout if unsent == b"" else write_timeout)
-            timer, scope = self._deadline_keeper(connection, deadline, streamed=unsent is None)
-            if scope is None:
-                assert type(connection) is _PlainConnection
-                watched = connection
-            reader = _wire.ResponseReader(method, close)
-            with scope or _NO_SCOPE:
-                if unsent is None:
-                    await _write_streamed(connection, request, head, chunked, timer, write_timeout)
-                elif unsent:
-                    await connection.send_all(unsent)
-                sending = False
-                if unsent != b"":
-                    timer.deadline = trio.current_time() + read_timeout
-                started = await _read_head(
-                    connection.receive_after_wait, reader, timer, read_timeout, request
-                )
-            if scope is not None and scope.cancelled_caught:
-                self._drop_connection()
-                raise _timeout_error(request, sending)
-        except _wire.RemoteProtocolError as exc:
-            self._drop_connection()
-            raise httpx.RemoteProtocolError(str(exc), request=_error_request(request)) from exc
-        except _wire.LocalProtocolError as exc:
-            self._drop_connection()
-            raise httpx.LocalProtocolError(str(exc), request=_error_request(request)) from exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._drop_connection()
-            if watched is not None and watched.expired:
-                raise _timeout_error(request, sending) from None
-            error = _broken_connection_error(exc, request, sending)
-            if reader is None or not reader.received_any:
-                raise _PeerClosedEarly(error) from exc
-            raise error from exc
-        except BaseException:
-            self._drop_connection()
-            raise
-        finally:
-            if watched is not None:
-                watched.deadline = _INF  # TimeoutWatch.disarm, inlined
-        stream.begin(connection, *started, read_timeout)
 
 
 async def _read_head(
@@ -1103,7 +1025,9 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
         try:
             if transport._closed:
                 raise RuntimeError("transport is closed")
-            await transport._open_stream(self)
+            await transport._send_with_one_retry(
+                request, request.extensions.get("timeout") or {}, self
+            )
         except BaseException:
             self._turn_held = False
             turn.release()
