@@ -30,10 +30,11 @@ task that leases it, Doorman-style:
   to accrue, so the quickest process cannot take what the others wait for
   and none starves; when capacity is plentiful nobody is paced.
 * **Publication.**  A 429 cooldown seen by one process is written to a key
-  with a PX expiry (and drains the shared buckets until it ends); limits
-  learned from headers are stored with the bucket.  Every lease call returns
-  both, and the manager hands them to its limiter (``cool_down_nowait``,
-  ``learn_limits_nowait``).
+  with a PX expiry (and drains the shared buckets until it ends) and
+  announced on :func:`cooldown_channel`, which every manager listens to;
+  limits learned from headers are stored with the bucket.  Every lease call
+  returns both, and the manager hands them to its limiter
+  (``cool_down_nowait``, ``learn_limits_nowait``).
 * **One pace.**  Paced groups (and the burst pace of unproven ones) send on
   one schedule per group kept in Redis (``PACE_SCRIPT``): the limiter asks
   for a stretch (``on_pace_needed``), the manager claims the next one after
