@@ -889,12 +889,13 @@ def _first_values(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 class _HttpxStreamedResponse:
-    """An ``httpx.Response`` opened with ``client.stream``, as a :class:`StreamedResponse`.
+    """An ``httpx.Response`` read as it streams, as a :class:`StreamedResponse`.
 
     The fallback for transports other than :class:`H11Transport` (test doubles
     such as ``httpx.ASGITransport``, which hands out the body only once the
-    app finished): behaviour is the same, timings are the double's.  The
-    pieces are httpx's decoded bytes (gzip and the like undone).
+    app finished: behaviour is the same, timings are the double's), and the
+    wrapper of a content-encoded :class:`_H11Stream`.  The pieces are httpx's
+    decoded bytes (gzip and the like undone).
     """
 
     __slots__ = ("_pieces", "headers", "status_code")
@@ -1015,25 +1016,21 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
     async def __aenter__(self) -> StreamedResponse:
         transport = self._transport
         request = self.request
+        timeouts = request.extensions.get("timeout") or {}
         turn = transport._turn
         if turn.value:
             turn.acquire_nowait()
         else:
-            timeouts = request.extensions.get("timeout") or {}
             await transport._wait_for_turn(request, timeouts.get("pool"))
         self._turn_held = True
         try:
             if transport._closed:
                 raise RuntimeError("transport is closed")
-            await transport._send_with_one_retry(
-                request, request.extensions.get("timeout") or {}, self
-            )
+            await transport._send_with_one_retry(request, timeouts, self)
         except BaseException:
             self._turn_held = False
             turn.release()
             raise
-        body = self._body
-        assert body is not None
         if self._encoded:
             response = httpx.Response(
                 self.status_code, headers=self._raw_headers, stream=_PiecesStream(self)
@@ -1115,18 +1112,17 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
                     with trio.CancelScope(deadline=trio.current_time() + read_timeout) as scope:
                         data = await connection.receive_after_wait()
                     if scope.cancelled_caught:
-                        raise _StreamTimedOut()
+                        self._fail()
+                        raise httpx.ReadTimeout(
+                            "timed out waiting for the response body",
+                            request=_error_request(self.request),
+                        )
                 if not data:
                     # The peer closed: whatever the body reader says, not reusable.
                     self._keep_alive = False
                 piece = body.feed(data)
                 if piece or body.done:
                     return piece
-        except _StreamTimedOut:
-            self._fail()
-            raise httpx.ReadTimeout(
-                "timed out waiting for the response body", request=_error_request(self.request)
-            ) from None
         except _wire.RemoteProtocolError as exc:
             self._fail()
             raise httpx.RemoteProtocolError(str(exc), request=_error_request(self.request)) from exc
@@ -1151,10 +1147,6 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
         if self._connection is self._transport._connection:
             self._transport._drop_connection()
         self._body = None
-
-
-class _StreamTimedOut(Exception):
-    """Internal: a wait for body bytes outlasted the read timeout (cancel-scope keeping)."""
 
 
 class _PiecesStream(httpx.AsyncByteStream):
@@ -1292,7 +1284,9 @@ class _WorkerClient(httpx.AsyncClient):
         asked for) and the body is handed out as the socket delivers it; the
         transport's connection is this stream's from entering to leaving.
         Otherwise (other transports, framing headers) this is httpx's own
-        ``client.stream("POST", ...)`` wrapped to the same interface.
+        ``client.stream("POST", ...)`` wrapped to the same interface (on an
+        :class:`H11Transport`, that reads the whole body before the first
+        piece).
         """
         transport = self._fast_transport
         if transport is not None and type(url) is str and type(content) is bytes:
