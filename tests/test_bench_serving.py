@@ -320,6 +320,8 @@ def test_requests_still_running_after_the_grace_are_counted_unfinished() -> None
         (b'{"choices":[{"delta":{"content":null,"reasoning_content":"hmm"}}]}', True),
         (b'{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}', True),
         (b'{"choices":[{"delta":{},"finish_reason":"stop"}]}', False),
+        (b'{"choices":[{"delta":{"content":""}}]}', True),
+        (b'{"choices":[{"delta":{"function_call":{"name":"f"}}}]}', True),
         (b'{"choices":[{"delta":{},"logprobs":{"content":[]}}]}', False),
         (b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":9}}', False),
     ],
@@ -327,7 +329,8 @@ def test_requests_still_running_after_the_grace_are_counted_unfinished() -> None
 def test_chat_chunks_carry_output_only_with_non_empty_content_reasoning_or_tools(
     data: bytes, output: bool
 ) -> None:
-    """Role-only, finish and usage chunks carry no output; compact or spaced JSON reads the same."""
+    """As vLLM counts them: role-only, finish and usage chunks carry no output; an empty
+    content without a role (a token decoding to nothing) does."""
     from engine.app._serving_load import _chat_event
 
     times: list[float] = []

@@ -209,11 +209,15 @@ def _chat_event(data: bytes, now: float, times: list[float], usage: list[int]) -
     choices = chunk.get("choices")
     if choices:
         delta = choices[0].get("delta") if type(choices[0]) is dict else None
-        if delta and (
+        if type(delta) is dict and (
             delta.get("content")
             or delta.get("reasoning_content")
             or delta.get("reasoning")
             or delta.get("tool_calls")
+            or delta.get("function_call")
+            # A token that decodes to nothing (a special token): empty content
+            # without the role that marks the opening chunk, as vLLM counts it.
+            or (delta.get("content") == "" and "role" not in delta)
         ):
             times.append(now)
     counts = chunk.get("usage")

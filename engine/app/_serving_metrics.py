@@ -6,8 +6,10 @@ the figures can be set beside theirs:
 
 * **TTFT** (time to first token): from the moment the request is sent to the
   first streamed chunk that carries output (chat: ``choices[0].delta`` with
-  non-empty ``content``, ``reasoning_content``/``reasoning`` or
-  ``tool_calls``; Responses API: a ``response.output_text.delta`` event).
+  non-empty ``content``, ``reasoning_content``/``reasoning``, ``tool_calls``
+  or ``function_call``, or an empty ``content`` without ``role`` (a token
+  that decodes to nothing); Responses API: a ``response.output_text.delta``
+  event).
 * **ITL** (inter-token latency): the gaps between consecutive output-bearing
   chunks of one request, pooled over all requests of a step.
 * **TPOT** (time per output token, first token excluded):
@@ -19,12 +21,9 @@ the figures can be set beside theirs:
   ``usage.output_tokens`` (Responses API) of the final usage chunk; when a
   server sends none, the output-bearing chunks are counted.
 
-vLLM counts any chunk with non-empty ``choices`` (also the role-only first
-chunk and the ``finish_reason`` chunk) as a token chunk; on servers that send
-the role with the first token (OpenAI, vLLM) the two agree except that vLLM's
-ITL list holds up to two extra near-zero gaps per request (role chunk to first
-token, last token to finish chunk), which lowers its ITL mean and barely moves
-its percentiles.  Percentiles interpolate linearly
+These are vLLM's rules (``_choice_has_streamed_output`` in vLLM 0.33; earlier
+versions counted every chunk with non-empty ``choices``, the role-only first
+chunk and the ``finish_reason`` chunk included).  Percentiles interpolate linearly
 between order statistics, as ``numpy.percentile`` does by default (vLLM's
 choice).
 
