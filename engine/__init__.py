@@ -20,6 +20,7 @@ from engine._errors import (
     ResponseValidationError,
     RetriesExhaustedError,
     RunStoppedError,
+    StreamInterruptedError,
 )
 from engine._export import split_results, to_csv, to_dataframe, to_jsonl, to_rows
 from engine._limiter import LimiterStatistics
@@ -45,7 +46,6 @@ from engine.endpoints import (
     ResponseResult,
     ResponseUsage,
 )
-from engine.endpoints._stream import StreamInterruptedError
 
 __all__ = [
     "MAX_UPLOAD_BYTES",

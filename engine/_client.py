@@ -41,6 +41,7 @@ from engine._errors import (
     RequestError,
     ResponseValidationError,
     RunStoppedError,
+    StreamInterruptedError,
     redact,
 )
 from engine._headers import parse_rate_limit_headers
@@ -80,7 +81,6 @@ from engine.endpoints._stream import (
     ChatStreamAssembler,
     ResponseStreamAssembler,
     StreamAssembler,
-    StreamInterruptedError,
     TokenClock,
     with_usage_requested,
 )

@@ -12,6 +12,7 @@
     │   ├── RateLimitWaitExceeded    429s went on longer than the wait budget
     │   ├── ResponseValidationError  malformed body, refusal, truncated or mismatching output
     │   ├── InputError               bad local input (unreadable file, bad request line)
+    │   ├── StreamInterruptedError   a stream broke off after it began; never retried
     │   └── RunStoppedError          never finished because the run was stopped
     └── FatalError                   the whole client stops: no item can succeed
         ├── AuthenticationError      401 / 403: the key is wrong for every item
@@ -42,6 +43,7 @@ __all__ = [
     "ResponseValidationError",
     "RetriesExhaustedError",
     "RunStoppedError",
+    "StreamInterruptedError",
     "redact",
 ]
 
@@ -223,6 +225,27 @@ class InputError(RequestError):
     """Local input is unusable: an unreadable file, a malformed request line."""
 
     default_code = "invalid_input"
+
+
+class StreamInterruptedError(RequestError):
+    """A streamed answer broke off after it had begun: never retried.
+
+    Raised (``client.stream``) or set on the failed result (``map``, ``engine
+    run``) when the connection dropped or timed out mid-stream, the body
+    ended before the answer was complete, or the server sent an error event
+    mid-stream.  Output may already have reached the caller, so sending the
+    request again silently could show it twice: the caller decides.
+
+    Attributes:
+        raw: the output text received before the stream broke off (a failed
+            result keeps it as ``raw_content``).
+    """
+
+    default_code = "stream_interrupted"
+
+    def __init__(self, message: str, *, raw: str = "", **kwargs: Unpack[_ErrorDetails]) -> None:
+        super().__init__(message, **kwargs)
+        self.raw = raw
 
 
 class RunStoppedError(RequestError):

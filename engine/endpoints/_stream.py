@@ -19,45 +19,23 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Any, Protocol, Unpack
+from typing import Any, Protocol
 
 import attrs
 import orjson
 
-from engine._errors import RequestError, ResponseValidationError, _ErrorDetails, redact
+from engine._errors import ResponseValidationError, StreamInterruptedError, redact
 
 __all__ = [
     "ChatStreamAssembler",
     "ResponseStreamAssembler",
     "StreamAssembler",
-    "StreamInterruptedError",
     "TokenClock",
     "with_usage_requested",
 ]
 
 #: Characters of an unusable chunk kept on the error (as for a malformed body).
 _RAW_KEPT = 2000
-
-
-class StreamInterruptedError(RequestError):
-    """A streamed answer broke off after it had begun: never retried.
-
-    Raised (``client.stream``) or set on the failed result (``map``, ``engine
-    run``) when the connection dropped or timed out mid-stream, the body
-    ended before the answer was complete, or the server sent an error event
-    mid-stream.  Output may already have reached the caller, so sending the
-    request again silently could show it twice: the caller decides.
-
-    Attributes:
-        raw: the output text received before the stream broke off (a failed
-            result keeps it as ``raw_content``).
-    """
-
-    default_code = "stream_interrupted"
-
-    def __init__(self, message: str, *, raw: str = "", **kwargs: Unpack[_ErrorDetails]) -> None:
-        super().__init__(message, **kwargs)
-        self.raw = raw
 
 
 def with_usage_requested(body: dict[str, Any]) -> dict[str, Any]:
