@@ -809,7 +809,7 @@ def _one_line(text: str, limit: int = 160) -> str:
 
 
 def plot_serving_peers(data: dict, img_dir: str) -> str:
-    """Achieved vs offered rate per tool, and TTFT / ITL p50 and p99 per tool."""
+    """Achieved vs offered rate per tool; each peer's TTFT / ITL as a ratio to engine bench's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -832,7 +832,13 @@ def plot_serving_peers(data: dict, img_dir: str) -> str:
             marker="o",
             label=label,
         )
-    rates.plot([1, highest], [1, highest], color="grey", linestyle=":", label="offered")
+    lowest = min(
+        [100.0]
+        + [s["offered_rate"] for t in data["tools"].values() for s in t.get("ceiling") or []]
+    )
+    rates.plot(
+        [lowest / 2, highest], [lowest / 2, highest], color="grey", linestyle=":", label="offered"
+    )
     rates.set_xscale("log")
     rates.set_yscale("log")
     rates.set_xlabel("offered requests/s")
@@ -840,24 +846,24 @@ def plot_serving_peers(data: dict, img_dir: str) -> str:
     rates.set_title("Open-loop ceiling (streaming, zero-delay mock)")
     rates.grid(alpha=0.3, which="both")
     rates.legend(fontsize=8)
-    metrics = (("ttft_ms", "p50"), ("ttft_ms", "p99"), ("itl_ms", "p50"), ("itl_ms", "p99"))
-    names = [
-        tool
-        for tool in SERVING_TOOLS
-        if ((data["tools"].get(tool) or {}).get("latency") or {}).get("figures")
-    ]
-    width = 0.8 / max(1, len(names))
-    for index, tool in enumerate(names):
-        figures = data["tools"][tool]["latency"]["figures"]
-        values = [(figures[key] or {}).get(p) or 0 for key, p in metrics]
-        positions = [m + index * width for m in range(len(metrics))]
-        latency.bar(positions, values, width, label=SERVING_TOOLS[tool])
-    latency.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))])
+    labels = ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
+    agreement = (data.get("verdicts") or {}).get("agreement") or {}
+    peers = [tool for tool in SERVING_TOOLS if tool in agreement]
+    width = 0.8 / max(1, len(peers))
+    top = 1.0
+    for index, tool in enumerate(peers):
+        values = [agreement[tool][label]["ratio"] or 0 for label in labels]
+        positions = [m + index * width for m in range(len(labels))]
+        latency.bar(positions, values, width, label=SERVING_TOOLS[tool], zorder=2)
+        top = max([top, *values])
+    latency.axhspan(0.9, 1.1, color="#a5d6a7", alpha=0.5, label="within 10%", zorder=1)
+    latency.set_ylim(0.6, max(1.3, top + 0.05))
+    latency.axhline(1.0, color="grey", linewidth=0.8)
+    latency.set_xticks([m + 0.4 - width / 2 for m in range(len(labels))])
     latency.set_xticklabels(["TTFT p50", "TTFT p99", "ITL p50", "ITL p99"])
-    latency.set_yscale("log")
-    latency.set_ylabel("ms")
-    latency.set_title("Latency at the agreement load")
-    latency.grid(alpha=0.3, axis="y", which="both")
+    latency.set_ylabel("peer / engine bench")
+    latency.set_title("Latency agreement with engine bench")
+    latency.grid(alpha=0.3, axis="y")
     latency.legend(fontsize=8)
     figure.tight_layout()
     os.makedirs(img_dir, exist_ok=True)
