@@ -23,6 +23,7 @@ import engine
 from engine._results import GapSummary, Timings
 from engine._sse import SSEDecoder
 from engine.app import batch
+from engine.app._summary import format_summary
 from engine.endpoints._stream import (
     ChatStreamAssembler,
     ResponseStreamAssembler,
@@ -593,6 +594,23 @@ async def test_engine_run_writes_streamed_lines_like_whole_ones(tmp_path, autoju
         assert record["response"]["body"] == whole["response"]["body"]
         assert record["response"]["status_code"] == 200 and record["error"] is None
     assert server.requests == 5
+    assert summary.ttft_p50 == pytest.approx(server.ttft)
+    assert "time to first token (p50)" in format_summary(summary)
+
+
+async def test_engine_run_without_streamed_lines_reports_no_ttft(tmp_path, autojump_clock):
+    """A run with no stream:true line has no TTFT in its summary."""
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(orjson.dumps(_line("w", False)) + b"\n")
+    server = StreamServer()
+    options = {
+        "base_url": "http://127.0.0.1/v1",
+        "api_key": KEY,
+        "transport": httpx.MockTransport(server.handle),
+    }
+    summary = await batch.run_file(source, tmp_path / "out.jsonl", client_options=options)
+    assert summary.succeeded == 1 and summary.ttft_p50 is None
+    assert "time to first token" not in format_summary(summary)
 
 
 async def test_exports_have_ttft_and_itl_columns_when_some_result_streamed(autojump_clock):

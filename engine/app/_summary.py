@@ -84,6 +84,8 @@ class RunSummary:
         io_error: when an I/O error stopped the run (OUTPUT not writable, the
             input unreadable), the paragraph that says what happened to every
             item and what to do; None otherwise.
+        ttft_p50: for the lines whose request streamed (``"stream": true``),
+            the median seconds to the first token; None when none streamed.
     """
 
     input_path: str
@@ -112,6 +114,7 @@ class RunSummary:
     sidecar_path: str | None = None
     io_error: str | None = None
     by_endpoint: Mapping[str, int] = attrs.field(factory=dict)
+    ttft_p50: float | None = None
 
     @property
     def exit_status(self) -> int:
@@ -157,6 +160,8 @@ def format_summary(summary: RunSummary) -> str:
             f"{tokens} (prompt {summary.prompt_tokens}, completion {summary.completion_tokens})",
         )
     )
+    if summary.ttft_p50 is not None:
+        rows.append(("time to first token (p50)", f"{summary.ttft_p50 * 1000:.0f} ms"))
     if summary.audio_seconds:
         rows.append(("audio transcribed", f"{summary.audio_seconds:.1f} s"))
     rows.append(("elapsed", f"{summary.elapsed:.1f} s"))

@@ -45,8 +45,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from statistics import median
 from typing import Any
 
 import attrs
@@ -218,6 +220,8 @@ class _Tally:
     by_endpoint: Counter[str] = attrs.field(factory=Counter)
     #: When the first result came back (trio time), None before.
     first_answer_at: float | None = None
+    #: Seconds to the first token of each streamed answer (8 bytes each: runs are long).
+    ttfts: array[float] = attrs.field(factory=lambda: array("d"))
 
     @property
     def written(self) -> int:
@@ -369,6 +373,9 @@ def _write_result(result: Any, feed: _Feed, output: HeldOutput, tally: _Tally) -
             usage, "output_tokens", 0
         )
         tally.audio_seconds += getattr(usage, "seconds", 0.0)
+    ttft = getattr(getattr(result, "timings", None), "ttft", None)
+    if ttft is not None:
+        tally.ttfts.append(ttft)
     if getattr(result, "skipped", False):
         output.write(_skipped_record(result))
         tally.skipped += 1
@@ -920,6 +927,7 @@ async def _run(
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,
         audio_seconds=tally.audio_seconds,
+        ttft_p50=median(tally.ttfts) if tally.ttfts else None,
         elapsed=ended - started,
         stopped=stopped,
         fatal_code=fatal.code if fatal is not None else None,
