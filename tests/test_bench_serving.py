@@ -372,3 +372,16 @@ def test_progress_hook_gets_status_lines_while_a_step_runs() -> None:
     assert lines[0].startswith("[1/1] concurrency 2 warm-up")
     assert any(" measuring " in line for line in lines[1:])
     assert all("sent " in line and " ok " in line for line in lines)
+
+
+def test_open_loop_drops_arrivals_beyond_max_in_flight_and_says_the_load_was_not_met() -> None:
+    """2 connections at most against 0.3 s answers at 40/s: the rest are dropped, counted."""
+    import trio
+
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await trio.sleep(0.3)
+        await _app(lambda s, r: (200, _chat_stream(1, usage=1)))(scope, receive, send)
+
+    step = _run(slow, "rate", 40.0, duration=0.5, poisson=False, max_in_flight=2)
+    assert step.errors["dropped"] >= 10
+    assert step.offered_met is False

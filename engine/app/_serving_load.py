@@ -16,6 +16,7 @@ in a child process (``--self-check``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -419,7 +420,6 @@ async def _run_step(
         headers["authorization"] = f"Bearer {config.api_key}"
     timeout = httpx.Timeout(60.0, connect=10.0)
     clients: list[Any] = []
-    idle: list[Any] = []
 
     def new_client() -> Any:
         http = make_async_client(
@@ -453,13 +453,24 @@ async def _run_step(
         while (now := clock()) < window_end:
             await sender.send(http, now)
 
-    async def arrival(http: Any, scheduled: float) -> None:
-        now = clock()
-        recorder.scheduled(scheduled, now - scheduled)
-        try:
+    # Open loop: a pool of worker tasks, one connection each, parked while
+    # idle.  An arrival goes to a parked worker (unparking costs less than a
+    # new task); a new worker is started only when none is parked.
+    due: collections.deque[float] = collections.deque()
+    parked = trio.lowlevel.ParkingLot()
+    closing = False
+
+    async def open_worker(http: Any) -> None:
+        while True:
+            if not due:
+                if closing:
+                    return
+                await parked.park()
+                continue
+            scheduled = due.popleft()
+            now = clock()
+            recorder.scheduled(scheduled, now - scheduled)
             await sender.send(http, now)
-        finally:
-            idle.append(http)
 
     async def show_progress() -> None:
         last_ok, last_at = 0, clock()
@@ -496,14 +507,18 @@ async def _run_step(
                         now = clock()
                         # One wake-up may release many arrivals already due.
                         while next_at <= now and next_at < window_end:
-                            if idle:
-                                nursery.start_soon(arrival, idle.pop(), next_at)
+                            if parked:
+                                due.append(next_at)
+                                parked.unpark()
                             elif len(clients) < config.max_in_flight:
-                                nursery.start_soon(arrival, new_client(), next_at)
+                                due.append(next_at)
+                                nursery.start_soon(open_worker, new_client())
                             else:
                                 recorder.scheduled(next_at)
                                 recorder.failed(next_at, "dropped")
                             next_at = next(schedule)
+                    closing = True
+                    parked.unpark_all()
                 nursery.cancel_scope.deadline = window_end + config.grace
             outer.cancel_scope.cancel()
     finally:
