@@ -111,6 +111,7 @@ _INF = math.inf
 _FRAMING_HEADERS = frozenset((b"transfer-encoding", b"connection", b"content-length"))
 # The context of an exchange whose timeouts a TimeoutWatch keeps.
 _NO_SCOPE = contextlib.nullcontext()
+_wait_readable = trio.lowlevel.wait_readable
 
 
 @functools.cache
@@ -1100,12 +1101,23 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
         try:
             while True:
                 if watch is not None and type(connection) is _PlainConnection and watch.running:
+                    # The hot path, once per event of a stream: the wait and the
+                    # receive of _PlainConnection.receive_after_wait and the
+                    # common case of TimeoutWatch.arm, inlined.
+                    deadline = trio.current_time() + read_timeout
                     connection.expired = False
-                    watch.arm(connection, trio.current_time() + read_timeout)
+                    connection.deadline = deadline
+                    if deadline < watch._wake_at or connection not in watch._connections:
+                        watch.arm(connection, deadline)
+                    sock = connection.sock
                     try:
-                        data = await connection.receive_after_wait()
+                        await _wait_readable(sock)
                     finally:
                         connection.deadline = _INF  # TimeoutWatch.disarm, inlined
+                    try:
+                        data = sock.recv(_RECEIVE_SIZE)
+                    except BlockingIOError:
+                        continue
                 elif read_timeout == _INF:
                     data = await connection.receive_after_wait()
                 else:
