@@ -85,10 +85,13 @@ def test_responses_endpoint_streams_from_the_mock(timed_mock: str) -> None:
 def test_self_check_measures_a_ceiling_and_flags_steps_near_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """--self-check: a short run against the zero-delay mock gives answers per client CPU second."""
+    """--self-check: closed, then open loop against the zero-delay mock: answers per CPU second."""
     monkeypatch.setattr(_serving_load, "SELF_CHECK_DURATION", 0.5)
-    check = _serving_load.measure_ceiling(ServingConfig(base_url="unused", output_tokens=16))
+    config = ServingConfig(base_url="unused", output_tokens=16)
+    check = _serving_load.measure_ceiling(config, "rate")
     assert check["errors"] == {}
     assert check["requests_per_second"] > 50
-    assert check["ceiling_rps"] >= check["requests_per_second"]
+    assert check["closed_loop_ceiling_rps"] >= check["requests_per_second"]
+    assert check["open_loop_rate"] == pytest.approx(check["requests_per_second"] / 2)
+    assert check["ceiling_rps"] == check["open_loop_ceiling_rps"] > 0
     assert check["output_tokens_per_request"] == pytest.approx(16)

@@ -248,7 +248,7 @@ def _serve_bench(args: argparse.Namespace) -> int:
     ceiling = None
     if args.self_check:
         print("self-check: the generator against the built-in mock ...", file=sys.stderr)
-        self_check = load.measure_ceiling(config)
+        self_check = load.measure_ceiling(config, mode)
         ceiling = self_check["ceiling_rps"]
         print(
             f"self-check: {self_check['requests_per_second']:,.0f} req/s at "

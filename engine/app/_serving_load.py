@@ -602,16 +602,27 @@ def _pinned_mock(mock_args: Sequence[str]) -> Iterator[tuple[str, int | None, in
         setaffinity(0, set(cpus))
 
 
-def measure_ceiling(config: ServingConfig) -> dict[str, Any]:
-    """The generator's own ceiling: a short closed-loop run against the built-in mock.
+def _per_cpu_second(step: StepResult) -> float | None:
+    """Answers per generator CPU second in ``step``: what one core would sustain."""
+    cpu_seconds = step.client_cpu_share * step.duration_s
+    if cpu_seconds <= 0:
+        return None
+    return step.requests_per_second * step.duration_s / cpu_seconds
+
+
+def measure_ceiling(config: ServingConfig, mode: str = "concurrency") -> dict[str, Any]:
+    """The generator's own ceiling, measured against the built-in mock.
 
     The mock (no quotas, no delays) is served in a child process pinned to
-    another CPU than the generator's when there are two; the run uses
-    ``config``'s endpoint, streaming and output tokens, 64 in flight, 3 s
-    after a 0.5 s warm-up.  Returns the JSON report's ``self_check``:
-    requests/s, the generator's CPU share and µs per request, and
-    ``ceiling_rps`` = answered requests per generator CPU second (what one
-    core would sustain).  Blocks.
+    another CPU than the generator's when there are two.  A closed loop of
+    64 in flight runs 3 s after a 0.5 s warm-up with ``config``'s endpoint,
+    streaming and output tokens; for ``mode`` ``"rate"`` an open loop at half
+    the rate it reached follows (an open loop costs more per request: fewer
+    events share each wake-up of the event loop).  Returns the JSON report's
+    ``self_check``: requests/s, the generator's CPU share and µs per request
+    of the closed loop, ``closed_loop_ceiling_rps`` and (open loop)
+    ``open_loop_ceiling_rps`` = answers per generator CPU second, and
+    ``ceiling_rps``, the one of the two for ``mode``.  Blocks.
     """
     local = attrs.evolve(
         config,
@@ -626,12 +637,14 @@ def measure_ceiling(config: ServingConfig) -> dict[str, Any]:
         prompt=" ".join(_WORDS[:40]),
         grace=10.0,
     )
+    open_step: StepResult | None = None
     with _pinned_mock(["--server", "auto"]) as (url, client_cpu, mock_cpu):
-        step = run_steps(
-            attrs.evolve(local, base_url=url), "concurrency", [SELF_CHECK_CONCURRENCY]
-        )[0]
-    cpu_seconds = step.client_cpu_share * step.duration_s
-    ceiling = step.requests_per_second * step.duration_s / cpu_seconds if cpu_seconds > 0 else None
+        local = attrs.evolve(local, base_url=url)
+        step = run_steps(local, "concurrency", [SELF_CHECK_CONCURRENCY])[0]
+        if mode == "rate" and step.requests_per_second > 0:
+            open_step = run_steps(local, "rate", [max(1.0, step.requests_per_second / 2)])[0]
+    closed_ceiling = _per_cpu_second(step)
+    open_ceiling = _per_cpu_second(open_step) if open_step is not None else None
     return {
         "concurrency": SELF_CHECK_CONCURRENCY,
         "duration_s": step.duration_s,
@@ -643,8 +656,14 @@ def measure_ceiling(config: ServingConfig) -> dict[str, Any]:
         "requests_per_second": step.requests_per_second,
         "client_cpu_share": step.client_cpu_share,
         "client_cpu_us_per_request": step.client_cpu_us_per_request,
-        "ceiling_rps": ceiling,
-        "errors": step.errors,
+        "closed_loop_ceiling_rps": closed_ceiling,
+        "open_loop_rate": open_step.target if open_step is not None else None,
+        "open_loop_client_cpu_us_per_request": open_step.client_cpu_us_per_request
+        if open_step is not None
+        else None,
+        "open_loop_ceiling_rps": open_ceiling,
+        "ceiling_rps": open_ceiling if mode == "rate" and open_ceiling else closed_ceiling,
+        "errors": step.errors | (open_step.errors if open_step is not None else {}),
         "client_cpu": client_cpu,
         "mock_cpu": mock_cpu,
     }
