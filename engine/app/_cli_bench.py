@@ -188,7 +188,7 @@ def register(subparsers: Any) -> None:
         "--self-check",
         action="store_true",
         help="first measure this generator's own ceiling against the built-in mock (about "
-        "5 s) and warn for steps within 80%% of it",
+        "5 s, 9 s with --request-rate) and warn for steps within 80%% of it",
     )
     parser.set_defaults(func=main)
 
