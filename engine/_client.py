@@ -508,14 +508,7 @@ class Client:
                 :class:`~engine.ResponseValidationError` for a refusal, a
                 truncated answer or one that does not fit ``response_model``.
         """
-        request = ChatRequest(
-            messages=messages,
-            model=model,
-            id=id if id is not None else "chat",
-            response_model=response_model,
-            params=params,
-        )
-        return await self._call(request)
+        return await self._call(_chat_request(messages, model, response_model, id, params))
 
     async def respond(
         self,
@@ -541,14 +534,7 @@ class Client:
                 :class:`~engine.ResponseValidationError` for a refusal, an
                 incomplete answer or one that does not fit ``response_model``.
         """
-        request = ResponseRequest(
-            input=input,
-            model=model,
-            instructions=instructions,
-            id=id if id is not None else "response",
-            response_model=response_model,
-            params=params,
-        )
+        request = _response_request(input, model, instructions, response_model, id, params)
         return await self._call(request)
 
     def stream(
@@ -583,13 +569,7 @@ class Client:
                 retried); :class:`~engine.StreamInterruptedError` when the
                 stream broke off after it had begun (never retried).
         """
-        request = ChatRequest(
-            messages=messages,
-            model=model,
-            id=id if id is not None else "chat",
-            response_model=response_model,
-            params={**params, "stream": True},
-        )
+        request = _chat_request(messages, model, response_model, id, {**params, "stream": True})
         return self._open_stream(request, ChatStream)
 
     def stream_response(
@@ -611,13 +591,8 @@ class Client:
         event (its usage settles the permit).  Permits, retries, leaving
         early and errors as for :meth:`stream`.
         """
-        request = ResponseRequest(
-            input=input,
-            model=model,
-            instructions=instructions,
-            id=id if id is not None else "response",
-            response_model=response_model,
-            params={**params, "stream": True},
+        request = _response_request(
+            input, model, instructions, response_model, id, {**params, "stream": True}
         )
         return self._open_stream(request, ResponseStream)
 
@@ -999,16 +974,12 @@ class Client:
                 else:
                     response = await http.post(path, data=job.form, files=files, headers=headers)
             except BaseException as exc:
-                # It may have reached the server: keep the estimate charged.
-                self._limiter.settle_nowait(reservation)
-                verdict = classify_transport_error(exc)
-                if verdict is None:
-                    raise
                 failures += 1
-                final = self._after_transport_error(job, verdict, failures, attempts, sent_wall)
+                final = await self._after_failed_send(
+                    job, reservation, exc, failures, attempts, sent_wall
+                )
                 if final is not None:
                     return final
-                await self._backoff(failures)
                 continue
             latency = trio.current_time() - sent_at
             status = response.status_code
@@ -1091,16 +1062,12 @@ class Client:
                     if result is not None and classify_transport_error(exc) is not None:
                         return result
                     raise
-                # It may have reached the server: keep the estimate charged.
-                self._limiter.settle_nowait(reservation)
-                verdict = classify_transport_error(exc)
-                if verdict is None:
-                    raise
                 failures += 1
-                final = self._after_transport_error(job, verdict, failures, attempts, sent_wall)
+                final = await self._after_failed_send(
+                    job, reservation, exc, failures, attempts, sent_wall
+                )
                 if final is not None:
                     return final
-                await self._backoff(failures)
                 continue
             if result is not None:
                 return result
@@ -1258,12 +1225,26 @@ class Client:
         typed: Result = result
         return typed
 
-    def _after_transport_error(
-        self, job: _Job, verdict: Verdict, failures: int, attempts: int, sent_wall: float
+    async def _after_failed_send(
+        self,
+        job: _Job,
+        reservation: Reservation,
+        exc: BaseException,
+        failures: int,
+        attempts: int,
+        sent_wall: float,
     ) -> Result | None:
-        """After a transport error (reservation settled): the failed result once
-        ``failures`` reached ``max_attempts``, else None (the caller backs off
-        and retries)."""
+        """After sending (or reading) raised ``exc``: settle, then retry or give up.
+
+        The estimate stays charged: the request may have reached the server.
+        ``exc`` is raised again unless it is a transport error; then the failed
+        result once ``failures`` reached ``max_attempts``, else None after
+        backing off (the caller tries again).  Checkpoints when it backs off.
+        """
+        self._limiter.settle_nowait(reservation)
+        verdict = classify_transport_error(exc)
+        if verdict is None:
+            raise exc
         if failures >= self._max_attempts:
             return self._failure(
                 job,
@@ -1272,6 +1253,7 @@ class Client:
                 sent_wall,
             )
         self._retries += 1
+        await self._backoff(failures)
         return None
 
     async def _refused(
@@ -1741,6 +1723,43 @@ def _request_headers(endpoint: _Endpoint, request: AnyRequest) -> dict[str, str]
     ):
         headers["x-client-request-id"] = request.id
     return headers
+
+
+def _chat_request(
+    messages: str | Iterable[Mapping[str, Any]],
+    model: str,
+    response_model: type[pydantic.BaseModel] | None,
+    id: str | None,
+    params: dict[str, Any],
+) -> ChatRequest:
+    """The request :meth:`Client.chat` and :meth:`Client.stream` send (``id``: ``"chat"``)."""
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        id=id if id is not None else "chat",
+        response_model=response_model,
+        params=params,
+    )
+
+
+def _response_request(
+    input: str | Iterable[Mapping[str, Any]],
+    model: str,
+    instructions: str | None,
+    response_model: type[pydantic.BaseModel] | None,
+    id: str | None,
+    params: dict[str, Any],
+) -> ResponseRequest:
+    """The request :meth:`Client.respond` and :meth:`Client.stream_response` send
+    (``id`` default ``"response"``)."""
+    return ResponseRequest(
+        input=input,
+        model=model,
+        instructions=instructions,
+        id=id if id is not None else "response",
+        response_model=response_model,
+        params=params,
+    )
 
 
 def _json_endpoint_of(request: AnyRequest) -> _JsonEndpoint:
