@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import sniffio
 import trio
 
 from engine.mock import DroppedConnection, MockConfig, create_app, serve_in_subprocess
+from engine.mock._app import TimedStream
 from engine.mock._cli import config_from_args, register
 from engine.mock._stream import due_offsets
 
@@ -246,10 +248,34 @@ async def test_builtin_server_path_sends_the_same_stream_chunked():
     assert events.count(b"\n\n") == via_asgi.count(b"\n\n")
 
 
-def test_timing_turns_off_the_synchronous_path():
-    """With a time to first token the builtin server must take the ASGI call."""
-    app = create_app(MockConfig(ttft_ms=5))
-    assert app.respond_at_once("POST", CHAT, [], orjson.dumps(STREAM)) is None
+def test_a_timed_stream_is_handed_to_the_builtin_server_as_frames():
+    """With a ttft and gaps respond_at_once returns the head and a TimedStream of frames."""
+    app = create_app(MockConfig(ttft_ms=5, ms_per_output_token=2, rpm=10, tpm=100_000))
+    before = time.monotonic()
+    head, stream = app.respond_at_once("POST", CHAT, [], orjson.dumps(WITH_USAGE))
+    assert isinstance(stream, TimedStream)
+    assert (
+        b"transfer-encoding: chunked\r\n" in head and b"x-ratelimit-remaining-requests: 9" in head
+    )
+    after = time.monotonic()
+    dues = [due for due, _ in stream.frames]
+    assert before + 0.005 <= dues[0] <= after + 0.005
+    assert [b - a for a, b in itertools.pairwise(dues)] == pytest.approx([0.002] * (len(dues) - 1))
+    events = b"".join(frame for _, frame in stream.frames).split(b"\n\n")[:-1]
+    chunks = [orjson.loads(data_of(event)) for event in events[:-1]]
+    assert data_of(events[-1]) == b"[DONE]"
+    assert len(content_chunks(chunks)) == chunks[-1]["usage"]["completion_tokens"]
+    assert app.stats.tokens_charged == 0  # the charge is corrected when the stream ends
+    stream.finish()
+    assert app.stats.tokens_charged == chunks[-1]["usage"]["total_tokens"]
+    assert app.stats.status_counts[200] == 1
+
+
+def test_a_non_streamed_request_with_latency_is_still_left_to_the_asgi_call():
+    """Timing configured: only streamed answers are answered synchronously."""
+    app = create_app(MockConfig(ttft_ms=5, latency_ms=5))
+    assert app.respond_at_once("POST", CHAT, [], orjson.dumps(HELLO)) is None
+    assert next(app._numbers) == 1
 
 
 # -- chat completions: timing -------------------------------------------------------
@@ -762,3 +788,99 @@ async def test_every_server_cuts_a_dropped_stream_mid_body(server):
     data, ended = dechunk(body)
     assert not ended
     assert data.count(b"\n\n") == 3 and data.endswith(b"\n\n")
+
+
+# -- the builtin server's timed streams, in-process ------------------------------------
+
+
+class FakeTransport:
+    """Collects what the server writes, with the time of each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, bytes]] = []
+        self.closed = False
+
+    @property
+    def written(self) -> bytes:
+        return b"".join(data for _, data in self.writes)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append((time.monotonic(), data))
+
+    def get_extra_info(self, name: str) -> tuple[str, int]:
+        return ("127.0.0.1", 50000)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def wire_request(body: dict[str, Any], path: str = CHAT) -> bytes:
+    payload = orjson.dumps(body)
+    return b"POST %s HTTP/1.1\r\nhost: mock\r\ncontent-length: %d\r\n\r\n%s" % (
+        path.encode(),
+        len(payload),
+        payload,
+    )
+
+
+def serve_in_process(app, *requests: bytes, wait: float, lose_after: float | None = None):
+    """Feed ``requests`` to one builtin-server connection on asyncio; its transport after
+    ``wait`` seconds (the connection is lost after ``lose_after`` seconds when given)."""
+    import asyncio
+
+    from engine.mock._server import _Connection, _Server
+
+    async def main() -> FakeTransport:
+        connection = _Connection(app, asyncio.get_running_loop(), _Server(1 << 20))
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        connection.data_received(b"".join(requests))
+        if lose_after is not None:
+            await asyncio.sleep(lose_after)
+            connection.connection_lost(None)
+        await asyncio.sleep(wait)
+        return transport
+
+    previous = sniffio.thread_local.name
+    sniffio.thread_local.name = "asyncio"  # as engine.mock._server.serve sets it
+    try:
+        return asyncio.run(main())
+    finally:
+        sniffio.thread_local.name = previous
+
+
+def test_builtin_server_writes_a_timed_stream_frame_by_frame_then_the_next_request():
+    """Two pipelined timed streams: frames written over time, answers in order, then done."""
+    app = create_app(MockConfig(ttft_ms=30, ms_per_output_token=10))
+    transport = serve_in_process(
+        app,
+        wire_request({**STREAM, "max_tokens": 4}),
+        wire_request(RESPONSE_STREAM, RESPONSES),
+        wait=1.0,
+    )
+    wire = transport.written
+    first, second = wire.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b"chatcmpl-mock1" in first and b"resp_mock2" in second
+    for answer in (first, second):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head and b"\r\ndate: " in head
+        data, ended = dechunk(body)
+        assert ended
+        assert data.endswith(b"data: [DONE]\n\n") or b"event: response.completed" in data
+    assert len(transport.writes) >= 8  # one write per token, not one per answer
+    assert not transport.closed
+    assert app.stats.tokens_charged > 0
+
+
+def test_a_timed_stream_whose_client_left_is_settled_and_stops():
+    """The connection lost mid-stream: no more writes, and the charge is corrected."""
+    app = create_app(MockConfig(ttft_ms=10, ms_per_output_token=50))
+    transport = serve_in_process(app, wire_request(STREAM), wait=0.3, lose_after=0.03)
+    assert all(moment <= transport.writes[0][0] + 0.02 for moment, _ in transport.writes)
+    assert app.stats.tokens_charged > 0

@@ -65,7 +65,7 @@ from engine.mock._stats import Stats
 from engine.mock._stream import SSE, StreamPlan, chat_stream, draw_median, due_offsets
 from engine.mock._tokens import TokenCounter, output_budget
 
-__all__ = ["DroppedConnection", "MockApp", "create_app"]
+__all__ = ["DroppedConnection", "MockApp", "TimedStream", "create_app"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -111,6 +111,13 @@ _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
     for status in http.HTTPStatus
 }
+# A stream says it is chunked, so that every server sends it so (even when the whole
+# body goes out in one message, which would otherwise get a content-length).
+_STREAM_HEADERS = (
+    (b"content-type", SSE),
+    (b"cache-control", b"no-cache"),
+    (b"transfer-encoding", b"chunked"),
+)
 _STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n" % SSE
@@ -125,6 +132,28 @@ class _Streamed(NamedTuple):
 
     body: bytes
     headers: list[tuple[bytes, bytes]]
+
+
+class TimedStream:
+    """A streamed answer whose events the server writes itself, each batch when it is due.
+
+    What :meth:`MockApp.respond_at_once` returns in place of a body when a
+    streamed answer has a time to first token or gaps between tokens.
+
+    Attributes:
+        frames: ``(due, events)`` in order: ``due`` on ``time.monotonic()``'s
+            clock, ``events`` the bytes of the events due then (not yet
+            chunk-encoded).  The server writes every frame due when it wakes
+            in one chunk, the last one followed by the last chunk.
+        finish: call once when the stream ended or the connection was lost
+            (corrects the quota charge to real usage).
+    """
+
+    __slots__ = ("finish", "frames")
+
+    def __init__(self, frames: list[tuple[float, bytes]], finish: Callable[[], None]) -> None:
+        self.frames = frames
+        self.finish = finish
 
 
 class _Later(NamedTuple):
@@ -324,7 +353,7 @@ class MockApp:
 
     def respond_at_once(
         self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
-    ) -> tuple[bytes, bytes] | None:
+    ) -> tuple[bytes, bytes | TimedStream] | None:
         """Answer a complete request without suspending: ``(head, body)``, or None.
 
         For a server that has read the whole request body before answering
@@ -344,10 +373,15 @@ class MockApp:
         answer could suspend), and for endpoints other than chat completions
         and transcriptions (except the 404 / 405 of an unknown path or method,
         answered here).  A streamed answer's head says ``transfer-encoding:
-        chunked`` and ``body`` is its events as one chunk and the last chunk.
+        chunked`` and ``body`` is its events as one chunk and the last chunk;
+        when the stream is timed (``ttft_ms``, ``ms_per_output_token``),
+        ``body`` is a :class:`TimedStream` whose frames the server writes
+        when due (latency configured: only such streams are answered here).
         Never checkpoints.
         """
-        if self._latency_on or self._stream_timing_on or self._fault_thresholds is not None:
+        if self._fault_thresholds is not None:
+            return None
+        if (self._latency_on or self._stream_timing_on) and not self._streams(path, body):
             return None
         handler = self._replies.get(path)
         reply: _Reply | _Streamed | _Later
@@ -367,8 +401,11 @@ class MockApp:
                 reply = handler(head, key, reject, body if within else None, number)
             except Exception as error:  # as in __call__: the mock's bug is this request's 500
                 reply = self._internal_error(number, error)
-            if isinstance(reply, _Later):  # an answer that suspends: excluded above
-                raise RuntimeError("respond_at_once reached an answer that suspends")
+            if isinstance(reply, _Later):
+                stream = reply.plan.stream
+                if stream is None or reply.fault is not None:  # excluded above
+                    raise RuntimeError("respond_at_once reached an answer that suspends")
+                return self._timed_stream(reply, stream)
             if isinstance(reply, _Streamed):
                 events, extra = reply
                 head_bytes = _STREAM_HEAD
@@ -384,6 +421,97 @@ class MockApp:
         for name, value in extra:
             head_bytes += b"%s: %s\r\n" % (name, value)
         return head_bytes, payload
+
+    def _streams(self, path: str, body: bytes) -> bool:
+        """Whether ``body`` posted to ``path`` asks for a streamed answer (plans it; pure)."""
+        if len(body) > self.config.max_body_bytes:
+            return False
+        if path == "/v1/chat/completions":
+            plan = self._chat_plan(body)
+        elif path == "/v1/responses":
+            plan = self._cached_plan(self._response_plans, body, self._plan_response)
+        else:
+            return False
+        return isinstance(plan, _Plan) and plan.stream is not None
+
+    def _timed_stream(self, later: _Later, stream: StreamPlan) -> tuple[bytes, TimedStream]:
+        """The head and frames of a timed streamed answer, for the server to write."""
+        number = later.number
+        head = _STREAM_HEAD + b"x-request-id: %s\r\n" % _request_id(number)
+        for name, value in self._limit_headers(later.group, later.now):
+            head += b"%s: %s\r\n" % (name, value)
+        self.stats.status_counts[200] += 1
+        plan = later.plan
+        actual = plan.actual if self.config.correct_to_usage else plan.cost
+
+        def finish() -> None:
+            self._settle(later.reservation, plan.cost, actual, _now())
+
+        return head, TimedStream(self._stream_frames(later, stream), finish)
+
+    def _stream_frames(self, later: _Later, stream: StreamPlan) -> list[tuple[float, bytes]]:
+        """``(due, events)`` of a streamed answer with no fault, on :func:`_now`'s clock.
+
+        One frame per output token (the first also carries the leading
+        events, the last the closing ones), due at the times
+        :func:`engine.mock._stream.due_offsets` draws after admission; a
+        single frame at the time to first token when there is no gap.
+        """
+        config = self.config
+        start = later.now
+        created = int(time.time())
+        if config.ms_per_output_token <= 0 or stream.steps <= 1:
+            ttft = draw_median(self._rng, config.ttft_ms, config.ttft_sigma) / 1000
+            return [(start + ttft, stream.render_whole(later.number, created))]
+        events = stream.render(later.number, created)
+        offsets = due_offsets(
+            stream.steps,
+            self._rng,
+            ttft_ms=config.ttft_ms,
+            ttft_sigma=config.ttft_sigma,
+            gap_ms=config.ms_per_output_token,
+            gap_sigma=config.output_token_sigma,
+        )
+        frames = []
+        index = 0
+        for offset, end in zip(offsets, stream.frame_ends, strict=True):
+            frames.append((start + offset, b"".join(events[index:end])))
+            index = end
+        return frames
+
+    def _chat_plan(self, body: bytes) -> _Plan | _Reject:
+        """The plan of a chat request body, from the cache or made (and cached)."""
+        plan = self._plans.get(body)
+        if plan is None:
+            plan = _plan_chat(body, self.config.default_output_tokens, self._counter)
+            if len(body) <= _PLAN_CACHE_BODY_MAX:
+                if len(self._plans) >= _PLAN_CACHE_MAX:
+                    self._plans.clear()
+                self._plans[body] = plan
+        return plan
+
+    def _plan_response(self, body: bytes) -> _Plan | _Reject:
+        return plan_response(
+            body, default_output_tokens=self.config.default_output_tokens, counter=self._counter
+        )
+
+    @staticmethod
+    def _cached_plan(
+        cache: dict[bytes, _Plan | _Reject] | None,
+        body: bytes,
+        plan_for: Callable[[bytes], _Plan | _Reject],
+    ) -> _Plan | _Reject:
+        """``plan_for(body)``, kept in ``cache`` by body (None: not cached)."""
+        if cache is None:
+            return plan_for(body)
+        plan = cache.get(body)
+        if plan is None:
+            plan = plan_for(body)
+            if len(body) <= _PLAN_CACHE_BODY_MAX:
+                if len(cache) >= _PLAN_CACHE_MAX:
+                    cache.clear()
+                cache[body] = plan
+        return plan
 
     # -- helpers -----------------------------------------------------------------
 
@@ -615,54 +743,31 @@ class MockApp:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", SSE), (b"cache-control", b"no-cache"), *headers],
+                "headers": [*_STREAM_HEADERS, *headers],
             }
         )
-        created = int(time.time())
         if later.fault is not None:
-            await self._stream_with_fault(send, later, stream, created)
+            await self._stream_with_fault(send, later, stream, int(time.time()))
             return
-        start = later.now
-        if config.ms_per_output_token <= 0 or stream.steps <= 1:  # all due at once
-            delay = (
-                start + draw_median(self._rng, config.ttft_ms, config.ttft_sigma) / 1000 - _now()
-            )
-            if delay > 0:
-                await _sleep(delay)
-            body = stream.render_whole(number, created)
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-        else:
-            events = stream.render(number, created)
-            offsets = due_offsets(
-                stream.steps,
-                self._rng,
-                ttft_ms=config.ttft_ms,
-                ttft_sigma=config.ttft_sigma,
-                gap_ms=config.ms_per_output_token,
-                gap_sigma=config.output_token_sigma,
-            )
-            ends = stream.frame_ends
-            steps = len(ends)
-            total = ends[-1]
-            step = index = 0
-            while step < steps:
+        frames = self._stream_frames(later, stream)
+        count = len(frames)
+        index = 0
+        while index < count:
+            now = _now()
+            due = frames[index][0]
+            if due > now:
+                await _sleep(due - now)
                 now = _now()
-                delay = start + offsets[step] - now
-                if delay > 0:
-                    await _sleep(delay)
-                    now = _now()
-                step += 1
-                while step < steps and start + offsets[step] <= now:
-                    step += 1
-                end = ends[step - 1]
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"".join(events[index:end]),
-                        "more_body": end < total,
-                    }
-                )
-                index = end
+            following = index + 1
+            while following < count and frames[following][0] <= now:
+                following += 1
+            body = (
+                frames[index][1]
+                if following == index + 1
+                else b"".join([frame[1] for frame in frames[index:following]])
+            )
+            await send({"type": "http.response.body", "body": body, "more_body": following < count})
+            index = following
         self._settle(
             later.reservation,
             plan.cost,
@@ -887,13 +992,7 @@ class MockApp:
         if reject is not None:
             return self._reject_reply(number, reject)
         assert body is not None
-        plan = self._plans.get(body)
-        if plan is None:
-            plan = _plan_chat(body, self.config.default_output_tokens, self._counter)
-            if len(body) <= _PLAN_CACHE_BODY_MAX:
-                if len(self._plans) >= _PLAN_CACHE_MAX:
-                    self._plans.clear()
-                self._plans[body] = plan
+        plan = self._chat_plan(body)
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
@@ -907,11 +1006,7 @@ class MockApp:
             reject,
             body,
             number,
-            functools.partial(
-                plan_response,
-                default_output_tokens=self.config.default_output_tokens,
-                counter=self._counter,
-            ),
+            self._plan_response,
             self._response_plans,
         )
 
@@ -942,13 +1037,7 @@ class MockApp:
         if reject is not None:
             return self._reject_reply(number, reject)
         assert body is not None
-        plan = None if cache is None else cache.get(body)
-        if plan is None:
-            plan = plan_for(body)
-            if cache is not None and len(body) <= _PLAN_CACHE_BODY_MAX:
-                if len(cache) >= _PLAN_CACHE_MAX:
-                    cache.clear()
-                cache[body] = plan
+        plan = self._cached_plan(cache, body, plan_for)
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
@@ -1053,11 +1142,10 @@ async def _send_streamed(send: Send, reply: _Streamed) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", SSE), (b"cache-control", b"no-cache"), *reply.headers],
+            "headers": [*_STREAM_HEADERS, *reply.headers],
         }
     )
-    await send({"type": "http.response.body", "body": reply.body, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
 
 def _config_dict(config: MockConfig) -> dict[str, Any]:

@@ -98,8 +98,8 @@ _STATUS_LINES = {
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 App = Callable[[MutableMapping[str, Any], Any, Any], Coroutine[Any, Any, None]]
-#: ``app.respond_at_once(method, path, headers, body)``: (head, body) or None.
-Respond = Callable[[str, str, list[tuple[bytes, bytes]], bytes], "tuple[bytes, bytes] | None"]
+#: ``app.respond_at_once(method, path, headers, body)``: (head, body or timed stream) or None.
+Respond = Callable[[str, str, list[tuple[bytes, bytes]], bytes], "tuple[bytes, Any] | None"]
 #: A parsed request waiting for its answer: (method, (path, raw_path,
 #: query_string), headers, body, keep-alive, HTTP version).
 _Request = tuple[bytes, tuple[str, bytes, bytes], list[tuple[bytes, bytes]], bytes, bool, str]
@@ -301,6 +301,8 @@ class _Exchange:
         for name, value in self._headers:
             if name == b"content-length":
                 has_length = True
+            elif name == b"transfer-encoding":  # the app asks for chunks (a stream)
+                has_length = self._chunked = True
             parts += (name, b": ", value, b"\r\n")
         if not has_length:
             if more_body:
@@ -335,6 +337,13 @@ class _Connection(asyncio.Protocol):
         self._too_large = False
         self._pending: collections.deque[_Request] = collections.deque()
         self._current: _Exchange | None = None  # answered asynchronously, by a task
+        # A timed stream being written by timer callbacks (see _write_timed):
+        # its frames, the next one's index, the head not yet written, keep-alive.
+        self._timed: Any = None
+        self._timed_index = 0
+        self._timed_head = b""
+        self._timed_keep_alive = True
+        self._timed_handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._reading_paused = False
@@ -356,6 +365,7 @@ class _Connection(asyncio.Protocol):
         self._closed = True
         self._server.connections.discard(self)
         self._pending.clear()
+        self._end_timed()
         if self._current is not None:
             self._current.disconnected = True
             self._current.end()
@@ -430,7 +440,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
-        if self._current is not None or self._pending:
+        if self._current is not None or self._pending or self._timed is not None:
             self._pending.append(request)
             self._update_reading()
         else:
@@ -476,6 +486,13 @@ class _Connection(asyncio.Protocol):
                     return
             if answer is not None:
                 head, payload = answer
+                if payload.__class__ is not bytes:  # a timed stream: written by timers
+                    self._timed = payload
+                    self._timed_index = 0
+                    self._timed_head = head + _date.ending(keep_alive)
+                    self._timed_keep_alive = keep_alive
+                    self._write_timed()
+                    return
                 if not self._closed:
                     assert self._transport is not None
                     self._transport.write(
@@ -524,6 +541,62 @@ class _Connection(asyncio.Protocol):
                 return
             request = self._pending.popleft()
             self._update_reading()
+
+    def _write_timed(self) -> None:
+        """Write the timed stream's frames that are due, then wait for the next one.
+
+        Runs from ``_start`` and then from timer callbacks.  Every frame due
+        now goes out in one chunk (the first with the head, the last with
+        the last chunk); when the stream is done, the requests pipelined
+        behind it are answered.
+        """
+        self._timed_handle = None
+        stream = self._timed
+        if stream is None:
+            return
+        frames = stream.frames
+        index = self._timed_index
+        count = len(frames)
+        now = time.monotonic()
+        due = frames[index][0]
+        if due > now:
+            self._timed_handle = self._loop.call_later(due - now, self._write_timed)
+            return
+        following = index + 1
+        while following < count and frames[following][0] <= now:
+            following += 1
+        data = (
+            frames[index][1]
+            if following == index + 1
+            else b"".join([frame[1] for frame in frames[index:following]])
+        )
+        last = b"0\r\n\r\n" if following == count else b""
+        self.write(b"%s%x\r\n%s\r\n%s" % (self._timed_head, len(data), data, last))
+        self._timed_head = b""
+        if following < count:
+            self._timed_index = following
+            self._timed_handle = self._loop.call_later(
+                frames[following][0] - now, self._write_timed
+            )
+            return
+        self._timed = None
+        stream.finish()
+        if not self._timed_keep_alive:
+            self._close()
+        elif self._pending and not self._closed:
+            request = self._pending.popleft()
+            self._update_reading()
+            self._start(request)
+
+    def _end_timed(self) -> None:
+        """The connection is gone: stop the timed stream and let the app settle it."""
+        stream = self._timed
+        if stream is not None:
+            self._timed = None
+            if self._timed_handle is not None:
+                self._timed_handle.cancel()
+                self._timed_handle = None
+            stream.finish()
 
     async def _carry_on(self, exchange: _Exchange, coroutine: Any, waiting_on: Any) -> None:
         try:
@@ -576,7 +649,7 @@ class _Connection(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def _fail(self, status: int, message: str) -> None:
-        if self._current is None:
+        if self._current is None and self._timed is None:
             self.write(_simple_response(status, message))
         self._close()
 
@@ -592,6 +665,7 @@ class _Connection(asyncio.Protocol):
         """Server shutdown: stop the answer in progress and close."""
         if self._task is not None:
             self._task.cancel()
+        self._end_timed()
         self._close()
 
 
