@@ -87,9 +87,8 @@ class _RedisScript(Protocol):
     def __call__(self, *, keys: list[str], args: list[_ScriptArgument]) -> Awaitable[object]: ...
 
 
-class _Subscription(Protocol):
-    """A subscription to Redis channels (``coredis``'s ``PubSub``): an async
-    context manager that yields its messages (dicts with ``data``) when iterated."""
+class _AsyncContext(Protocol):
+    """An async context manager that enters as itself."""
 
     async def __aenter__(self) -> Self: ...
 
@@ -101,10 +100,15 @@ class _Subscription(Protocol):
         /,
     ) -> bool | None: ...
 
+
+class _Subscription(_AsyncContext, Protocol):
+    """A subscription to Redis channels (``coredis``'s ``PubSub``): an async
+    context manager that yields its messages (dicts with ``data``) when iterated."""
+
     def __aiter__(self) -> AsyncIterator[Mapping[str, Any]]: ...
 
 
-class _RedisClient(Protocol):
+class _RedisClient(_AsyncContext, Protocol):
     """What the lease manager needs of a Redis client (``coredis.Redis`` has it).
 
     An async context manager that registers the scripts and answers a ping;
@@ -118,16 +122,6 @@ class _RedisClient(Protocol):
     def pubsub(
         self, *, channels: Sequence[str], ignore_subscribe_messages: bool
     ) -> _Subscription: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> bool | None: ...
 
 
 class _LeasingLimiter(Protocol):
