@@ -728,3 +728,27 @@ async def test_stream_over_tls_times_out_between_pieces(nursery, tls_contexts, a
             with trio.fail_after(30), pytest.raises(httpx.ReadTimeout):
                 await response.receive_some()
             assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+
+
+async def test_a_watch_closed_mid_stream_leaves_the_timeout_to_a_cancel_scope(
+    nursery, autojump_clock
+):
+    """When the watch stops during a stream, the next wait is bounded by a cancel scope."""
+
+    async def one_event_then_silence(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(SSE_HEAD + chunked(EVENTS[0]))
+        await trio.sleep_forever()
+
+    server = await start_server(nursery, one_event_then_silence)
+    watch = await running_watch(nursery)
+    async with loopback_client(server, watch, read=3.0) as client:
+        async with client.stream_post("/chat/completions", content=b"{}") as response:
+            assert await response.receive_some() == EVENTS[0]
+            watch.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not watch.running
+            start = trio.current_time()
+            with trio.fail_after(30), pytest.raises(httpx.ReadTimeout):
+                await response.receive_some()
+            assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
