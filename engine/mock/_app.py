@@ -73,6 +73,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _TEXT = b"text/plain; charset=utf-8"
 _PLAN_CACHE_MAX = 4096
+_ALL_AT_ONCE, _STREAMS_AT_ONCE, _NEVER_AT_ONCE = 0, 1, 2  # MockApp._at_once
 _PLAN_CACHE_BODY_MAX = 64 * 1024
 _KEY_CACHE_MAX = 1024
 _SNIPPET_CHARS = 200
@@ -313,6 +314,14 @@ class MockApp:
         )
         self._latency_on = config.latency_ms > 0 or config.ms_per_output_token > 0
         self._stream_timing_on = config.ttft_ms > 0 or config.ms_per_output_token > 0
+        # What respond_at_once answers: everything, only streams (the others could
+        # sleep), or nothing (any answer could be a fault).
+        if self._fault_thresholds is not None:
+            self._at_once = _NEVER_AT_ONCE
+        elif self._latency_on or self._stream_timing_on:
+            self._at_once = _STREAMS_AT_ONCE
+        else:
+            self._at_once = _ALL_AT_ONCE
 
     # -- ASGI entry ------------------------------------------------------------
 
@@ -379,9 +388,8 @@ class MockApp:
         when due (latency configured: only such streams are answered here).
         Never checkpoints.
         """
-        if self._fault_thresholds is not None:
-            return None
-        if (self._latency_on or self._stream_timing_on) and not self._streams(path, body):
+        mode = self._at_once
+        if mode and (mode == _NEVER_AT_ONCE or not self._streams(path, body)):
             return None
         handler = self._replies.get(path)
         reply: _Reply | _Streamed | _Later
@@ -992,7 +1000,9 @@ class MockApp:
         if reject is not None:
             return self._reject_reply(number, reject)
         assert body is not None
-        plan = self._chat_plan(body)
+        plan = self._plans.get(body)
+        if plan is None:
+            plan = self._chat_plan(body)
         if isinstance(plan, _Reject):
             return self._reject_reply(number, plan)
         return self._answer(number, key, plan)
