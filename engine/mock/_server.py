@@ -96,6 +96,10 @@ _STATUS_LINES = {
     for status in http.HTTPStatus
 }
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# uvloop's timers count whole milliseconds and may fire up to one early: a timed
+# stream's frame due within this many seconds is written now rather than waking
+# again (the ASGI path, sleeping with asyncio.sleep, is as early).
+_TIMER_SLACK = 0.001
 
 App = Callable[[MutableMapping[str, Any], Any, Any], Coroutine[Any, Any, None]]
 #: ``app.respond_at_once(method, path, headers, body)``: (head, body or timed stream) or None.
@@ -559,9 +563,10 @@ class _Connection(asyncio.Protocol):
         count = len(frames)
         now = time.monotonic()
         due = frames[index][0]
-        if due > now:
+        if due > now + _TIMER_SLACK:
             self._timed_handle = self._loop.call_later(due - now, self._write_timed)
             return
+        now = max(now, due)
         following = index + 1
         while following < count and frames[following][0] <= now:
             following += 1
