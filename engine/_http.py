@@ -83,7 +83,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, cast, final, overload
+from typing import Any, Protocol, TypeVar, cast, final, overload
 
 import httpx
 import trio
@@ -98,6 +98,9 @@ __all__ = [
     "make_async_client",
     "shared_ssl_context",
 ]
+
+#: What a reader hands back once it has read enough (a whole response, or a head).
+_Read = TypeVar("_Read")
 
 # Bytes asked of the socket per receive: a chat completion fits in one read.
 _RECEIVE_SIZE = 65536
@@ -541,12 +544,16 @@ class H11Transport(httpx.AsyncBaseTransport):
                 if unsent != b"":
                     timer.deadline = trio.current_time() + read_timeout
                 if stream is None:
-                    message = await _read_response(
-                        connection.receive_after_wait, reader, timer, read_timeout, request
+                    message = await _read_until(
+                        connection.receive_after_wait, reader.feed, timer, read_timeout, request
                     )
                 else:
-                    started = await _read_head(
-                        connection.receive_after_wait, reader, timer, read_timeout, request
+                    started = await _read_until(
+                        connection.receive_after_wait,
+                        reader.feed_head,
+                        timer,
+                        read_timeout,
+                        request,
                     )
             if scope is not None and scope.cancelled_caught:
                 self._drop_connection()
@@ -607,17 +614,20 @@ class H11Transport(httpx.AsyncBaseTransport):
         return scope, scope
 
 
-async def _read_head(
+async def _read_until(
     receive: Callable[[], Awaitable[bytes]],
-    reader: _wire.ResponseReader,
+    feed: Callable[[bytes], _Read | None],
     timer: _Deadline,
     read_timeout: float,
     request: _Request,
-) -> tuple[_wire.ResponseMessage, _wire.BodyReader, bytes]:
-    """Feed ``reader`` what ``receive`` returns until the head is whole. Checkpoints.
+) -> _Read:
+    """Give ``feed`` what ``receive`` returns until it returns something. Checkpoints.
 
-    As :func:`_read_response`, up to the end of the head: returns what
-    :meth:`engine._wire.ResponseReader.feed_head` does.
+    ``feed`` is a :class:`engine._wire.ResponseReader`'s ``feed`` (the whole
+    response) or ``feed_head`` (up to the end of the head).  The first wait
+    runs to the deadline already set on ``timer``; each later one gets
+    ``read_timeout`` from its start.  Raises :class:`_PeerClosedEarly` when
+    the peer closes before the first byte.
     """
     data = await receive()
     if not data:
@@ -626,38 +636,11 @@ async def _read_head(
                 "server disconnected without sending a response", request=_error_request(request)
             )
         )
-    started = reader.feed_head(data)
-    while started is None:
+    read = feed(data)
+    while read is None:
         timer.deadline = trio.current_time() + read_timeout
-        started = reader.feed_head(await receive())
-    return started
-
-
-async def _read_response(
-    receive: Callable[[], Awaitable[bytes]],
-    reader: _wire.ResponseReader,
-    timer: _Deadline,
-    read_timeout: float,
-    request: _Request,
-) -> _wire.ResponseMessage:
-    """Feed ``reader`` what ``receive`` returns until the response is whole. Checkpoints.
-
-    The first wait runs to the deadline already set on ``timer``; each later
-    one gets ``read_timeout`` from its start.  Raises :class:`_PeerClosedEarly`
-    when the peer closes before the first byte.
-    """
-    data = await receive()
-    if not data:
-        raise _PeerClosedEarly(
-            httpx.RemoteProtocolError(
-                "server disconnected without sending a response", request=_error_request(request)
-            )
-        )
-    message = reader.feed(data)
-    while message is None:
-        timer.deadline = trio.current_time() + read_timeout
-        message = reader.feed(await receive())
-    return message
+        read = feed(await receive())
+    return read
 
 
 def _forever_if_none(timeout: float | None) -> float:
