@@ -30,6 +30,14 @@ needs:
   Responses, stats and quota accounting are the same on both paths (tests
   compare the bytes on the wire).  Other servers (uvicorn, hypercorn,
   ``httpx.ASGITransport``) only ever use the ASGI call.
+* **Timed streams.**  When ``respond_at_once`` returns a timed stream
+  (:class:`engine.mock._app.TimedStream`: a streamed answer with a time to
+  first token or gaps between tokens) in place of the body, the server
+  writes its frames itself from ``loop.call_later`` callbacks, each batch of
+  due frames in one chunk (the head with the first, the last chunk with the
+  last), then answers the requests pipelined behind it; a lost connection
+  cancels the timer and calls the stream's ``finish``.  No coroutine, task or
+  sleep per stream; per chunk, one timer and one ``write``.
 * Otherwise the app is *stepped* directly from the protocol callback
   instead of being wrapped in a task: when it never suspends (no latency,
   no slow-body fault: :mod:`engine.mock._app` guarantees that), the
