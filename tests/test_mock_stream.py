@@ -884,3 +884,45 @@ def test_a_timed_stream_whose_client_left_is_settled_and_stops():
     transport = serve_in_process(app, wire_request(STREAM), wait=0.3, lose_after=0.03)
     assert all(moment <= transport.writes[0][0] + 0.02 for moment, _ in transport.writes)
     assert app.stats.tokens_charged > 0
+
+
+# -- the official SDK over loopback -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def timed_url():
+    """One builtin-served mock with a short time to first token and gaps, for this module."""
+    with serve_in_subprocess(["--ttft-ms", "20", "--ms-per-output-token", "2"]) as url:
+        yield url
+
+
+async def test_sdk_streams_a_chat_completion(timed_url):
+    """openai's chat.completions.create(stream=True) reads every chunk and the usage."""
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=timed_url, api_key="sk-test") as client:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "ping"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Mock reply to: ping"
+    assert chunks[-1].usage is not None
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) == chunks[-1].usage.completion_tokens
+
+
+async def test_sdk_streams_a_response(timed_url):
+    """openai's responses.create(stream=True) reads the events up to response.completed."""
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=timed_url, api_key="sk-test") as client:
+        stream = await client.responses.create(model=MODEL, input="ping", stream=True)
+        events = [event async for event in stream]
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == "Mock reply to: ping" == events[-1].response.output_text
+    assert events[-1].response.usage.output_tokens == len(deltas)
