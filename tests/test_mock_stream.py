@@ -926,3 +926,22 @@ async def test_sdk_streams_a_response(timed_url):
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == "Mock reply to: ping" == events[-1].response.output_text
     assert events[-1].response.usage.output_tokens == len(deltas)
+
+
+@pytest.mark.wallclock
+@pytest.mark.parametrize("server", ["builtin", "uvicorn", "hypercorn"])
+async def test_every_server_sends_an_untimed_stream_chunked_and_whole(server):
+    """No timing: the whole stream in one go, still chunked, still ending in [DONE]."""
+    with serve_in_subprocess(["--server", server]) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            async with client.stream("POST", "/chat/completions", json=WITH_USAGE) as response:
+                assert response.headers["transfer-encoding"] == "chunked"
+                assert "content-length" not in response.headers
+                body = await response.aread()
+            plain = (await client.post("/chat/completions", json=HELLO)).json()
+    events = [data_of(block) for block in body.split(b"\n\n") if block]
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(data) for data in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain["choices"][0]["message"]["content"]
+    assert chunks[-1]["usage"] == plain["usage"]

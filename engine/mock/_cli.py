@@ -42,9 +42,11 @@ def register(subparsers: Any) -> None:
         "mock",
         help="serve an OpenAI-compatible mock API with quotas and faults",
         description=(
-            "Serve an OpenAI-compatible mock API (chat completions, transcriptions, models) "
-            "with per-key-and-model quotas, x-ratelimit-* headers, latency and fault "
-            "injection. Prints 'mock listening on http://HOST:PORT/v1' once ready. "
+            "Serve an OpenAI-compatible mock API (chat completions, the Responses API, "
+            "embeddings, transcriptions, models; chat and responses stream with "
+            '"stream": true) with per-key-and-model quotas, x-ratelimit-* headers, latency, '
+            "time to first token and fault injection. "
+            "Prints 'mock listening on http://HOST:PORT/v1' once ready. "
             "Accounting: GET /_mock/stats; POST /_mock/reset; GET/POST /_mock/config."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
