@@ -187,10 +187,11 @@ def test_agreement_without_streaming_figures_is_unknown_not_passed():
     assert result["all_within"] is None and result["itl_p99"]["ratio"] is None
 
 
-def test_a_rate_step_is_sustained_at_ninety_five_percent_of_offered():
-    """95% of the offered rate meets it; 94.9% does not."""
+def test_a_rate_step_is_sustained_at_ninety_five_percent_of_offered_with_no_failure():
+    """95% of the offered rate meets it; 94.9% does not, nor 99% with a request dropped."""
     assert verdicts.offered_met(1000, 950)
     assert not verdicts.offered_met(1000, 949)
+    assert not verdicts.offered_met(1000, 990, errors=1)
 
 
 def test_max_sustained_is_the_highest_met_step_even_after_a_miss():
@@ -281,11 +282,11 @@ def _result() -> dict:
         "engine_bench": engine,
     }
 
-    def step(rate: float, achieved: float) -> dict:
+    def step(rate: float, achieved: float, errors: int = 0) -> dict:
         return {
             "offered_rate": rate,
-            "offered_met": verdicts.offered_met(rate, achieved),
-            "figures": engine | {"requests_per_second": achieved},
+            "offered_met": None,
+            "figures": engine | {"requests_per_second": achieved, "errors": errors},
             "cpu_ms_per_request": 0.5,
             "mock_cpu_s": 3.0,
         }
@@ -322,14 +323,16 @@ def _result() -> dict:
         | {"vllm": {"available": False, "reason": "pip | failed\nto import"}},
     }
     data["tools"]["aiperf"]["ceiling"] = [step(100, 99), step(200, 150)]
-    data["tools"]["aiperf"]["max_sustained_rps"] = 100
-    data["tools"]["engine_bench"]["ceiling"] = [step(100, 100), step(200, 200), step(400, 390)]
-    data["tools"]["engine_bench"]["max_sustained_rps"] = 400
-    data["verdicts"] = runner.summarise(data)
-    return data
+    data["tools"]["engine_bench"]["ceiling"] = [
+        step(100, 100),
+        step(200, 200),
+        step(400, 390),
+        step(800, 799, errors=3),
+    ]
+    return runner.judge(data)
 
 
-def test_summary_answers_agreement_and_ceiling_from_the_steps():
+def test_judging_answers_agreement_and_ceiling_from_the_steps():
     """summarise: peers against engine bench (per-request ITL against TPOT), and the 5x ratio."""
     summary = _result()["verdicts"]
     assert set(summary["agreement"]) == {"guidellm", "aiperf"}
@@ -339,7 +342,8 @@ def test_summary_answers_agreement_and_ceiling_from_the_steps():
     guidellm_itl = summary["agreement"]["guidellm"]["itl_p99"]
     assert summary["agreement"]["guidellm"]["itl_reference"] == "tpot"
     assert guidellm_itl["engine"] == pytest.approx(20.15, abs=0.01)  # engine bench TPOT p99
-    assert summary["ceiling"]["best_peer"] == "aiperf" and summary["ceiling"]["ratio"] == 4.0
+    assert summary["ceiling"]["best_peer"] == "aiperf"
+    assert summary["ceiling"]["ratio"] == 4.0  # 400 against 100: 800/s dropped requests
     assert summary["ceiling"]["meets"] is False
 
 

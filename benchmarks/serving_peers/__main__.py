@@ -15,11 +15,14 @@ from benchmarks.serving_peers import install, runner, tools
 def write_section(results: str, doc: str, img_dir: str) -> None:
     """Regenerate only the ``serving_peers`` section of ``doc`` from ``results``.
 
-    ``benchmarks.report`` rewrites every section it has results for; this
-    leaves the others as they are.
+    The verdicts in ``results`` are recomputed first (:func:`runner.judge`)
+    and saved back.  ``benchmarks.report`` rewrites every section it has
+    results for; this leaves the others as they are.
     """
     with open(results) as f:
-        data = json.load(f)
+        data = runner.judge(json.load(f))
+    with open(results, "w") as f:
+        json.dump(data, f, indent=1)
     with open(doc) as f:
         document = f.read()
     body = report.serving_peers_section(data, img_dir, os.path.dirname(doc) or ".")

@@ -308,7 +308,7 @@ class Runner:
         )
         if workload.mode == "rate":
             record["offered_met"] = verdicts.offered_met(
-                workload.target, figures.requests_per_second
+                workload.target, figures.requests_per_second, figures.errors
             )
         else:
             record["offered_met"] = None
@@ -511,10 +511,31 @@ def run(
                     _write(out, result)
                     rate = verdicts.next_rates(list(RATE_LADDER), passed, failed, 0 if quick else 2)
             result["tools"][tool]["max_sustained_rps"] = verdicts.max_sustained(steps)
-    result["verdicts"] = summarise(result)
+    judge(result)
     result["duration_s"] = round(time.time() - started, 1)
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _write(out, result)
+    return result
+
+
+def judge(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with every verdict recomputed from its raw figures by today's rules.
+
+    Sets each ceiling step's ``offered_met``, each tool's ``max_sustained_rps``
+    and ``verdicts``; the report runs this too, so a saved run is always
+    judged the same way.
+    """
+    for entry in result["tools"].values():
+        steps = entry.get("ceiling")
+        if steps is None:
+            continue
+        for step in steps:
+            figures = step.get("figures")
+            step["offered_met"] = bool(figures) and verdicts.offered_met(
+                step["offered_rate"], figures["requests_per_second"], figures["errors"]
+            )
+        entry["max_sustained_rps"] = verdicts.max_sustained(steps)
+    result["verdicts"] = summarise(result)
     return result
 
 

@@ -3,7 +3,8 @@
 * **Agreement**: at a load every tool sustains, does each peer's TTFT and ITL
   (p50 and p99) lie within 10% of ``engine bench``'s?  Ratio = peer / engine.
 * **Ceiling**: the highest offered rate each tool sustains (achieved ≥ 95% of
-  offered, open loop); is ``engine bench``'s at least 5x the best peer's?
+  offered and no request failed, open loop); is ``engine bench``'s at least
+  5x the best peer's?
 
 Pure functions of :class:`~benchmarks.serving_peers.tools.Figures`-like
 dicts; nothing here runs anything.
@@ -71,9 +72,15 @@ def agreement(
     return result
 
 
-def offered_met(offered: float, achieved: float, share: float = OFFERED_MET) -> bool:
-    """Whether an open-loop step achieved at least ``share`` of its offered rate."""
-    return offered > 0 and achieved >= share * offered
+def offered_met(
+    offered: float, achieved: float, errors: int = 0, share: float = OFFERED_MET
+) -> bool:
+    """Whether an open-loop step achieved ``share`` of its offered rate with no request failed.
+
+    A failed request (engine bench drops arrivals beyond its in-flight cap)
+    is load the tool did not deliver, even when the answered rate is close.
+    """
+    return offered > 0 and achieved >= share * offered and errors == 0
 
 
 def max_sustained(steps: Iterable[Mapping[str, Any]]) -> float | None:
