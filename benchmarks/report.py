@@ -752,13 +752,17 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
         f"{ceiling_config['workload']['duration_s']:g} s per step, "
         f"{ceiling_config['workload'].get('arrivals', 'poisson')} arrivals; rates climb "
         f"{', '.join(f'{r:g}' for r in ceiling_config['ladder'][:6])}, ... until a step "
-        f"achieves less than {ceiling_config['offered_met_share']:.0%} of what it offered"
+        f"achieves less than {ceiling_config['offered_met_share']:.0%} of what it offered "
+        "or a request fails"
         + (
             f", then {ceiling_config['refinements']} geometric midpoints"
             if ceiling_config.get("refinements")
             else ""
         )
-        + ". Steps: offered → achieved req/s (client CPU ms per request; mock CPU s).",
+        + ". Steps: offered → achieved req/s (client CPU ms per request over the measured "
+        "window; mock CPU s over the whole step; failed requests). The peers run on both "
+        "CPUs (GuideLLM and AIPerf need two: several worker processes), engine bench on "
+        "CPU 0 alone, the mock on CPU 1.",
         "",
         "| tool | sustained (req/s) | steps |",
         "|---|---|---|",
@@ -774,10 +778,11 @@ def serving_peers_section(data: dict, img_dir: str, doc_dir: str) -> str:
                 steps.append(f"{step['offered_rate']:g} → failed")
                 continue
             mark = "" if step.get("offered_met") else " ✗"
+            failed = f"; {figures['errors']:,} failed" if figures.get("errors") else ""
             steps.append(
                 f"{step['offered_rate']:g} → {figures['requests_per_second']:,.0f}{mark} "
                 f"({_fmt(step.get('cpu_ms_per_request'), '.2f')}; "
-                f"{_fmt(step.get('mock_cpu_s'), '.1f')})"
+                f"{_fmt(step.get('mock_cpu_s'), '.1f')}{failed})"
             )
         lines.append(
             f"| {label} | {_fmt(entry.get('max_sustained_rps'), ',.0f')} | "
