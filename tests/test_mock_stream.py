@@ -331,6 +331,16 @@ async def test_concurrent_streams_keep_their_own_schedules(autojump_clock):
         assert [t - start for t, _, _ in sent.pieces] == pytest.approx([0.1, 0.15, 0.2, 0.25])
 
 
+async def test_a_stream_whose_client_left_is_still_settled(autojump_clock):
+    """Cancelled mid-stream (the server gave up on the client): the charge is corrected."""
+    app = create_app(MockConfig(ttft_ms=100, ms_per_output_token=50, rpm=10, tpm=100_000))
+    with trio.move_on_after(0.2):
+        await call(app, WITH_USAGE)
+    reference = create_app(MockConfig(rpm=10, tpm=100_000))
+    await call(reference, WITH_USAGE)
+    assert app.stats.tokens_charged == reference.stats.tokens_charged > 0
+
+
 def test_spread_keeps_the_configured_value_the_median():
     """Lognormal TTFT and gaps: medians within 3% of the configured values."""
     rng = random.Random(7)
@@ -945,3 +955,20 @@ async def test_every_server_sends_an_untimed_stream_chunked_and_whole(server):
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == plain["choices"][0]["message"]["content"]
     assert chunks[-1]["usage"] == plain["usage"]
+
+
+@pytest.mark.wallclock
+@pytest.mark.parametrize("server", ["builtin", "uvicorn", "hypercorn"])
+async def test_every_server_settles_a_stream_its_client_left(server):
+    """The client hangs up after the first token: the server lives on and settles the charge."""
+    args = ["--server", server, "--ttft-ms", "50", "--ms-per-output-token", "50"]
+    with serve_in_subprocess(args) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            async with client.stream("POST", "/chat/completions", json=STREAM) as response:
+                async for _ in response.aiter_raw():
+                    break  # leave with the rest of the stream unread: the connection closes
+            await trio.sleep(1.0)  # past the stream's end (50 + 7 x 50 ms)
+            stats = (await client.get(url.removesuffix("/v1") + "/_mock/stats")).json()
+            assert (await client.post("/chat/completions", json=HELLO)).status_code == 200
+    assert stats["status_counts"] == {"200": 1}
+    assert stats["tokens_charged"] > 0

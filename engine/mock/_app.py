@@ -760,28 +760,31 @@ class MockApp:
         frames = self._stream_frames(later, stream)
         count = len(frames)
         index = 0
-        while index < count:
-            now = _now()
-            due = frames[index][0]
-            if due > now:
-                await _sleep(due - now)
+        try:
+            while index < count:
                 now = _now()
-            following = index + 1
-            while following < count and frames[following][0] <= now:
-                following += 1
-            body = (
-                frames[index][1]
-                if following == index + 1
-                else b"".join([frame[1] for frame in frames[index:following]])
+                due = frames[index][0]
+                if due > now:
+                    await _sleep(due - now)
+                    now = _now()
+                following = index + 1
+                while following < count and frames[following][0] <= now:
+                    following += 1
+                body = (
+                    frames[index][1]
+                    if following == index + 1
+                    else b"".join([frame[1] for frame in frames[index:following]])
+                )
+                more = following < count
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+                index = following
+        finally:  # also when the server cancels or refuses a send: the client left
+            self._settle(
+                later.reservation,
+                plan.cost,
+                plan.actual if config.correct_to_usage else plan.cost,
+                _now(),
             )
-            await send({"type": "http.response.body", "body": body, "more_body": following < count})
-            index = following
-        self._settle(
-            later.reservation,
-            plan.cost,
-            plan.actual if config.correct_to_usage else plan.cost,
-            _now(),
-        )
 
     async def _stream_with_fault(
         self, send: Send, later: _Later, stream: StreamPlan, created: int
@@ -818,33 +821,35 @@ class MockApp:
         start = later.now
         index = 0
         sent_any = False
-        while index < end:
-            delay = start + dues[index] - _now()
-            if delay > 0:
-                await _sleep(delay)
-            now = _now()
-            stop = fault_at if index < fault_at and fault == 4 else end
-            following = index + 1
-            while following < stop and start + dues[following] <= now:
-                following += 1
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"".join(events[index:following]),
-                    "more_body": following < total,
-                }
+        try:
+            while index < end:
+                delay = start + dues[index] - _now()
+                if delay > 0:
+                    await _sleep(delay)
+                now = _now()
+                stop = fault_at if index < fault_at and fault == 4 else end
+                following = index + 1
+                while following < stop and start + dues[following] <= now:
+                    following += 1
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(events[index:following]),
+                        "more_body": following < total,
+                    }
+                )
+                sent_any = True
+                index = following
+                if index == fault_at and fault == 4:  # stall, then carry on where it was due
+                    await _sleep(config.slow_body_ms / 1000)
+                    start += config.slow_body_ms / 1000
+        finally:  # also when the client left
+            self._settle(
+                later.reservation,
+                plan.cost,
+                plan.actual if config.correct_to_usage else plan.cost,
+                _now(),
             )
-            sent_any = True
-            index = following
-            if index == fault_at and fault == 4:  # stall, then carry on where it was due
-                await _sleep(config.slow_body_ms / 1000)
-                start += config.slow_body_ms / 1000
-        self._settle(
-            later.reservation,
-            plan.cost,
-            plan.actual if config.correct_to_usage else plan.cost,
-            _now(),
-        )
         if end < total:
             if not sent_any:  # the head goes out with the first body message
                 await send({"type": "http.response.body", "body": b"", "more_body": True})
