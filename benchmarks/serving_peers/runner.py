@@ -11,8 +11,9 @@ Two phases, each tool in turn (never two tools at once), each against its own
 2. **ceiling**: the mock answers at once; every tool climbs a ladder of
    open-loop rates with evenly spaced arrivals (Poisson's own spread over a
    5 s step, about 4.5% at 100/s, would fail the 95% test by chance) until
-   a step achieves less than 95% of what it offered (quick: ladder only;
-   full: then two refinements between the last pass and the first failure).
+   a step achieves less than 95% of what it offered or a request fails
+   (quick: ladder only; full: then :data:`REFINEMENTS` midpoints between the
+   last pass and the first failure).
 
 CPU placement: the mock is pinned to the last CPU.  The peers run unpinned
 (they use both cores: GuideLLM and AIPerf run several worker processes, and
@@ -54,6 +55,9 @@ LATENCY_TTFT_MS = 200.0
 LATENCY_MS_PER_TOKEN = 20.0
 #: Offered rates of the ceiling sweep (requests/s), climbed until one fails.
 RATE_LADDER = (100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0, 6400.0, 12800.0, 25600.0)
+#: Full runs: geometric midpoints tried between the last pass and the first
+#: failure (three narrow a doubling to within ~9%).
+REFINEMENTS = 3
 
 
 class TreeCpuMeter:
@@ -453,7 +457,7 @@ def run(
                 "mock": {"ttft_ms": 0, "ms_per_output_token": 0},
                 "workload": ceiling_workload,
                 "ladder": list(RATE_LADDER),
-                "refinements": 0 if quick else 2,
+                "refinements": 0 if quick else REFINEMENTS,
                 "offered_met_share": verdicts.OFFERED_MET,
                 "arrivals": "constant",
             },
@@ -495,7 +499,9 @@ def run(
                 base_url,
                 mock_pid,
             ):
-                rate = verdicts.next_rates(list(RATE_LADDER), passed, failed, 0 if quick else 2)
+                rate = verdicts.next_rates(
+                    list(RATE_LADDER), passed, failed, 0 if quick else REFINEMENTS
+                )
                 while rate is not None:
                     workload = tools.Workload(
                         mode="rate", target=rate, expected_rps=rate, **ceiling_workload
@@ -509,7 +515,9 @@ def run(
                     (passed if record.get("offered_met") else failed).append(rate)
                     result["tools"][tool]["ceiling"] = steps
                     _write(out, result)
-                    rate = verdicts.next_rates(list(RATE_LADDER), passed, failed, 0 if quick else 2)
+                    rate = verdicts.next_rates(
+                        list(RATE_LADDER), passed, failed, 0 if quick else REFINEMENTS
+                    )
             result["tools"][tool]["max_sustained_rps"] = verdicts.max_sustained(steps)
     judge(result)
     result["duration_s"] = round(time.time() - started, 1)
