@@ -4,6 +4,14 @@ Public names are re-exported here; the modules that define them are private.
 """
 
 from engine._audio import MAX_UPLOAD_BYTES
+from engine._budget import (
+    BudgetExhaustedError,
+    OverBudgetError,
+    Price,
+    PriceTable,
+    UnknownPriceError,
+    load_prices,
+)
 from engine._client import ChatStream, Client, ClientStatistics, ResponseStream, open_client
 from engine._errors import (
     AuthenticationError,
@@ -53,6 +61,7 @@ __all__ = [
     "AuthenticationError",
     "BackgroundTaskError",
     "BadRequestError",
+    "BudgetExhaustedError",
     "ChatRequest",
     "ChatResult",
     "ChatStream",
@@ -72,6 +81,9 @@ __all__ = [
     "LimiterStatistics",
     "Limits",
     "OutputError",
+    "OverBudgetError",
+    "Price",
+    "PriceTable",
     "RateLimitWaitExceeded",
     "RedisQuota",
     "RequestError",
@@ -87,7 +99,9 @@ __all__ = [
     "Timings",
     "TranscriptionRequest",
     "TranscriptionResult",
+    "UnknownPriceError",
     "Usage",
+    "load_prices",
     "open_client",
     "run_audio",
     "run_batch",

@@ -33,6 +33,14 @@ import pydantic
 import trio
 
 from engine._audio import ProbedAudio, probe_audio, read_upload, source_name
+from engine._budget import (
+    Budget,
+    Price,
+    PriceTable,
+    UnknownPriceError,
+    load_prices,
+    worst_case_input,
+)
 from engine._errors import (
     EngineError,
     FatalError,
@@ -61,7 +69,7 @@ from engine._retry import (
 )
 from engine._shared import LeaseManager, LimiterCallbacks, RedisQuota, SharedQuotaStatistics
 from engine._sse import SSEDecoder
-from engine._tokens import DEFAULT_OUTPUT_TOKENS
+from engine._tokens import DEFAULT_OUTPUT_TOKENS, output_budget
 from engine._version import __version__
 from engine.endpoints import (
     JSON_ENDPOINTS,
@@ -171,6 +179,10 @@ class ClientStatistics:
             output tokens, an embedding's input tokens as prompt tokens).
         skipped: transcriptions skipped below ``min_seconds`` (never sent).
         audio_seconds: audio seconds transcribed, as the server billed them.
+        spent: dollars spent by the answers' usage at the client's prices
+            (0 without ``max_cost``; ``limiter.cost_reserved`` is what
+            permits in flight hold).
+        max_cost: the spending cap (None: none).
     """
 
     limiter: LimiterStatistics
@@ -183,6 +195,8 @@ class ClientStatistics:
     completion_tokens: int
     skipped: int = 0
     audio_seconds: float = 0.0
+    spent: float = 0.0
+    max_cost: float | None = None
 
 
 async def _send_soon(channel: trio.MemorySendChannel[_Value], value: _Value) -> None:
@@ -248,6 +262,8 @@ class _Job:
     form: dict[str, Any] | None = None
     #: Set for a streamed request (``client.stream``, a ``"stream": true`` body).
     stream: _StreamSink | None = None
+    #: The model's price when the client has a spending cap.
+    price: Price | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -456,8 +472,10 @@ class Client:
         default_output_tokens: int,
         base_url: str,
         audio_tokens_per_second: float = 0.0,
+        prices: PriceTable | None = None,
     ) -> None:
         self._nursery = nursery
+        self._prices = prices
         self._limiter = limiter
         self._jobs = jobs
         self._groups = dict(groups)
@@ -763,8 +781,9 @@ class Client:
 
     def statistics(self) -> ClientStatistics:
         """Return a :class:`ClientStatistics` snapshot.  Does not checkpoint."""
+        limiter = self._limiter.statistics()
         return ClientStatistics(
-            limiter=self._limiter.statistics(),
+            limiter=limiter,
             sent=self._sent,
             succeeded=self._succeeded,
             failed=self._failed,
@@ -774,6 +793,8 @@ class Client:
             completion_tokens=self._completion_tokens,
             skipped=self._skipped,
             audio_seconds=self._audio_seconds,
+            spent=limiter.spent,
+            max_cost=limiter.max_cost,
         )
 
     def shared_statistics(self) -> SharedQuotaStatistics | None:
@@ -818,6 +839,8 @@ class Client:
         tokens = endpoint.spec.estimate_tokens(
             body, default_output_tokens=self._default_output_tokens
         )
+        if self._prices is not None:
+            return self._priced_job(request, endpoint, body, content, tokens, run, stream)
         return _Job(
             request=request,
             endpoint=endpoint,
@@ -828,6 +851,52 @@ class Client:
             queued_at=time.time(),
             stream=stream,
         )
+
+    def _priced_job(
+        self,
+        request: AnyRequest,
+        endpoint: _JsonEndpoint,
+        body: Mapping[str, Any],
+        content: bytes,
+        tokens: int,
+        run: _Run,
+        stream: _StreamSink | None,
+    ) -> _Job:
+        """A job whose cost also holds its worst-case dollars (the client has a cap).
+
+        The worst case is the input estimate with a margin
+        (:func:`~engine._budget.worst_case_input`) at the input price, plus
+        the whole output budget (``max_tokens`` / ``max_completion_tokens`` /
+        ``max_output_tokens`` times ``n``, else ``default_output_tokens``)
+        at the output price; embeddings have no output.
+
+        Raises:
+            InputError: the model has no price.
+        """
+        assert self._prices is not None
+        try:
+            price = self._prices.require(request.model)
+        except UnknownPriceError as exc:
+            raise InputError(f"request {request.id!r}: {exc}") from None
+        output = _output_budget(endpoint.spec.kind, body, self._default_output_tokens)
+        worst = price.cost(worst_case_input(max(0, tokens - output)), output)
+        return _Job(
+            request=request,
+            endpoint=endpoint,
+            content=content,
+            cost=Cost(tokens=tokens, dollars=worst),
+            group=self._groups.get(request.model, request.model),
+            run=run,
+            queued_at=time.time(),
+            stream=stream,
+            price=price,
+        )
+
+    def _acquire_failed(self, job: _Job, exc: RequestError, attempts: int) -> Result:
+        """The result of a job refused a permit; a spent budget stops the client."""
+        if self._fatal is None and self._limiter.budget_error is not None:
+            self._fatal = self._limiter.budget_error
+        return self._failure(job, exc, attempts)
 
     async def _feed(
         self, requests: Iterable[Any] | AsyncIterable[Any], run: _Run, feeder: _Feeder
@@ -951,7 +1020,7 @@ class Client:
             try:
                 reservation = await self._limiter.acquire(job.group, job.cost)
             except RequestError as exc:
-                return self._failure(job, exc, attempts)
+                return self._acquire_failed(job, exc, attempts)
             files = None
             if content is None:
                 # Multipart: built again for every attempt, so a retry re-sends
@@ -1035,7 +1104,7 @@ class Client:
             try:
                 reservation = await self._limiter.acquire(job.group, job.cost)
             except RequestError as exc:
-                return self._failure(job, exc, attempts)
+                return self._acquire_failed(job, exc, attempts)
             attempts += 1
             self._sent += 1
             sent_wall = time.time()
@@ -1219,6 +1288,11 @@ class Client:
             headers=limits,
             used_tokens=used_tokens if assembler.usage_reported else None,
             latency=latency,
+            spent=(
+                job.price.cost(input_tokens, output_tokens)
+                if job.price is not None and assembler.usage_reported
+                else None
+            ),
         )
         self._prompt_tokens += input_tokens
         self._completion_tokens += output_tokens
@@ -1301,7 +1375,8 @@ class Client:
                     last=last,
                 ), failures
             return None, failures
-        self._limiter.settle_nowait(reservation, headers=limits, latency=tries.latency)
+        # An error status is not billed (OpenAI's policy): its worst case goes back.
+        self._limiter.settle_nowait(reservation, headers=limits, latency=tries.latency, spent=0.0)
         if action is Action.RETRY:
             failures += 1
             if failures < self._max_attempts:
@@ -1363,7 +1438,11 @@ class Client:
                 last=(response.status_code, response.headers.get("x-request-id")),
             )
         self._limiter.settle_nowait(
-            reservation, headers=limits, used_tokens=used_tokens, latency=latency
+            reservation,
+            headers=limits,
+            used_tokens=used_tokens,
+            latency=latency,
+            spent=None if job.price is None else job.price.cost(input_tokens, output_tokens),
         )
         self._prompt_tokens += input_tokens
         self._completion_tokens += output_tokens
@@ -1779,6 +1858,16 @@ class _Feeder:
     error: Exception | None = None
 
 
+def _output_budget(kind: str, body: Mapping[str, Any], default: int) -> int:
+    """Output tokens a request of ``kind`` may be billed for at most."""
+    if kind == "chat":
+        return output_budget(body, default)
+    if kind == "responses":
+        given = body.get("max_output_tokens")
+        return int(given) if isinstance(given, int) else default
+    return 0  # embeddings have no output
+
+
 def _input_id(item: Any, index: int) -> str:
     if (
         isinstance(item, ChatRequest | TranscriptionRequest | ResponseRequest | EmbeddingRequest)
@@ -1834,6 +1923,8 @@ async def open_client(
     rate_limit_wait_budget: float = 600.0,
     audio_tokens_per_second: float = 0.0,
     shared: RedisQuota | None = None,
+    max_cost: float | None = None,
+    prices: PriceTable | str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Client]:
     """Open a client; leaving the block waits for its work and closes connections.
 
@@ -1867,6 +1958,22 @@ async def open_client(
         shared: an :class:`~engine.RedisQuota` to share the quota with other
             processes through Redis (default None: this process alone).
             See docs/shared-quota.md.
+        max_cost: a spending cap in US dollars for everything this client
+            sends, across models and limit groups (default None: no cap).
+            Each permit reserves its request's worst case and settles with
+            the usage its answer reports; no permit is granted that could
+            take spending over the cap; once the next request cannot fit,
+            the client stops (:class:`~engine.BudgetExhaustedError`) and
+            requests not sent come back ``run_stopped``.  A request whose
+            worst case alone exceeds the cap fails with
+            :class:`~engine.OverBudgetError`.  Chat, responses and
+            embeddings are priced; transcriptions are not (they cost 0
+            against the cap).  See docs/guide.md, "A spending cap".
+        prices: the prices ``max_cost`` is counted in: a
+            :class:`~engine.PriceTable`, or the path of a JSON prices file
+            (models it names override the shipped table), or None (default:
+            the table shipped in ``engine/prices.json``).  A request for a
+            model without a price fails as an input error, unsent.
 
     Entering checkpoints (it starts the client's tasks); leaving waits for
     the work in flight.  Exceptions leave one at a time, never as an
@@ -1887,6 +1994,10 @@ async def open_client(
         raise ValueError("audio_tokens_per_second must be >= 0")
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    budget = Budget(max_cost) if max_cost is not None else None
+    price_table: PriceTable | None = None
+    if budget is not None:
+        price_table = prices if isinstance(prices, PriceTable) else load_prices(prices)
     base_url = _check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
     api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
     headers = {"user-agent": f"quota-engine/{__version__}"}
@@ -1903,6 +2014,7 @@ async def open_client(
         ),
         max_in_flight=workers,
         auto_in_flight=concurrency is None,
+        budget=budget,
         **(leases.callbacks() if leases is not None else LimiterCallbacks()),
     )
     jobs_send, jobs_receive = trio.open_memory_channel[_Job](0)
@@ -1930,6 +2042,7 @@ async def open_client(
                     default_output_tokens=default_output_tokens,
                     base_url=base_url,
                     audio_tokens_per_second=audio_tokens_per_second,
+                    prices=price_table,
                 )
                 client._leases = leases
                 with jobs_receive:

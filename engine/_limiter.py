@@ -27,6 +27,7 @@ import attrs
 import outcome
 import trio
 
+from engine._budget import Budget, BudgetExhaustedError, OverBudgetError
 from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
 from engine._quota import Cost, GroupState, QuotaBook, Reservation, TooLarge, Wait
@@ -65,6 +66,8 @@ class _Settle:
     headers: RateLimitHeaders | None
     used_tokens: int | None
     latency: float | None
+    #: dollars the request cost (None: its worst case, the usage is unknown)
+    spent: float | None = None
 
 
 @attrs.define(slots=True, eq=False)
@@ -147,6 +150,9 @@ class LimiterStatistics:
         groups: each limit group's rate control (:class:`~engine.GroupState`:
             limits, refill modes, pacing, cooldown, and the adaptive window
             or rate used while no limit is known).
+        max_cost: the spending cap in dollars (None: no cap).
+        spent: dollars settled so far by the answers' usage (0 without a cap).
+        cost_reserved: worst-case dollars held by permits in flight.
     """
 
     granted: int
@@ -158,6 +164,9 @@ class LimiterStatistics:
     tokens_used: int
     in_flight_cap: int
     groups: tuple[GroupState, ...] = ()
+    max_cost: float | None = None
+    spent: float = 0.0
+    cost_reserved: float = 0.0
 
 
 def _now_or_none() -> float | None:
@@ -192,6 +201,13 @@ class Limiter:
       stretch of the shared pace schedule (answer later with
       :meth:`pace_nowait`; only asked of a ``QuotaBook(shared_pace=True)``).
 
+    ``budget`` (default None) caps spending across every group: a permit is
+    granted only if its ``cost.dollars`` fits beside what is spent and
+    reserved; a request that could take spending alone over the cap stops
+    the limiter with :class:`~engine.BudgetExhaustedError` (see
+    :attr:`budget_error`), and one whose worst case exceeds the whole cap
+    fails with :class:`~engine.OverBudgetError`.
+
     Call :meth:`run` in a nursery (``await nursery.start(limiter.run)``); it
     returns after :meth:`close`.
     """
@@ -206,8 +222,11 @@ class Limiter:
         on_cooldown: Callable[[str, float], None] | None = None,
         on_limits_learned: Callable[[str, float | None, float | None], None] | None = None,
         on_pace_needed: Callable[[str, float], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self._book = book
+        self._budget = budget
+        self.budget_error: BudgetExhaustedError | None = None
         self._on_pace_needed = on_pace_needed
         self._on_lease_needed = on_lease_needed
         self._on_cooldown = on_cooldown
@@ -255,9 +274,14 @@ class Limiter:
         headers: RateLimitHeaders | None = None,
         used_tokens: int | None = None,
         latency: float | None = None,
+        spent: float | None = None,
     ) -> None:
-        """Report a finished request (any status but a 429 rate limit)."""
-        self._report(_Settle(reservation, headers, used_tokens, latency))
+        """Report a finished request (any status but a 429 rate limit).
+
+        ``spent``: the dollars it cost, against the budget (None, the
+        default: its whole worst case, for an answer whose usage is unknown).
+        """
+        self._report(_Settle(reservation, headers, used_tokens, latency, spent))
 
     def rate_limited_nowait(
         self,
@@ -354,6 +378,9 @@ class Limiter:
             tokens_used=self._tokens_used,
             in_flight_cap=self._cap,
             groups=self._book.group_states(_now_or_none()),
+            max_cost=None if self._budget is None else self._budget.cap,
+            spent=0.0 if self._budget is None else self._budget.spent,
+            cost_reserved=0.0 if self._budget is None else self._budget.reserved,
         )
 
     # -- the task -------------------------------------------------------------
@@ -409,6 +436,9 @@ class Limiter:
             book.settle(
                 message.reservation, now, headers=message.headers, used_tokens=message.used_tokens
             )
+            if self._budget is not None:
+                worst = message.reservation.cost.dollars
+                self._budget.settle(worst, worst if message.spent is None else message.spent)
             if self._auto:
                 self._update_cap(now)
             if self._on_limits_learned is not None and message.headers is not None:
@@ -427,11 +457,15 @@ class Limiter:
                 retry_after=message.retry_after,
                 limit_type=message.limit_type,
             )
+            if self._budget is not None:
+                self._budget.refund(message.reservation.cost.dollars)  # a 429 is not billed
             if self._on_cooldown is not None:
                 self._on_cooldown(message.reservation.group, until)
         elif isinstance(message, _Release):
             self._in_flight -= 1
             book.release(message.reservation, now)
+            if self._budget is not None:
+                self._budget.refund(message.reservation.cost.dollars)
         elif isinstance(message, _Lease):
             book.add_lease(
                 message.group,
@@ -475,6 +509,7 @@ class Limiter:
     def _grant_ready(self, now: float) -> float:
         """Grant every head that fits; return the next moment worth waking at."""
         book = self._book
+        budget = self._budget
         wake = math.inf
         for queue in self._queues.values():
             while queue:
@@ -484,6 +519,13 @@ class Limiter:
                 if waiter.state is not _State.PENDING:
                     queue.popleft()
                     continue
+                if budget is not None and not budget.fits(waiter.cost.dollars):
+                    if self._over_budget(budget, waiter):
+                        queue.popleft()
+                        continue
+                    if self._stopped is not None:
+                        return math.inf  # the budget is spent: every waiter was answered
+                    break  # a settle frees reserved dollars and wakes us
                 decision = book.decide(waiter.group, waiter.cost, now)
                 if isinstance(decision, Wait):
                     if decision.until is not None:
@@ -502,7 +544,41 @@ class Limiter:
                 self._in_flight += 1
                 self._granted += 1
                 self._tokens_reserved += decision.cost.tokens
+                if budget is not None:
+                    budget.reserve(decision.cost.dollars)
         return wake
+
+    def _over_budget(self, budget: Budget, waiter: _Waiter) -> bool:
+        """Answer a waiter that can never fit the budget; True if it was answered alone.
+
+        A worst case above the whole cap fails that request alone
+        (:class:`OverBudgetError`).  One that fits the cap but not beside
+        what is already spent means the budget is spent: the limiter stops
+        granting (every waiter comes back ``run_stopped``; permits in flight
+        run on) and returns False.  Otherwise it returns False: the waiter
+        waits for permits in flight to settle.
+        """
+        dollars = waiter.cost.dollars
+        if dollars > budget.cap:
+            self._too_large += 1
+            self._answer(
+                waiter,
+                OverBudgetError(
+                    f"this request's worst-case cost ${dollars:.4f} exceeds the whole "
+                    f"spending cap ${budget.cap:g}; lower its max_tokens or raise the cap"
+                ),
+            )
+            return True
+        if budget.can_never_fit(dollars) and self._stopped is None:
+            budget.exhausted = True
+            error = BudgetExhaustedError(
+                f"the spending cap ${budget.cap:g} is reached: ${budget.spent:.4f} spent, "
+                f"and the next request could cost up to ${dollars:.4f}"
+            )
+            self.budget_error = error
+            self._stopped = error
+            self._fail_waiters(RunStoppedError(error.message, code="run_stopped"))
+        return False
 
     def _update_cap(self, now: float) -> None:
         rate = self._book.request_rate()

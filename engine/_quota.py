@@ -148,10 +148,15 @@ class Limits:
 
 @attrs.frozen
 class Cost:
-    """What one request is expected to consume: one request and ``tokens`` tokens."""
+    """What one request is expected to consume: one request and ``tokens`` tokens.
+
+    ``dollars`` is its worst-case price, reserved against a client's spending
+    cap (0 when the client has none).
+    """
 
     tokens: int = 0
     requests: int = 1
+    dollars: float = 0.0
 
 
 class RefillMode(enum.Enum):
