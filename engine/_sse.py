@@ -32,7 +32,7 @@ U+FFFD as the standard's decoding step would.  The event type and ID are
 
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
 __all__ = ["SSEDecoder", "ServerSentEvent"]
 
@@ -40,9 +40,9 @@ _BOM = b"\xef\xbb\xbf"
 _DEFAULT_EVENT = "message"
 
 
-@attrs.frozen
-class ServerSentEvent:
-    """One dispatched event.
+class ServerSentEvent(NamedTuple):
+    """One dispatched event (a named tuple: one is built per token on a
+    benchmark's hot path, where a frozen attrs instance cost three times as much).
 
     Attributes:
         data: the event's ``data`` lines joined with ``\\n``, as UTF-8 bytes.
