@@ -878,8 +878,7 @@ class Client:
             price = self._prices.require(request.model)
         except UnknownPriceError as exc:
             raise InputError(f"request {request.id!r}: {exc}") from None
-        output = _output_budget(endpoint.spec.kind, body, self._default_output_tokens)
-        worst = price.cost(worst_case_input(max(0, tokens - output)), output)
+        worst = _worst_case(endpoint, body, tokens, price, self._default_output_tokens)
         return _Job(
             request=request,
             endpoint=endpoint,
@@ -1856,6 +1855,46 @@ class _Feeder:
     delivered: int = 0
     done: bool = False
     error: Exception | None = None
+
+
+def _worst_case(
+    endpoint: _JsonEndpoint,
+    body: Mapping[str, Any],
+    tokens: int,
+    price: Price,
+    default_output_tokens: int,
+) -> float:
+    """Dollars a request may cost at most: its input with a margin, its whole output budget."""
+    output = _output_budget(endpoint.spec.kind, body, default_output_tokens)
+    return price.cost(worst_case_input(max(0, tokens - output)), output)
+
+
+def worst_case_cost(
+    item: Any, prices: PriceTable, *, default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
+) -> float | None:
+    """The most one ``map`` input (a request or a Batch-API line) may cost, in dollars.
+
+    What a client with ``max_cost`` reserves for it.  None for an input that
+    is not a priced request (a transcription, an unreadable line, a model
+    without a price).  Does not checkpoint; counts tokens, so it takes about
+    as long as building the request.
+    """
+    try:
+        request = coerce_request(item, 0)
+    except EngineError:
+        return None
+    if isinstance(request, TranscriptionRequest):
+        return None
+    endpoint = _JSON_BY_TYPE.get(type(request)) or _json_endpoint_of(request)
+    price = prices.price_for(request.model)
+    if price is None:
+        return None
+    try:
+        body = endpoint.spec.body(request)
+    except EngineError:
+        return None
+    tokens = endpoint.spec.estimate_tokens(body, default_output_tokens=default_output_tokens)
+    return _worst_case(endpoint, body, tokens, price, default_output_tokens)
 
 
 def _output_budget(kind: str, body: Mapping[str, Any], default: int) -> int:

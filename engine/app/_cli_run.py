@@ -10,6 +10,7 @@ from ``$OPENAI_API_KEY`` only, never from the command line, and never printed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import signal
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine.app._progress import ProgressPrinter
+from engine.app._progress import ProgressPrinter, format_dollars
 from engine.app._summary import DEFAULT_GRACE_PERIOD, EXIT_REFUSED, RunSummary, format_summary
 
 if TYPE_CHECKING:
@@ -111,6 +112,21 @@ def register(subparsers: Any) -> None:
         "-o", "--output", required=True, metavar="OUTPUT.jsonl", help="Batch API output file"
     )
     run.add_argument("--model", help="body.model for lines that set none (default: none)")
+    budget = run.add_argument_group("spending cap (see docs/cli.md)")
+    budget.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="DOLLARS",
+        help="spend at most this many US dollars in this run (by the answers' usage at the "
+        "prices of --prices); requests that could go over it are not sent and are left for a "
+        "rerun (default: no cap)",
+    )
+    budget.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="a JSON prices file whose models override the shipped table "
+        "(engine/prices.json; default: that table)",
+    )
     _add_client_options(run)
     run.set_defaults(func=_run_command)
 
@@ -194,18 +210,133 @@ def _plain(value: object) -> str:
     return str(value)
 
 
+def _check_prices(args: argparse.Namespace) -> Any:
+    """The price table of a run with ``--max-cost``, once every model of INPUT has a price.
+
+    Reads the whole input before anything is sent: a cap that finds an
+    unpriced model halfway would leave the run half done.  Lines that are
+    not JSON objects, name no model, or are transcriptions (not priced) are
+    left to the run, which reports them as it does without a cap.
+
+    Raises:
+        ValueError: a model has no price, ``--max-cost`` is not positive, or
+            ``--prices`` is not a prices file.
+        OSError: INPUT or ``--prices`` cannot be read.
+    """
+    import math
+
+    import orjson
+
+    from engine._budget import load_prices
+
+    if not (math.isfinite(args.max_cost) and args.max_cost > 0):
+        raise ValueError(f"--max-cost must be a positive number of dollars, got {args.max_cost}")
+    table = load_prices(args.prices)
+    models: set[str] = {args.model} if args.model else set()
+    with open(args.input, "rb") as file:
+        for raw in file:
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            body = line.get("body") if isinstance(line, dict) else None
+            if not isinstance(body, dict) or "transcriptions" in str(line.get("url", "")):
+                continue
+            model = body.get("model")
+            if isinstance(model, str) and model:
+                models.add(model)
+    unknown = sorted(model for model in models if table.price_for(model) is None)
+    if unknown:
+        raise ValueError(
+            f"no price for model{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in the "
+            f"prices of {table.date or 'unknown date'}; --max-cost needs one for every model. "
+            "Nothing was sent. Give their prices in a JSON file with --prices FILE "
+            '({"models": {"NAME": {"input": 0.15, "cached_input": 0.075, "output": 0.6}}}, '
+            "US dollars per 1M tokens)."
+        )
+    return table
+
+
+def _cost_of_the_rest(args: argparse.Namespace, prices: Any) -> float:
+    """The sum of the worst cases of INPUT's items that have no line in OUTPUT (dollars).
+
+    A cap that large lets every one of them be granted, whatever the order.
+    Reads both files; an unreadable one counts nothing.
+    """
+    import orjson
+
+    from engine._client import worst_case_cost
+
+    written: set[str] = set()
+    total = 0.0
+    try:
+        with open(args.output, "rb") as file:
+            for raw in file:
+                try:
+                    written.add(str(orjson.loads(raw)["custom_id"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    continue
+        with open(args.input, "rb") as file:
+            for raw in file:
+                try:
+                    line = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(line, dict) or str(line.get("custom_id")) in written:
+                    continue
+                body = line.get("body")
+                if args.model and isinstance(body, dict) and not body.get("model"):
+                    line = {**line, "body": {**body, "model": args.model}}
+                total += worst_case_cost(line, prices) or 0.0
+    except OSError:
+        pass
+    return total
+
+
+def _budget_resume(summary: RunSummary, resume: list[str], rest: float) -> tuple[str, list[str]]:
+    """What to say when the cap stopped the run, and the command with a cap for the rest.
+
+    ``rest`` is the sum of the worst cases of the items not run
+    (:func:`_cost_of_the_rest`): the cap suggested, rounded up to the cent,
+    lets every one of them be sent; they usually cost much less.
+    """
+    cap = summary.max_cost or 0.0
+    suggested = max(0.01, math.ceil(rest * 100) / 100)
+    why = (
+        f"the spending cap stopped the run: {format_dollars(summary.spent)} spent of "
+        f"{format_dollars(cap)}. The {summary.not_run} item(s) not run cost at most "
+        f"{format_dollars(rest)} (each one's worst case); a cap counts one run's spending "
+        "and answers already in OUTPUT are not sent again. To send the rest, resume with"
+    )
+    if "--max-cost" in resume:  # the cap this run was given makes way for the suggested one
+        at = resume.index("--max-cost")
+        resume = resume[:at] + resume[at + 2 :]
+    return why, [*resume, "--max-cost", _plain(suggested)]
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from engine.app.batch import run_file
 
     resume = ["engine", "run", args.input, *_shared_flags(args)]
     if args.model:
         resume += ["--model", args.model]
+    options = _client_options(args)
+    if args.max_cost is not None:
+        try:
+            options["prices"] = _check_prices(args)
+        except (OSError, ValueError) as exc:
+            print(f"engine run: {_refusal(exc)}", file=sys.stderr)
+            return EXIT_REFUSED
+        options["max_cost"] = args.max_cost
+        resume += ["--max-cost", _plain(args.max_cost)]
+        if args.prices:
+            resume += ["--prices", args.prices]
 
     def start(control: RunControl, printer: ProgressPrinter) -> Awaitable[Any]:
         return run_file(
             args.input,
             args.output,
-            client_options=_client_options(args),
+            client_options=options,
             errors_to=args.errors_to,
             default_model=args.model,
             progress=printer.update,
@@ -214,7 +345,16 @@ def _run_command(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
         )
 
-    return _execute("run", start, resume, args.grace_period, args.stats_json, debug=args.debug)
+    prices = options.get("prices")
+    return _execute(
+        "run",
+        start,
+        resume,
+        args.grace_period,
+        args.stats_json,
+        debug=args.debug,
+        cost_of_rest=None if prices is None else (lambda: _cost_of_the_rest(args, prices)),
+    )
 
 
 def _transcribe_command(args: argparse.Namespace) -> int:
@@ -301,6 +441,7 @@ def _execute(
     stats_json: str | None = None,
     *,
     debug: bool = False,
+    cost_of_rest: Callable[[], float] | None = None,
 ) -> int:
     from engine._errors import EngineError, OutputError
     from engine._nurseries import open_service_nursery
@@ -350,7 +491,10 @@ def _execute(
                 f"{exc.strerror or exc}; the run itself is not affected.",
                 file=stream,
             )
-    if summary.not_run or summary.held_saved:
+    if summary.fatal_code == "budget_exhausted" and summary.not_run and cost_of_rest is not None:
+        why, command_line = _budget_resume(summary, resume, cost_of_rest())
+        print(f"{why}:\n  {shlex.join(command_line)}", file=stream)
+    elif summary.not_run or summary.held_saved:
         held = (
             f" (it first writes the {summary.held_saved} "
             f"{'answer' if summary.held_saved == 1 else 'answers'} held in {summary.sidecar_path})"

@@ -240,6 +240,8 @@ class RunProgress:
         output_waiting: while OUTPUT cannot be written and answers are held,
             a few words saying so (``"waiting for space on out.jsonl: 1.2 MB
             needed; 231 answers held"``); None while it takes lines.
+        max_cost: the run's spending cap in dollars (None: no cap).
+        spent: dollars spent so far by the answers' usage (with a cap).
     """
 
     elapsed: float
@@ -254,6 +256,8 @@ class RunProgress:
     stopping: bool = False
     quota: tuple[QuotaUse, ...] = ()
     output_waiting: str | None = None
+    max_cost: float | None = None
+    spent: float = 0.0
 
     @property
     def eta_seconds(self) -> float | None:
@@ -379,6 +383,11 @@ def format_quota_use(use: QuotaUse) -> str:
     )
 
 
+def format_dollars(amount: float) -> str:
+    """``$12.35``, or four decimals below a dollar (``$0.0042``): small runs cost cents."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
 def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
     """One line: done/total (a bar when ``bar``), failed, in flight, rates, quota used, ETA.
 
@@ -402,6 +411,10 @@ def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
     parts.append(f"tok/min {_rate(progress.tokens_per_minute)}")
     if progress.quota:
         parts.append(_quota_brief(progress.quota))
+    if progress.max_cost is not None:
+        parts.append(
+            f"spent {format_dollars(progress.spent)} of {format_dollars(progress.max_cost)}"
+        )
     eta = progress.eta_seconds
     parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
     parts.append(format_duration(progress.elapsed))

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from engine.app._progress import QuotaUse, format_quota_use
+from engine.app._progress import QuotaUse, format_dollars, format_quota_use
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -86,6 +86,9 @@ class RunSummary:
             item and what to do; None otherwise.
         ttft_p50: for the lines whose request streamed (``"stream": true``),
             the median seconds to the first token; None when none streamed.
+        max_cost: the run's spending cap in dollars (``--max-cost``); None: none.
+        spent: dollars this run spent by the answers' usage at the run's
+            prices (counted only with a cap).
     """
 
     input_path: str
@@ -115,6 +118,8 @@ class RunSummary:
     io_error: str | None = None
     by_endpoint: Mapping[str, int] = attrs.field(factory=dict)
     ttft_p50: float | None = None
+    max_cost: float | None = None
+    spent: float = 0.0
 
     @property
     def exit_status(self) -> int:
@@ -164,6 +169,13 @@ def format_summary(summary: RunSummary) -> str:
         rows.append(("time to first token (p50)", f"{summary.ttft_p50 * 1000:.0f} ms"))
     if summary.audio_seconds:
         rows.append(("audio transcribed", f"{summary.audio_seconds:.1f} s"))
+    if summary.max_cost is not None:
+        rows.append(
+            (
+                "spent",
+                f"{format_dollars(summary.spent)} of the {format_dollars(summary.max_cost)} cap",
+            )
+        )
     rows.append(("elapsed", f"{summary.elapsed:.1f} s"))
     sent = summary.succeeded + summary.failed
     rows.append(("requests/min", _average(sent, summary.elapsed)))

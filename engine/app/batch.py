@@ -55,6 +55,7 @@ import attrs
 import orjson
 import trio
 
+from engine._budget import BudgetExhaustedError
 from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
 from engine._nurseries import open_service_nursery
@@ -580,6 +581,9 @@ def _combined_statistics(
         too_large=sum(item.limiter.too_large for item in rounds),
         tokens_reserved=sum(item.limiter.tokens_reserved for item in rounds),
         tokens_used=sum(item.limiter.tokens_used for item in rounds),
+        spent=sum(item.limiter.spent for item in rounds),
+        cost_reserved=sum(item.limiter.cost_reserved for item in rounds),
+        max_cost=rounds[0].limiter.max_cost,
     )
     return attrs.evolve(
         last,
@@ -593,6 +597,8 @@ def _combined_statistics(
         completion_tokens=sum(item.completion_tokens for item in rounds),
         skipped=sum(item.skipped for item in rounds),
         audio_seconds=sum(item.audio_seconds for item in rounds),
+        spent=sum(item.spent for item in rounds),
+        max_cost=rounds[0].max_cost,
     )
 
 
@@ -657,6 +663,25 @@ class _Rounds:
                 "line written so far, and the run goes on."
             )
         self.on_hold()
+
+
+def _options_with_budget_left(
+    client_options: Mapping[str, Any], rounds: _Rounds
+) -> tuple[Mapping[str, Any], FatalError | None]:
+    """The options of the next round's client: its ``max_cost`` is what earlier rounds left.
+
+    A run that waited for its output sends with a new client; the run's cap
+    covers all of them, so each new client gets the cap less what the closed
+    ones spent.  Returns a :class:`~engine.BudgetExhaustedError` instead when
+    nothing is left.  Does not checkpoint.
+    """
+    cap = client_options.get("max_cost")
+    if cap is None or not rounds.closed:
+        return client_options, None
+    left = cap - sum(item.spent for item in rounds.closed)
+    if left <= 0:
+        return client_options, BudgetExhaustedError(f"the spending cap ${cap:g} is reached")
+    return {**client_options, "max_cost": left}, None
 
 
 def _stop_sending(client: Any, why: str) -> None:
@@ -798,6 +823,7 @@ async def _run(
         feed.on_hold = rounds.on_hold
         rpm_limit = _limit(client_options, "rpm")
         tpm_limit = _limit(client_options, "tpm")
+        max_cost: float | None = client_options.get("max_cost")
         started = trio.current_time()
         fatal: FatalError | None = None
         meter = RateMeter()
@@ -823,6 +849,8 @@ async def _run(
                 stopping=control.stopping,
                 quota=_quota_uses(statistics, feed.first_at, clock, tally.first_answer_at),
                 output_waiting=output.waiting_line(),
+                max_cost=max_cost,
+                spent=0.0 if statistics is None else statistics.spent,
             )
 
         with control._now_scope:
@@ -838,8 +866,11 @@ async def _run(
                 rounds.on_hold()  # a sidecar OUTPUT could not take yet: say so
                 while True:
                     if feed.has_more and not output.holding and not control.stopping:
+                        options, fatal = _options_with_budget_left(client_options, rounds)
+                        if fatal is not None:
+                            break
                         fatal = await _send_round(
-                            client_options=client_options,
+                            client_options=options,
                             feed=feed,
                             output=output,
                             tally=tally,
@@ -943,6 +974,8 @@ async def _run(
         held_lost=lost,
         sidecar_path=output.sidecar if kept else None,
         io_error=io_error,
+        max_cost=max_cost,
+        spent=0.0 if statistics is None else statistics.spent,
     )
     if failure is not None:
         raise OutputError(
