@@ -1288,7 +1288,7 @@ class Client:
             used_tokens=used_tokens if assembler.usage_reported else None,
             latency=latency,
             spent=(
-                job.price.cost(input_tokens, output_tokens)
+                _spent(job.price, result, input_tokens, output_tokens)
                 if job.price is not None and assembler.usage_reported
                 else None
             ),
@@ -1441,7 +1441,9 @@ class Client:
             headers=limits,
             used_tokens=used_tokens,
             latency=latency,
-            spent=None if job.price is None else job.price.cost(input_tokens, output_tokens),
+            spent=None
+            if job.price is None
+            else _spent(job.price, result, input_tokens, output_tokens),
         )
         self._prompt_tokens += input_tokens
         self._completion_tokens += output_tokens
@@ -1895,6 +1897,26 @@ def worst_case_cost(
         return None
     tokens = endpoint.spec.estimate_tokens(body, default_output_tokens=default_output_tokens)
     return _worst_case(endpoint, body, tokens, price, default_output_tokens)
+
+
+def _spent(price: Price, result: Any, input_tokens: int, output_tokens: int) -> float:
+    """Dollars an answer cost: its usage, cached prompt tokens at the cached price.
+
+    The cached count is read from the answer's body (chat's
+    ``usage.prompt_tokens_details.cached_tokens``, the Responses API's
+    ``usage.input_tokens_details.cached_tokens``) only here, when a cap is
+    set; without it every prompt token is charged the input price.
+    """
+    cached = 0
+    body = getattr(result, "response", None)
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        if isinstance(details, dict):
+            given = details.get("cached_tokens")
+            if isinstance(given, int) and 0 < given <= input_tokens:
+                cached = given
+    return price.cost(input_tokens, output_tokens, cached_tokens=cached)
 
 
 def _output_budget(kind: str, body: Mapping[str, Any], default: int) -> int:

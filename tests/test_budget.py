@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 
 import engine
 from engine._budget import Budget, Price, PriceTable, load_prices, worst_case_input
@@ -203,3 +204,71 @@ async def test_a_model_without_a_price_is_an_unsent_input_error(autojump_clock):
 def test_worst_case_input_leaves_a_margin():
     """The reserved input is never below the estimate."""
     assert worst_case_input(0) == 16 and worst_case_input(1000) == 1066
+
+
+def _answer(prompt: int, completion: int, cached: int = 0) -> httpx.Response:
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+    body = {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": usage,
+    }
+    return httpx.Response(200, json=body)
+
+
+async def test_an_answer_is_charged_its_usage_with_cached_tokens_at_the_cached_price(
+    autojump_clock,
+):
+    """spent = fresh prompt x input + cached x cached_input + completion x output."""
+    transport = httpx.MockTransport(lambda request: _answer(1000, 100, cached=600))
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=transport, max_cost=1.0
+    ) as client:
+        await client.chat("hi", model=MODEL)
+        await trio.testing.wait_all_tasks_blocked()  # the limiter has handled the settle
+        price = load_prices().models[MODEL]
+        assert client.statistics().spent == pytest.approx(price.cost(1000, 100, cached_tokens=600))
+        assert client.statistics().limiter.cost_reserved == 0
+
+
+async def test_a_429_and_a_500_cost_nothing_and_the_retry_is_charged_once(autojump_clock):
+    """Refused attempts give their reservation back; only the answer's usage is spent."""
+    replies = iter(
+        [
+            httpx.Response(429, json={"error": {"code": "rate_limit_exceeded", "message": "x"}}),
+            httpx.Response(500, json={"error": {"message": "boom"}}),
+        ]
+    )
+    transport = httpx.MockTransport(lambda request: next(replies, None) or _answer(20, 10))
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1",
+        api_key=KEY,
+        transport=transport,
+        max_cost=1.0,
+        retry_base_delay=0.01,
+    ) as client:
+        result = await client.chat("hi", model=MODEL)
+        assert result.attempts == 3
+        await trio.testing.wait_all_tasks_blocked()
+        statistics = client.statistics()
+        assert statistics.spent == pytest.approx(load_prices().models[MODEL].cost(20, 10))
+        assert statistics.limiter.cost_reserved == 0 and statistics.max_cost == 1.0
+
+
+async def test_a_client_without_a_cap_counts_no_spend(autojump_clock):
+    """No max_cost: nothing is priced, and an unpriced model is sent as usual."""
+    transport = httpx.MockTransport(lambda request: _answer(20, 10))
+    async with engine.open_client(
+        base_url="http://127.0.0.1/v1", api_key=KEY, transport=transport
+    ) as client:
+        await client.chat("hi", model="unpriced-model")
+        assert client.statistics().spent == 0 and client.statistics().max_cost is None
