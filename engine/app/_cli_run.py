@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
-from engine.app._progress import ProgressPrinter, format_dollars
+from engine.app._progress import ProgressPrinter, RunProgress, format_dollars
 from engine.app._summary import DEFAULT_GRACE_PERIOD, EXIT_REFUSED, RunSummary, format_summary
 
 if TYPE_CHECKING:
@@ -77,6 +77,20 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="at the end, write the run's summary and the client's counters (sends, "
         "retries, 429s, the limiter's in-flight count) to FILE as JSON (default: none)",
+    )
+    metrics = parser.add_argument_group("metrics (needs the extra: quota-engine[metrics])")
+    metrics.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics of the run at http://HOST:PORT/metrics "
+        "(default: none; see docs/cli.md)",
+    )
+    metrics.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address --metrics-port listens on (default 127.0.0.1: this machine only)",
     )
     parser.add_argument(
         "--debug",
@@ -354,6 +368,7 @@ def _run_command(args: argparse.Namespace) -> int:
         args.stats_json,
         debug=args.debug,
         cost_of_rest=None if prices is None else (lambda: _cost_of_the_rest(args, prices)),
+        metrics=_metrics_address(args),
     )
 
 
@@ -387,7 +402,13 @@ def _transcribe_command(args: argparse.Namespace) -> int:
         )
 
     return _execute(
-        "transcribe", start, resume, args.grace_period, args.stats_json, debug=args.debug
+        "transcribe",
+        start,
+        resume,
+        args.grace_period,
+        args.stats_json,
+        debug=args.debug,
+        metrics=_metrics_address(args),
     )
 
 
@@ -442,13 +463,90 @@ def _execute(
     *,
     debug: bool = False,
     cost_of_rest: Callable[[], float] | None = None,
+    metrics: tuple[str, int] | None = None,
+) -> int:
+    stream = sys.stderr
+    statistics = _LatestStatistics()
+    printer = _FeedingPrinter(stream, tty=stream.isatty(), feed=statistics)
+    server = None
+    if metrics is not None:
+        try:
+            from engine.metrics import serve
+
+            server = serve(statistics, port=metrics[1], host=metrics[0])
+        except (ImportError, OSError) as exc:
+            print(
+                f"engine {command}: cannot serve metrics on {metrics[0]}:{metrics[1]}: "
+                f"{exc}. Nothing was sent.",
+                file=stream,
+            )
+            return EXIT_REFUSED
+    try:
+        return _execute_run(
+            command,
+            start,
+            resume,
+            grace_period,
+            stats_json,
+            debug,
+            cost_of_rest,
+            stream,
+            printer,
+            statistics,
+        )
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(host, port) of ``--metrics-port``, or None when not given."""
+    return None if args.metrics_port is None else (args.metrics_host, args.metrics_port)
+
+
+class _LatestStatistics:
+    """The run's latest client counters, read by the metrics server's thread.
+
+    Written by the run's progress task (twice a second, and at the end) and
+    once more with the summary's; a snapshot is replaced whole, never
+    mutated, so the reading thread sees one or the other.
+    """
+
+    def __init__(self) -> None:
+        self.latest: Any = None
+
+    def __call__(self) -> Any:
+        return self.latest
+
+
+class _FeedingPrinter(ProgressPrinter):
+    """A progress printer that also hands each snapshot's counters to the metrics."""
+
+    def __init__(self, stream: TextIO, *, tty: bool, feed: _LatestStatistics) -> None:
+        super().__init__(stream, tty=tty)
+        self._feed = feed
+
+    def update(self, progress: RunProgress) -> None:
+        if progress.client_statistics is not None:
+            self._feed.latest = progress.client_statistics
+        super().update(progress)
+
+
+def _execute_run(
+    command: str,
+    start: Callable[[RunControl, ProgressPrinter], Awaitable[RunSummary]],
+    resume: list[str],
+    grace_period: float,
+    stats_json: str | None,
+    debug: bool,
+    cost_of_rest: Callable[[], float] | None,
+    stream: TextIO,
+    printer: ProgressPrinter,
+    statistics: _LatestStatistics,
 ) -> int:
     from engine._errors import EngineError, OutputError
     from engine._nurseries import open_service_nursery
     from engine.app.batch import RunControl
-
-    stream = sys.stderr
-    printer = ProgressPrinter(stream, tty=stream.isatty())
 
     async def main() -> RunSummary:
         control = RunControl()
@@ -479,6 +577,8 @@ def _execute(
         print(f"engine {command}: {_refusal(exc)}", file=stream)
         return EXIT_REFUSED
     printer.finish()
+    if summary.client_statistics is not None:
+        statistics.latest = summary.client_statistics
     print(format_summary(summary), file=stream)
     if summary.io_error is not None:
         print(f"engine {command}: {summary.io_error}", file=stream)

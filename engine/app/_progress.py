@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import attrs
 
@@ -242,6 +242,9 @@ class RunProgress:
             needed; 231 answers held"``); None while it takes lines.
         max_cost: the run's spending cap in dollars (None: no cap).
         spent: dollars spent so far by the answers' usage (with a cap).
+        client_statistics: the run's client counters now (a
+            :class:`~engine.ClientStatistics`, added up over its clients), for
+            ``--metrics-port``; None before the first client.
     """
 
     elapsed: float
@@ -258,6 +261,7 @@ class RunProgress:
     output_waiting: str | None = None
     max_cost: float | None = None
     spent: float = 0.0
+    client_statistics: Any = None
 
     @property
     def eta_seconds(self) -> float | None:

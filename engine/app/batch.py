@@ -851,6 +851,7 @@ async def _run(
                 output_waiting=output.waiting_line(),
                 max_cost=max_cost,
                 spent=0.0 if statistics is None else statistics.spent,
+                client_statistics=statistics,
             )
 
         with control._now_scope:
