@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 
@@ -32,7 +33,13 @@ from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
 from engine._quota import Cost, GroupState, QuotaBook, Reservation, TooLarge, Wait
 
-__all__ = ["Limiter", "LimiterStatistics"]
+__all__ = ["LATENCY_BUCKETS", "Limiter", "LimiterStatistics"]
+
+#: Upper bounds (seconds) of the latency histogram's buckets: Prometheus's
+#: default ones, plus 30 and 60 s for long completions.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0
+)  # fmt: skip
 
 
 class _State(enum.Enum):
@@ -153,6 +160,10 @@ class LimiterStatistics:
         max_cost: the spending cap in dollars (None: no cap).
         spent: dollars settled so far by the answers' usage (0 without a cap).
         cost_reserved: worst-case dollars held by permits in flight.
+        latency_counts: answered attempts (any status but 429) per latency
+            bucket: ``latency_counts[i]`` took at most ``LATENCY_BUCKETS[i]``
+            seconds and more than the bound before; the last, longer than all.
+        latency_sum: their latencies added up (seconds).
     """
 
     granted: int
@@ -167,6 +178,8 @@ class LimiterStatistics:
     max_cost: float | None = None
     spent: float = 0.0
     cost_reserved: float = 0.0
+    latency_counts: tuple[int, ...] = ()
+    latency_sum: float = 0.0
 
 
 def _now_or_none() -> float | None:
@@ -245,6 +258,8 @@ class Limiter:
         self._tokens_reserved = 0
         self._tokens_used = 0
         self._in_flight = 0
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
 
     # -- worker side ----------------------------------------------------------
 
@@ -381,6 +396,8 @@ class Limiter:
             max_cost=None if self._budget is None else self._budget.cap,
             spent=0.0 if self._budget is None else self._budget.spent,
             cost_reserved=0.0 if self._budget is None else self._budget.reserved,
+            latency_counts=tuple(self._latency_counts),
+            latency_sum=self._latency_sum,
         )
 
     # -- the task -------------------------------------------------------------
@@ -428,6 +445,8 @@ class Limiter:
             if message.used_tokens is not None:
                 self._tokens_used += message.used_tokens
             if message.latency is not None:
+                self._latency_counts[bisect_left(LATENCY_BUCKETS, message.latency)] += 1
+                self._latency_sum += message.latency
                 self._latency = (
                     message.latency
                     if not self._latency

@@ -32,7 +32,8 @@ reported), ``quota_engine_tokens_reserved_total`` (estimates),
 cases in flight), ``quota_engine_max_cost_dollars`` (only with a cap),
 ``quota_engine_quota_limit{group,dimension}`` (configured or learned) and
 ``quota_engine_quota_available{group,dimension}`` (what the quota book
-believes is left now).
+believes is left now).  Histogram: ``quota_engine_request_duration_seconds``
+(sending an attempt to its answer, any status but 429).
 
 ``dimension`` is ``requests_per_minute``, ``tokens_per_minute``,
 ``requests_per_day`` or ``tokens_per_day``.
@@ -46,7 +47,12 @@ from typing import Any
 
 try:
     from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
@@ -57,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import attrs
 
 from engine._client import Client, ClientStatistics
+from engine._limiter import LATENCY_BUCKETS, LimiterStatistics
 from engine._quota import GroupState
 
 __all__ = ["ClientCollector", "MetricsServer", "registry", "serve"]
@@ -156,6 +163,22 @@ class ClientCollector(Collector):
         if statistics.max_cost is not None:
             yield gauge("max_cost_dollars", "The spending cap in US dollars.", statistics.max_cost)
         yield from _quota_gauges(limiter.groups)
+        if limiter.latency_counts:
+            yield _latency_histogram(limiter)
+
+
+def _latency_histogram(limiter: LimiterStatistics) -> HistogramMetricFamily:
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*LATENCY_BUCKETS, math.inf), limiter.latency_counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), total))
+    return HistogramMetricFamily(
+        "quota_engine_request_duration_seconds",
+        "Seconds from sending an attempt to its answer (any status but 429).",
+        buckets=buckets,
+        sum_value=limiter.latency_sum,
+    )
 
 
 def _quota_gauges(groups: tuple[GroupState, ...]) -> Iterator[Metric]:

@@ -102,6 +102,11 @@ async def test_counters_scraped_during_a_run_end_equal_to_the_summary(tmp_path):
     assert final[("quota_engine_requests_in_flight", ())] == 0
     assert final[("quota_engine_permits_granted_total", ())] == stats.limiter.granted
     assert final[("quota_engine_rate_limited_total", ())] == stats.rate_limited
+    # no faults: every attempt was answered once, and timed once
+    assert final[("quota_engine_request_duration_seconds_count", ())] == 300
+    assert final[("quota_engine_request_duration_seconds_bucket", (("le", "+Inf"),))] == 300
+    assert final[("quota_engine_request_duration_seconds_bucket", (("le", "0.01"),))] == 0
+    assert final[("quota_engine_request_duration_seconds_sum", ())] >= 300 * 0.02
 
 
 async def test_a_live_client_is_its_own_source(autojump_clock):

@@ -584,6 +584,10 @@ def _combined_statistics(
         spent=sum(item.limiter.spent for item in rounds),
         cost_reserved=sum(item.limiter.cost_reserved for item in rounds),
         max_cost=rounds[0].limiter.max_cost,
+        latency_counts=tuple(
+            map(sum, zip(*(item.limiter.latency_counts for item in rounds), strict=True))
+        ),
+        latency_sum=sum(item.limiter.latency_sum for item in rounds),
     )
     return attrs.evolve(
         last,
