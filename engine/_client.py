@@ -1986,6 +1986,7 @@ async def open_client(
     shared: RedisQuota | None = None,
     max_cost: float | None = None,
     prices: PriceTable | str | os.PathLike[str] | None = None,
+    latency_histogram: bool = False,
 ) -> AsyncIterator[Client]:
     """Open a client; leaving the block waits for its work and closes connections.
 
@@ -2035,6 +2036,10 @@ async def open_client(
             (models it names override the shipped table), or None (default:
             the table shipped in ``engine/prices.json``).  A request for a
             model without a price fails as an input error, unsent.
+        latency_histogram: count every answered attempt's latency in
+            buckets from the start (``statistics().limiter.latency_counts``,
+            the metrics' histogram); default False: only once
+            :mod:`engine.metrics` is given the client.
 
     Entering checkpoints (it starts the client's tasks); leaving waits for
     the work in flight.  Exceptions leave one at a time, never as an
@@ -2078,6 +2083,8 @@ async def open_client(
         budget=budget,
         **(leases.callbacks() if leases is not None else LimiterCallbacks()),
     )
+    if latency_histogram:
+        limiter.count_latencies()
     jobs_send, jobs_receive = trio.open_memory_channel[_Job](0)
     watch = TimeoutWatch()
     # Service nurseries: what the caller's body raises leaves unchanged, not

@@ -163,6 +163,9 @@ class LimiterStatistics:
         latency_counts: answered attempts (any status but 429) per latency
             bucket: ``latency_counts[i]`` took at most ``LATENCY_BUCKETS[i]``
             seconds and more than the bound before; the last, longer than all.
+            Empty unless :meth:`Limiter.count_latencies` was called (a client
+            opened with ``latency_histogram=True``, or served by
+            :mod:`engine.metrics`).
         latency_sum: their latencies added up (seconds).
     """
 
@@ -258,7 +261,8 @@ class Limiter:
         self._tokens_reserved = 0
         self._tokens_used = 0
         self._in_flight = 0
-        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        # None until count_latencies(): the histogram costs the hot path only when wanted.
+        self._latency_counts: list[int] | None = None
         self._latency_sum = 0.0
 
     # -- worker side ----------------------------------------------------------
@@ -371,6 +375,11 @@ class Limiter:
             except trio.EndOfChannel:
                 return (0.0, 0.0, -math.inf)
 
+    def count_latencies(self) -> None:
+        """From now on, count settled latencies per :data:`LATENCY_BUCKETS` (for metrics)."""
+        if self._latency_counts is None:
+            self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+
     def close(self) -> None:
         """End :meth:`run` once it has handled the messages already sent."""
         self._send.close()
@@ -396,7 +405,7 @@ class Limiter:
             max_cost=None if self._budget is None else self._budget.cap,
             spent=0.0 if self._budget is None else self._budget.spent,
             cost_reserved=0.0 if self._budget is None else self._budget.reserved,
-            latency_counts=tuple(self._latency_counts),
+            latency_counts=() if self._latency_counts is None else tuple(self._latency_counts),
             latency_sum=self._latency_sum,
         )
 
@@ -445,8 +454,10 @@ class Limiter:
             if message.used_tokens is not None:
                 self._tokens_used += message.used_tokens
             if message.latency is not None:
-                self._latency_counts[bisect_left(LATENCY_BUCKETS, message.latency)] += 1
-                self._latency_sum += message.latency
+                counts = self._latency_counts
+                if counts is not None:
+                    counts[bisect_left(LATENCY_BUCKETS, message.latency)] += 1
+                    self._latency_sum += message.latency
                 self._latency = (
                     message.latency
                     if not self._latency

@@ -97,6 +97,10 @@ class ClientCollector(Collector):
 
     def __init__(self, source: Source) -> None:
         self._source = source
+        if isinstance(source, Client):
+            # The latency histogram counts from now on (a snapshot source's
+            # client is opened with latency_histogram=True instead).
+            source._limiter.count_latencies()
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the groups and their limits are known only at a scrape."""

@@ -81,6 +81,7 @@ async def test_counters_scraped_during_a_run_end_equal_to_the_summary(tmp_path):
                     "transport": httpx.ASGITransport(app),
                     "concurrency": 16,
                     "max_cost": 5.0,
+                    "latency_histogram": True,
                 },
                 progress=progress,
                 progress_interval=0.05,

@@ -184,6 +184,8 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
     from engine._quota import Limits
 
     options: dict[str, Any] = {"max_attempts": args.max_attempts}
+    if args.metrics_port is not None:
+        options["latency_histogram"] = True  # the metrics' histogram from the first request
     if args.base_url:
         options["base_url"] = args.base_url
     if args.concurrency is not None:
