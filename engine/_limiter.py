@@ -73,8 +73,13 @@ class _Settle:
     headers: RateLimitHeaders | None
     used_tokens: int | None
     latency: float | None
-    #: dollars the request cost (None: its worst case, the usage is unknown)
-    spent: float | None = None
+
+
+@attrs.define(slots=True, eq=False)
+class _SettleSpent(_Settle):
+    """A settle that says what the request cost (a client with a spending cap)."""
+
+    spent: float
 
 
 @attrs.define(slots=True, eq=False)
@@ -300,7 +305,10 @@ class Limiter:
         ``spent``: the dollars it cost, against the budget (None, the
         default: its whole worst case, for an answer whose usage is unknown).
         """
-        self._report(_Settle(reservation, headers, used_tokens, latency, spent))
+        if spent is None:
+            self._report(_Settle(reservation, headers, used_tokens, latency))
+        else:
+            self._report(_SettleSpent(reservation, headers, used_tokens, latency, spent))
 
     def rate_limited_nowait(
         self,
@@ -414,6 +422,7 @@ class Limiter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The limiter task.  Returns once :meth:`close` was called and drained."""
         task_status.started()
+        grant_ready = self._grant_ready if self._budget is None else self._grant_ready_within_budget
         deadline = math.inf
         receive = self._receive
         async with receive:
@@ -436,7 +445,7 @@ class Limiter:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                         self._handle(message, now)
-                deadline = self._grant_ready(now)
+                deadline = grant_ready(now)
         self._fail_waiters(RunStoppedError("the client is closed"))
 
     def _handle(self, message: object, now: float) -> None:
@@ -468,7 +477,8 @@ class Limiter:
             )
             if self._budget is not None:
                 worst = message.reservation.cost.dollars
-                self._budget.settle(worst, worst if message.spent is None else message.spent)
+                spent = message.spent if isinstance(message, _SettleSpent) else worst
+                self._budget.settle(worst, spent)
             if self._auto:
                 self._update_cap(now)
             if self._on_limits_learned is not None and message.headers is not None:
@@ -539,7 +549,6 @@ class Limiter:
     def _grant_ready(self, now: float) -> float:
         """Grant every head that fits; return the next moment worth waking at."""
         book = self._book
-        budget = self._budget
         wake = math.inf
         for queue in self._queues.values():
             while queue:
@@ -549,7 +558,44 @@ class Limiter:
                 if waiter.state is not _State.PENDING:
                     queue.popleft()
                     continue
-                if budget is not None and not budget.fits(waiter.cost.dollars):
+                decision = book.decide(waiter.group, waiter.cost, now)
+                if isinstance(decision, Wait):
+                    if decision.until is not None:
+                        wake = min(wake, decision.until)
+                    if decision.lease and self._on_lease_needed is not None:
+                        self._on_lease_needed(waiter.group, waiter.cost)
+                    if decision.pace and self._on_pace_needed is not None:
+                        self._on_pace_needed(waiter.group, decision.pace)
+                    break
+                queue.popleft()
+                if isinstance(decision, TooLarge):
+                    self._too_large += 1
+                    self._answer(waiter, RequestTooLargeError(decision.message))
+                    continue
+                self._answer(waiter, decision)
+                self._in_flight += 1
+                self._granted += 1
+                self._tokens_reserved += decision.cost.tokens
+        return wake
+
+    def _grant_ready_within_budget(self, now: float) -> float:
+        """:meth:`_grant_ready` for a limiter with a budget: a head waits until its dollars fit.
+
+        A separate loop, so that a limiter without a budget pays nothing for it.
+        """
+        book = self._book
+        budget = self._budget
+        assert budget is not None
+        wake = math.inf
+        for queue in self._queues.values():
+            while queue:
+                if self._in_flight >= self._cap:
+                    return wake  # a settle will wake us
+                waiter = queue[0]
+                if waiter.state is not _State.PENDING:
+                    queue.popleft()
+                    continue
+                if not budget.fits(waiter.cost.dollars):
                     if self._over_budget(budget, waiter):
                         queue.popleft()
                         continue
@@ -574,8 +620,7 @@ class Limiter:
                 self._in_flight += 1
                 self._granted += 1
                 self._tokens_reserved += decision.cost.tokens
-                if budget is not None:
-                    budget.reserve(decision.cost.dollars)
+                budget.reserve(decision.cost.dollars)
         return wake
 
     def _over_budget(self, budget: Budget, waiter: _Waiter) -> bool:
