@@ -100,3 +100,21 @@ def test_the_progress_line_shows_spend_against_the_cap():
     assert "spent $3.50 of $25.00" in format_progress_line(capped, bar=False)
     plain = RunProgress(elapsed=1, total=10, done=2, failed=0, in_flight=1)
     assert "spent" not in format_progress_line(plain, bar=False)
+
+
+def test_a_new_round_of_a_run_gets_only_what_the_earlier_rounds_left_of_the_cap():
+    """After OUTPUT held answers, the next client's cap is the run's cap less what was spent."""
+    from types import SimpleNamespace
+
+    from engine._budget import BudgetExhaustedError
+    from engine.app.batch import _options_with_budget_left
+
+    options = {"max_cost": 10.0, "api_key": "sk-x"}
+    first = SimpleNamespace(closed=[])
+    assert _options_with_budget_left(options, first) == (options, None)
+    later = SimpleNamespace(closed=[SimpleNamespace(spent=3.0), SimpleNamespace(spent=2.5)])
+    left, fatal = _options_with_budget_left(options, later)
+    assert fatal is None and left["max_cost"] == 4.5 and left["api_key"] == "sk-x"
+    spent = SimpleNamespace(closed=[SimpleNamespace(spent=10.0)])
+    assert isinstance(_options_with_budget_left(options, spent)[1], BudgetExhaustedError)
+    assert _options_with_budget_left({"api_key": "k"}, later) == ({"api_key": "k"}, None)
