@@ -22,7 +22,7 @@ import enum
 import math
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 import outcome
@@ -172,6 +172,8 @@ class LimiterStatistics:
             opened with ``latency_histogram=True``, or served by
             :mod:`engine.metrics`).
         latency_sum: their latencies added up (seconds).
+        rate_limited_by: 429s per limit the server named (``"requests"``,
+            ``"tokens"``, or ``"unknown"`` when it did not say).
     """
 
     granted: int
@@ -188,6 +190,7 @@ class LimiterStatistics:
     cost_reserved: float = 0.0
     latency_counts: tuple[int, ...] = ()
     latency_sum: float = 0.0
+    rate_limited_by: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _now_or_none() -> float | None:
@@ -269,6 +272,7 @@ class Limiter:
         # None until count_latencies(): the histogram costs the hot path only when wanted.
         self._latency_counts: list[int] | None = None
         self._latency_sum = 0.0
+        self._rate_limited_by: dict[str, int] = {}
 
     # -- worker side ----------------------------------------------------------
 
@@ -415,6 +419,7 @@ class Limiter:
             cost_reserved=0.0 if self._budget is None else self._budget.reserved,
             latency_counts=() if self._latency_counts is None else tuple(self._latency_counts),
             latency_sum=self._latency_sum,
+            rate_limited_by=dict(self._rate_limited_by),
         )
 
     # -- the task -------------------------------------------------------------
@@ -490,6 +495,8 @@ class Limiter:
         elif isinstance(message, _RateLimited):
             self._in_flight -= 1
             self._rate_limited += 1
+            limit = message.limit_type or "unknown"
+            self._rate_limited_by[limit] = self._rate_limited_by.get(limit, 0) + 1
             until = book.rate_limited(
                 message.reservation,
                 now,

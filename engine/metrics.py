@@ -21,6 +21,7 @@ key, a prompt or an answer.  Names follow Prometheus conventions (a
 Counters: ``quota_engine_requests_sent_total`` (HTTP attempts),
 ``quota_engine_requests_total{outcome="succeeded"|"failed"}``,
 ``quota_engine_retries_total``, ``quota_engine_rate_limited_total`` (429s),
+``quota_engine_rate_limited_by_limit_total{limit="requests"|"tokens"|"unknown"}``,
 ``quota_engine_tokens_total{kind="prompt"|"completion"}`` (as the server
 reported), ``quota_engine_tokens_reserved_total`` (estimates),
 ``quota_engine_permits_granted_total``,
@@ -132,6 +133,14 @@ class ClientCollector(Collector):
         yield counter(
             "rate_limited", "429 rate_limit_exceeded answers received.", statistics.rate_limited
         )
+        by_limit = CounterMetricFamily(
+            "quota_engine_rate_limited_by_limit",
+            "429 rate_limit_exceeded answers by the limit the server named.",
+            labels=["limit"],
+        )
+        for limit, count in sorted(limiter.rate_limited_by.items()):
+            by_limit.add_metric([limit], count)
+        yield by_limit
         tokens = CounterMetricFamily(
             "quota_engine_tokens", "Tokens the server reported, by kind.", labels=["kind"]
         )

@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 import engine
@@ -169,3 +170,40 @@ def test_engine_run_serves_metrics_while_it_runs(tmp_path):
     final = orjson.loads(stats_json.read_bytes())["client_statistics"]
     sent = [s[("quota_engine_requests_sent_total", ())] for s in scrapes]
     assert sent == sorted(sent) and sent[-1] <= final["sent"] == 600
+
+
+async def test_429s_are_counted_by_the_limit_the_server_named():
+    """rate_limited_by_limit_total carries one sample per limit named in 429s."""
+    from prometheus_client import generate_latest
+
+    from engine._limiter import Limiter
+    from engine._quota import Cost, QuotaBook
+    from engine.metrics import registry
+
+    limiter = Limiter(QuotaBook(engine.Limits()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(limiter.run)
+        for limit in ("tokens", "tokens", None):
+            reservation = await limiter.acquire("m", Cost(tokens=1))
+            limiter.rate_limited_nowait(reservation, retry_after=0.0, limit_type=limit)
+            await trio.testing.wait_all_tasks_blocked()
+        statistics = engine.ClientStatistics(
+            limiter=limiter.statistics(),
+            sent=3,
+            succeeded=0,
+            failed=0,
+            retries=0,
+            rate_limited=3,
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
+        limiter.close()
+    text = generate_latest(registry(lambda: statistics)).decode()
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("quota_engine_rate_limited_by_limit_total", (("limit", "tokens"),))] == 2
+    assert samples[("quota_engine_rate_limited_by_limit_total", (("limit", "unknown"),))] == 1
+    assert samples[("quota_engine_rate_limited_total", ())] == 3

@@ -588,6 +588,9 @@ def _combined_statistics(
             map(sum, zip(*(item.limiter.latency_counts for item in rounds), strict=True))
         ),
         latency_sum=sum(item.limiter.latency_sum for item in rounds),
+        rate_limited_by=dict(
+            sum((Counter(item.limiter.rate_limited_by) for item in rounds), Counter())
+        ),
     )
     return attrs.evolve(
         last,
