@@ -151,6 +151,7 @@ def test_wheel_without_extras_serves_the_mock_and_runs_a_batch(tmp_path, pytestc
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert "engine/py.typed" in names
+    assert "engine/prices.json" in names  # the spending cap's price table
     lua = {Path(name).name for name in names if name.startswith("engine/lua/")}
     assert lua == {path.name for path in (REPOSITORY / "engine" / "lua").glob("*.lua")}
     environment = tmp_path / "venv"
