@@ -157,6 +157,11 @@ def _comma_tokens(value: bytes) -> list[bytes]:
 
 # --- reading responses --------------------------------------------------------
 
+#: The header names a response head is read differently for.
+_FRAMING_NAMES = frozenset(
+    (b"content-length", b"transfer-encoding", b"connection", b"content-encoding")
+)
+
 #: The most bytes held while a response head, a chunk-size line or a trailer
 #: section is still incomplete (h11's default, so both refuse the same heads).
 MAX_INCOMPLETE_SIZE = 16 * 1024
@@ -420,7 +425,9 @@ class ResponseReader:
             name, _, value = line.partition(b":")
             value = value.strip(b" \t")
             lowered = name.lower()
-            if lowered == b"content-length":
+            if lowered not in _FRAMING_NAMES:
+                pass  # most headers: one set lookup instead of four comparisons
+            elif lowered == b"content-length":
                 if content_length is not None or not value.isdigit() or len(value) > 20:
                     return FALLBACK_CONTENT_LENGTH
                 content_length = value
