@@ -32,6 +32,7 @@ from engine._errors import (
 )
 from engine._export import split_results, to_csv, to_dataframe, to_jsonl, to_rows
 from engine._limiter import LimiterStatistics
+from engine._pool import Endpoint, EndpointStatistics
 from engine._quota import DimensionState, GroupState, Limits
 from engine._requests import ChatRequest, TranscriptionRequest
 from engine._results import (
@@ -71,6 +72,8 @@ __all__ = [
     "EmbeddingRequest",
     "EmbeddingResult",
     "EmbeddingUsage",
+    "Endpoint",
+    "EndpointStatistics",
     "EngineError",
     "ErrorInfo",
     "FatalError",

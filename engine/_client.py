@@ -16,12 +16,13 @@ hands each piece of text to the caller over a channel of its own.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import random
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar, overload
@@ -56,6 +57,7 @@ from engine._headers import parse_rate_limit_headers
 from engine._http import TimeoutWatch, make_async_client
 from engine._limiter import Limiter, LimiterStatistics
 from engine._nurseries import open_service_nursery
+from engine._pool import Endpoint, EndpointStatistics, Pool, _Member
 from engine._quota import Cost, Limits, QuotaBook, Reservation
 from engine._requests import DEFAULT_MIN_SECONDS, ChatRequest, TranscriptionRequest
 from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult, Usage
@@ -109,6 +111,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 #: requests actually in flight to what the quota needs at the observed latency.
 AUTO_MAX_CONCURRENCY = 512
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_pool_logger = logging.getLogger("engine.pool")
 
 #: What ``chat``, ``respond``, ``embed``, ``transcribe`` and ``map`` hand back.
 Result = ChatResult | TranscriptionResult | ResponseResult | EmbeddingResult
@@ -183,6 +186,8 @@ class ClientStatistics:
             (0 without ``max_cost``; ``limiter.cost_reserved`` is what
             permits in flight hold).
         max_cost: the spending cap (None: none).
+        endpoints: a pool's per-member counters, in the pool's order (empty
+            without ``endpoints=``).
     """
 
     limiter: LimiterStatistics
@@ -197,6 +202,7 @@ class ClientStatistics:
     audio_seconds: float = 0.0
     spent: float = 0.0
     max_cost: float | None = None
+    endpoints: tuple[EndpointStatistics, ...] = ()
 
 
 async def _send_soon(channel: trio.MemorySendChannel[_Value], value: _Value) -> None:
@@ -264,6 +270,9 @@ class _Job:
     stream: _StreamSink | None = None
     #: The model's price when the client has a spending cap.
     price: Price | None = None
+    #: A pool's (member, member group) pairs that may serve it (None: no pool);
+    #: ``group`` is then the queue it waits in (see Limiter.acquire).
+    choices: tuple[tuple[str, str], ...] | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -452,6 +461,37 @@ class ResponseStream(_Stream[ResponseResult]):
 _StreamT = TypeVar("_StreamT", ChatStream, ResponseStream)
 
 
+class _PoolHTTP:
+    """One worker's connections to a pool's members, each opened at its first request.
+
+    ``factories`` makes a member's connection (an HTTP client with that
+    member's base URL and key) by member name.  Leaving closes those opened.
+    """
+
+    def __init__(self, factories: Mapping[str, Callable[[], _WorkerHTTP]]) -> None:
+        self._factories = factories
+        self._open: dict[str, _WorkerHTTP] = {}
+
+    def for_member(self, name: str) -> _WorkerHTTP:
+        """The connection to member ``name`` (made now if it is the first).  Never checkpoints."""
+        http = self._open.get(name)
+        if http is None:
+            http = self._open[name] = self._factories[name]()
+        return http
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for http in self._open.values():
+            await http.__aexit__(None, None, None)
+
+
 class Client:
     """A running quota-engine client.  Get one from :func:`open_client`.
 
@@ -473,9 +513,13 @@ class Client:
         base_url: str,
         audio_tokens_per_second: float = 0.0,
         prices: PriceTable | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self._nursery = nursery
         self._prices = prices
+        self._pool = pool
+        #: No cap and no pool: JSON jobs take _job's short way.
+        self._plain_jobs = prices is None and pool is None
         self._limiter = limiter
         self._jobs = jobs
         self._groups = dict(groups)
@@ -501,6 +545,8 @@ class Client:
         self._leases: LeaseManager | None = None
 
     def __repr__(self) -> str:
+        if self._pool is not None:
+            return f"<engine.Client endpoints={[e.name for e in self._pool.endpoints]!r}>"
         return f"<engine.Client base_url={self._base_url!r}>"
 
     # -- public API -----------------------------------------------------------
@@ -512,6 +558,7 @@ class Client:
         model: str,
         response_model: type[pydantic.BaseModel] | None = None,
         id: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> ChatResult:
         """Run one chat completion and return its :class:`~engine.ChatResult`.
@@ -519,14 +566,17 @@ class Client:
         ``messages`` is a prompt string or OpenAI-style message dicts;
         ``params`` are passed through in the request body (``temperature``,
         ``max_tokens``, ...).  With ``response_model`` the answer is parsed
-        into that pydantic model (``result.output``).
+        into that pydantic model (``result.output``).  ``endpoint`` pins the
+        request to one member of the client's pool (default None: any).
 
         Raises:
             EngineError: a subclass saying why, once retries are spent;
                 :class:`~engine.ResponseValidationError` for a refusal, a
                 truncated answer or one that does not fit ``response_model``.
         """
-        return await self._call(_chat_request(messages, model, response_model, id, params))
+        return await self._call(
+            _chat_request(messages, model, response_model, id, params, endpoint)
+        )
 
     async def respond(
         self,
@@ -536,6 +586,7 @@ class Client:
         instructions: str | None = None,
         response_model: type[pydantic.BaseModel] | None = None,
         id: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> ResponseResult:
         """Run one Responses API request; return its :class:`~engine.ResponseResult`.
@@ -545,14 +596,17 @@ class Client:
         in the body (``max_output_tokens``, ``temperature``, ...).  With
         ``response_model`` the answer is asked for as strict JSON through
         ``text.format`` and parsed into that pydantic model (``result.output``).
-        ``id`` defaults to ``"response"``.
+        ``id`` defaults to ``"response"``; ``endpoint`` pins it to one pool
+        member (default None: any).
 
         Raises:
             EngineError: a subclass saying why, once retries are spent;
                 :class:`~engine.ResponseValidationError` for a refusal, an
                 incomplete answer or one that does not fit ``response_model``.
         """
-        request = _response_request(input, model, instructions, response_model, id, params)
+        request = _response_request(
+            input, model, instructions, response_model, id, params, endpoint
+        )
         return await self._call(request)
 
     def stream(
@@ -562,6 +616,7 @@ class Client:
         model: str,
         response_model: type[pydantic.BaseModel] | None = None,
         id: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> AbstractAsyncContextManager[ChatStream]:
         """Stream one chat completion: ``async with client.stream(...) as s``.
@@ -587,7 +642,9 @@ class Client:
                 retried); :class:`~engine.StreamInterruptedError` when the
                 stream broke off after it had begun (never retried).
         """
-        request = _chat_request(messages, model, response_model, id, {**params, "stream": True})
+        request = _chat_request(
+            messages, model, response_model, id, {**params, "stream": True}, endpoint
+        )
         return self._open_stream(request, ChatStream)
 
     def stream_response(
@@ -598,6 +655,7 @@ class Client:
         instructions: str | None = None,
         response_model: type[pydantic.BaseModel] | None = None,
         id: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> AbstractAsyncContextManager[ResponseStream]:
         """Stream one Responses API request: ``async with client.stream_response(...) as s``.
@@ -610,7 +668,7 @@ class Client:
         early and errors as for :meth:`stream`.
         """
         request = _response_request(
-            input, model, instructions, response_model, id, {**params, "stream": True}
+            input, model, instructions, response_model, id, {**params, "stream": True}, endpoint
         )
         return self._open_stream(request, ResponseStream)
 
@@ -642,6 +700,7 @@ class Client:
         model: str,
         dimensions: int | None = None,
         id: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> EmbeddingResult:
         """Embed one input or a list of inputs; return its :class:`~engine.EmbeddingResult`.
@@ -652,7 +711,8 @@ class Client:
         models) and 300,000 tokens in all.  ``dimensions`` (default None: the
         model's length) and ``params`` (``encoding_format``, ``user``) are
         passed through; a ``base64`` answer is decoded.  ``id`` defaults to
-        ``"embedding"``.
+        ``"embedding"``; ``endpoint`` pins it to one pool member (default
+        None: any).
 
         Raises:
             InputError: the input breaks a limit or is empty (nothing is sent).
@@ -664,6 +724,7 @@ class Client:
             dimensions=dimensions,
             id=id if id is not None else "embedding",
             params=params,
+            endpoint=endpoint,
         )
         return await self._call(request)
 
@@ -679,6 +740,7 @@ class Client:
         min_seconds: float = DEFAULT_MIN_SECONDS,
         id: str | None = None,
         filename: str | None = None,
+        endpoint: str | None = None,
         **params: Any,
     ) -> TranscriptionResult:
         """Transcribe one recording; return its :class:`~engine.TranscriptionResult`.
@@ -691,7 +753,8 @@ class Client:
         ``srt``, ``vtt``), ``language``, ``prompt`` and ``temperature`` are
         passed through (None: left out); so are other ``params`` as form
         fields.  ``id`` defaults to the file name; ``filename`` overrides the
-        name uploaded (see :class:`~engine.TranscriptionRequest`).
+        name uploaded (see :class:`~engine.TranscriptionRequest`);
+        ``endpoint`` pins it to one pool member (default None: any).
 
         Raises:
             InputError: the file is unreadable, not audio, or over 25 MB.
@@ -708,6 +771,7 @@ class Client:
             min_seconds=min_seconds,
             filename=filename,
             params=params,
+            endpoint=endpoint,
         )
         return await self._call(request)
 
@@ -795,6 +859,9 @@ class Client:
             audio_seconds=self._audio_seconds,
             spent=limiter.spent,
             max_cost=limiter.max_cost,
+            endpoints=()
+            if self._pool is None
+            else self._pool.statistics(limiter.granted_by_member),
         )
 
     def shared_statistics(self) -> SharedQuotaStatistics | None:
@@ -812,14 +879,16 @@ class Client:
         if isinstance(request, TranscriptionRequest):
             # Size, duration and cost are known only after reading the file,
             # which the worker does in a thread (``_TranscriptionEndpoint.prepare``).
+            group, choices = self._route(request)
             return _Job(
                 request=request,
                 endpoint=_TRANSCRIPTION,
                 content=None,
                 cost=None,
-                group=self._groups.get(request.model, request.model),
+                group=group,
                 run=run,
                 queued_at=time.time(),
+                choices=choices,
             )
         endpoint = _JSON_BY_TYPE.get(type(request)) or _json_endpoint_of(request)
         # Only what the caller gave can fail here (a response_model strict mode
@@ -839,7 +908,7 @@ class Client:
         tokens = endpoint.spec.estimate_tokens(
             body, default_output_tokens=self._default_output_tokens
         )
-        if self._prices is not None:
+        if self._plain_jobs is False or request.endpoint is not None:
             return self._priced_job(request, endpoint, body, content, tokens, run, stream)
         return _Job(
             request=request,
@@ -862,34 +931,74 @@ class Client:
         run: _Run,
         stream: _StreamSink | None,
     ) -> _Job:
-        """A job whose cost also holds its worst-case dollars (the client has a cap).
+        """A JSON job of a client with a spending cap or a pool (the plain one is :meth:`_job`'s).
 
-        The worst case is the input estimate with a margin
-        (:func:`~engine._budget.worst_case_input`) at the input price, plus
-        the whole output budget (``max_tokens`` / ``max_completion_tokens`` /
-        ``max_output_tokens`` times ``n``, else ``default_output_tokens``)
-        at the output price; embeddings have no output.
+        With a cap, its cost also holds its worst-case dollars: the input
+        estimate with a margin (:func:`~engine._budget.worst_case_input`) at
+        the input price, plus the whole output budget (``max_tokens`` /
+        ``max_completion_tokens`` / ``max_output_tokens`` times ``n``, else
+        ``default_output_tokens``) at the output price; embeddings have no
+        output.  In a pool, it carries the members that may serve it.
 
         Raises:
-            InputError: the model has no price.
+            InputError: the model has no price; no member serves it, or it is
+                pinned to a member the pool does not have.
         """
-        assert self._prices is not None
-        try:
-            price = self._prices.require(request.model)
-        except UnknownPriceError as exc:
-            raise InputError(f"request {request.id!r}: {exc}") from None
-        worst = _worst_case(endpoint, body, tokens, price, self._default_output_tokens)
+        price = None
+        worst = 0.0
+        if self._prices is not None:
+            try:
+                price = self._prices.require(request.model)
+            except UnknownPriceError as exc:
+                raise InputError(f"request {request.id!r}: {exc}") from None
+            worst = _worst_case(endpoint, body, tokens, price, self._default_output_tokens)
+        group, choices = self._route(request)
         return _Job(
             request=request,
             endpoint=endpoint,
             content=content,
             cost=Cost(tokens=tokens, dollars=worst),
-            group=self._groups.get(request.model, request.model),
+            group=group,
             run=run,
             queued_at=time.time(),
             stream=stream,
             price=price,
+            choices=choices,
         )
+
+    def _route(self, request: AnyRequest) -> tuple[str, tuple[tuple[str, str], ...] | None]:
+        """The queue ``request`` waits in, and the pool members that may serve it.
+
+        Without a pool: its limit group and None.  In a pool: its limit group
+        and every member serving its model, or, pinned (``endpoint=``), that
+        member's group and that member alone.
+
+        Raises:
+            InputError: pinned without a pool, or to a member the pool has not
+                (or that does not serve the model); no member serves the model.
+        """
+        group = self._groups.get(request.model, request.model)
+        pool = self._pool
+        pin = request.endpoint
+        if pool is None:
+            if pin is None:
+                return group, None
+            raise InputError(
+                f"request {request.id!r}: endpoint {pin!r} asked for, but the client has "
+                "no pool (open it with endpoints=[engine.Endpoint(...), ...])"
+            )
+        if pin is not None:
+            try:
+                choices = pool.pinned(pin, request.model, group)
+            except KeyError as exc:
+                raise InputError(f"request {request.id!r}: {exc.args[0]}") from None
+            return choices[0][1], choices
+        choices = pool.choices(request.model, group)
+        if not choices:
+            raise InputError(
+                f"request {request.id!r}: no endpoint of the pool serves model {request.model!r}"
+            )
+        return group, choices
 
     def _acquire_failed(self, job: _Job, exc: RequestError, attempts: int) -> Result:
         """The result of a job refused a permit; a spent budget stops the client."""
@@ -944,7 +1053,9 @@ class Client:
 
     # -- workers --------------------------------------------------------------
 
-    async def _worker(self, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP) -> None:
+    async def _worker(
+        self, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP | _PoolHTTP
+    ) -> None:
         async with jobs, http:
             job: _Job | None = None
             while True:
@@ -970,7 +1081,7 @@ class Client:
                     job = None  # the run was cancelled; its result is not wanted
 
     async def _streak(
-        self, job: _Job, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP
+        self, job: _Job, jobs: trio.MemoryReceiveChannel[_Job], http: _WorkerHTTP | _PoolHTTP
     ) -> _Job | None:
         """Run ``job`` and the next ones of the same run; return the first of another run.
 
@@ -995,7 +1106,7 @@ class Client:
             if run.cancelled:
                 return None
 
-    async def _execute(self, job: _Job, http: _WorkerHTTP) -> Result:
+    async def _execute(self, job: _Job, http: _WorkerHTTP | _PoolHTTP) -> Result:
         """Run one job to its result: local checks, permits, attempts, retries."""
         if job.stream is not None:
             return await self._execute_stream(job, job.stream, http)
@@ -1017,9 +1128,10 @@ class Client:
             if self._fatal is not None:
                 return self._failure(job, RunStoppedError(self._fatal.message), attempts)
             try:
-                reservation = await self._limiter.acquire(job.group, job.cost)
+                reservation = await self._limiter.acquire(job.group, job.cost, job.choices)
             except RequestError as exc:
                 return self._acquire_failed(job, exc, attempts)
+            conn = self._member_http(http, reservation) if isinstance(http, _PoolHTTP) else http
             files = None
             if content is None:
                 # Multipart: built again for every attempt, so a retry re-sends
@@ -1038,9 +1150,9 @@ class Client:
             sent_at = trio.current_time()
             try:
                 if files is None:
-                    response = await http.post(path, content=content, headers=headers)
+                    response = await conn.post(path, content=content, headers=headers)
                 else:
-                    response = await http.post(path, data=job.form, files=files, headers=headers)
+                    response = await conn.post(path, data=job.form, files=files, headers=headers)
             except BaseException as exc:
                 failures += 1
                 final = await self._after_failed_send(
@@ -1070,7 +1182,9 @@ class Client:
             if final is not None:
                 return final
 
-    async def _execute_stream(self, job: _Job, sink: _StreamSink, http: _WorkerHTTP) -> Result:
+    async def _execute_stream(
+        self, job: _Job, sink: _StreamSink, http: _WorkerHTTP | _PoolHTTP
+    ) -> Result:
         """Run one streamed job to its result; the caller reading it learns when it is over."""
         sink.started = True
         try:
@@ -1080,7 +1194,9 @@ class Client:
                 sink.deltas.close()
             sink.finished.set()
 
-    async def _stream_attempts(self, job: _Job, sink: _StreamSink, http: _WorkerHTTP) -> Result:
+    async def _stream_attempts(
+        self, job: _Job, sink: _StreamSink, http: _WorkerHTTP | _PoolHTTP
+    ) -> Result:
         """Attempts of a streamed job: permits and retries as in :meth:`_execute`.
 
         What fails before the body's first byte (connect, a 429 or 5xx
@@ -1101,16 +1217,17 @@ class Client:
             if self._fatal is not None:
                 return self._failure(job, RunStoppedError(self._fatal.message), attempts)
             try:
-                reservation = await self._limiter.acquire(job.group, job.cost)
+                reservation = await self._limiter.acquire(job.group, job.cost, job.choices)
             except RequestError as exc:
                 return self._acquire_failed(job, exc, attempts)
+            conn = self._member_http(http, reservation) if isinstance(http, _PoolHTTP) else http
             attempts += 1
             self._sent += 1
             sent_wall = time.time()
             reading = _Reading(make_assembler(), TokenClock(trio.current_time()), sink.deltas)
             result: Result | None = None
             try:
-                async with _stream_post(http, endpoint.path, job.content, headers) as response:
+                async with _stream_post(conn, endpoint.path, job.content, headers) as response:
                     parsed = parse_rate_limit_headers(response.headers)
                     limits = None if parsed.is_empty else parsed
                     status = response.status_code
@@ -1274,6 +1391,7 @@ class Client:
             )
         except ResponseValidationError as error:
             self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
+            self._count_member_error(reservation)
             return self._failure(
                 job,
                 error,
@@ -1293,8 +1411,7 @@ class Client:
                 else None
             ),
         )
-        self._prompt_tokens += input_tokens
-        self._completion_tokens += output_tokens
+        self._count_usage(reservation, input_tokens, output_tokens)
         typed: Result = result
         return typed
 
@@ -1315,6 +1432,7 @@ class Client:
         backing off (the caller tries again).  Checkpoints when it backs off.
         """
         self._limiter.settle_nowait(reservation)
+        self._count_member_error(reservation)
         verdict = classify_transport_error(exc)
         if verdict is None:
             raise exc
@@ -1351,8 +1469,11 @@ class Client:
         action = verdict.action
         attempts = tries.attempts
         failures = tries.failures
+        member = None if self._pool is None else self._pool.member(reservation.group)
         if action is Action.RATE_LIMITED:
             self._rate_limited += 1
+            if member is not None:
+                member.rate_limited += 1
             self._limiter.rate_limited_nowait(
                 reservation,
                 headers=limits,
@@ -1376,6 +1497,8 @@ class Client:
             return None, failures
         # An error status is not billed (OpenAI's policy): its worst case goes back.
         self._limiter.settle_nowait(reservation, headers=limits, latency=tries.latency, spent=0.0)
+        if member is not None:
+            member.errors += 1
         if action is Action.RETRY:
             failures += 1
             if failures < self._max_attempts:
@@ -1386,6 +1509,10 @@ class Client:
             verdict, status_code=status, request_id=request_id, attempts=attempts
         )
         if isinstance(error, FatalError):
+            if member is not None and self._retire(member, error):
+                # Sent again: the limiter routes around the retired member (a
+                # request pinned to it is refused there, run_stopped).
+                return None, failures
             self._stop(error)
         return self._failure(
             job,
@@ -1405,6 +1532,48 @@ class Client:
             delay = max(delay, min(verdict.retry_after, self._retry_max_delay))
         if delay > 0:
             await trio.sleep(delay)
+
+    def _retire(self, member: _Member, error: FatalError) -> bool:
+        """Retire a pool member that answered ``error`` (401/403, ``insufficient_quota``).
+
+        Returns True while other members serve (the request goes to them),
+        False when it was the last (the client stops).  Warns once per member.
+        """
+        assert self._pool is not None
+        name = member.endpoint.name
+        if member.retired is None:
+            member.retired = error
+            serving = self._pool.serving()
+            self._limiter.retire_nowait(name, error.message)
+            _pool_logger.warning(
+                "endpoint %r retired (%s); %s",
+                name,
+                error.message,
+                f"its work goes to {', '.join(serving)}" if serving else "no endpoint is left",
+            )
+        return bool(self._pool.serving())
+
+    def _count_usage(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> None:
+        """Count a usable answer's tokens (and, in a pool, the answer, for its member)."""
+        self._prompt_tokens += input_tokens
+        self._completion_tokens += output_tokens
+        if self._pool is not None:
+            member = self._pool.member(reservation.group)
+            member.succeeded += 1
+            member.prompt_tokens += input_tokens
+            member.completion_tokens += output_tokens
+
+    def _count_member_error(self, reservation: Reservation) -> None:
+        """In a pool: count an attempt that failed (unusable answer, transport error)."""
+        if self._pool is not None:
+            self._pool.member(reservation.group).errors += 1
+
+    def _member_http(self, http: _PoolHTTP, reservation: Reservation) -> _WorkerHTTP:
+        """The worker's connection to the pool member ``reservation`` was granted on."""
+        assert self._pool is not None
+        member = self._pool.member(reservation.group)
+        member.sent += 1
+        return http.for_member(member.endpoint.name)
 
     def _stop(self, error: FatalError) -> None:
         if self._fatal is None:
@@ -1428,6 +1597,7 @@ class Client:
         except ResponseValidationError as error:
             # A 2xx whose body is unusable: the item fails, the run goes on.
             self._limiter.settle_nowait(reservation, headers=limits, latency=latency)
+            self._count_member_error(reservation)
             return self._failure(
                 job,
                 error,
@@ -1445,8 +1615,7 @@ class Client:
             if job.price is None
             else _spent(job.price, result, input_tokens, output_tokens),
         )
-        self._prompt_tokens += input_tokens
-        self._completion_tokens += output_tokens
+        self._count_usage(reservation, input_tokens, output_tokens)
         return result
 
     def _failure(
@@ -1811,6 +1980,7 @@ def _chat_request(
     response_model: type[pydantic.BaseModel] | None,
     id: str | None,
     params: dict[str, Any],
+    endpoint: str | None = None,
 ) -> ChatRequest:
     """The request :meth:`Client.chat` and :meth:`Client.stream` send (``id``: ``"chat"``)."""
     return ChatRequest(
@@ -1819,6 +1989,7 @@ def _chat_request(
         id=id if id is not None else "chat",
         response_model=response_model,
         params=params,
+        endpoint=endpoint,
     )
 
 
@@ -1829,6 +2000,7 @@ def _response_request(
     response_model: type[pydantic.BaseModel] | None,
     id: str | None,
     params: dict[str, Any],
+    endpoint: str | None = None,
 ) -> ResponseRequest:
     """The request :meth:`Client.respond` and :meth:`Client.stream_response` send
     (``id`` default ``"response"``)."""
@@ -1839,6 +2011,7 @@ def _response_request(
         id=id if id is not None else "response",
         response_model=response_model,
         params=params,
+        endpoint=endpoint,
     )
 
 
@@ -1954,6 +2127,14 @@ def _json_or_none(content: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _client_headers(api_key: str | None) -> dict[str, str]:
+    """The headers every request of a client (or of one pool member) carries."""
+    headers = {"user-agent": f"quota-engine/{__version__}"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 def _check_base_url(base_url: str) -> str:
     url = httpx.URL(base_url)
     if url.scheme not in ("http", "https"):
@@ -1987,6 +2168,7 @@ async def open_client(
     max_cost: float | None = None,
     prices: PriceTable | str | os.PathLike[str] | None = None,
     latency_histogram: bool = False,
+    endpoints: Sequence[Endpoint] | None = None,
 ) -> AsyncIterator[Client]:
     """Open a client; leaving the block waits for its work and closes connections.
 
@@ -2040,6 +2222,18 @@ async def open_client(
             buckets from the start (``statistics().limiter.latency_counts``,
             the metrics' histogram); default False: only once
             :mod:`engine.metrics` is given the client.
+        endpoints: a pool of :class:`~engine.Endpoint` members (several keys,
+            deployments or providers) instead of ``base_url`` / ``api_key``
+            / ``limits`` (default None: no pool).  Each member's limit
+            groups are quota groups of their own; a request goes to the
+            member serving its model that can take it soonest (ties: the
+            fewest granted per unit of ``weight``), or to the one it is
+            pinned to (``endpoint=``).  A member answering 401/403 or
+            ``insufficient_quota`` is retired with a warning (logger
+            ``engine.pool``) and its requests go to the others; the client
+            stops only when none is left.  Per-member counters:
+            ``statistics().endpoints``.  With ``shared``, each member's
+            quota is shared on its own.  See docs/guide.md, "A pool of keys".
 
     Entering checkpoints (it starts the client's tasks); leaving waits for
     the work in flight.  Exceptions leave one at a time, never as an
@@ -2060,15 +2254,28 @@ async def open_client(
         raise ValueError("audio_tokens_per_second must be >= 0")
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    pool: Pool | None = None
+    if endpoints is not None:
+        if base_url is not None or api_key is not None or limits is not None:
+            raise ValueError(
+                "with endpoints=, give base_url, api_key and limits on each engine.Endpoint"
+            )
+        pool = Pool(endpoints)
+        for member in pool.endpoints:
+            _check_base_url(member.base_url)
+        limits = pool.limits
     budget = Budget(max_cost) if max_cost is not None else None
     price_table: PriceTable | None = None
     if budget is not None:
         price_table = prices if isinstance(prices, PriceTable) else load_prices(prices)
-    base_url = _check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
-    api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    headers = {"user-agent": f"quota-engine/{__version__}"}
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
+    if pool is None:
+        base_url = _check_base_url(
+            base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        )
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    else:
+        base_url = pool.endpoints[0].base_url
+    headers = _client_headers(api_key)
     workers = concurrency or AUTO_MAX_CONCURRENCY
     leases = LeaseManager(shared, limits) if shared is not None else None
     limiter = Limiter(
@@ -2081,6 +2288,7 @@ async def open_client(
         max_in_flight=workers,
         auto_in_flight=concurrency is None,
         budget=budget,
+        weights=None if pool is None else pool.weights,
         **(leases.callbacks() if leases is not None else LimiterCallbacks()),
     )
     if latency_histogram:
@@ -2111,16 +2319,24 @@ async def open_client(
                     base_url=base_url,
                     audio_tokens_per_second=audio_tokens_per_second,
                     prices=price_table,
+                    pool=pool,
                 )
                 client._leases = leases
+                connect = functools.partial(
+                    make_async_client, timeout=http_timeout, transport=transport, watch=watch
+                )
+                members = {
+                    member.name: functools.partial(
+                        connect, member.base_url, headers=_client_headers(member.api_key)
+                    )
+                    for member in (pool.endpoints if pool is not None else ())
+                }
                 with jobs_receive:
                     for _ in range(workers):
-                        http = make_async_client(
-                            base_url,
-                            headers=headers,
-                            timeout=http_timeout,
-                            transport=transport,
-                            watch=watch,
+                        http: _WorkerHTTP | _PoolHTTP = (
+                            connect(base_url, headers=headers)
+                            if pool is None
+                            else _PoolHTTP(members)
                         )
                         work.start_soon(client._worker, jobs_receive.clone(), http)
                 async with jobs_send:

@@ -31,7 +31,7 @@ import trio
 from engine._budget import Budget, BudgetExhaustedError, OverBudgetError
 from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
-from engine._quota import Cost, GroupState, QuotaBook, Reservation, TooLarge, Wait
+from engine._quota import Cost, Decision, GroupState, QuotaBook, Reservation, TooLarge, Wait
 
 __all__ = ["LATENCY_BUCKETS", "Limiter", "LimiterStatistics"]
 
@@ -60,6 +60,17 @@ class _Waiter:
         # cancelled waiter never holds a reservation.
         self.state = _State.CANCELLED
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+@attrs.define(slots=True, eq=False)
+class _PoolWaiter(_Waiter):
+    """A waiter any of several pool members may serve: ``(member, member group)`` each.
+
+    ``group`` is only the queue it waits in (FIFO with the others of its
+    limit group); the permit is for the chosen member's group.
+    """
+
+    choices: tuple[tuple[str, str], ...] = ()
 
 
 # The messages below are created once or twice per request, on the hot path:
@@ -98,6 +109,12 @@ class _Release:
 @attrs.frozen
 class _Stop:
     error: FatalError
+
+
+@attrs.frozen
+class _Retire:
+    member: str
+    reason: str
 
 
 @attrs.frozen
@@ -174,6 +191,7 @@ class LimiterStatistics:
         latency_sum: their latencies added up (seconds).
         rate_limited_by: 429s per limit the server named (``"requests"``,
             ``"tokens"``, or ``"unknown"`` when it did not say).
+        granted_by_member: a pool's permits per member (empty without a pool).
     """
 
     granted: int
@@ -191,6 +209,7 @@ class LimiterStatistics:
     latency_counts: tuple[int, ...] = ()
     latency_sum: float = 0.0
     rate_limited_by: Mapping[str, int] = attrs.field(factory=dict)
+    granted_by_member: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def _now_or_none() -> float | None:
@@ -232,6 +251,12 @@ class Limiter:
     :attr:`budget_error`), and one whose worst case exceeds the whole cap
     fails with :class:`~engine.OverBudgetError`.
 
+    ``weights`` (default None) makes the limiter a pool's: member name ->
+    weight.  A pooled acquire (``choices``) is granted by the first member,
+    in order of permits granted per unit of weight, whose group can take it
+    now; a member retired (:meth:`retire_nowait`) is skipped, and a waiter
+    left with no member is refused with :class:`~engine.RunStoppedError`.
+
     Call :meth:`run` in a nursery (``await nursery.start(limiter.run)``); it
     returns after :meth:`close`.
     """
@@ -247,9 +272,14 @@ class Limiter:
         on_limits_learned: Callable[[str, float | None, float | None], None] | None = None,
         on_pace_needed: Callable[[str, float], None] | None = None,
         budget: Budget | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         self._book = book
         self._budget = budget
+        self._weights = weights
+        self._member_granted: dict[str, int] = dict.fromkeys(weights or (), 0)
+        #: Retired pool members -> why.
+        self._retired: dict[str, str] = {}
         self.budget_error: BudgetExhaustedError | None = None
         self._on_pace_needed = on_pace_needed
         self._on_lease_needed = on_lease_needed
@@ -276,16 +306,29 @@ class Limiter:
 
     # -- worker side ----------------------------------------------------------
 
-    async def acquire(self, group: str, cost: Cost) -> Reservation:
+    async def acquire(
+        self, group: str, cost: Cost, choices: tuple[tuple[str, str], ...] | None = None
+    ) -> Reservation:
         """Wait for a permit for ``cost`` in ``group``.  Checkpoints.
 
+        ``choices`` (a pool's limiter only): the (member, member group) pairs
+        that may serve it; ``group`` is then the queue it waits in, and the
+        reservation's group is the chosen member's.
+
         Raises:
-            RequestTooLargeError: the cost can never fit the group's limits.
-            RunStoppedError: the limiter was stopped by a fatal error.
+            RequestTooLargeError: the cost can never fit the group's limits
+                (every choice's, in a pool).
+            RunStoppedError: the limiter was stopped by a fatal error, or
+                every member of ``choices`` was retired.
         A caller cancelled while waiting leaves the queue and holds nothing.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        waiter = _Waiter(group, cost, trio.lowlevel.current_task())
+        task = trio.lowlevel.current_task()
+        waiter = (
+            _Waiter(group, cost, task)
+            if choices is None
+            else _PoolWaiter(group, cost, task, choices=choices)
+        )
         try:
             self._send.send_nowait(waiter)
         except trio.ClosedResourceError:
@@ -332,6 +375,10 @@ class Limiter:
     def stop_nowait(self, error: FatalError) -> None:
         """Refuse every waiting and future acquire with ``error`` (e.g. insufficient_quota)."""
         self._report(_Stop(error))
+
+    def retire_nowait(self, member: str, reason: str) -> None:
+        """Take pool member ``member`` out of every later grant (``reason`` says why)."""
+        self._report(_Retire(member, reason))
 
     def lease_nowait(
         self, group: str, *, requests: float, tokens: float, expires_at: float
@@ -420,6 +467,7 @@ class Limiter:
             latency_counts=() if self._latency_counts is None else tuple(self._latency_counts),
             latency_sum=self._latency_sum,
             rate_limited_by=dict(self._rate_limited_by),
+            granted_by_member=dict(self._member_granted),
         )
 
     # -- the task -------------------------------------------------------------
@@ -427,7 +475,8 @@ class Limiter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The limiter task.  Returns once :meth:`close` was called and drained."""
         task_status.started()
-        grant_ready = self._grant_ready if self._budget is None else self._grant_ready_within_budget
+        plain = self._budget is None and self._weights is None
+        grant_ready = self._grant_ready if plain else self._grant_ready_general
         deadline = math.inf
         receive = self._receive
         async with receive:
@@ -536,6 +585,8 @@ class Limiter:
         elif isinstance(message, _LeaseState):
             with message.reply:
                 message.reply.send_nowait(book.lease_state(message.group, now))
+        elif isinstance(message, _Retire):
+            self._retired.setdefault(message.member, message.reason)
         elif isinstance(message, _Stop):
             if self._stopped is None:
                 self._stopped = message.error
@@ -569,10 +620,8 @@ class Limiter:
                 if isinstance(decision, Wait):
                     if decision.until is not None:
                         wake = min(wake, decision.until)
-                    if decision.lease and self._on_lease_needed is not None:
-                        self._on_lease_needed(waiter.group, waiter.cost)
-                    if decision.pace and self._on_pace_needed is not None:
-                        self._on_pace_needed(waiter.group, decision.pace)
+                    if decision.lease or decision.pace:
+                        self._ask_for_capacity(waiter.group, waiter.cost, decision)
                     break
                 queue.popleft()
                 if isinstance(decision, TooLarge):
@@ -585,14 +634,15 @@ class Limiter:
                 self._tokens_reserved += decision.cost.tokens
         return wake
 
-    def _grant_ready_within_budget(self, now: float) -> float:
-        """:meth:`_grant_ready` for a limiter with a budget: a head waits until its dollars fit.
+    def _grant_ready_general(self, now: float) -> float:
+        """:meth:`_grant_ready` for a limiter with a budget or a pool.
 
-        A separate loop, so that a limiter without a budget pays nothing for it.
+        With a budget, a head waits until its dollars fit; a pooled head is
+        decided by :meth:`_decide_pooled`.  A separate loop, so that a plain
+        limiter pays for neither.
         """
         book = self._book
         budget = self._budget
-        assert budget is not None
         wake = math.inf
         for queue in self._queues.values():
             while queue:
@@ -602,33 +652,88 @@ class Limiter:
                 if waiter.state is not _State.PENDING:
                     queue.popleft()
                     continue
-                if not budget.fits(waiter.cost.dollars):
+                if budget is not None and not budget.fits(waiter.cost.dollars):
                     if self._over_budget(budget, waiter):
                         queue.popleft()
                         continue
                     if self._stopped is not None:
                         return math.inf  # the budget is spent: every waiter was answered
                     break  # a settle frees reserved dollars and wakes us
-                decision = book.decide(waiter.group, waiter.cost, now)
+                decision: Decision | RunStoppedError
+                if type(waiter) is _PoolWaiter:
+                    decision = self._decide_pooled(waiter, now)
+                else:
+                    decision = book.decide(waiter.group, waiter.cost, now)
                 if isinstance(decision, Wait):
                     if decision.until is not None:
                         wake = min(wake, decision.until)
-                    if decision.lease and self._on_lease_needed is not None:
-                        self._on_lease_needed(waiter.group, waiter.cost)
-                    if decision.pace and self._on_pace_needed is not None:
-                        self._on_pace_needed(waiter.group, decision.pace)
+                    if type(waiter) is not _PoolWaiter:
+                        self._ask_for_capacity(waiter.group, waiter.cost, decision)
                     break
                 queue.popleft()
                 if isinstance(decision, TooLarge):
                     self._too_large += 1
                     self._answer(waiter, RequestTooLargeError(decision.message))
                     continue
+                if isinstance(decision, RunStoppedError):
+                    self._answer(waiter, decision)
+                    continue
                 self._answer(waiter, decision)
                 self._in_flight += 1
                 self._granted += 1
                 self._tokens_reserved += decision.cost.tokens
-                budget.reserve(decision.cost.dollars)
+                if budget is not None:
+                    budget.reserve(decision.cost.dollars)
         return wake
+
+    def _decide_pooled(self, waiter: _PoolWaiter, now: float) -> Decision | RunStoppedError:
+        """Grant a pooled waiter on the first member able to take it now, or say when to look again.
+
+        Members are tried in order of permits granted per unit of weight (the
+        least served first), retired ones skipped.  Waits: the earliest moment
+        any member could grant (None when none can tell).  Too large only if
+        too large for every member; refused when every member is retired.
+        """
+        book = self._book
+        granted = self._member_granted
+        weights = self._weights
+        assert weights is not None
+        retired = self._retired
+        live = [choice for choice in waiter.choices if choice[0] not in retired]
+        if not live:
+            reasons = "; ".join(f"{m}: {retired[m]}" for m, _ in waiter.choices if m in retired)
+            return RunStoppedError(
+                f"no endpoint left for this request: every one it may go to was retired ({reasons})"
+            )
+        if len(live) > 1:
+            live.sort(key=lambda choice: granted[choice[0]] / weights[choice[0]])
+        too_large: TooLarge | None = None
+        waiting = False
+        until = math.inf  # the earliest moment a member said it could grant
+        for member, group in live:
+            decision = book.decide(group, waiter.cost, now)
+            if isinstance(decision, Wait):
+                self._ask_for_capacity(group, waiter.cost, decision)
+                waiting = True
+                if decision.until is not None and decision.until < until:
+                    until = decision.until
+                continue
+            if isinstance(decision, TooLarge):
+                too_large = decision
+                continue
+            granted[member] += 1
+            return decision
+        if waiting:
+            return Wait(None if until == math.inf else until)
+        assert too_large is not None
+        return too_large
+
+    def _ask_for_capacity(self, group: str, cost: Cost, decision: Wait) -> None:
+        """Ask the shared quota for what a waiting head of ``group`` lacks (lease, pace)."""
+        if decision.lease and self._on_lease_needed is not None:
+            self._on_lease_needed(group, cost)
+        if decision.pace and self._on_pace_needed is not None:
+            self._on_pace_needed(group, decision.pace)
 
     def _over_budget(self, budget: Budget, waiter: _Waiter) -> bool:
         """Answer a waiter that can never fit the budget; True if it was answered alone.

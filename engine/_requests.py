@@ -46,6 +46,8 @@ class ChatRequest:
             outputs), or None for plain text.
         params: any other request body fields, passed through unchanged
             (``temperature``, ``max_tokens``, ``seed``, ``tools``, ...).
+        endpoint: the pool member this request must go to, by name (default
+            None: any member serving the model; see ``open_client(endpoints=)``).
     """
 
     messages: tuple[Mapping[str, Any], ...] = attrs.field(converter=_as_messages)
@@ -53,6 +55,7 @@ class ChatRequest:
     id: str | None = None
     response_model: type[pydantic.BaseModel] | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    endpoint: str | None = None
 
     def body(self, response_format: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The JSON request body (``response_format`` overrides the params' one)."""
@@ -100,6 +103,8 @@ class TranscriptionRequest:
             object's base name, else ``audio.<ext>`` from the detected format).
         params: any other form fields, passed through unchanged
             (``timestamp_granularities[]``, ...).
+        endpoint: the pool member this request must go to, by name (default
+            None: any member serving the model; see ``open_client(endpoints=)``).
     """
 
     source: Any
@@ -114,6 +119,7 @@ class TranscriptionRequest:
     )
     filename: str | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    endpoint: str | None = None
 
     def form_fields(self) -> dict[str, Any]:
         """The multipart form fields other than the file (None values left out)."""

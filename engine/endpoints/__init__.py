@@ -81,7 +81,8 @@ def coerce_request(item: Any, index: int) -> AnyRequest:
     :class:`~engine.TranscriptionRequest`; one without an id is numbered
     ``str(index)``) or a Batch-API input dict (``{"custom_id", "method",
     "url", "body"}``) whose ``url`` one endpoint serves (default
-    ``/v1/chat/completions``).
+    ``/v1/chat/completions``); such a dict's ``"endpoint"`` (a pool member's
+    name) pins the request to that member.
 
     Raises:
         InputError: the item is unusable; the message names it by its
@@ -96,13 +97,18 @@ def coerce_request(item: Any, index: int) -> AnyRequest:
         body = item["body"]
         if not isinstance(body, Mapping):
             raise InputError(f"{name}: body must be a JSON object")
+        pin = item.get("endpoint")
+        if pin is not None and not isinstance(pin, str):
+            raise InputError(f"{name}: endpoint must be a pool member's name (a string)")
+        request: AnyRequest
         if url in TRANSCRIPTION_URLS:
-            return transcription_from_batch(body, id=batch_id(custom_id, index), name=name)
-        endpoint = endpoint_for_url(url)
-        if endpoint is None:
-            raise InputError(f"{name}: url {url!r} is not supported")
-        request: AnyRequest = endpoint.from_batch(body, id=batch_id(custom_id, index), name=name)
-        return request
+            request = transcription_from_batch(body, id=batch_id(custom_id, index), name=name)
+        else:
+            endpoint = endpoint_for_url(url)
+            if endpoint is None:
+                raise InputError(f"{name}: url {url!r} is not supported")
+            request = endpoint.from_batch(body, id=batch_id(custom_id, index), name=name)
+        return request if pin is None else attrs.evolve(request, endpoint=pin)
     raise InputError(
         f"item {index}: expected an engine.ChatRequest, ResponseRequest, EmbeddingRequest, "
         f"TranscriptionRequest or a Batch-API input dict, got {type(item).__name__}"

@@ -152,6 +152,8 @@ class EmbeddingRequest:
         params: any other body fields, passed through unchanged
             (``encoding_format``: ``"float"`` or ``"base64"``, ``user``, ...).
             A ``base64`` answer is decoded: results always hold floats.
+        endpoint: the pool member this request must go to, by name (default
+            None: any member serving the model; see ``open_client(endpoints=)``).
     """
 
     input: str | tuple[EmbeddingInput, ...] = attrs.field(converter=_as_inputs)
@@ -159,6 +161,7 @@ class EmbeddingRequest:
     dimensions: int | None = attrs.field(default=None, validator=_check_dimensions)
     id: str | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    endpoint: str | None = None
 
     @property
     def inputs(self) -> tuple[EmbeddingInput, ...]:

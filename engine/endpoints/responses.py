@@ -64,6 +64,8 @@ class ResponseRequest:
             outputs through ``text.format``), or None (default) for plain text.
         params: any other body fields, passed through unchanged
             (``max_output_tokens``, ``temperature``, ``tools``, ``store``, ...).
+        endpoint: the pool member this request must go to, by name (default
+            None: any member serving the model; see ``open_client(endpoints=)``).
     """
 
     input: str | tuple[Mapping[str, Any], ...] = attrs.field(converter=_as_input)
@@ -72,6 +74,7 @@ class ResponseRequest:
     id: str | None = None
     response_model: type[pydantic.BaseModel] | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    endpoint: str | None = None
 
     def body(self) -> dict[str, Any]:
         """The JSON request body; with ``response_model`` its ``text.format`` is the schema's.
