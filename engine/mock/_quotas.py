@@ -7,7 +7,9 @@ wall-clock offset given, :class:`ServerQuota` reads ``time.time()`` once.)
 
 A *limit group* is one (API key, model) pair.  Each group has up to four
 *meters*: requests per minute, tokens per minute, requests per day, tokens per
-day.  Every meter follows one of four semantics:
+day, with the limits of its API key when that key has limits of its own
+(``ServerQuota(key_limits=...)``), else the book's.  Every meter follows one
+of four semantics:
 
 ``token_bucket``
     Capacity ``limit``, refilled continuously at ``limit / period`` per second,
@@ -50,7 +52,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -385,6 +387,25 @@ _REQUEST_METERS = frozenset(("rpm", "rpd", "rpm_sub"))
 _MINUTE_METERS = frozenset(("rpm", "tpm", "rpm_sub", "tpm_sub"))
 
 
+def _checked_key_limits(
+    limits: ServerLimits, key_limits: Mapping[str, ServerLimits] | None
+) -> dict[str, ServerLimits]:
+    """``key_limits`` as a dict, each checked to share ``limits``'s semantics and sub-window."""
+    if not key_limits:
+        return {}
+    for own in key_limits.values():
+        if (
+            own.semantics is not limits.semantics
+            or own.subwindow_seconds != limits.subwindow_seconds
+        ):
+            raise ValueError(
+                "a key's limits must have the book's semantics and subwindow_seconds "
+                f"({limits.semantics.value}, {limits.subwindow_seconds}), got "
+                f"({own.semantics.value}, {own.subwindow_seconds})"
+            )
+    return dict(key_limits)
+
+
 class ServerQuota:
     """Every group's meters, created on each group's first request.
 
@@ -392,6 +413,12 @@ class ServerQuota:
     ``settle`` corrects the token charge once real usage is known;
     ``snapshot`` gives the header values; ``set_limits`` changes limits at run
     time; ``clear`` forgets every group.
+
+    ``key_limits`` (default None: none) maps an API key to the limits of that
+    key's groups, in place of ``limits``; each must have ``limits``'s
+    semantics and sub-window (those are the book's, not a key's).  The
+    limits are read once, when a group is created: a request to an existing
+    group costs the same with or without per-key limits.
 
     Under ``clock_minute`` the wall clock is ``now + wall_clock_offset``
     (``now`` on the caller's clock).  With ``wall_clock_offset=None`` (the
@@ -405,10 +432,12 @@ class ServerQuota:
         self,
         limits: ServerLimits,
         *,
+        key_limits: Mapping[str, ServerLimits] | None = None,
         wall_clock_offset: float | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._limits = limits
+        self._key_limits = _checked_key_limits(limits, key_limits)
         self._groups: dict[tuple[str, str], dict[str, ServerMeter]] = {}
         self._configured_offset = wall_clock_offset
         self._offset = wall_clock_offset
@@ -416,8 +445,17 @@ class ServerQuota:
 
     @property
     def limits(self) -> ServerLimits:
-        """The limits in force."""
+        """The limits in force for every key without limits of its own."""
         return self._limits
+
+    @property
+    def key_limits(self) -> Mapping[str, ServerLimits]:
+        """The keys with limits of their own, and those limits (a copy)."""
+        return dict(self._key_limits)
+
+    def limits_for(self, key: str) -> ServerLimits:
+        """The limits of ``key``'s groups: its own, else :attr:`limits`."""
+        return self._key_limits.get(key, self._limits)
 
     def clear(self) -> None:
         """Forget every group: the next requests find full quotas."""
@@ -434,22 +472,33 @@ class ServerQuota:
         if self._limits.semantics is Semantics.CLOCK_MINUTE:
             self._groups.clear()
 
-    def set_limits(self, limits: ServerLimits, now: float) -> None:
+    def set_limits(
+        self,
+        limits: ServerLimits,
+        now: float,
+        *,
+        key_limits: Mapping[str, ServerLimits] | None = None,
+    ) -> None:
         """Apply new limits to every group, keeping what each has used.
 
-        A dimension newly limited starts fresh; a dimension whose limit went
-        away is dropped; a change of semantics or of ``subwindow_seconds``
-        starts every meter fresh.
+        ``key_limits`` replaces the per-key limits (default None: no key has
+        limits of its own any more); each group takes its key's.  A dimension
+        newly limited starts fresh; a dimension whose limit went away is
+        dropped; a change of semantics or of ``subwindow_seconds`` starts
+        every meter fresh.
         """
+        checked = _checked_key_limits(limits, key_limits)
         restart = (
             limits.semantics is not self._limits.semantics
             or limits.subwindow_seconds != self._limits.subwindow_seconds
         )
         self._limits = limits
-        for meters in self._groups.values():
+        self._key_limits = checked
+        for (key, _model), meters in self._groups.items():
+            group_limits = checked.get(key, limits)
             fresh = set()
             for name, _kind, _window, period in _DIMENSIONS:
-                limit = getattr(limits, name)
+                limit = getattr(group_limits, name)
                 meter = meters.get(name)
                 if limit is None:
                     meters.pop(name, None)
@@ -486,8 +535,9 @@ class ServerQuota:
         meters = self._groups.get(group)
         if meters is None:
             meters = {}
+            limits = self._key_limits.get(group[0], self._limits)
             for name, _kind, _window, period in _DIMENSIONS:
-                limit = getattr(self._limits, name)
+                limit = getattr(limits, name)
                 if limit is not None:
                     meters[name] = self._meter(limit, period, now)
             if self._limits.subwindow_seconds is not None:
