@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import attrs
 
 from engine.mock._quotas import Semantics, ServerLimits, check_subwindow
 from engine.mock._tokens import DEFAULT_OUTPUT_TOKENS, TOKEN_RULES, TokenCounter
 
-__all__ = ["DEFAULT_MODELS", "FAULT_RATE_FIELDS", "RATE_LIMIT_BODIES", "MockConfig"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "FAULT_RATE_FIELDS",
+    "KEY_LIMIT_FIELDS",
+    "RATE_LIMIT_BODIES",
+    "KeyLimits",
+    "KeyMap",
+    "MockConfig",
+    "mask_key",
+]
 
 #: Models listed by ``GET /v1/models``.  Any model name is served regardless.
 DEFAULT_MODELS = (
@@ -72,6 +81,126 @@ def _semantics(value: Semantics | str) -> Semantics:
     return value if isinstance(value, Semantics) else Semantics(value)
 
 
+def mask_key(key: str) -> str:
+    """An API key as the mock ever shows it: first 3 characters, ``***``, last 4.
+
+    A key of 10 characters or fewer is all ``***`` (as OpenAI's 401 message).
+    """
+    return f"{key[:3]}***{key[-4:]}" if len(key) > 10 else "***"
+
+
+#: The limits a key can have of its own (``MockConfig.key_limits``).
+KEY_LIMIT_FIELDS = ("rpm", "tpm", "rpd", "tpd")
+
+
+def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be an integer or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class KeyLimits:
+    """One API key's own limits (``MockConfig.key_limits``); None: the mock's global one.
+
+    Attributes:
+        rpm, tpm, rpd, tpd: requests / tokens per minute / per day for every
+            (this key, model) group (default None: the ``MockConfig`` field of
+            the same name, itself None for unlimited).
+    """
+
+    rpm: int | None = attrs.field(default=None, validator=_optional_count)
+    tpm: int | None = attrs.field(default=None, validator=_optional_count)
+    rpd: int | None = attrs.field(default=None, validator=_optional_count)
+    tpd: int | None = attrs.field(default=None, validator=_optional_count)
+
+    @classmethod
+    def from_value(cls, value: KeyLimits | Mapping[str, Any]) -> KeyLimits:
+        """``value`` itself, or a mapping of some of ``rpm``, ``tpm``, ``rpd``, ``tpd``."""
+        if isinstance(value, KeyLimits):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"a key's limits must be a mapping of {', '.join(KEY_LIMIT_FIELDS)}, "
+                f"got {type(value).__name__}"
+            )
+        unknown = sorted(str(name) for name in value if name not in KEY_LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown key limits {', '.join(unknown)} (known: {', '.join(KEY_LIMIT_FIELDS)})"
+            )
+        return cls(**value)
+
+
+_V = TypeVar("_V")
+
+
+class KeyMap(Mapping[str, _V]):
+    """A read-only, hashable mapping from API key, whose repr masks the keys.
+
+    The type of ``MockConfig.key_limits`` and ``MockConfig.revoke_after``: a
+    frozen config stays hashable, and printing it never shows a whole key.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, _V] | None = None) -> None:
+        self._items: dict[str, _V] = dict(items or {})
+
+    def __getitem__(self, key: str) -> _V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{mask_key(key)!r}: {value!r}" for key, value in self._items.items())
+        return f"KeyMap({{{shown}}})"
+
+
+def _api_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"API keys must be non-empty strings, got {type(key).__name__}")
+    return key
+
+
+def _key_limits(value: Mapping[str, KeyLimits | Mapping[str, Any]] | None) -> KeyMap[KeyLimits]:
+    if value is None:
+        return KeyMap()
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"key_limits must be a mapping of API key to limits, got {type(value).__name__}"
+        )
+    return KeyMap({_api_key(key): KeyLimits.from_value(limits) for key, limits in value.items()})
+
+
+def _revoke_after(value: Mapping[str, int] | None) -> KeyMap[int]:
+    if value is None:
+        return KeyMap()
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"revoke_after must be a mapping of API key to a count, got {type(value).__name__}"
+        )
+    counts = {}
+    for key, count in value.items():
+        shown = mask_key(_api_key(key))
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"revoke_after[{shown!r}] must be an integer, got {count!r}")
+        if count < 0:
+            raise ValueError(f"revoke_after[{shown!r}] must be >= 0, got {count}")
+        counts[key] = count
+    return KeyMap(counts)
+
+
 @attrs.frozen(kw_only=True)
 class MockConfig:
     """How the mock server behaves.  Every field is optional.
@@ -119,6 +248,18 @@ class MockConfig:
             (default None: never).
         api_key: the only key accepted (``Authorization: Bearer KEY``); others
             get 401 ``invalid_api_key`` (default None: any key, or none).
+        key_limits: API key -> that key's own limits, a :class:`KeyLimits` or
+            a mapping of some of ``rpm``, ``tpm``, ``rpd``, ``tpd``
+            (``{"sk-a": {"rpm": 600}}``); a limit not given is the global
+            one above.  ``quota_semantics`` and ``subwindow_seconds`` stay
+            global.  A key with limits turns the quota check (and the headers)
+            on even when every global limit is None; each key's
+            ``x-ratelimit-*`` headers report its own limits (default: none).
+        revoke_after: API key -> N: once N requests with that key have been
+            admitted, every later request with it (including one that arrived
+            while those were in flight) gets 401 ``invalid_api_key``, as a
+            wrong key does; 0 = revoked from the start (default: none).
+            ``GET /_mock/stats`` counts each key's ``revoked`` 401s.
         organization: named in 429 messages (default ``"org-mock"``).
         retry_after_header: send ``retry-after`` on 429 (default True).
         retry_after_ms_header: send ``retry-after-ms`` on 429 (default True).
@@ -216,6 +357,8 @@ class MockConfig:
     correct_to_usage: bool = True
     insufficient_quota_after: int | None = attrs.field(default=None, validator=_non_negative)
     api_key: str | None = None
+    key_limits: KeyMap[KeyLimits] = attrs.field(factory=KeyMap, converter=_key_limits)
+    revoke_after: KeyMap[int] = attrs.field(factory=KeyMap, converter=_revoke_after)
     organization: str = "org-mock"
     retry_after_header: bool = True
     retry_after_ms_header: bool = True
@@ -258,7 +401,7 @@ class MockConfig:
 
     @property
     def limits(self) -> ServerLimits:
-        """The quota limits as the quota book takes them."""
+        """The global quota limits (of every key without its own) as the quota book takes them."""
         return ServerLimits(
             rpm=self.rpm,
             tpm=self.tpm,
@@ -266,4 +409,27 @@ class MockConfig:
             tpd=self.tpd,
             semantics=self.quota_semantics,
             subwindow_seconds=self.subwindow_seconds,
+        )
+
+    @property
+    def key_server_limits(self) -> dict[str, ServerLimits]:
+        """Each key of ``key_limits`` and its limits, global ones filled in, for the quota book."""
+        limits = self.limits
+        return {
+            key: attrs.evolve(
+                limits,
+                **{
+                    name: getattr(own, name)
+                    for name in KEY_LIMIT_FIELDS
+                    if getattr(own, name) is not None
+                },
+            )
+            for key, own in self.key_limits.items()
+        }
+
+    @property
+    def quotas_on(self) -> bool:
+        """Whether any key has any limit (else the quota check is skipped)."""
+        return not self.limits.unlimited or any(
+            not limits.unlimited for limits in self.key_server_limits.values()
         )
