@@ -30,13 +30,14 @@ built by ``%`` formatting on a pre-serialized tail, no logging, O(1) stats.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import http
 import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
 import anyio
@@ -46,7 +47,7 @@ import orjson
 from sniffio import thread_local as _sniffio_thread
 
 from engine.mock._audio import MultipartError, audio_duration, parse_multipart
-from engine.mock._config import FAULT_RATE_FIELDS, MockConfig
+from engine.mock._config import FAULT_RATE_FIELDS, KeyMap, MockConfig, mask_key
 from engine.mock._embeddings import plan_embeddings
 from engine.mock._headers import (
     format_decimal_seconds,
@@ -65,7 +66,15 @@ from engine.mock._stats import Stats
 from engine.mock._stream import SSE, StreamPlan, chat_stream, draw_median, due_offsets
 from engine.mock._tokens import TokenCounter, output_budget
 
-__all__ = ["DroppedConnection", "MockApp", "TimedStream", "create_app"]
+__all__ = [
+    "DroppedConnection",
+    "KeyCounts",
+    "KeyedStats",
+    "MockApp",
+    "TimedStream",
+    "create_app",
+    "key_labels",
+]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -76,6 +85,9 @@ _PLAN_CACHE_MAX = 4096
 _ALL_AT_ONCE, _STREAMS_AT_ONCE, _NEVER_AT_ONCE = 0, 1, 2  # MockApp._at_once
 _PLAN_CACHE_BODY_MAX = 64 * 1024
 _KEY_CACHE_MAX = 1024
+# Keys counted one by one in the stats; later ones share one entry (_OTHER_KEYS).
+_KEY_STATS_MAX = 1024
+_OTHER_KEYS = "(other keys)"
 _SNIPPET_CHARS = 200
 _AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
 _TRANSCRIPTION_FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
@@ -252,6 +264,84 @@ def _error_body(
     )
 
 
+class KeyCounts:
+    """One API key's requests, for ``per_key`` in ``GET /_mock/stats``.
+
+    Attributes:
+        admitted: requests the quota admitted (what ``revoke_after`` counts).
+        rate_limited: 429s (of every cause: ``rate_limited_by``'s).
+        revoked: 401s because the key was revoked (``revoke_after``).
+        revoke_after: the key's ``revoke_after`` (None: never revoked).
+    """
+
+    __slots__ = ("admitted", "rate_limited", "revoke_after", "revoked")
+
+    def __init__(self, revoke_after: int | None = None) -> None:
+        self.admitted = 0
+        self.rate_limited = 0
+        self.revoked = 0
+        self.revoke_after = revoke_after
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "admitted": self.admitted,
+            "rate_limited": self.rate_limited,
+            "revoked": self.revoked,
+        }
+
+
+class KeyedStats(Stats):
+    """:class:`~engine.mock._stats.Stats` plus counts per API key.
+
+    Attributes:
+        keys: :class:`KeyCounts` per API key (whole keys: never shown; the
+            first :data:`_KEY_STATS_MAX` keys seen, the keys of ``key_limits``
+            and ``revoke_after`` always among them).
+        other_keys: the counts of every key after those.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[str, KeyCounts] = {}
+        self.other_keys = KeyCounts()
+
+    def counts_for(self, key: str) -> KeyCounts:
+        """``key``'s counts, made on its first request (or :attr:`other_keys`)."""
+        counts = self.keys.get(key)
+        if counts is None:
+            if len(self.keys) >= _KEY_STATS_MAX:
+                return self.other_keys
+            counts = self.keys[key] = KeyCounts()
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON body of ``GET /_mock/stats``: the base one, plus ``per_key``.
+
+        ``per_key`` maps each key, masked (:func:`~engine.mock._config.mask_key`;
+        ``#2``, ``#3`` ... appended when masks collide, in order of first
+        appearance), to its ``admitted``, ``rate_limited`` and ``revoked``.
+        """
+        result = super().as_dict()
+        labels = key_labels(self.keys)
+        per_key = {labels[key]: counts.as_dict() for key, counts in self.keys.items()}
+        other = self.other_keys
+        if other.admitted or other.rate_limited or other.revoked:
+            per_key[_OTHER_KEYS] = other.as_dict()
+        result["per_key"] = per_key
+        return result
+
+
+def key_labels(keys: Iterable[str]) -> dict[str, str]:
+    """Each key's masked label: :func:`~engine.mock._config.mask_key`, ``#N`` on collisions."""
+    labels: dict[str, str] = {}
+    seen: collections.Counter[str] = collections.Counter()
+    for key in keys:
+        masked = mask_key(key)
+        seen[masked] += 1
+        labels[key] = masked if seen[masked] == 1 else f"{masked}#{seen[masked]}"
+    return labels
+
+
 def create_app(config: MockConfig | None = None) -> MockApp:
     """Return a new mock ASGI app for ``config`` (default: ``MockConfig()``)."""
     return MockApp(config or MockConfig())
@@ -262,13 +352,19 @@ class MockApp:
 
     Attributes:
         config: the configuration in force (``POST /_mock/config`` replaces it).
-        stats: counters since start or the last ``POST /_mock/reset``.
+        stats: counters since start or the last ``POST /_mock/reset``, per API
+            key too (:class:`KeyedStats`; a key's admitted count is what its
+            ``revoke_after`` counts, so a reset un-revokes it).
     """
 
     def __init__(self, config: MockConfig) -> None:
         self.config = config
-        self.stats = Stats()
-        self._book = ServerQuota(config.limits, wall_clock_offset=config.wall_clock_offset)
+        self.stats = KeyedStats()
+        self._book = ServerQuota(
+            config.limits,
+            key_limits=config.key_server_limits,
+            wall_clock_offset=config.wall_clock_offset,
+        )
         self._rng = random.Random(config.seed)
         self._numbers = itertools.count(1)
         self._plans: dict[bytes, _Plan | _Reject] = {}
@@ -301,7 +397,9 @@ class MockApp:
         self._counter = TokenCounter(rule=config.token_rule, skew=config.token_skew)
         self._plans.clear()  # answers depend on the token rule and the output budget
         self._response_plans.clear()
-        self._quotas_on = not config.limits.unlimited
+        self._quotas_on = config.quotas_on
+        self._revoking = bool(config.revoke_after)
+        self._count_configured_keys()
         # x-ratelimit-* on answers (200s, 5xx) and on 429s.
         self._headers_on = self._quotas_on and config.rate_limit_headers
         self._headers_on_429 = self._headers_on and config.rate_limit_headers_on_429
@@ -322,6 +420,19 @@ class MockApp:
             self._at_once = _STREAMS_AT_ONCE
         else:
             self._at_once = _ALL_AT_ONCE
+
+    def _count_configured_keys(self) -> None:
+        """Give each key of the config its counts (zeros until it is used) and its revocation."""
+        config = self.config
+        stats = self.stats
+        revoke_after = config.revoke_after
+        for counts in stats.keys.values():
+            counts.revoke_after = None
+        for key in (*config.key_limits, *revoke_after):
+            configured = stats.keys.get(key)
+            if configured is None:
+                configured = stats.keys[key] = KeyCounts()
+            configured.revoke_after = revoke_after.get(key)
 
     # -- ASGI entry ------------------------------------------------------------
 
@@ -591,6 +702,12 @@ class MockApp:
             self._keys[head.authorization] = key
         expected = self.config.api_key
         if expected is None or key == expected:
+            if self._revoking:
+                counts = self.stats.keys.get(key)
+                if counts is not None and counts.revoke_after is not None:
+                    if counts.admitted >= counts.revoke_after:
+                        counts.revoked += 1
+                        return key, _invalid_key(key)
             return key, None
         if not key:
             return (
@@ -601,16 +718,7 @@ class MockApp:
                     "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                 ),
             )
-        shown = f"{key[:3]}***{key[-4:]}" if len(key) > 10 else "***"
-        return (
-            key,
-            _Reject(
-                401,
-                f"Incorrect API key provided: {shown}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.",
-                code="invalid_api_key",
-            ),
-        )
+        return key, _invalid_key(key)
 
     # -- the answer pipeline shared by chat and transcription ---------------------
 
@@ -625,6 +733,13 @@ class MockApp:
         """
         config = self.config
         stats = self.stats
+        counts = stats.keys.get(key)
+        if counts is None:
+            counts = stats.counts_for(key)  # a new key: never revoked
+        elif counts.revoke_after is not None and counts.admitted >= counts.revoke_after:
+            # Revoked while this request's body was read (_authorize let it in).
+            counts.revoked += 1
+            return self._reject_reply(number, _invalid_key(key))
         group = (key, plan.model)
         now = _now() if _sniffio_thread.name == "trio" else time.monotonic()  # _now(), inlined
         request_id = (b"x-request-id", b"req_mock%016x" % number)  # _request_id(), inlined
@@ -640,6 +755,7 @@ class MockApp:
                 "insufficient_quota",
             )
             self.stats.rate_limited_by["insufficient_quota"] += 1
+            counts.rate_limited += 1
             headers = [request_id]
             if self._headers_on_429:
                 headers += self._limit_headers(group, now)
@@ -648,9 +764,11 @@ class MockApp:
         if self._quotas_on:
             decision = self._book.admit(group, plan.cost, now)
             if not decision.admitted:
+                counts.rate_limited += 1
                 return self._rate_limited(request_id, group, plan, decision, now)
             reservation = decision.reservation
         stats.admitted += 1
+        counts.admitted += 1
         fault = None if self._fault_thresholds is None else self._draw_fault()
         stream = plan.stream
         if fault is None and not (self._latency_on if stream is None else self._stream_timing_on):
@@ -1090,7 +1208,8 @@ class MockApp:
 
     async def _reset(self, scope: Scope, receive: Receive, send: Send, number: int) -> None:
         await self._read_body(_scan_headers(scope["headers"]).content_length, receive)
-        self.stats = Stats()
+        self.stats = KeyedStats()
+        self._count_configured_keys()
         self._book.clear()
         self._rng = random.Random(self.config.seed)
         await _send_reply(send, (200, b'{"reset":true}', [], _JSON))
@@ -1117,11 +1236,21 @@ class MockApp:
             await _send_reply(send, reply)
             return
         self._book.set_wall_clock_offset(config.wall_clock_offset)
-        self._book.set_limits(config.limits, _now())
+        self._book.set_limits(config.limits, _now(), key_limits=config.key_server_limits)
         if config.seed != self.config.seed:
             self._rng = random.Random(config.seed)
         self._apply(config)
         await _send_reply(send, (200, orjson.dumps(_config_dict(config)), [], _JSON))
+
+
+def _invalid_key(key: str) -> _Reject:
+    """The 401 of a wrong or revoked key, the key masked."""
+    return _Reject(
+        401,
+        f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        code="invalid_api_key",
+    )
 
 
 def _route_reject(methods: dict[str, Any] | None, method: str, path: str) -> _Reject:
@@ -1164,7 +1293,16 @@ async def _send_streamed(send: Send, reply: _Streamed) -> None:
 
 
 def _config_dict(config: MockConfig) -> dict[str, Any]:
+    """``config`` as JSON for ``/_mock/config``; the keys of ``key_limits`` and
+    ``revoke_after`` masked as in the stats."""
+
     def serialize(_instance: Any, _field: Any, value: Any) -> Any:
+        if isinstance(value, KeyMap):
+            labels = key_labels(value)
+            return {
+                labels[key]: attrs.asdict(item) if attrs.has(type(item)) else item
+                for key, item in value.items()
+            }
         return value.value if isinstance(value, Semantics) else value
 
     return attrs.asdict(config, value_serializer=serialize)
