@@ -25,10 +25,17 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from engine.mock._app import DroppedConnection, create_app
-from engine.mock._config import DEFAULT_MODELS, RATE_LIMIT_BODIES, MockConfig
+from engine.mock._config import (
+    DEFAULT_MODELS,
+    KEY_LIMIT_FIELDS,
+    RATE_LIMIT_BODIES,
+    KeyLimits,
+    MockConfig,
+    mask_key,
+)
 from engine.mock._tokens import TOKEN_RULES, preload
 
-__all__ = ["config_from_args", "register", "run"]
+__all__ = ["config_from_args", "parse_key_limits", "parse_revoke_key", "register", "run"]
 
 _SERVER_LOGGERS = ("hypercorn.error", "uvicorn.error")
 # The modules each --server choice cannot run without (uvloop is optional everywhere).
@@ -132,6 +139,25 @@ def register(subparsers: Any) -> None:
     )
     quotas.add_argument(
         "--api-key", help="the only API key accepted (others get 401); omitted: accept any"
+    )
+    quotas.add_argument(
+        "--key-limits",
+        action="append",
+        type=parse_key_limits,
+        metavar="KEY=rpm:N,tpm:N,...",
+        help="the limits of one API key's groups, overriding --rpm/--tpm/--rpd/--tpd for that "
+        "key (limits not given stay the global ones; semantics and sub-windows stay global); "
+        "turns quotas on even with no global limit; repeatable, one key each "
+        "(e.g. --key-limits sk-a=rpm:600 --key-limits sk-b=rpm:1200,tpm:200000)",
+    )
+    quotas.add_argument(
+        "--revoke-key",
+        action="append",
+        type=parse_revoke_key,
+        metavar="KEY=N",
+        help="revoke an API key after N admitted requests: every later request with it "
+        "(even one arriving while those are in flight) gets 401 invalid_api_key; 0: from the "
+        "start; repeatable, one key each",
     )
     quotas.add_argument("--organization", default="org-mock", help="named in 429 messages")
     quotas.add_argument("--no-retry-after", action="store_true", help="omit retry-after on 429")
@@ -278,6 +304,82 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _split_key(value: str, form: str) -> tuple[str, str]:
+    """``KEY=REST`` split at the last ``=`` (keys may contain ``=``); the key never shown whole."""
+    key, equals, rest = value.rpartition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected {form}, got {_shown(value)!r}")
+    return key, rest
+
+
+def _shown(value: str) -> str:
+    """A command-line value as an error may print it: the key before ``=`` masked."""
+    key, equals, rest = value.rpartition("=")
+    if not equals:  # all of it may be a key
+        return mask_key(value)
+    return f"{mask_key(key)}={rest}" if key else value
+
+
+def parse_key_limits(value: str) -> tuple[str, KeyLimits]:
+    """``KEY=rpm:600,tpm:100000`` -> ``(KEY, KeyLimits(rpm=600, tpm=100000))``.
+
+    The names are ``rpm``, ``tpm``, ``rpd``, ``tpd``, each at most once, each
+    with a whole number >= 0.  Raises :class:`argparse.ArgumentTypeError`
+    naming the bad part (the key masked).
+    """
+    form = "KEY=rpm:N,tpm:N,rpd:N,tpd:N (at least one)"
+    key, spec = _split_key(value, form)
+    limits: dict[str, int] = {}
+    for item in spec.split(","):
+        name, colon, number = item.strip().partition(":")
+        name = name.strip().lower()
+        if not colon or name not in KEY_LIMIT_FIELDS:
+            raise argparse.ArgumentTypeError(
+                f"bad limit {item.strip()!r} in {_shown(value)!r}: "
+                f"expected NAME:N with NAME one of {', '.join(KEY_LIMIT_FIELDS)}"
+            )
+        if name in limits:
+            raise argparse.ArgumentTypeError(f"{name} given twice in {_shown(value)!r}")
+        try:
+            count = int(number.strip())
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise argparse.ArgumentTypeError(
+                f"bad number {number.strip()!r} for {name} in {_shown(value)!r}: "
+                "expected a whole number >= 0"
+            )
+        limits[name] = count
+    return key, KeyLimits(**limits)
+
+
+def parse_revoke_key(value: str) -> tuple[str, int]:
+    """``KEY=N`` -> ``(KEY, N)``, N a whole number >= 0.
+
+    Raises :class:`argparse.ArgumentTypeError` naming the bad part (the key masked).
+    """
+    key, number = _split_key(value, "KEY=N (N admitted requests, 0 or more)")
+    try:
+        count = int(number.strip())
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(
+            f"bad count {number.strip()!r} in {_shown(value)!r}: expected a whole number >= 0"
+        )
+    return key, count
+
+
+def _per_key(pairs: list[tuple[str, Any]] | None, option: str) -> dict[str, Any]:
+    """The repeated ``option``'s (key, value) pairs as a dict; a key given twice is an error."""
+    result: dict[str, Any] = {}
+    for key, value in pairs or ():
+        if key in result:
+            raise ValueError(f"{option} names the key {mask_key(key)} twice")
+        result[key] = value
+    return result
+
+
 def config_from_args(args: argparse.Namespace) -> MockConfig:
     """Build the :class:`MockConfig` an ``engine mock`` command line asks for."""
     return MockConfig(
@@ -294,6 +396,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         correct_to_usage=not args.no_correct_to_usage,
         insufficient_quota_after=args.insufficient_quota_after,
         api_key=args.api_key,
+        key_limits=_per_key(args.key_limits, "--key-limits"),
+        revoke_after=_per_key(args.revoke_key, "--revoke-key"),
         organization=args.organization,
         retry_after_header=not args.no_retry_after,
         retry_after_ms_header=not args.no_retry_after_ms,
