@@ -38,6 +38,17 @@ believes is left now).  Histogram: ``quota_engine_request_duration_seconds``
 
 ``dimension`` is ``requests_per_minute``, ``tokens_per_minute``,
 ``requests_per_day`` or ``tokens_per_day``.
+
+A client with a pool (``open_client(endpoints=...)``, ``engine run
+--endpoints``) adds each member's series, labelled with its name
+(``endpoint``): counters ``quota_engine_endpoint_sent_total{endpoint}``
+(HTTP attempts sent to it),
+``quota_engine_endpoint_requests_total{endpoint,outcome="succeeded"|"rate_limited"|"errors"}``
+(its answers: 2xx, 429 ``rate_limit_exceeded``, other errors and transport
+errors), ``quota_engine_endpoint_tokens_total{endpoint,kind="prompt"|"completion"}``,
+and the gauge ``quota_engine_endpoint_retired{endpoint}`` (1 once retired by
+a 401/403 or ``insufficient_quota``, 0 while it serves).  A client without a
+pool has none of these series.
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ import attrs
 
 from engine._client import Client, ClientStatistics
 from engine._limiter import LATENCY_BUCKETS, LimiterStatistics
+from engine._pool import EndpointStatistics
 from engine._quota import GroupState
 
 __all__ = ["ClientCollector", "MetricsServer", "registry", "serve"]
@@ -178,6 +190,45 @@ class ClientCollector(Collector):
         yield from _quota_gauges(limiter.groups)
         if limiter.latency_counts:
             yield _latency_histogram(limiter)
+        if statistics.endpoints:
+            yield from _endpoint_metrics(statistics.endpoints)
+
+
+def _endpoint_metrics(members: tuple[EndpointStatistics, ...]) -> Iterator[Metric]:
+    """Each pool member's counters and whether it is retired, labelled ``endpoint``."""
+    sent = CounterMetricFamily(
+        "quota_engine_endpoint_sent",
+        "HTTP attempts sent to each pool member.",
+        labels=["endpoint"],
+    )
+    requests = CounterMetricFamily(
+        "quota_engine_endpoint_requests",
+        "Each pool member's answers, by outcome (2xx, 429, other errors).",
+        labels=["endpoint", "outcome"],
+    )
+    tokens = CounterMetricFamily(
+        "quota_engine_endpoint_tokens",
+        "Tokens each pool member's answers reported, by kind.",
+        labels=["endpoint", "kind"],
+    )
+    retired = GaugeMetricFamily(
+        "quota_engine_endpoint_retired",
+        "1 once a pool member is retired (401/403, insufficient_quota), 0 while it serves.",
+        labels=["endpoint"],
+    )
+    for member in members:
+        name = member.name
+        sent.add_metric([name], member.sent)
+        requests.add_metric([name, "succeeded"], member.succeeded)
+        requests.add_metric([name, "rate_limited"], member.rate_limited)
+        requests.add_metric([name, "errors"], member.errors)
+        tokens.add_metric([name, "prompt"], member.prompt_tokens)
+        tokens.add_metric([name, "completion"], member.completion_tokens)
+        retired.add_metric([name], 0 if member.retired is None else 1)
+    yield sent
+    yield requests
+    yield tokens
+    yield retired
 
 
 def _latency_histogram(limiter: LimiterStatistics) -> HistogramMetricFamily:

@@ -387,6 +387,27 @@ def format_quota_use(use: QuotaUse) -> str:
     )
 
 
+#: A pool with more members than this shows only how many serve on the progress line.
+_POOL_LISTED = 4
+
+
+def _pool_brief(members: Any) -> str:
+    """``"pool a 600 b 598 c retired"``: answers per pool member (``--endpoints``), or "".
+
+    With more than four members, ``"pool 5/6 serving"``: the line stays one line.
+    """
+    members = tuple(members or ())
+    if not members:
+        return ""
+    if len(members) > _POOL_LISTED:
+        serving = sum(member.retired is None for member in members)
+        return f"pool {serving}/{len(members)} serving"
+    return "pool " + " ".join(
+        f"{member.name} {'retired' if member.retired is not None else _count(member.succeeded)}"
+        for member in members
+    )
+
+
 def format_dollars(amount: float) -> str:
     """``$12.35``, or four decimals below a dollar (``$0.0042``): small runs cost cents."""
     return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
@@ -394,6 +415,9 @@ def format_dollars(amount: float) -> str:
 
 def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
     """One line: done/total (a bar when ``bar``), failed, in flight, rates, quota used, ETA.
+
+    With a pool (``--endpoints``) it also shows the answers per member (see
+    :func:`_pool_brief`).
 
     The rates are over the recent window; the quota used is the share of what
     each known quota allowed since the start, burst included (see
@@ -419,6 +443,9 @@ def format_progress_line(progress: RunProgress, *, bar: bool) -> str:
         parts.append(
             f"spent {format_dollars(progress.spent)} of {format_dollars(progress.max_cost)}"
         )
+    pool = _pool_brief(getattr(progress.client_statistics, "endpoints", ()))
+    if pool:
+        parts.append(pool)
     eta = progress.eta_seconds
     parts.append(f"ETA {format_duration(eta)}" if eta is not None else "ETA -")
     parts.append(format_duration(progress.elapsed))

@@ -167,6 +167,7 @@ def format_summary(summary: RunSummary) -> str:
     )
     if summary.ttft_p50 is not None:
         rows.append(("time to first token (p50)", f"{summary.ttft_p50 * 1000:.0f} ms"))
+    rows.extend(_pool_rows(getattr(summary.client_statistics, "endpoints", ())))
     if summary.audio_seconds:
         rows.append(("audio transcribed", f"{summary.audio_seconds:.1f} s"))
     if summary.max_cost is not None:
@@ -194,6 +195,32 @@ def format_summary(summary: RunSummary) -> str:
     if summary.stopped:
         lines.append(f"stopped early: {summary.stopped}")
     return "\n".join(lines)
+
+
+def _pool_rows(members: Any) -> list[tuple[str, str]]:
+    """One row per pool member (``--endpoints``); none without a pool.
+
+    ``"pool member team-a  600 succeeded (50%), 3 429s, 0 errors, 21000
+    tokens"``, and ``", retired: <why>"`` for a member retired by a 401/403
+    or ``insufficient_quota``.  The share is of the answers every member
+    gave, so the shares add up to 100%.
+    """
+    members = tuple(members or ())
+    if not members:
+        return []
+    total = sum(member.succeeded for member in members)
+    rows = []
+    for member in members:
+        share = member.succeeded / total if total else 0.0
+        tokens = member.prompt_tokens + member.completion_tokens
+        value = (
+            f"{member.succeeded} succeeded ({share:.0%}), {member.rate_limited} 429s, "
+            f"{member.errors} error{'' if member.errors == 1 else 's'}, {tokens} tokens"
+        )
+        if member.retired is not None:
+            value += f", retired: {member.retired}"
+        rows.append((f"pool member {member.name}", value))
+    return rows
 
 
 #: The order endpoints are listed in; others (none today) follow by name.

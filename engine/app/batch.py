@@ -59,6 +59,7 @@ from engine._budget import BudgetExhaustedError
 from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
 from engine._nurseries import open_service_nursery
+from engine._pool import EndpointStatistics
 from engine._quota import Limits
 from engine._results import ChatResult, ErrorInfo, Timings, TranscriptionResult
 from engine.app._audio_inputs import find_duplicate_audio_ids, iter_audio_inputs
@@ -606,6 +607,41 @@ def _combined_statistics(
         audio_seconds=sum(item.audio_seconds for item in rounds),
         spent=sum(item.spent for item in rounds),
         max_cost=rounds[0].max_cost,
+        endpoints=_combined_endpoints(rounds),
+    )
+
+
+def _combined_endpoints(rounds: Sequence[ClientStatistics]) -> tuple[EndpointStatistics, ...]:
+    """A pool's per-member counters added up over the rounds' clients (empty without a pool).
+
+    Members are in the latest client's order (every round's client is opened
+    with the same members); a member retired in any round shows as retired,
+    with the latest reason (a new round's client starts with every member
+    serving, so a refused key is retired again there at its first answer).
+    """
+    names = [member.name for member in rounds[-1].endpoints]
+    if not names:
+        return ()
+    by_name: dict[str, list[EndpointStatistics]] = {name: [] for name in names}
+    for item in rounds:
+        for member in item.endpoints:
+            by_name.setdefault(member.name, []).append(member)
+    return tuple(
+        EndpointStatistics(
+            name=name,
+            granted=sum(member.granted for member in members),
+            sent=sum(member.sent for member in members),
+            succeeded=sum(member.succeeded for member in members),
+            rate_limited=sum(member.rate_limited for member in members),
+            errors=sum(member.errors for member in members),
+            prompt_tokens=sum(member.prompt_tokens for member in members),
+            completion_tokens=sum(member.completion_tokens for member in members),
+            retired=next(
+                (member.retired for member in reversed(members) if member.retired is not None),
+                None,
+            ),
+        )
+        for name, members in by_name.items()
     )
 
 
