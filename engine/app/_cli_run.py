@@ -4,19 +4,23 @@ Both stream their input through :mod:`engine.app.batch`, show progress on stderr
 print a summary table (and, if the run stopped early, the command that
 resumes it) on stderr, and return the exit status documented in
 ``docs/cli.md`` (:data:`engine.app.batch.EXIT_OK` and friends). The API key is read
-from ``$OPENAI_API_KEY`` only, never from the command line, and never printed.
+from ``$OPENAI_API_KEY`` only, never from the command line, and never printed; with
+``--endpoints FILE`` (a pool, :mod:`engine.app._endpoints_file`) each member's key
+comes from the environment variable the file names for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
@@ -41,6 +45,13 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--rpd", type=float, help="requests per day")
     limits.add_argument("--tpd", type=float, help="tokens per day")
     client = parser.add_argument_group("client")
+    client.add_argument(
+        "--endpoints",
+        metavar="FILE",
+        help="a pool: send through the members (keys, deployments, providers) a TOML file "
+        "lists, each with its base_url, key variable (api_key_env), limits, weight and models; "
+        "not with --base-url, --rpm, --tpm, --rpd, --tpd (default: one endpoint; see docs/cli.md)",
+    )
     client.add_argument(
         "--base-url",
         help="OpenAI-style base URL ending in /v1 "
@@ -118,7 +129,8 @@ def register(subparsers: Any) -> None:
             "/v1/audio/transcriptions with body.file a local path) at the highest rate the "
             "quota allows, writing one Batch API output "
             "line per custom_id to OUTPUT. Rerunning with the same -o resumes. The API key "
-            "comes from $OPENAI_API_KEY. See docs/cli.md."
+            "comes from $OPENAI_API_KEY (with --endpoints, from the variables the file names). "
+            "See docs/cli.md."
         ),
     )
     run.add_argument("input", metavar="INPUT.jsonl", help="Batch API input file")
@@ -142,7 +154,7 @@ def register(subparsers: Any) -> None:
         "(engine/prices.json; default: that table)",
     )
     _add_client_options(run)
-    run.set_defaults(func=_run_command)
+    run.set_defaults(func=_run_command, usage_error=run.error)
 
     transcribe = subparsers.add_parser(
         "transcribe",
@@ -177,15 +189,42 @@ def register(subparsers: Any) -> None:
         help="what the server returns (default json)",
     )
     _add_client_options(transcribe)
-    transcribe.set_defaults(func=_transcribe_command)
+    transcribe.set_defaults(func=_transcribe_command, usage_error=transcribe.error)
+
+
+#: The options an ``--endpoints`` file replaces: each member has its own.
+_POOL_EXCLUDES = ("base_url", "rpm", "tpm", "rpd", "tpd")
+
+
+def _check_endpoints_alone(args: argparse.Namespace) -> None:
+    """An argparse error (exit 2) when ``--endpoints`` comes with an option the file replaces."""
+    if getattr(args, "endpoints", None) is None:
+        return
+    given = [
+        f"--{name.replace('_', '-')}" for name in _POOL_EXCLUDES if getattr(args, name) is not None
+    ]
+    if given:
+        args.usage_error(
+            f"argument --endpoints: not allowed with {', '.join(given)} (give each member's "
+            "base_url and limits in the endpoints file)"
+        )
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``open_client``'s options from the command line.
+
+    Raises:
+        EndpointsFileError: the ``--endpoints`` file cannot be used (a ValueError).
+    """
     from engine._quota import Limits
 
     options: dict[str, Any] = {"max_attempts": args.max_attempts}
     if args.metrics_port is not None:
         options["latency_histogram"] = True  # the metrics' histogram from the first request
+    if getattr(args, "endpoints", None) is not None:
+        from engine.app._endpoints_file import load_endpoints
+
+        options["endpoints"] = load_endpoints(args.endpoints)
     if args.base_url:
         options["base_url"] = args.base_url
     if args.concurrency is not None:
@@ -202,8 +241,8 @@ def _client_options(args: argparse.Namespace) -> dict[str, Any]:
 def _shared_flags(args: argparse.Namespace) -> list[str]:
     """The command-line options common to both commands, as given (for the resume hint)."""
     flags = ["-o", args.output]
-    for name in ("rpm", "tpm", "rpd", "tpd", "base_url", "concurrency", "errors_to"):
-        value = getattr(args, name)
+    for name in ("endpoints", "rpm", "tpm", "rpd", "tpd", "base_url", "concurrency", "errors_to"):
+        value = getattr(args, name, None)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", _plain(value)]
     if args.redis:
@@ -330,13 +369,39 @@ def _budget_resume(summary: RunSummary, resume: list[str], rest: float) -> tuple
     return why, [*resume, "--max-cost", _plain(suggested)]
 
 
+def _pool_options(command: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The client options, or None once a bad ``--endpoints`` file was reported.
+
+    A pool's members are listed on stderr (names and base URLs, never keys)
+    before anything is sent.
+    """
+    from engine.app._endpoints_file import EndpointsFileError, describe_endpoints
+
+    _check_endpoints_alone(args)
+    try:
+        options = _client_options(args)
+    except EndpointsFileError as exc:
+        print(f"engine {command}: {exc}; nothing was sent", file=sys.stderr)
+        return None
+    endpoints = options.get("endpoints")
+    if endpoints is not None:
+        print(
+            f"engine {command}: {len(endpoints)} endpoint{'s' if len(endpoints) != 1 else ''} "
+            f"from {args.endpoints}: {describe_endpoints(endpoints)}",
+            file=sys.stderr,
+        )
+    return options
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from engine.app.batch import run_file
 
     resume = ["engine", "run", args.input, *_shared_flags(args)]
     if args.model:
         resume += ["--model", args.model]
-    options = _client_options(args)
+    options = _pool_options("run", args)
+    if options is None:
+        return EXIT_REFUSED
     if args.max_cost is not None:
         try:
             options["prices"] = _check_prices(args)
@@ -388,6 +453,9 @@ def _transcribe_command(args: argparse.Namespace) -> int:
         resume += ["--language", args.language]
     if args.response_format != "json":
         resume += ["--response-format", args.response_format]
+    client_options = _pool_options("transcribe", args)
+    if client_options is None:
+        return EXIT_REFUSED
 
     def start(control: RunControl, printer: ProgressPrinter) -> Awaitable[Any]:
         return run_audio(
@@ -395,7 +463,7 @@ def _transcribe_command(args: argparse.Namespace) -> int:
             args.output,
             model=args.model,
             transcription_options=options,
-            client_options=_client_options(args),
+            client_options=client_options,
             errors_to=args.errors_to,
             progress=printer.update,
             notify=printer.notice,
@@ -560,7 +628,8 @@ def _execute_run(
                 nursery.cancel_scope.cancel()
 
     try:
-        summary = trio.run(main)
+        with _pool_notices(printer):
+            summary = trio.run(main)
     except OutputError as exc:
         printer.finish()
         if debug:
@@ -610,6 +679,36 @@ def _execute_run(
         )
     stream.flush()
     return summary.exit_status
+
+
+class _NoticeHandler(logging.Handler):
+    """Log records shown as the printer's notices (``engine: ...``), below the live line."""
+
+    def __init__(self, printer: ProgressPrinter) -> None:
+        super().__init__(logging.WARNING)
+        self._printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._printer.notice(record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _pool_notices(printer: ProgressPrinter) -> Iterator[None]:
+    """During a run, a pool member's retirement (logger ``engine.pool``) is a notice.
+
+    Without this the warning would go to stderr through logging's last
+    resort, in the middle of the progress line a terminal redraws.
+    """
+    logger = logging.getLogger("engine.pool")
+    handler = _NoticeHandler(printer)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _refusal(exc: Exception) -> str:
