@@ -48,10 +48,7 @@ _SECRET = re.compile(r"key|secret|password|token", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 #: An environment variable's name.
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EXAMPLE = (
-    '[[endpoint]]\nname = "team-a"\nbase_url = "https://api.openai.com/v1"\n'
-    'api_key_env = "OPENAI_KEY_TEAM_A"'
-)
+_EXAMPLE = 'with its name, base_url and (for a key) api_key_env; see docs/cli.md, "A pool of keys"'
 
 
 #: Makes the error of one endpoint's field: ``error(field, problem)``.
@@ -83,7 +80,7 @@ def load_endpoints(
             text = file.read()
     except OSError as exc:
         raise EndpointsFileError(
-            f"cannot read the --endpoints file {shown}: {exc.strerror or exc}. Nothing was sent."
+            f"cannot read the --endpoints file {shown}: {exc.strerror or exc}"
         ) from None
     try:
         document = tomllib.loads(text.decode("utf-8"))
@@ -97,7 +94,7 @@ def load_endpoints(
     if not document:
         raise EndpointsFileError(
             f"{shown}: the file is empty; list each member of the pool in an [[endpoint]] "
-            f"table, e.g.\n{_EXAMPLE}"
+            f"table {_EXAMPLE}"
         )
     for field in document:
         if field != "endpoint":
@@ -113,7 +110,7 @@ def load_endpoints(
         )
     if not isinstance(tables, list) or not tables:
         raise EndpointsFileError(
-            f"{shown}: 'endpoint' must be [[endpoint]] tables, one per member, e.g.\n{_EXAMPLE}"
+            f"{shown}: 'endpoint' must be [[endpoint]] tables, one per member, each {_EXAMPLE}"
         )
     endpoints: list[Endpoint] = []
     positions: dict[str, int] = {}
