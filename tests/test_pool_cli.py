@@ -572,3 +572,17 @@ async def test_run_file_passes_endpoints_to_the_client(tmp_path):
     assert sum(item.succeeded for item in summary.client_statistics.endpoints) == 12
     text = format_summary(summary)
     assert "pool member a" in text and "pool member b" in text
+
+
+async def test_an_input_line_pinned_to_a_member_keeps_its_pin_on_the_way_to_the_client():
+    """An input line with an endpoint (once the reader carries one) reaches map() pinned."""
+    lines = [
+        SimpleNamespace(
+            line_no=1, output_id="p", error=None, url="/v1/chat/completions", body={}, endpoint="b"
+        ),
+        SimpleNamespace(line_no=2, output_id="q", error=None, url="/v1/chat/completions", body={}),
+    ]
+    output = SimpleNamespace(done_ids=set(), holding=False)
+    feed = batch._Feed(lines, output, batch._Tally(), batch.RunControl(), default_model=None)
+    pinned, free = list(feed)
+    assert pinned["endpoint"] == "b" and "endpoint" not in free

@@ -312,6 +312,11 @@ class _Feed:
                     self._fail(custom_id, "invalid_input", f"line {line.line_no}: {problem}")
                     continue
             request = {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
+            # A line pinned to a pool member ("endpoint"); InputLine carries no
+            # such field yet (engine/app/_jsonl.py drops the key): None until it does.
+            pin = getattr(line, "endpoint", None)
+            if pin is not None:
+                request["endpoint"] = pin
             self.in_client[custom_id] = (line.line_no, request)
             if self.first_at is None:
                 self.first_at = trio.current_time()
