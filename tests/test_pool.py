@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 
 import httpx
@@ -328,3 +329,42 @@ async def test_each_member_is_called_with_its_own_key(autojump_clock):
             await client.chat("hi", model=MODEL, endpoint="b", max_tokens=5)
     assert seen == {b"Bearer sk-a-11111111": 1, b"Bearer sk-b-22222222": 2}
     assert repr(client) == "<engine.Client endpoints=['a', 'b']>"
+
+
+async def test_with_redis_each_members_quota_is_shared_on_its_own(redis_server):
+    """Two pooled clients on two 600 RPM keys send 1,280: <= 1% 429s, a Redis bucket per member."""
+    pytest.importorskip("coredis")
+    from engine._shared import group_keys
+
+    keys = {"a": "sk-pool-shared-a-0001", "b": "sk-pool-shared-b-0002"}
+    app = create_app(MockConfig(key_limits={key: {"rpm": 600} for key in keys.values()}))
+    namespace = f"test-pool-{uuid.uuid4().hex[:10]}"
+    done: dict[str, int] = {}
+
+    async def one(process: str) -> None:
+        endpoints = [
+            member(name, key=key, limits=engine.Limits(rpm=600)) for name, key in keys.items()
+        ]
+        async with engine.open_client(
+            **pool_options(app, endpoints, concurrency=64),
+            shared=engine.RedisQuota(redis_server.url, namespace=namespace, client_id=process),
+        ) as client:
+            items = chat_requests(640)
+            done[process] = sum([result.ok async for result in client.map(items)])
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "p1")
+            nursery.start_soon(one, "p2")
+    assert done == {"p1": 640, "p2": 640}
+    per_key = app.stats.as_dict()["per_key"]
+    # Issue 17's bound (<= 1% 429s): a pooled shared run draws 0-3 of 1,280 here.
+    assert sum(count["rate_limited"] for count in per_key.values()) <= 0.01 * 1280
+    assert sum(count["admitted"] for count in per_key.values()) == 1280
+    import coredis
+
+    redis = coredis.Redis.from_url(redis_server.url, decode_responses=True)
+    async with redis:
+        for name in keys:
+            state, _leases, _cooldown = group_keys(namespace, member_group(name, MODEL))
+            assert await redis.exists([state]) == 1
