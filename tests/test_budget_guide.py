@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from engine.mock import serve_in_subprocess
-
-GUIDE = Path(__file__).parent.parent / "docs" / "guide.md"
+from guide_examples import run_examples
 
 
 def test_the_spending_cap_example_stops_at_the_cap_against_the_mock(tmp_path):
     """The script exits 0, says it stopped, and answered some requests but not all."""
-    text = GUIDE.read_text(encoding="utf-8")
-    start = text.index("\n## A spending cap\n")
-    section = text[start : text.index("\n## ", start + 1)]
-    (script,) = re.findall(r"^```python\n(.*?)^```$", section, re.DOTALL | re.MULTILINE)
-    path = tmp_path / "example.py"
-    path.write_text(script, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "OPENAI_"))}
-    with serve_in_subprocess([]) as base_url:
-        env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="sk-guide-example")
-        finished = subprocess.run(
-            [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=120
-        )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "stopped: the spending cap" in finished.stdout
-    answered, not_sent = re.search(r"(\d+) answered, (\d+) not sent", finished.stdout).groups()
+    (output,) = run_examples("A spending cap", tmp_path, mock_args=(), count=1)
+    assert "stopped: the spending cap" in output
+    answered, not_sent = re.search(r"(\d+) answered, (\d+) not sent", output).groups()
     assert int(answered) > 0 and int(not_sent) > 0 and int(answered) + int(not_sent) == 200
