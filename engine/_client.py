@@ -25,7 +25,7 @@ import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, overload
+from typing import Any, Generic, Protocol, Self, TypeVar, final, overload
 
 import attrs
 import httpx
@@ -461,6 +461,7 @@ class ResponseStream(_Stream[ResponseResult]):
 _StreamT = TypeVar("_StreamT", ChatStream, ResponseStream)
 
 
+@final
 class _PoolHTTP:
     """One worker's connections to a pool's members, each opened at its first request.
 
@@ -518,6 +519,9 @@ class Client:
         self._nursery = nursery
         self._prices = prices
         self._pool = pool
+        # trio.current_time() is three calls deep; the run's clock is one (and
+        # a client never outlives its trio run).
+        self._now = trio.lowlevel.current_clock().current_time
         #: No cap and no pool: JSON jobs take _job's short way.
         self._plain_jobs = prices is None and pool is None
         self._limiter = limiter
@@ -1119,7 +1123,8 @@ class Client:
             assert job.cost is not None
         request = job.request
         path = endpoint.path
-        started = trio.current_time()
+        now = self._now
+        started = now()
         attempts = 0
         failures = 0
         headers = _request_headers(endpoint, request)
@@ -1131,7 +1136,7 @@ class Client:
                 reservation = await self._limiter.acquire(job.group, job.cost, job.choices)
             except RequestError as exc:
                 return self._acquire_failed(job, exc, attempts)
-            conn = self._member_http(http, reservation) if isinstance(http, _PoolHTTP) else http
+            conn = self._member_http(http, reservation) if type(http) is _PoolHTTP else http
             files = None
             if content is None:
                 # Multipart: built again for every attempt, so a retry re-sends
@@ -1147,7 +1152,7 @@ class Client:
             attempts += 1
             self._sent += 1
             sent_wall = time.time()
-            sent_at = trio.current_time()
+            sent_at = now()
             try:
                 if files is None:
                     response = await conn.post(path, content=content, headers=headers)
@@ -1161,7 +1166,7 @@ class Client:
                 if final is not None:
                     return final
                 continue
-            latency = trio.current_time() - sent_at
+            latency = now() - sent_at
             status = response.status_code
             parsed = parse_rate_limit_headers(response.headers)
             limits = None if parsed.is_empty else parsed
@@ -1220,7 +1225,7 @@ class Client:
                 reservation = await self._limiter.acquire(job.group, job.cost, job.choices)
             except RequestError as exc:
                 return self._acquire_failed(job, exc, attempts)
-            conn = self._member_http(http, reservation) if isinstance(http, _PoolHTTP) else http
+            conn = self._member_http(http, reservation) if type(http) is _PoolHTTP else http
             attempts += 1
             self._sent += 1
             sent_wall = time.time()
@@ -1411,7 +1416,10 @@ class Client:
                 else None
             ),
         )
-        self._count_usage(reservation, input_tokens, output_tokens)
+        self._prompt_tokens += input_tokens
+        self._completion_tokens += output_tokens
+        if self._pool is not None:
+            self._count_member_usage(reservation, input_tokens, output_tokens)
         typed: Result = result
         return typed
 
@@ -1553,15 +1561,15 @@ class Client:
             )
         return bool(self._pool.serving())
 
-    def _count_usage(self, reservation: Reservation, input_tokens: int, output_tokens: int) -> None:
-        """Count a usable answer's tokens (and, in a pool, the answer, for its member)."""
-        self._prompt_tokens += input_tokens
-        self._completion_tokens += output_tokens
-        if self._pool is not None:
-            member = self._pool.member(reservation.group)
-            member.succeeded += 1
-            member.prompt_tokens += input_tokens
-            member.completion_tokens += output_tokens
+    def _count_member_usage(
+        self, reservation: Reservation, input_tokens: int, output_tokens: int
+    ) -> None:
+        """In a pool: count a usable answer and its tokens for its member."""
+        assert self._pool is not None
+        member = self._pool.member(reservation.group)
+        member.succeeded += 1
+        member.prompt_tokens += input_tokens
+        member.completion_tokens += output_tokens
 
     def _count_member_error(self, reservation: Reservation) -> None:
         """In a pool: count an attempt that failed (unusable answer, transport error)."""
@@ -1615,7 +1623,10 @@ class Client:
             if job.price is None
             else _spent(job.price, result, input_tokens, output_tokens),
         )
-        self._count_usage(reservation, input_tokens, output_tokens)
+        self._prompt_tokens += input_tokens
+        self._completion_tokens += output_tokens
+        if self._pool is not None:
+            self._count_member_usage(reservation, input_tokens, output_tokens)
         return result
 
     def _failure(

@@ -479,6 +479,7 @@ class Limiter:
         grant_ready = self._grant_ready if plain else self._grant_ready_general
         deadline = math.inf
         receive = self._receive
+        clock_now = trio.lowlevel.current_clock().current_time  # trio.current_time, 2 calls fewer
         async with receive:
             while True:
                 try:
@@ -490,7 +491,7 @@ class Limiter:
                             message = await receive.receive()
                 except trio.EndOfChannel:
                     break
-                now = trio.current_time()
+                now = clock_now()
                 if message is not None:
                     self._handle(message, now)
                     while True:

@@ -283,7 +283,7 @@ async def test_token_estimate_is_counted_once_per_request(autojump_clock, monkey
         calls.append(1)
         return real(body, **kw)
 
-    monkeypatch.setattr(chat_module, "estimate_chat_tokens", counting)
+    monkeypatch.setattr(chat_module.ChatEndpoint, "estimate_tokens", staticmethod(counting))
     async with mock_client(MockConfig(error_503_rate=1.0), max_attempts=4) as (c, _app):
         with pytest.raises(engine.RetriesExhaustedError):
             await c.chat("hi", model=MODEL)

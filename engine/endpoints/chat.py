@@ -56,8 +56,8 @@ class ChatEndpoint:
             raise InputError(f"request {request.id!r}: {exc}") from None
         return request.body(response_format)
 
-    def estimate_tokens(self, body: Mapping[str, Any], *, default_output_tokens: int) -> int:
-        return estimate_chat_tokens(body, default_output_tokens=default_output_tokens)
+    # The estimator itself, not a method calling it: one call fewer per request.
+    estimate_tokens = staticmethod(estimate_chat_tokens)
 
     def parse(self, request: ChatRequest, answer: Answer) -> Parsed[ChatResult]:
         # One unpacking instead of an attribute lookup per use: this runs for every answer.
