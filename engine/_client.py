@@ -1519,7 +1519,7 @@ class Client:
         if isinstance(error, FatalError):
             if member is not None and self._retire(member, error):
                 # Sent again: the limiter routes around the retired member (a
-                # request pinned to it is refused there, run_stopped).
+                # request pinned to it is refused there, endpoint_retired).
                 return None, failures
             self._stop(error)
         return self._failure(
@@ -2239,7 +2239,8 @@ async def open_client(
             groups are quota groups of their own; a request goes to the
             member serving its model that can take it soonest (ties: the
             fewest granted per unit of ``weight``), or to the one it is
-            pinned to (``endpoint=``).  A member answering 401/403 or
+            pinned to (``endpoint=``; pinned to a member retired since, it
+            fails unsent with code ``endpoint_retired``).  A member answering 401/403 or
             ``insufficient_quota`` is retired with a warning (logger
             ``engine.pool``) and its requests go to the others; the client
             stops only when none is left.  Per-member counters:
@@ -2271,9 +2272,7 @@ async def open_client(
             raise ValueError(
                 "with endpoints=, give base_url, api_key and limits on each engine.Endpoint"
             )
-        pool = Pool(endpoints)
-        for member in pool.endpoints:
-            _check_base_url(member.base_url)
+        pool = Pool([attrs.evolve(e, base_url=_check_base_url(e.base_url)) for e in endpoints])
         limits = pool.limits
     budget = Budget(max_cost) if max_cost is not None else None
     price_table: PriceTable | None = None

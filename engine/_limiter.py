@@ -33,7 +33,12 @@ from engine._errors import FatalError, RequestTooLargeError, RunStoppedError
 from engine._headers import RateLimitHeaders
 from engine._quota import Cost, Decision, GroupState, QuotaBook, Reservation, TooLarge, Wait
 
-__all__ = ["LATENCY_BUCKETS", "Limiter", "LimiterStatistics"]
+__all__ = ["ENDPOINT_RETIRED", "LATENCY_BUCKETS", "Limiter", "LimiterStatistics"]
+
+#: The error code of a pooled request refused because every member it may go
+#: to was retired (a request pinned to a retired member): unsent, and not sent
+#: again in this run.
+ENDPOINT_RETIRED = "endpoint_retired"
 
 #: Upper bounds (seconds) of the latency histogram's buckets: Prometheus's
 #: default ones, plus 30 and 60 s for long completions.
@@ -319,7 +324,8 @@ class Limiter:
             RequestTooLargeError: the cost can never fit the group's limits
                 (every choice's, in a pool).
             RunStoppedError: the limiter was stopped by a fatal error, or
-                every member of ``choices`` was retired.
+                every member of ``choices`` was retired (code
+                :data:`ENDPOINT_RETIRED`).
         A caller cancelled while waiting leaves the queue and holds nothing.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -704,7 +710,9 @@ class Limiter:
         if not live:
             reasons = "; ".join(f"{m}: {retired[m]}" for m, _ in waiter.choices if m in retired)
             return RunStoppedError(
-                f"no endpoint left for this request: every one it may go to was retired ({reasons})"
+                "no endpoint left for this request: every one it may go to was retired "
+                f"({reasons})",
+                code=ENDPOINT_RETIRED,
             )
         if len(live) > 1:
             live.sort(key=lambda choice: granted[choice[0]] / weights[choice[0]])

@@ -273,17 +273,6 @@ class Pool:
         """The member whose group ``group`` is (a :func:`member_group` name)."""
         return self._members[member_of(group)]
 
-    def retire(self, group: str, error: FatalError) -> tuple[str, bool]:
-        """Retire the member of ``group`` for ``error``: (its name, newly retired).
-
-        A member retired already stays retired with its first error.
-        """
-        member = self.member(group)
-        if member.retired is not None:
-            return member.endpoint.name, False
-        member.retired = error
-        return member.endpoint.name, True
-
     def serving(self) -> list[str]:
         """The names of the members not retired."""
         return [name for name, member in self._members.items() if member.retired is None]

@@ -275,12 +275,13 @@ async def test_a_pinned_request_goes_only_to_its_member(autojump_clock):
 
 
 async def test_a_request_pinned_to_a_retired_member_is_left_for_a_rerun(autojump_clock):
-    """Pinned to a member retired since, a request comes back run_stopped (not written)."""
+    """Pinned to a member retired since, a request fails unsent: endpoint_retired."""
     app = create_app(MockConfig(api_key=GOOD_KEY))
     endpoints = [member("bad", key=BAD_KEY), member("good")]
     async with engine.open_client(**pool_options(app, endpoints)) as client:
-        with pytest.raises(engine.RunStoppedError, match="every one it may go to was retired"):
+        with pytest.raises(engine.RunStoppedError, match="every one it may go to was retired") as e:
             await client.chat("hi", model=MODEL, endpoint="bad", max_tokens=5)
+        assert e.value.code == "endpoint_retired"
         assert (await client.chat("hi", model=MODEL, max_tokens=5)).ok
         assert client.fatal_error is None
 

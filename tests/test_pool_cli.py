@@ -574,15 +574,29 @@ async def test_run_file_passes_endpoints_to_the_client(tmp_path):
     assert "pool member a" in text and "pool member b" in text
 
 
-async def test_an_input_line_pinned_to_a_member_keeps_its_pin_on_the_way_to_the_client():
-    """An input line with an endpoint (once the reader carries one) reaches map() pinned."""
-    lines = [
-        SimpleNamespace(
-            line_no=1, output_id="p", error=None, url="/v1/chat/completions", body={}, endpoint="b"
-        ),
-        SimpleNamespace(line_no=2, output_id="q", error=None, url="/v1/chat/completions", body={}),
-    ]
-    output = SimpleNamespace(done_ids=set(), holding=False)
-    feed = batch._Feed(lines, output, batch._Tally(), batch.RunControl(), default_model=None)
-    pinned, free = list(feed)
-    assert pinned["endpoint"] == "b" and "endpoint" not in free
+def test_input_lines_pinned_to_a_member_go_to_it_alone_and_bad_pins_fail_or_wait(
+    tmp_path, mock, mock_url
+):
+    """Pinned lines reach only their member; an unknown name fails; a retired one waits."""
+    configure(mock, api_key=KEY_A)
+    lines = [chat_line(f"free{i}") for i in range(10)]
+    lines += [{**chat_line(f"to-alpha{i}"), "endpoint": "alpha"} for i in range(5)]
+    lines += [{**chat_line("to-nobody"), "endpoint": "nobody"}]
+    lines += [{**chat_line("to-revoked"), "endpoint": "revoked"}]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    endpoints = write_endpoints(
+        tmp_path / "endpoints.toml", mock_url, ("alpha", "KEY_A", ""), ("revoked", "KEY_R", "")
+    )
+    output = tmp_path / "out.jsonl"
+    args = [str(source), "-o", str(output), "--endpoints", str(endpoints)]
+    done = run(*args, "--concurrency", "1", env=environment(KEY_A=KEY_A, KEY_R=REVOKED))
+    records = {r["custom_id"]: r for r in output_records(output)}
+    assert all(records[f"to-alpha{i}"]["error"] is None for i in range(5))
+    assert all(records[f"free{i}"]["error"] is None for i in range(10))
+    nobody = records["to-nobody"]["error"]
+    assert nobody["code"] == "invalid_input" and "'nobody' is not in the pool" in nobody["message"]
+    # Pinned to the member retired in this run: not written, left for a rerun.
+    assert "to-revoked" not in records
+    assert "not run (resume to send)  1" in done.stderr, done.stderr
+    assert "pool member revoked" in done.stderr and "retired: HTTP 401" in done.stderr

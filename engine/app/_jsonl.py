@@ -127,6 +127,8 @@ class InputLine:
         body: the request body; None when the line is bad.
         error: None for a good line, else a message that starts with
             ``"line N: "`` and says which rule the line broke.
+        endpoint: the pool member the line is pinned to (its ``"endpoint"``
+            key beside ``custom_id``), or None.
     """
 
     line_no: int
@@ -134,6 +136,7 @@ class InputLine:
     url: str | None
     body: dict[str, Any] | None
     error: str | None = None
+    endpoint: str | None = None
 
     @property
     def output_id(self) -> str:
@@ -224,7 +227,14 @@ def _parse_line(line_no: int, raw: bytes | None) -> InputLine | None:
         file = body.get("file")
         if not isinstance(file, str) or not file:
             return _bad(line_no, custom_id, "body.file must be a path (a non-empty string)")
-    return InputLine(line_no=line_no, custom_id=custom_id, url=normalised_url, body=body)
+    endpoint = obj.get("endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
+        return _bad(
+            line_no, custom_id, f"endpoint must be a pool member's name, got {_json_type(endpoint)}"
+        )
+    return InputLine(
+        line_no=line_no, custom_id=custom_id, url=normalised_url, body=body, endpoint=endpoint
+    )
 
 
 def _bad(line_no: int, custom_id: str | None, problem: str) -> InputLine:

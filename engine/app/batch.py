@@ -58,6 +58,7 @@ import trio
 from engine._budget import BudgetExhaustedError
 from engine._client import ClientStatistics, open_client
 from engine._errors import EngineError, FatalError, InputError, OutputError, RunStoppedError
+from engine._limiter import ENDPOINT_RETIRED
 from engine._nurseries import open_service_nursery
 from engine._pool import EndpointStatistics
 from engine._quota import Limits
@@ -312,11 +313,8 @@ class _Feed:
                     self._fail(custom_id, "invalid_input", f"line {line.line_no}: {problem}")
                     continue
             request = {"custom_id": custom_id, "method": "POST", "url": line.url, "body": body}
-            # A line pinned to a pool member ("endpoint"); InputLine carries no
-            # such field yet (engine/app/_jsonl.py drops the key): None until it does.
-            pin = getattr(line, "endpoint", None)
-            if pin is not None:
-                request["endpoint"] = pin
+            if line.endpoint is not None:  # pinned to one pool member
+                request["endpoint"] = line.endpoint
             self.in_client[custom_id] = (line.line_no, request)
             if self.first_at is None:
                 self.first_at = trio.current_time()
@@ -361,10 +359,15 @@ def _write_result(result: Any, feed: _Feed, output: HeldOutput, tally: _Tally) -
 
     A ``run_stopped`` result is an item the client never sent (it stopped
     sending): it goes back to the feed, for the next round if there is one.
+    An ``endpoint_retired`` one (pinned to a pool member retired in this run)
+    is not sent again in this run: no line, left for the next run.
     """
     error = result.error
     if error is not None and error.code == _RUN_STOPPED:
         feed.give_back(result.id)
+        return False
+    if error is not None and error.code == ENDPOINT_RETIRED:
+        feed.answered(result.id)
         return False
     line_no = feed.answered(result.id)
     tally.by_endpoint[_RESULT_KINDS.get(type(result), "chat")] += 1
