@@ -9,7 +9,7 @@ import pytest
 from benchmarks import report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SECTIONS = ("utilisation", "overhead", "memory", "robustness")
+SECTIONS = ("utilisation", "overhead", "memory", "pool", "robustness")
 
 
 @pytest.mark.parametrize("name", SECTIONS)

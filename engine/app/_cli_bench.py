@@ -57,7 +57,7 @@ AIPerf differ."""
 
 __all__ = ["LoadReport", "register", "run_load"]
 
-SCENARIOS = ("all", "utilisation", "overhead", "memory", "robustness", "report", "chaos")
+SCENARIOS = ("all", "utilisation", "overhead", "memory", "pool", "robustness", "report", "chaos")
 DEFAULT_CONCURRENCY = 32
 DEFAULT_DURATION = 10.0
 #: Most requests in flight in open loop; arrivals beyond it are counted as ``dropped``.
@@ -304,7 +304,7 @@ def _run_scenarios(scenario: str, *, quick: bool) -> int:
         return 2
     # SIGTERM unwinds through ``finally`` so the mock servers started get stopped.
     importlib.import_module("benchmarks.peers._harness").stop_on_sigterm()
-    order = ("utilisation", "overhead", "memory") if scenario == "all" else (scenario,)
+    order = ("utilisation", "overhead", "memory", "pool") if scenario == "all" else (scenario,)
     started = time.monotonic()
     for name in order:
         if name == "report":
@@ -326,7 +326,7 @@ def _import_benchmarks() -> dict[str, Any]:
         sys.path.insert(0, os.getcwd())
     return {
         name: importlib.import_module(f"benchmarks.{name}")
-        for name in ("utilisation", "overhead", "memory", "robustness", "report")
+        for name in ("utilisation", "overhead", "memory", "pool", "robustness", "report")
     }
 
 
