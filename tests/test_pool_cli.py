@@ -370,6 +370,48 @@ def test_engine_run_serves_per_member_metrics(tmp_path, mock, mock_url):
             assert ("quota_engine_endpoint_tokens_total", key) in seen
 
 
+def test_metrics_linger_serves_counts_equal_to_the_summary_after_the_run(tmp_path, mock, mock_url):
+    """--metrics-linger: a scrape after the summary has the run's final counts, per member too."""
+    source = write_input(tmp_path / "in.jsonl", 40)
+    endpoints = write_endpoints(
+        tmp_path / "endpoints.toml", mock_url, ("alpha", "KEY_A", ""), ("bravo", "KEY_B", "")
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "engine", "run", str(source), "-o", str(tmp_path / "o.jsonl")]
+    command += ["--endpoints", str(endpoints), "--metrics-port", str(port)]
+    command += ["--metrics-linger", "30", "--stats-json", str(tmp_path / "stats.json")]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=environment(KEY_A=KEY_A, KEY_B=KEY_B),
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "final counts stay at" in line:
+                break
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        process.kill()
+        process.communicate()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    stats = orjson.loads((tmp_path / "stats.json").read_bytes())["client_statistics"]
+    assert samples[("quota_engine_requests_total", (("outcome", "succeeded"),))] == 40
+    assert samples[("quota_engine_requests_sent_total", ())] == stats["sent"]
+    for member in stats["endpoints"]:
+        key = (("endpoint", member["name"]), ("outcome", "succeeded"))
+        assert samples[("quota_engine_endpoint_requests_total", key)] == member["succeeded"]
+
+
 # -- refusals before anything is sent -------------------------------------------------
 
 

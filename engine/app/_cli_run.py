@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
@@ -102,6 +103,14 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         metavar="HOST",
         help="the address --metrics-port listens on (default 127.0.0.1: this machine only)",
+    )
+    metrics.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep serving the final counts this long after the summary, so a scraper's "
+        "last scrape sees the whole run (default 0: stop with the run; Ctrl-C ends it early)",
     )
     parser.add_argument(
         "--debug",
@@ -436,6 +445,7 @@ def _run_command(args: argparse.Namespace) -> int:
         debug=args.debug,
         cost_of_rest=None if prices is None else (lambda: _cost_of_the_rest(args, prices)),
         metrics=_metrics_address(args),
+        metrics_linger=args.metrics_linger,
     )
 
 
@@ -479,6 +489,7 @@ def _transcribe_command(args: argparse.Namespace) -> int:
         args.stats_json,
         debug=args.debug,
         metrics=_metrics_address(args),
+        metrics_linger=args.metrics_linger,
     )
 
 
@@ -534,6 +545,7 @@ def _execute(
     debug: bool = False,
     cost_of_rest: Callable[[], float] | None = None,
     metrics: tuple[str, int] | None = None,
+    metrics_linger: float = 0.0,
 ) -> int:
     stream = sys.stderr
     statistics = _LatestStatistics()
@@ -552,7 +564,7 @@ def _execute(
             )
             return EXIT_REFUSED
     try:
-        return _execute_run(
+        status = _execute_run(
             command,
             start,
             resume,
@@ -564,9 +576,27 @@ def _execute(
             printer,
             statistics,
         )
+        if server is not None and metrics is not None and metrics_linger > 0:
+            _linger(command, metrics, metrics_linger, stream)
+        return status
     finally:
         if server is not None:
             server.close()
+
+
+def _linger(command: str, metrics: tuple[str, int], seconds: float, stream: TextIO) -> None:
+    """Keep the metrics server up ``seconds`` with the final counts (Ctrl-C ends it early)."""
+    host, port = metrics
+    print(
+        f"engine {command}: the final counts stay at http://{host}:{port}/metrics for "
+        f"{seconds:g} s (--metrics-linger; Ctrl-C to leave now)",
+        file=stream,
+        flush=True,
+    )
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
 
 
 def _metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
