@@ -1679,10 +1679,9 @@ class _Endpoint:
     """
 
     path: str = ""
-
-    def headers(self) -> dict[str, str]:
-        """Fresh request headers for one job (the client adds its own)."""
-        return {}
+    #: The headers of every request of this kind (the client adds its own);
+    #: read-only, copied per job.
+    base_headers: Mapping[str, str] = {}
 
     async def prepare(self, client: Client, job: _Job) -> Result | None:
         """Local checks before any permit; set ``job.cost``.  Checkpoints.
@@ -1749,8 +1748,7 @@ class _JsonEndpoint(_Endpoint):
         #: Makes the assembler of a streamed answer; None: this endpoint does not stream.
         self.assembler: Callable[[], StreamAssembler] | None = _ASSEMBLERS.get(spec.kind)
 
-    def headers(self) -> dict[str, str]:
-        return {"content-type": "application/json"}
+    base_headers: Mapping[str, str] = {"content-type": "application/json"}
 
     def succeed(
         self,
@@ -1974,7 +1972,7 @@ def _interrupted(exc: Exception, text: str) -> StreamInterruptedError:
 def _request_headers(endpoint: _Endpoint, request: AnyRequest) -> dict[str, str]:
     """The headers of one job's attempts: the endpoint's, and the request's id when
     it can travel as ``x-client-request-id`` (printable ASCII, at most 512 characters)."""
-    headers = endpoint.headers()
+    headers = {**endpoint.base_headers}
     if (
         request.id is not None
         and request.id.isascii()

@@ -351,6 +351,36 @@ class _WatchTimer:
 _Deadline = trio.CancelScope | _WatchTimer
 
 
+class _Turn:
+    """Whose turn it is to use a transport's one connection: a FIFO lock.
+
+    ``held`` is taken directly when it is free (``turn.held = True``); a task
+    that finds it held waits (:meth:`wait`) and is handed the turn by
+    :meth:`give_back`.  trio.Semaphore did the same with KI-protected calls:
+    about 0.2 us more per request, on every request.
+    """
+
+    __slots__ = ("_lot", "held")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def wait(self) -> None:
+        """Wait for the turn, held by another task; it is ours on return.  Checkpoints.
+
+        Cancelled while waiting, the caller never held it.
+        """
+        await self._lot.park()
+
+    def give_back(self) -> None:
+        """End our turn: the longest waiter's now, else free."""
+        if self._lot:
+            self._lot.unpark()  # ``held`` stays True: it is the waiter's turn
+        else:
+            self.held = False
+
+
 class H11Transport(httpx.AsyncBaseTransport):
     """An httpx transport holding one keep-alive HTTP/1.1 connection (h11 on trio sockets).
 
@@ -373,7 +403,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._watch = watch
         self._connection: _Connection | None = None
-        self._turn = trio.Semaphore(1)
+        self._turn = _Turn()
         self._closed = False
 
     @overload
@@ -390,10 +420,10 @@ class H11Transport(httpx.AsyncBaseTransport):
         """
         timeouts = request.extensions.get("timeout") or {}
         turn = self._turn
-        if turn.value:
-            turn.acquire_nowait()
-        else:
+        if turn.held:
             await self._wait_for_turn(request, timeouts.get("pool"))
+        else:
+            turn.held = True
         try:
             if self._closed:
                 raise RuntimeError("transport is closed")
@@ -401,7 +431,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             assert response is not None  # None answers a stream only
             return response
         finally:
-            turn.release()
+            turn.give_back()
 
     async def aclose(self) -> None:
         """Close the connection; later requests fail. Checkpoints."""
@@ -411,7 +441,7 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     async def _wait_for_turn(self, request: _Request, pool_timeout: float | None) -> None:
         with trio.move_on_after(_INF if pool_timeout is None else pool_timeout):
-            await self._turn.acquire()
+            await self._turn.wait()
             return
         raise httpx.PoolTimeout(
             "timed out waiting for the connection", request=_error_request(request)
@@ -1023,10 +1053,10 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
         request = self.request
         timeouts = request.extensions.get("timeout") or {}
         turn = transport._turn
-        if turn.value:
-            turn.acquire_nowait()
-        else:
+        if turn.held:
             await transport._wait_for_turn(request, timeouts.get("pool"))
+        else:
+            turn.held = True
         self._turn_held = True
         try:
             if transport._closed:
@@ -1034,7 +1064,7 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
             await transport._send_with_one_retry(request, timeouts, self)
         except BaseException:
             self._turn_held = False
-            turn.release()
+            turn.give_back()
             raise
         if self._encoded:
             response = httpx.Response(
@@ -1063,7 +1093,7 @@ class _H11Stream(contextlib.AbstractAsyncContextManager[StreamedResponse]):
         self._body = None
         self._connection = None
         self._turn_held = False
-        transport._turn.release()
+        transport._turn.give_back()
 
     def begin(
         self,

@@ -1,6 +1,6 @@
 """The limiter task: the only owner of the quota book.
 
-Workers talk to it over one memory channel.  ``acquire`` sends a waiter and
+Workers talk to it through one inbox.  ``acquire`` sends a waiter and
 parks until the limiter answers it (a reservation, or a refusal); the answer is
 delivered by rescheduling the parked task with it, which is what a 1-slot reply
 channel does inside, without allocating a channel per request (that alone cost
@@ -11,9 +11,12 @@ grants in FIFO order per limit group, never polls: it sleeps until the earliest
 absolute moment the head of some queue can go (or a message arrives) and at each
 wake-up grants every permit that fits.
 
-The channel's buffer is unbounded on purpose: each worker has at most one
+The inbox is a plain deque, unbounded on purpose: each worker has at most one
 message outstanding, so its length is bounded by the number of workers, and
-reports must never block (they are sent from cleanup paths).
+reports must never block (they are sent from cleanup paths).  A message wakes
+the limiter task only when it is parked; a trio memory channel did the same
+with a task switch of its own and KI-protected calls, about a quarter of a
+microsecond more per message, two messages per request.
 """
 
 from __future__ import annotations
@@ -291,7 +294,10 @@ class Limiter:
         self._on_cooldown = on_cooldown
         self._on_limits_learned = on_limits_learned
         self._known_limits: dict[str, tuple[float | None, float | None]] = {}
-        self._send, self._receive = trio.open_memory_channel[object](math.inf)
+        self._inbox: deque[object] = deque()
+        #: The limiter task while it is parked waiting for a message (else None).
+        self._parked: trio.lowlevel.Task | None = None
+        self._closed = False
         self._queues: dict[str, deque[_Waiter]] = {}
         self._max_in_flight = max_in_flight
         self._auto = auto_in_flight
@@ -335,10 +341,9 @@ class Limiter:
             if choices is None
             else _PoolWaiter(group, cost, task, choices=choices)
         )
-        try:
-            self._send.send_nowait(waiter)
-        except trio.ClosedResourceError:
-            raise RunStoppedError("the client is closed") from None
+        if self._closed:
+            raise RunStoppedError("the client is closed")
+        self._report(waiter)
         answer = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         if isinstance(answer, Reservation):
             return answer
@@ -413,11 +418,10 @@ class Limiter:
 
         Checkpoints.  Returns (0, 0) if the limiter has stopped.
         """
-        send, receive = trio.open_memory_channel[tuple[float, float]](1)
-        try:
-            self._send.send_nowait(_TakeBack(group, send))
-        except trio.ClosedResourceError:
+        if self._closed:
             return (0.0, 0.0)
+        send, receive = trio.open_memory_channel[tuple[float, float]](1)
+        self._report(_TakeBack(group, send))
         async with receive:
             try:
                 return await receive.receive()
@@ -429,11 +433,10 @@ class Limiter:
 
         Checkpoints.  Returns (0, 0, -inf) if the limiter has stopped.
         """
-        send, receive = trio.open_memory_channel[tuple[float, float, float]](1)
-        try:
-            self._send.send_nowait(_LeaseState(group, send))
-        except trio.ClosedResourceError:
+        if self._closed:
             return (0.0, 0.0, -math.inf)
+        send, receive = trio.open_memory_channel[tuple[float, float, float]](1)
+        self._report(_LeaseState(group, send))
         async with receive:
             try:
                 return await receive.receive()
@@ -447,13 +450,35 @@ class Limiter:
 
     def close(self) -> None:
         """End :meth:`run` once it has handled the messages already sent."""
-        self._send.close()
+        self._closed = True
+        self._wake()
 
     def _report(self, message: object) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.ClosedResourceError:
-            pass  # the limiter is gone; nothing is left to account
+        if self._closed:
+            return  # the limiter is gone; nothing is left to account
+        self._inbox.append(message)
+        if self._parked is not None:
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self._parked
+        if task is not None:
+            self._parked = None  # rescheduled once: a second message must not do it again
+            trio.lowlevel.reschedule(task)
+
+    def _abort_wait(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        # The deadline passed (or the task is cancelled): it is no longer parked.
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def _wait(self, deadline: float) -> None:
+        """Park until a message (or :meth:`close`) wakes the task, or until ``deadline``."""
+        self._parked = trio.lowlevel.current_task()
+        if deadline == math.inf:
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+        else:
+            with trio.move_on_at(deadline):
+                await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
 
     def statistics(self) -> LimiterStatistics:
         """Return a :class:`LimiterStatistics` snapshot (does not checkpoint)."""
@@ -484,29 +509,22 @@ class Limiter:
         plain = self._budget is None and self._weights is None
         grant_ready = self._grant_ready if plain else self._grant_ready_general
         deadline = math.inf
-        receive = self._receive
+        inbox = self._inbox
+        handle = self._handle
         clock_now = trio.lowlevel.current_clock().current_time  # trio.current_time, 2 calls fewer
-        async with receive:
+        try:
             while True:
-                try:
-                    if deadline == math.inf:
-                        message = await receive.receive()
-                    else:
-                        message = None
-                        with trio.move_on_at(deadline):
-                            message = await receive.receive()
-                except trio.EndOfChannel:
-                    break
+                if not inbox:
+                    if self._closed:
+                        break
+                    await self._wait(deadline)
                 now = clock_now()
-                if message is not None:
-                    self._handle(message, now)
-                    while True:
-                        try:
-                            message = receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        self._handle(message, now)
+                while inbox:
+                    handle(inbox.popleft(), now)
                 deadline = grant_ready(now)
+        finally:
+            self._closed = True
+            self._parked = None
         self._fail_waiters(RunStoppedError("the client is closed"))
 
     def _handle(self, message: object, now: float) -> None:
