@@ -1,7 +1,11 @@
 """quota-engine: run OpenAI-style API calls at the highest rate your quota allows.
 
 Public names are re-exported here; the modules that define them are private.
+The batch runners (``run_file``, ``run_batch``, ``run_audio``) are imported on
+first use: a library user who never runs a file does not load their modules.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from engine._audio import MAX_UPLOAD_BYTES
 from engine._budget import (
@@ -46,7 +50,6 @@ from engine._results import (
 )
 from engine._shared import RedisQuota
 from engine._version import __version__ as __version__
-from engine.app.batch import run_audio, run_batch, run_file
 from engine.endpoints import (
     EmbeddingRequest,
     EmbeddingResult,
@@ -115,3 +118,18 @@ __all__ = [
     "to_jsonl",
     "to_rows",
 ]
+
+if TYPE_CHECKING:
+    from engine.app.batch import run_audio, run_batch, run_file
+
+_LAZY = {"run_audio", "run_batch", "run_file"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from engine.app import batch
+
+        value = getattr(batch, name)
+        globals()[name] = value  # found directly from now on
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
