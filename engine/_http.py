@@ -101,6 +101,9 @@ __all__ = [
 
 #: What a reader hands back once it has read enough (a whole response, or a head).
 _Read = TypeVar("_Read")
+#: What a ResponseReader gives an exchange: the whole response (``feed``), or the
+#: head, the body's reader and the body bytes that came with the head (``feed_head``).
+_Answer = _wire.ResponseMessage | tuple[_wire.ResponseMessage, _wire.BodyReader, bytes]
 
 # Bytes asked of the socket per receive: a chat completion fits in one read.
 _RECEIVE_SIZE = 65536
@@ -599,33 +602,13 @@ class H11Transport(httpx.AsyncBaseTransport):
                 # The first read here, not in _read_until: most answers arrive
                 # whole in it, and skip a coroutine of their own.
                 data = await connection.receive_after_wait()
-                if stream is None:
-                    whole = reader.feed(data) if data else None
-                    message = (
-                        whole
-                        if whole is not None
-                        else await _read_until(
-                            data,
-                            connection.receive_after_wait,
-                            reader.feed,
-                            timer,
-                            read_timeout,
-                            request,
-                        )
-                    )
-                else:
-                    head_read = reader.feed_head(data) if data else None
-                    started = (
-                        head_read
-                        if head_read is not None
-                        else await _read_until(
-                            data,
-                            connection.receive_after_wait,
-                            reader.feed_head,
-                            timer,
-                            read_timeout,
-                            request,
-                        )
+                feed: Callable[[bytes], _Answer | None] = (
+                    reader.feed if stream is None else reader.feed_head
+                )
+                read: _Answer | None = feed(data) if data else None
+                if read is None:
+                    read = await _read_until(
+                        data, connection.receive_after_wait, feed, timer, read_timeout, request
                     )
             if scope is not None and scope.cancelled_caught:
                 self._drop_connection()
@@ -652,8 +635,11 @@ class H11Transport(httpx.AsyncBaseTransport):
             if watched is not None:
                 watched.deadline = _INF  # TimeoutWatch.disarm, inlined
         if stream is not None:
-            stream.begin(connection, *started, read_timeout)
+            assert isinstance(read, tuple)  # feed_head's (head, body reader, body bytes)
+            stream.begin(connection, *read, read_timeout)
             return None
+        message = read
+        assert isinstance(message, _wire.ResponseMessage)
         if not message.keep_alive:
             self._drop_connection()
         if type(request) is _RawRequest and not message.content_encoded:
