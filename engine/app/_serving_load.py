@@ -450,13 +450,16 @@ async def _run_step(
     )
     sender = _Sender(config, bodies, clock, recorder, transport_error=httpx.HTTPError)
     window_end = recorder.window_end
+    # CPU time and the clock, sampled together: a busy loop wakes late at the
+    # window's edges, so the CPU is divided by the span it was really taken over.
     cpu = [0.0, 0.0]
+    wall = [0.0, 0.0]
 
     async def watch_window() -> None:
         await trio.sleep_until(recorder.window_start)
-        cpu[0] = time.process_time()
+        cpu[0], wall[0] = time.process_time(), clock()
         await trio.sleep_until(window_end)
-        cpu[1] = time.process_time()
+        cpu[1], wall[1] = time.process_time(), clock()
 
     async def closed_worker(http: Any) -> None:
         while (now := clock()) < window_end:
@@ -557,8 +560,12 @@ async def _run_step(
     for sent in list(sender.in_flight.values()):  # cut off by the grace deadline
         recorder.failed(sent, "unfinished")
     if cpu[1] == 0.0:
-        cpu[1] = time.process_time()
-    return recorder.result(cpu_seconds=cpu[1] - cpu[0], ceiling=ceiling)
+        cpu[1], wall[1] = time.process_time(), clock()
+    span = wall[1] - wall[0]
+    cpu_seconds = cpu[1] - cpu[0]
+    if span > 0:
+        cpu_seconds *= recorder.duration / span  # the window's share of it
+    return recorder.result(cpu_seconds=cpu_seconds, ceiling=ceiling)
 
 
 def run_steps(
