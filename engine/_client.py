@@ -112,6 +112,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 AUTO_MAX_CONCURRENCY = 512
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _pool_logger = logging.getLogger("engine.pool")
+_new_tuple = tuple.__new__
 
 #: What ``chat``, ``respond``, ``embed``, ``transcribe`` and ``map`` hand back.
 Result = ChatResult | TranscriptionResult | ResponseResult | EmbeddingResult
@@ -1762,12 +1763,17 @@ class _JsonEndpoint(_Endpoint):
         timings = Timings(
             queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
         )
-        answer = Answer(
-            response.content,
-            response.status_code,
-            response.headers.get("x-request-id"),
-            attempts,
-            timings,
+        # tuple.__new__, not Answer(...): the named tuple's own __new__ is a
+        # Python call, one per answer on the chat fast path.
+        answer = _new_tuple(
+            Answer,
+            (
+                response.content,
+                response.status_code,
+                response.headers.get("x-request-id"),
+                attempts,
+                timings,
+            ),
         )
         parsed: Parsed[Result] = self._parse(job.request, answer)
         return parsed
@@ -1837,12 +1843,17 @@ class _TranscriptionEndpoint(_Endpoint):
         timings = Timings(
             queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
         )
-        answer = Answer(
-            response.content,
-            response.status_code,
-            response.headers.get("x-request-id"),
-            attempts,
-            timings,
+        # tuple.__new__, not Answer(...): the named tuple's own __new__ is a
+        # Python call, one per answer on the chat fast path.
+        answer = _new_tuple(
+            Answer,
+            (
+                response.content,
+                response.status_code,
+                response.headers.get("x-request-id"),
+                attempts,
+                timings,
+            ),
         )
         # text, srt and vtt answers are kept as text; json ones are parsed from the bytes
         text = "" if request.response_format in ("json", "verbose_json") else response.text

@@ -246,6 +246,11 @@ def _apply_should_retry(action: Action, should_retry: bool | None) -> Action:
     return action
 
 
+#: The verdict of each 2xx status, made once: every answer asks for one, and
+#: building a frozen Verdict cost more than half a microsecond.
+_SUCCESSES: dict[int, Verdict] = {}
+
+
 def classify_response(status: int, headers: Mapping[str, str], body: bytes | None) -> Verdict:
     """Decide what to do with a response, by the policy in this module's docstring.
 
@@ -259,7 +264,10 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes | Non
     Never raises, whatever the body holds.
     """
     if 200 <= status < 300:
-        return Verdict(Action.SUCCESS, message=f"HTTP {status}")
+        verdict = _SUCCESSES.get(status)
+        if verdict is None:
+            verdict = _SUCCESSES[status] = Verdict(Action.SUCCESS, message=f"HTTP {status}")
+        return verdict
     error = _read_error_body(body)
     action = _apply_should_retry(_base_action(status, error), parse_should_retry(headers))
     if error.message is not None:
