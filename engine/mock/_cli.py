@@ -340,16 +340,7 @@ def parse_key_limits(value: str) -> tuple[str, KeyLimits]:
             )
         if name in limits:
             raise argparse.ArgumentTypeError(f"{name} given twice in {_shown(value)!r}")
-        try:
-            count = int(number.strip())
-        except ValueError:
-            count = -1
-        if count < 0:
-            raise argparse.ArgumentTypeError(
-                f"bad number {number.strip()!r} for {name} in {_shown(value)!r}: "
-                "expected a whole number >= 0"
-            )
-        limits[name] = count
+        limits[name] = _whole_number(number, "number", f"for {name} in {_shown(value)!r}")
     return key, KeyLimits(**limits)
 
 
@@ -359,15 +350,20 @@ def parse_revoke_key(value: str) -> tuple[str, int]:
     Raises :class:`argparse.ArgumentTypeError` naming the bad part (the key masked).
     """
     key, number = _split_key(value, "KEY=N (N admitted requests, 0 or more)")
+    return key, _whole_number(number, "count", f"in {_shown(value)!r}")
+
+
+def _whole_number(text: str, what: str, where: str) -> int:
+    """``text`` as a whole number >= 0, else an ArgumentTypeError: ``bad WHAT 'TEXT' WHERE``."""
     try:
-        count = int(number.strip())
+        count = int(text.strip())
     except ValueError:
         count = -1
     if count < 0:
         raise argparse.ArgumentTypeError(
-            f"bad count {number.strip()!r} in {_shown(value)!r}: expected a whole number >= 0"
+            f"bad {what} {text.strip()!r} {where}: expected a whole number >= 0"
         )
-    return key, count
+    return count
 
 
 def _per_key(pairs: list[tuple[str, Any]] | None, option: str) -> dict[str, Any]:
