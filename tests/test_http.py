@@ -970,3 +970,32 @@ async def test_a_closed_watch_leaves_timeouts_to_cancel_scopes(nursery, autojump
     async with client_for(server, watch=watch) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get("/", timeout=httpx.Timeout(10.0, read=3.0))
+
+
+async def test_a_transports_turn_goes_to_waiters_in_order_and_never_to_a_cancelled_one():
+    """_Turn goes to waiters first come, first served; one cancelled while waiting never has it."""
+    from engine._http import _Turn
+
+    turn = _Turn()
+    order: list[str] = []
+    turn.held = True  # the first caller has it
+
+    async def wait(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await turn.wait()
+            order.append(name)
+            turn.give_back()
+
+    gone = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "second", trio.CancelScope())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "gone", gone)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "third", trio.CancelScope())
+        await trio.testing.wait_all_tasks_blocked()
+        gone.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        turn.give_back()  # the first caller is done
+    assert order == ["second", "third"]
+    assert turn.held is False
