@@ -27,7 +27,7 @@ test: venv redis-server
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/ruff format --check engine tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # The wheel installed without extras in a fresh venv: engine mock, a request, engine run
 # (tests/test_packaging.py, also part of make test; its wheels are kept in
