@@ -178,6 +178,36 @@ async def test_in_flight_cap_holds_grants_until_a_settle(limiter_factory, autoju
     assert got_third.is_set()
 
 
+async def test_messages_sent_before_close_are_handled_and_later_ones_refused(autojump_clock):
+    """What reached the inbox before close() is handled; after it, acquire and leases refuse."""
+    limiter = Limiter(QuotaBook(Limits(rpm=600)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.run)
+        reservation = await limiter.acquire("g", ONE)
+        limiter.settle_nowait(reservation, used_tokens=7)  # sent, then close at once
+        limiter.close()
+        await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tokens_used == 7 and limiter.statistics().in_flight == 0
+    with pytest.raises(RunStoppedError):
+        await limiter.acquire("g", ONE)
+    assert await limiter.take_back_lease("g") == (0.0, 0.0)
+    limiter.settle_nowait(reservation)  # a report after the end is dropped, not an error
+
+
+async def test_a_parked_limiter_wakes_for_a_deadline_and_for_a_message(autojump_clock):
+    """Parked until the next grant is due, the limiter grants then, and at once for a new waiter."""
+    limiter = Limiter(QuotaBook(Limits(rpm=60, burst=False)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(limiter.run)
+        limiter.settle_nowait(await limiter.acquire("g", ONE))
+        started = trio.current_time()
+        await limiter.acquire("g", ONE)  # paced: the next slot is about a second away
+        assert 0.9 < trio.current_time() - started < 1.2
+        with trio.fail_after(0.01):
+            await limiter.acquire("other", ONE)  # a message wakes it at once
+        limiter.close()
+
+
 async def test_close_ends_the_task_and_fails_waiters(autojump_clock):
     """close() lets run() return and answers waiters with RunStoppedError."""
     limiter = Limiter(QuotaBook(Limits(rpm=1)))
