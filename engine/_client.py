@@ -1445,6 +1445,8 @@ class Client:
         verdict = classify_transport_error(exc)
         if verdict is None:
             raise exc
+        if self._pool is not None:
+            self._cool_unreachable_member(reservation)
         if failures >= self._max_attempts:
             return self._failure(
                 job,
@@ -1568,6 +1570,7 @@ class Client:
         """In a pool: count a usable answer and its tokens for its member."""
         assert self._pool is not None
         member = self._pool.member(reservation.group)
+        member.unreachable_streak = 0
         member.succeeded += 1
         member.prompt_tokens += input_tokens
         member.completion_tokens += output_tokens
@@ -1576,6 +1579,20 @@ class Client:
         """In a pool: count an attempt that failed (unusable answer, transport error)."""
         if self._pool is not None:
             self._pool.member(reservation.group).errors += 1
+
+    def _cool_unreachable_member(self, reservation: Reservation) -> None:
+        """A pool member the request could not reach (or lost) cools down: the others take the work.
+
+        The pause doubles with each such failure in a row, from
+        ``retry_base_delay`` (at least 50 ms) up to ``retry_max_delay``; an
+        answer from the member ends the streak.
+        """
+        assert self._pool is not None
+        member = self._pool.member(reservation.group)
+        member.unreachable_streak += 1
+        pause = max(self._retry_base_delay, 0.05) * 2 ** min(member.unreachable_streak - 1, 16)
+        until = self._now() + min(pause, max(self._retry_max_delay, 0.05))
+        self._limiter.cool_down_nowait(reservation.group, until, refused=False)
 
     def _member_http(self, http: _PoolHTTP, reservation: Reservation) -> _WorkerHTTP:
         """The worker's connection to the pool member ``reservation`` was granted on."""

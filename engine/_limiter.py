@@ -137,6 +137,7 @@ class _Lease:
 class _CoolDown:
     group: str
     until: float
+    refused: bool = True
 
 
 @attrs.frozen
@@ -397,9 +398,14 @@ class Limiter:
         """Add capacity leased from a shared quota (``expires_at`` on the trio clock)."""
         self._report(_Lease(group, requests, tokens, expires_at))
 
-    def cool_down_nowait(self, group: str, until: float) -> None:
-        """Hold ``group`` until ``until`` (trio clock): a cooldown seen elsewhere."""
-        self._report(_CoolDown(group, until))
+    def cool_down_nowait(self, group: str, until: float, *, refused: bool = True) -> None:
+        """Hold ``group`` until ``until`` (trio clock).
+
+        ``refused`` (default True): a server's refusal seen elsewhere (another
+        process's 429), which also tells the book to pace; False: only a pause
+        (a pool member that could not be reached).
+        """
+        self._report(_CoolDown(group, until, refused))
 
     def pace_nowait(self, group: str, start: float, end: float) -> None:
         """Pace ``group`` within ``[start, end)`` (trio clock) of the shared schedule."""
@@ -596,7 +602,7 @@ class Limiter:
                 now=now,
             )
         elif isinstance(message, _CoolDown):
-            book.cool_down(message.group, message.until, now)
+            book.cool_down(message.group, message.until, now, refused=message.refused)
         elif isinstance(message, _Share):
             book.set_share(message.group, message.share, now)
         elif isinstance(message, _PaceClaim):

@@ -202,6 +202,8 @@ class _Member:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retired: FatalError | None = None
+    #: Transport errors in a row (the client cools the member down for longer each time).
+    unreachable_streak: int = 0
 
 
 class Pool:

@@ -1342,11 +1342,16 @@ class QuotaBook:
             raise ValueError(f"share must be in (0, 1], got {share!r}")
         self._group(group_name, now).share = share
 
-    def cool_down(self, group_name: str, until: float, now: float) -> None:
-        """Hold the group until ``until`` (a cooldown another process observed)."""
+    def cool_down(self, group_name: str, until: float, now: float, *, refused: bool = True) -> None:
+        """Hold the group until ``until``.
+
+        ``refused`` (default True): a refusal another process observed, which
+        may reveal a finer window than declared; False: a pause with nothing
+        learned from it (a pool member that could not be reached).
+        """
         group = self._group(group_name, now)
         group.cooldown_until = max(group.cooldown_until, until)
-        if not group.proven and not group.paced:
+        if refused and not group.proven and not group.paced:
             # Another process was refused before this one saw the server admit
             # more than a sub-window could: it may be a finer window than
             # declared, which the other found first.  Pace (at this

@@ -369,3 +369,29 @@ async def test_with_redis_each_members_quota_is_shared_on_its_own(redis_server):
         for name in keys:
             state, _leases, _cooldown = group_keys(namespace, member_group(name, MODEL))
             assert await redis.exists([state]) == 1
+
+
+async def test_an_unreachable_member_cools_down_and_the_others_take_its_work(autojump_clock):
+    """Connect errors pause the member (longer each time): every item succeeds on the live one."""
+    asgi = httpx.ASGITransport(create_app(MockConfig()))
+
+    class DeadHost(httpx.AsyncBaseTransport):
+        """The mock, except that the member at localhost:9 refuses connections."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.host == "localhost":
+                raise httpx.ConnectError("connection refused", request=request)
+            return await asgi.handle_async_request(request)
+
+    endpoints = [
+        engine.Endpoint("dead", "http://localhost:9/v1", limits=engine.Limits(rpm=6000)),
+        member("live", limits=engine.Limits(rpm=600)),
+    ]
+    options = {"transport": DeadHost(), "max_attempts": 3, "retry_base_delay": 0.05}
+    async with engine.open_client(endpoints=endpoints, **options) as client:
+        results = [r async for r in client.map(chat_requests(800))]
+        stats = {e.name: e for e in client.statistics().endpoints}
+    assert all(r.ok for r in results)
+    assert stats["live"].succeeded == 800 and stats["dead"].succeeded == 0
+    assert 1 <= stats["dead"].errors == stats["dead"].sent <= 20
+    assert stats["dead"].retired is None  # unreachable is not refused: it may come back
