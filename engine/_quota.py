@@ -441,9 +441,11 @@ class QuotaBook:
         probe_interval: seconds between lone probe requests when a group's
             capacity is exhausted and no response can tell when it returns
             (default 1.0).
-        margin: seconds added to every computed wake-up time, so arrival jitter
-            at the server does not turn an exact fit into a 429 (default 0.05;
-            it shifts when requests go, never how many: no throughput is lost).
+        margin: seconds added to every computed wake-up time, and the refill
+            of that long a token bucket keeps before an exact fit goes, so
+            arrival jitter at the server (whose bucket started a little later)
+            does not turn an exact fit into a 429 (default 0.05; it shifts
+            when requests go, never how many: no throughput is lost).
         pace_fraction: share of the limit used when a group is paced
             (default 0.98).
         default_cooldown: seconds a group cools down after a 429 that names no
@@ -570,6 +572,19 @@ class QuotaBook:
                 )
             dim.refill(now)
             if dim.level >= need:
+                if dim.mode is not RefillMode.CONTINUOUS or dim.limit is None:
+                    continue
+                # A bucket holding the cost only within the margin's refill
+                # goes when it holds the margin too: the server's bucket
+                # started a little later than the book's, and an exact fit
+                # granted now (a settle woke the limiter) can arrive short.
+                rate = dim.limit / dim.window
+                reserve = min(rate * self._margin, dim.limit - need)
+                if dim.level >= need + reserve:
+                    continue
+                covered_at = now + (need + reserve - dim.level) / rate
+                if covered_at > ready:
+                    ready = covered_at
                 continue
             at = dim.ready_at(need, now)
             if at is None:

@@ -110,13 +110,15 @@ def test_tokens_bind_when_they_run_out_before_requests():
     assert decision.until == pytest.approx(200 / (1000 / 60))
 
 
-def test_margin_is_added_to_refill_wake_ups():
-    """Computed wake-ups carry the safety margin."""
+def test_margin_holds_back_an_exact_fit_and_is_added_to_refill_wake_ups():
+    """A bucket keeps the margin's refill: its last token goes 0.05 s late, the next at 1.05 s."""
     book = QuotaBook(Limits(rpm=60), margin=0.05)
     seen(book)
-    for _ in range(59):
+    for _ in range(58):
         grant(book, 0.0)
-    assert book.decide("g", ONE, 0.0) == Wait(pytest.approx(1.05))
+    assert book.decide("g", ONE, 0.0) == Wait(pytest.approx(0.05))
+    grant(book, 0.05)
+    assert book.decide("g", ONE, 0.05) == Wait(pytest.approx(1.05))
 
 
 def test_headers_lower_the_level_when_the_server_has_less():
