@@ -1777,21 +1777,7 @@ class _JsonEndpoint(_Endpoint):
         sent_wall: float,
         latency: float,
     ) -> Parsed[Result]:
-        timings = Timings(
-            queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
-        )
-        # tuple.__new__, not Answer(...): the named tuple's own __new__ is a
-        # Python call, one per answer on the chat fast path.
-        answer = _new_tuple(
-            Answer,
-            (
-                response.content,
-                response.status_code,
-                response.headers.get("x-request-id"),
-                attempts,
-                timings,
-            ),
-        )
+        answer = _answer(job, response, attempts, sent_wall, latency)
         parsed: Parsed[Result] = self._parse(job.request, answer)
         return parsed
 
@@ -1857,21 +1843,7 @@ class _TranscriptionEndpoint(_Endpoint):
         request = job.request
         audio = job.audio
         assert isinstance(request, TranscriptionRequest) and audio is not None
-        timings = Timings(
-            queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
-        )
-        # tuple.__new__, not Answer(...): the named tuple's own __new__ is a
-        # Python call, one per answer on the chat fast path.
-        answer = _new_tuple(
-            Answer,
-            (
-                response.content,
-                response.status_code,
-                response.headers.get("x-request-id"),
-                attempts,
-                timings,
-            ),
-        )
+        answer = _answer(job, response, attempts, sent_wall, latency)
         # text, srt and vtt answers are kept as text; json ones are parsed from the bytes
         text = "" if request.response_format in ("json", "verbose_json") else response.text
         parsed = parse_transcription(request, audio, answer, text)
@@ -2162,6 +2134,27 @@ def _json_or_none(content: bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, orjson.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _answer(
+    job: _Job, response: ResponseLike, attempts: int, sent_wall: float, latency: float
+) -> Answer:
+    """A 2xx answer as the endpoints read it, with its timings (ended now)."""
+    timings = Timings(
+        queued_at=job.queued_at, sent_at=sent_wall, latency=latency, finished_at=time.time()
+    )
+    # tuple.__new__, not Answer(...): the named tuple's own __new__ is a
+    # Python call, one per answer on the chat fast path.
+    return _new_tuple(
+        Answer,
+        (
+            response.content,
+            response.status_code,
+            response.headers.get("x-request-id"),
+            attempts,
+            timings,
+        ),
+    )
 
 
 def _client_headers(api_key: str | None) -> dict[str, str]:
